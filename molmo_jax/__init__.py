@@ -1,0 +1,1 @@
+"""molmo-jax: the Molmo vision-language models in JAX/Flax."""

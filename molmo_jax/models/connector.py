@@ -1,0 +1,120 @@
+"""The connector: padding embeddings, 2D pooling of ViT patches, projection into the LLM width.
+
+Pooling is pluggable: `POOLINGS` maps a `cfg.connector.pooling` name to a module factory; every
+official type is registered, and `register_pooling` adds one for an ablation.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from molmo_jax import config as config_lib
+from molmo_jax.models.layers import Attention, Dense, Mlp, dtype_of, param_with_axes
+
+
+class AttentionPool(nn.Module):
+    """Pools each window with one attention query: the window mean ("meanq") or its first member.
+
+    windows: float[N, k, C] -> float[N, out]; `wide` doubles the head dim and output width.
+    """
+    cfg: object
+    mean_query: bool
+    wide: bool = False
+
+    @nn.compact
+    def __call__(self, windows: jax.Array) -> jax.Array:
+        v = self.cfg.vit
+        scale = 2 if self.wide else 1
+        query = windows.mean(axis=1, keepdims=True) if self.mean_query else windows[:, :1]
+        out = Attention(v.num_heads, v.num_kv_heads, scale * v.head_dim, scale * v.width, qkv_bias=True,
+                        out_bias=True, dtype=dtype_of(self.cfg.dtype),
+                        param_dtype=dtype_of(self.cfg.param_dtype), name="attention")(query, windows)
+        return out[:, 0]
+
+
+class StackPool(nn.Module):
+    """Concatenates the window members in (dh, dw) order: float[N, k, C] -> float[N, k*C]."""
+    cfg: object
+
+    def __call__(self, windows: jax.Array) -> jax.Array:
+        return windows.reshape(windows.shape[0], -1)
+
+
+POOLINGS: dict[str, Callable[..., nn.Module]] = {
+    "attention_meanq": lambda cfg, name: AttentionPool(cfg, mean_query=True, name=name),
+    "attention": lambda cfg, name: AttentionPool(cfg, mean_query=False, name=name),
+    "attention_2wide": lambda cfg, name: AttentionPool(cfg, mean_query=False, wide=True, name=name),
+    "stack": lambda cfg, name: StackPool(cfg, name=name),
+    "none": lambda cfg, name: StackPool(cfg, name=name),  # with 1x1 windows: the patch itself
+}
+
+
+def register_pooling(name: str, factory: Callable[..., nn.Module]):
+    """Makes `cfg.connector.pooling = name` build `factory(cfg, name=...)` (windows [N,k,C] -> [N,C'])."""
+    POOLINGS[name] = factory
+    if name not in config_lib.POOLING_TYPES:
+        config_lib.POOLING_TYPES = config_lib.POOLING_TYPES + (name,)
+
+
+class Projector(nn.Module):
+    """Pooled features float[..., C_pool] -> float[..., d_model]: "mlp", "2mlp" or "linear"."""
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, kind = self.cfg, self.cfg.connector.projector
+        dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        if kind == "linear":
+            return Dense((cfg.llm.d_model,), ("embed",), ("embed",), False, dtype, pdtype,
+                         kernel_init=nn.initializers.xavier_uniform(), name="linear")(x)
+        mlp = lambda name: Mlp(cfg.connector.projector_hidden, gated=True, act="silu",
+                               out_dim=cfg.llm.d_model, dtype=dtype, param_dtype=pdtype, name=name)
+        y = mlp("mlp")(x)
+        if kind == "2mlp":
+            y = y + mlp("residual_mlp")(y)
+        return y
+
+
+def add_padding_embedding(module: nn.Module, cfg, features: jax.Array, masks: jax.Array) -> jax.Array:
+    """Adds the learned padding embedding(s) selected by the per-patch real-pixel fraction `masks`.
+
+    features: float[B, T, P, C]; masks: float[B, T, P] in [0, 1], or -1 (counted as partial padding).
+    """
+    kind = cfg.connector.padding_embed
+    c = features.shape[-1]
+    shape, axes = ((2, c), (None, "embed")) if kind == "pad_and_partial_pad" else ((c,), ("embed",))
+    pad = param_with_axes(module, "pad_embed", nn.initializers.zeros, shape, axes,
+                          dtype_of(cfg.param_dtype)).astype(features.dtype)
+    m = masks[..., None]
+    if kind == "pad_embed":
+        return features + pad * (m == 0)
+    if kind == "regress":
+        return features + pad * jnp.maximum(m, 0)
+    all_pad = m == 0
+    partial = (m < 1) & ~all_pad
+    return features + pad[0] * all_pad + pad[1] * partial
+
+
+class Connector(nn.Module):
+    cfg: object
+
+    @nn.compact
+    def __call__(self, features: jax.Array, image_masks: jax.Array | None) -> jax.Array:
+        """features: float[B, T, P, C_in] ViT patches; image_masks: float[B, T, P] -> float[B, T, N, d]."""
+        cfg = self.cfg
+        b, t = features.shape[:2]
+        if cfg.connector.padding_embed:
+            features = add_padding_embedding(self, cfg, features, image_masks)
+        gh, gw = config_lib.patch_grid(cfg)
+        ph, pw = cfg.connector.pooling_h, cfg.connector.pooling_w
+        grid = features.reshape(b, t, gh, gw, -1)
+        grid = jnp.pad(grid, ((0, 0), (0, 0), (0, -gh % ph), (0, -gw % pw), (0, 0)))
+        windows = einops.rearrange(grid, "b t (h dh) (w dw) c -> (b t h w) (dh dw) c", dh=ph, dw=pw)
+        pooled = POOLINGS[cfg.connector.pooling](cfg, name="pooling")(windows)
+        pooled = pooled.reshape(b, t, -1, pooled.shape[-1])
+        self.sow("intermediates", "pooled_features", pooled)
+        return Projector(cfg, name="projector")(pooled)

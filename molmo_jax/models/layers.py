@@ -1,0 +1,212 @@
+"""The building blocks every Molmo tower shares: norms, the one attention, the one MLP, RoPE.
+
+Every parameter carries logical axis names (see `molmo_jax.sharding.LOGICAL_RULES`). Shapes in
+docstrings: B batch, T query length, S key length, H query heads, K kv heads, D head dim.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+INIT_STD = 0.02
+
+
+def dtype_of(name: str) -> Dtype:
+    return jnp.dtype(name)
+
+
+def normal(std: float = INIT_STD):
+    return nn.initializers.normal(stddev=std)
+
+
+def param_with_axes(module: nn.Module, name: str, init: Callable, shape: Sequence[int],
+                    axes: Sequence[str | None], dtype: Dtype):
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+class Dense(nn.Module):
+    """y = x @ W (+ b), contracting the last `len(in_axes)` dims of x into `features`.
+
+    `in_axes` / `out_axes` are the logical names of the contracted and produced dimensions, e.g. a
+    query projection is Dense((H, D), in_axes=("embed",), out_axes=("heads", "head_dim")).
+    """
+    features: Sequence[int]
+    in_axes: Sequence[str | None]
+    out_axes: Sequence[str | None]
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = len(self.in_axes)
+        features = tuple(self.features)
+        kernel = param_with_axes(self, "kernel", self.kernel_init, x.shape[-n_in:] + features,
+                                 tuple(self.in_axes) + tuple(self.out_axes), self.param_dtype)
+        contract = tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias = param_with_axes(self, "bias", nn.initializers.zeros, features, self.out_axes,
+                                   self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * scale over the trailing `len(axes)` dims, normalised in float32."""
+    eps: float
+    axes: Sequence[str | None] = ("norm",)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = len(self.axes)
+        scale = param_with_axes(self, "scale", nn.initializers.ones, x.shape[-n:], self.axes, jnp.float32)
+        reduce = tuple(range(x.ndim - n, x.ndim))
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=reduce, keepdims=True) + self.eps)
+        return y.astype(x.dtype) * scale.astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Standard LayerNorm over the last dim, statistics in float32."""
+    eps: float
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = param_with_axes(self, "scale", nn.initializers.ones, x.shape[-1:], ("norm",), jnp.float32)
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale
+        if self.use_bias:
+            y = y + param_with_axes(self, "bias", nn.initializers.zeros, x.shape[-1:], ("norm",),
+                                    jnp.float32)
+        return y.astype(x.dtype)
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activations of the official ActivationType enum (single-input ones)."""
+    return {
+        "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+    }[name]
+
+
+class Mlp(nn.Module):
+    """Gated (SwiGLU: down(silu(gate x) * up x)) or plain (down(act(up x))) feed-forward.
+
+    Shapes: x float[..., C] -> float[..., out_dim or C].
+    """
+    hidden: int
+    gated: bool = True
+    act: str = "silu"
+    use_bias: bool = False
+    out_dim: int | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense = lambda f, i, o, name: Dense((f,), (i,), (o,), self.use_bias, self.dtype, self.param_dtype,
+                                            name=name)
+        act = activation(self.act)
+        if self.gated:
+            h = act(dense(self.hidden, "embed", "mlp", "gate")(x)) * dense(self.hidden, "embed", "mlp", "up")(x)
+        else:
+            h = act(dense(self.hidden, "embed", "mlp", "wi")(x))
+        return dense(self.out_dim or x.shape[-1], "mlp", "embed", "down" if self.gated else "wo")(h)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate-half (GPT-NeoX layout) rotary embedding, computed in float32.
+
+    x: float[B, T, N, D]; positions: int[B, T]. Returns x's dtype.
+    """
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with GQA, optional q/k/v bias, QK-norm and RoPE.
+
+    Serves the ViT (bidirectional, biases), the 2x2 pooling (queries differ from keys) and the LLM
+    (causal mask, RoPE, optional QK-norm over the full projections, no output bias).
+    kv head j serves query heads j*G .. j*G+G-1 (G = H // K), as torch's repeat_interleave does.
+    """
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    out_dim: int
+    qkv_bias: bool = False
+    out_bias: bool = False
+    qk_norm_eps: float | None = None  # set: RMSNorm over the whole q (H*D) and k (K*D) vectors
+    rope_theta: float | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _proj(self, heads: int, heads_axis: str, name: str, bias: bool) -> Dense:
+        return Dense((heads, self.head_dim), ("embed",), (heads_axis, "head_dim"), bias, self.dtype,
+                     self.param_dtype, name=name)
+
+    @nn.compact
+    def __call__(self, x_q: jax.Array, x_kv: jax.Array | None = None, *, mask: jax.Array | None = None,
+                 positions: jax.Array | None = None) -> jax.Array:
+        """x_q: float[B, T, C]; x_kv: float[B, S, C] (default x_q); mask: bool[B, T, S] (True = attend);
+        positions: int[B, T] (needed with RoPE, self-attention only). Returns float[B, T, out_dim]."""
+        x_kv = x_q if x_kv is None else x_kv
+        q = self._proj(self.num_heads, "heads", "query", self.qkv_bias)(x_q)
+        k = self._proj(self.num_kv_heads, "kv_heads", "key", self.qkv_bias)(x_kv)
+        v = self._proj(self.num_kv_heads, "kv_heads", "value", self.qkv_bias)(x_kv)
+        if self.qk_norm_eps is not None:
+            q = RMSNorm(self.qk_norm_eps, ("heads", "head_dim"), name="q_norm")(q)
+            k = RMSNorm(self.qk_norm_eps, ("kv_heads", "head_dim"), name="k_norm")(k)
+        if self.rope_theta is not None:
+            q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        out = dot_product_attention(q, k, v, mask)
+        return Dense((self.out_dim,), ("heads", "head_dim"), ("embed",), self.out_bias, self.dtype,
+                     self.param_dtype, name="out")(out)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """softmax(q k^T / sqrt(D)) v with float32 scores. q: [B,T,H,D], k/v: [B,S,K,D] -> [B,T,H,D]."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg.astype(jnp.float32), k.astype(jnp.float32))
+    scores = scores / jnp.sqrt(jnp.float32(d))
+    if mask is not None:
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def scanned(block_cls, n_layers: int, remat_policy: str, n_broadcast: int = 0):
+    """`block_cls` stacked `n_layers` times under nn.scan (params get a leading "layers" axis)."""
+    if remat_policy != "none":
+        block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
+    return nn.scan(block_cls, variable_axes={"params": 0, "intermediates": 0},
+                   split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * n_broadcast,
+                   length=n_layers, metadata_params={nn.PARTITION_NAME: "layers"})

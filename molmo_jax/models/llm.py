@@ -1,0 +1,120 @@
+"""The decoder LLM for the OLMo, Qwen2 and OLMoE families, chosen by config.
+
+One block serves all: pre-norm (Qwen2, OLMoE) or post-norm on the branch outputs (`norm_after`,
+OLMo-7B-1024), a dense SwiGLU MLP or the MoE feed-forward (`block_type="moe"`). The layers run under
+`nn.scan` with the remat policy of `cfg.llm.remat_policy`.
+Shapes: B batch, T length, d width.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from molmo_jax.models.layers import (Attention, Dense, LayerNorm, Mlp, RMSNorm, dtype_of, normal,
+                                     param_with_axes, scanned)
+from molmo_jax.models.moe import MoeMlp
+
+
+def norm(cfg, name: str | None = None) -> nn.Module:
+    if cfg.llm.norm_type == "rms":
+        return RMSNorm(cfg.llm.norm_eps, name=name)
+    return LayerNorm(cfg.llm.norm_eps, use_bias=False, name=name)
+
+
+class ResidualDropout(nn.Module):
+    """Inverted dropout with keep probability 1-p on prompt tokens and 1-p_response on response tokens.
+
+    The latter is the paper's "text-only dropout" of stage 1 (`response_residual_dropout`).
+    """
+    rate: float
+    response_rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, response_mask: jax.Array | None, deterministic: bool) -> jax.Array:
+        if deterministic or (self.rate == 0.0 and self.response_rate == 0.0):
+            return x
+        keep = jnp.full(x.shape[:2], 1.0 - self.rate, jnp.float32)
+        if response_mask is not None:
+            keep = jnp.where(response_mask > 0, 1.0 - self.response_rate, keep)
+        keep = keep[..., None]
+        kept = jax.random.bernoulli(self.make_rng("dropout"), jnp.broadcast_to(keep, x.shape))
+        return jnp.where(kept, x / keep.astype(x.dtype), 0).astype(x.dtype)
+
+
+class DecoderBlock(nn.Module):
+    """One transformer layer. Carry: x float[B, T, d]; broadcast: mask bool[B, T, T], positions int[B, T],
+    response_mask float[B, T] or None."""
+    cfg: object
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, mask, positions, response_mask):
+        cfg, llm = self.cfg, self.cfg.llm
+        dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        self.sow("intermediates", "block_input", x)
+        attention = Attention(llm.n_heads, llm.n_kv_heads, llm.head_dim, llm.d_model, qkv_bias=llm.qkv_bias,
+                              qk_norm_eps=llm.norm_eps if llm.qk_norm else None, rope_theta=llm.rope_theta,
+                              dtype=dtype, param_dtype=pdtype, name="attention")
+        if llm.block_type == "moe":
+            ffn = MoeMlp(cfg, name="moe")
+        else:
+            ffn = Mlp(llm.mlp_hidden, gated=True, act="silu", dtype=dtype, param_dtype=pdtype, name="mlp")
+        dropout = ResidualDropout(llm.residual_dropout, llm.response_residual_dropout)
+        drop = lambda y: dropout(y, response_mask, self.deterministic)
+        attn = lambda y: attention(y, mask=mask, positions=positions)
+        if llm.norm_after:
+            x = x + drop(norm(cfg, "attn_norm")(attn(x)))
+            x = x + drop(norm(cfg, "ff_norm")(ffn(x)))
+        else:
+            x = x + drop(attn(norm(cfg, "attn_norm")(x)))
+            x = x + drop(ffn(norm(cfg, "ff_norm")(x)))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, None
+
+
+class Embedding(nn.Module):
+    """Base vocabulary rows plus `additional_vocab_size` new rows (ids >= embedding_size)."""
+    cfg: object
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """ids: int[B, T] (negative ids, i.e. padding, embed as id 0) -> float[B, T, d]."""
+        llm = self.cfg.llm
+        pdtype = dtype_of(self.cfg.param_dtype)
+        base = param_with_axes(self, "embedding", normal(), (llm.embedding_size, llm.d_model),
+                               ("vocab", "embed"), pdtype)
+        ids = jnp.maximum(ids, 0)
+        x = jnp.take(base, jnp.minimum(ids, llm.embedding_size - 1), axis=0)
+        if llm.additional_vocab_size:
+            new = param_with_axes(self, "new_embedding", normal(), (llm.additional_vocab_size, llm.d_model),
+                                  ("vocab", "embed"), pdtype)
+            extra = jnp.take(new, jnp.clip(ids - llm.embedding_size, 0, llm.additional_vocab_size - 1), axis=0)
+            x = jnp.where((ids >= llm.embedding_size)[..., None], extra, x)
+        return x.astype(dtype_of(self.cfg.dtype))
+
+
+class Decoder(nn.Module):
+    """Token embedding, the layer stack, final norm and output head (over the `embedding_size` rows)."""
+    cfg: object
+    deterministic: bool = True
+
+    def setup(self):
+        llm = self.cfg.llm
+        self.embedder = Embedding(self.cfg)
+        self.blocks = scanned(DecoderBlock, llm.n_layers, llm.remat_policy, n_broadcast=3)(
+            self.cfg, self.deterministic)
+        self.final_norm = norm(self.cfg, "final_norm")
+        self.lm_head = Dense((llm.embedding_size,), ("embed",), ("vocab",), False, dtype_of(self.cfg.dtype),
+                             dtype_of(self.cfg.param_dtype))
+
+    def embed(self, ids: jax.Array) -> jax.Array:
+        """ids: int[B, T] -> float[B, T, d]."""
+        return self.embedder(ids)
+
+    def __call__(self, x, mask, positions, response_mask=None):
+        """x: float[B, T, d] input embeddings -> float32[B, T, embedding_size] logits."""
+        x, _ = self.blocks(x, mask, positions, response_mask)
+        x = self.final_norm(x)
+        self.sow("intermediates", "final_hidden", x)
+        return self.lm_head(x).astype(jnp.float32)

@@ -1,0 +1,132 @@
+"""The whole Molmo model: encode image crops, add them to the <im_patch> token embeddings, decode.
+
+`Molmo(cfg)` is a linen module whose params are a plain pytree with three top-level parts:
+`vit`, `connector` and `llm`. Named intermediates (ViT features, pooled and projected image features,
+input embeddings, per-layer hidden states) are sown under "intermediates" for parity tests and probes:
+`model.apply(params, ..., mutable=["intermediates"])`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from molmo_jax import config as config_lib
+from molmo_jax import sharding
+from molmo_jax.models.connector import Connector
+from molmo_jax.models.llm import Decoder
+from molmo_jax.models.vit import VisionTransformer
+
+
+def attention_mask(valid: jax.Array, subsegment_ids: jax.Array | None) -> jax.Array:
+    """bool[B, T, T]: causal, keys restricted to valid tokens, and for packed conversations
+    (subsegment ids) query i sees key j only when sub[j] >= sub[i] (BOS + image + its own turn)."""
+    t = valid.shape[1]
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
+    if subsegment_ids is not None:
+        mask &= (subsegment_ids[:, :, None] <= subsegment_ids[:, None, :]) & valid[:, :, None]
+    return mask
+
+
+def default_positions(valid: jax.Array) -> jax.Array:
+    """int[B, T] positions counting valid tokens only (left- and right-padding safe)."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def add_image_features(x: jax.Array, features: jax.Array, image_input_idx: jax.Array) -> jax.Array:
+    """Adds image token features at their sequence positions.
+
+    x: float[B, T, d]; features: float[B, C, N, d]; image_input_idx: int[B, C, N] (negative = unused).
+    """
+    b, t, d = x.shape
+    idx = image_input_idx.reshape(b, -1)
+    idx = jnp.where(idx >= 0, idx, t)  # out of range: dropped
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], idx.shape)
+    return x.at[rows, idx].add(features.reshape(b, -1, d).astype(x.dtype), mode="drop")
+
+
+class Molmo(nn.Module):
+    cfg: Any
+    deterministic: bool = True
+
+    def setup(self):
+        self.vit = VisionTransformer(self.cfg)
+        self.connector = Connector(self.cfg)
+        self.llm = Decoder(self.cfg, self.deterministic)
+
+    def encode_images(self, images: jax.Array, image_masks: jax.Array | None) -> jax.Array:
+        """images: float[B, C, P, p*p*3] crops (all -1 = padding crop); image_masks: float[B, C, P].
+
+        Returns float[B, C, N, d]: N pooled tokens per crop in the LLM width.
+        """
+        b, c, p, _ = images.shape
+        flat = images.reshape(b * c, p, -1)
+        layers = self.vit(flat)  # [L, B*C, prefix + P, width]
+        self.sow("intermediates", "vit_features", layers)
+        features = jnp.concatenate(list(layers), axis=-1)[:, config_lib.num_prefix_tokens(self.cfg):]
+        real_crop = ~jnp.all(flat == -1, axis=(1, 2))
+        features = features * real_crop[:, None, None].astype(features.dtype)
+        features = self.connector(features.reshape(b, c, p, -1), image_masks)
+        self.sow("intermediates", "image_features", features)
+        return features
+
+    def __call__(self, input_ids: jax.Array, images: jax.Array | None = None,
+                 image_masks: jax.Array | None = None, image_input_idx: jax.Array | None = None,
+                 position_ids: jax.Array | None = None, subsegment_ids: jax.Array | None = None,
+                 response_mask: jax.Array | None = None) -> jax.Array:
+        """input_ids: int[B, T] (-1 = padding) -> float32[B, T, embedding_size] logits.
+
+        The optional arrays are the preprocessor's: images float[B, C, P, 588], image_masks
+        float[B, C, P], image_input_idx int[B, C, N], position_ids / subsegment_ids int[B, T],
+        response_mask float[B, T] (only read by response-token residual dropout in training).
+        """
+        valid = input_ids != -1
+        if position_ids is None:
+            if subsegment_ids is not None:
+                raise ValueError("position_ids must be given together with subsegment_ids")
+            position_ids = default_positions(valid)
+        x = self.llm.embed(input_ids)
+        if images is not None:
+            x = add_image_features(x, self.encode_images(images, image_masks), image_input_idx)
+        self.sow("intermediates", "input_embeddings", x)
+        if not self.deterministic and self.cfg.llm.embedding_dropout > 0:
+            x = nn.Dropout(self.cfg.llm.embedding_dropout)(x, deterministic=False)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return self.llm(x, attention_mask(valid, subsegment_ids), position_ids, response_mask)
+
+
+def dummy_inputs(cfg, batch: int = 1, seq_len: int = 16, with_images: bool = True) -> dict[str, np.ndarray]:
+    """Shape-correct model inputs (for init / eval_shape); images have every crop of the config."""
+    inputs = {"input_ids": np.zeros((batch, seq_len), np.int32)}
+    if with_images:
+        crops, patches = config_lib.max_total_crops(cfg), int(np.prod(config_lib.patch_grid(cfg)))
+        n_tokens = int(np.prod(config_lib.pooled_grid(cfg)))
+        inputs["images"] = np.zeros((batch, crops, patches, cfg.vit.patch_size ** 2 * 3), np.float32)
+        inputs["image_masks"] = np.ones((batch, crops, patches), np.float32)
+        inputs["image_input_idx"] = np.full((batch, crops, n_tokens), -1, np.int32)
+    return inputs
+
+
+def abstract_params(cfg) -> Any:
+    """Boxed (logically partitioned) ShapeDtypeStructs of the params; allocates nothing."""
+    model = Molmo(cfg)
+    return jax.eval_shape(lambda rng: model.init(rng, **dummy_inputs(cfg)), jax.random.key(0))["params"]
+
+
+def param_count(cfg) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(abstract_params(cfg))))
+
+
+def init_params(cfg, rng: jax.Array, mesh: Mesh | None = None) -> Any:
+    """Randomly initialised params, created directly in their shardings on `mesh` (default: 1 device)."""
+    mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    boxed = abstract_params(cfg)
+    shardings = sharding.param_shardings(boxed, mesh)
+    model = Molmo(cfg)
+    init = lambda r: nn.meta.unbox(model.init(r, **dummy_inputs(cfg))["params"])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        return jax.jit(init, out_shardings=shardings)(rng)

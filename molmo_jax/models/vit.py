@@ -1,0 +1,77 @@
+"""The image encoder: a pre-LN ViT (OpenAI CLIP, SigLIP or DINOv2 flavour, chosen by `cfg.vit.kind`).
+
+Input: crops already cut into patches, float[N, P, p*p*3] (pixel order within a patch (dy, dx, c)).
+Output: the hidden states of the layers named by `cfg.vit_layers`, float[len(vit_layers), N, P', C]
+with P' = P + prefix tokens. The layers run under one `nn.scan`; the wanted outputs are collected in
+the scan carry, so only those are kept in memory.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from molmo_jax.config import num_prefix_tokens, patch_grid
+from molmo_jax.models.layers import (Attention, Dense, LayerNorm, Mlp, dtype_of, normal, param_with_axes,
+                                     scanned)
+
+class VitBlock(nn.Module):
+    """x += attn(LN(x)); x += mlp(LN(x)), with DINOv2 layer scales. Carry: (x, selected, layer)."""
+    cfg: object
+
+    @nn.compact
+    def __call__(self, carry, selected_layers: jax.Array):
+        x, selected, layer = carry
+        v = self.cfg.vit
+        dtype, pdtype = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
+        h = Attention(v.num_heads, v.num_kv_heads, v.head_dim, v.width, qkv_bias=True, out_bias=True,
+                      dtype=dtype, param_dtype=pdtype, name="attention")(
+            LayerNorm(v.norm_eps, name="attention_norm")(x))
+        if v.kind == "dino":
+            h = h * param_with_axes(self, "lambda1", nn.initializers.ones, (v.width,), ("embed",), pdtype)
+        x = x + h
+        h = Mlp(v.mlp_dim, gated=False, act=v.activation, use_bias=True, dtype=dtype, param_dtype=pdtype,
+                name="feed_forward")(LayerNorm(v.norm_eps, name="ffn_norm")(x))
+        if v.kind == "dino":
+            h = h * param_with_axes(self, "lambda2", nn.initializers.ones, (v.width,), ("embed",), pdtype)
+        x = x + h
+        selected = jnp.where((selected_layers == layer)[:, None, None, None], x[None], selected)
+        return (x, selected, layer + 1), None
+
+
+def resize_positions(pos: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """Bicubic (antialiased, half-pixel) resize of a square positional grid float[g*g, C] to grid."""
+    g = int(np.sqrt(pos.shape[0]))
+    if (g, g) == tuple(grid):
+        return pos
+    out = jax.image.resize(pos.reshape(g, g, -1), (*grid, pos.shape[-1]), "cubic", antialias=True)
+    return out.reshape(grid[0] * grid[1], -1)
+
+
+class VisionTransformer(nn.Module):
+    cfg: object
+
+    @nn.compact
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        """patches: float[N, P, p*p*3] -> float[len(vit_layers), N, P + prefix, C]."""
+        v = self.cfg.vit
+        dtype, pdtype = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
+        prefix = num_prefix_tokens(self.cfg)
+        x = Dense((v.width,), ("pixels",), ("embed",), v.kind != "openai", dtype, pdtype,
+                  name="patch_embedding")(patches)
+        pos = param_with_axes(self, "positional_embedding", normal(v.width ** -0.5), (v.num_pos, v.width),
+                              ("pos", "embed"), pdtype)
+        pos = jnp.concatenate([pos[:prefix], resize_positions(pos[prefix:], patch_grid(self.cfg))])
+        if prefix:
+            cls = param_with_axes(self, "class_embedding", normal(v.width ** -0.5), (v.width,), ("embed",),
+                                  pdtype)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, v.width)), x], 1)
+        x = x + pos.astype(x.dtype)
+        if v.kind == "openai":
+            x = LayerNorm(v.norm_eps, name="pre_ln")(x)
+        layers = jnp.asarray([i % v.num_layers for i in self.cfg.vit_layers], jnp.int32)
+        selected = jnp.zeros((len(self.cfg.vit_layers),) + x.shape, x.dtype)
+        blocks = scanned(VitBlock, v.num_layers, self.cfg.llm.remat_policy, n_broadcast=1)(self.cfg, name="blocks")
+        (_, selected, _), _ = blocks((x, selected, jnp.int32(0)), layers)
+        return selected

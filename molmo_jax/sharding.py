@@ -1,0 +1,67 @@
+"""Mesh construction and the one table mapping logical axis names to mesh axes.
+
+Model code names axes logically (`("embed", "mlp")`); only `LOGICAL_RULES` knows the mesh. The mesh
+always has the four axes `data`, `fsdp`, `tensor`, `expert` (size 1 when unused), so a (2, 2, 2)
+data/fsdp/tensor layout is `make_mesh((2, 2, 2))`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+# Logical axis -> mesh axis (or axes). The single source of truth for parameter and activation layout.
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("expert", "expert"),
+    ("layers", None),
+    ("pos", None),
+    ("pixels", None),
+    ("norm", None),
+)
+
+
+def make_mesh(shape: Sequence[int] = (1, 1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over `devices` (default: all) with axes data, fsdp, tensor[, expert].
+
+    `shape` gives 3 or 4 sizes in MESH_AXES order; their product must equal the device count.
+    """
+    shape = tuple(shape) + (1,) * (len(MESH_AXES) - len(shape))
+    devices = list(jax.devices() if devices is None else devices)
+    if len(shape) != len(MESH_AXES) or int(np.prod(shape)) != len(devices):
+        raise ValueError(f"mesh shape {shape} (axes {MESH_AXES}) does not match {len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+                axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(axes: Sequence[str | None]) -> PartitionSpec:
+    """PartitionSpec of one array whose dimensions carry these logical names."""
+    return nn.logical_to_mesh_axes(tuple(axes), LOGICAL_RULES)
+
+
+def param_shardings(abstract_params, mesh: Mesh):
+    """NamedShardings for a (boxed) param tree from `jax.eval_shape(model.init, ...)`."""
+    specs = nn.get_partition_spec(abstract_params)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Shards the leading (batch) dimension over data x fsdp, replicates the rest."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Places every array of a host batch dict on the mesh, batch-sharded."""
+    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), batch)
