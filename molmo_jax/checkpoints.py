@@ -244,7 +244,7 @@ def native_to_params(get: Callable[[str], np.ndarray], keys: Iterable[str], cfg)
     flat = {}
     for r in rules:
         layers = range(_layer_count(r.ours[0], cfg)) if r.layered else [None]
-        per_layer = [_convert(r, [get(n.format(i=i)) for n in r.native], expected, i is not None)
+        per_layer = [_convert(r, [n.format(i=i) for n in r.native], get, expected, i is not None)
                      for i in layers]
         for j, path in enumerate(r.ours):
             flat[path] = np.stack([p[j] for p in per_layer]) if r.layered else per_layer[0][j]
@@ -254,19 +254,19 @@ def native_to_params(get: Callable[[str], np.ndarray], keys: Iterable[str], cfg)
     return _unflatten(flat)
 
 
-def _convert(rule: Rule, native: Arrays, expected: Mapping[str, tuple], layered: bool) -> Arrays:
-    names = ", ".join(rule.native)
-    shapes = [tuple(x.shape) for x in native]
+def _convert(rule: Rule, names: list[str], get: Callable[[str], np.ndarray], expected: Mapping[str, tuple],
+             layered: bool) -> Arrays:
+    native = [get(n) for n in names]
     model_shapes = [expected[p][1:] if layered else expected[p] for p in rule.ours]
     try:
         ours = rule.to_ours(native)
-    except ValueError as e:
-        raise CheckpointError(f"tensor {names}: checkpoint shape {shapes} does not fit the model's "
-                              f"{model_shapes} ({e})") from None
-    for path, x, want in zip(rule.ours, ours, model_shapes):
-        if tuple(x.shape) != tuple(want):
-            raise CheckpointError(f"tensor {names}: checkpoint shape {shapes} gives {tuple(x.shape)} for "
-                                  f"{path}, but the model has {tuple(want)}")
+        ok = all(tuple(x.shape) == tuple(want) for x, want in zip(ours, model_shapes))
+    except ValueError:
+        ok = False
+    if not ok:
+        want = [tuple(x.shape) for x in rule.to_native([np.zeros(s, np.float32) for s in model_shapes])]
+        raise CheckpointError(f"tensor {', '.join(names)}: checkpoint shape {[tuple(x.shape) for x in native]} "
+                              f"does not match the model's {want}")
     return ours
 
 
@@ -413,18 +413,19 @@ def load(path: str | os.PathLike, cfg=None, mesh=None, vision: Mapping[str, Any]
     return cfg, place(params, cfg, mesh)
 
 
-def save_native(params, cfg, path: str | os.PathLike, official_config: Mapping[str, Any] | None = None):
-    """Writes weights.safetensors with official names (+ config.json when `official_config` is given)."""
+def save_native(params, cfg, path: str | os.PathLike):
+    """Writes the official native layout: weights.safetensors (official names) + config.json."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file(params_to_native(params, cfg), str(path / "weights.safetensors"))
-    if official_config is not None:
-        (path / "config.json").write_text(json.dumps(dict(official_config), indent=1))
+    (path / "config.json").write_text(json.dumps(config_lib.to_official(cfg), indent=1))
 
 
-def save_hf_release(params, cfg, path: str | os.PathLike, config_json: Mapping[str, Any],
-                    max_shard_bytes: int = 5 << 30):
-    """Writes the HF release layout: sharded model-XXXXX-of-YYYYY.safetensors, index json, config.json."""
+def save_hf_release(params, cfg, path: str | os.PathLike, max_shard_bytes: int = 5 << 30):
+    """Writes the HF release layout: sharded model-XXXXX-of-YYYYY.safetensors, index json, config.json.
+
+    The remote modelling code files of the hub repos are not written (they are third-party code).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = native_to_release(params_to_native(params, cfg), cfg)
@@ -444,4 +445,4 @@ def save_hf_release(params, cfg, path: str | os.PathLike, config_json: Mapping[s
     total = sum(x.nbytes for x in tensors.values())
     (path / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (path / "config.json").write_text(json.dumps(dict(config_json), indent=2))
+    (path / "config.json").write_text(json.dumps(config_lib.to_hf_release(cfg), indent=2))

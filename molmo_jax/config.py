@@ -329,6 +329,23 @@ def validate(cfg) -> ml_collections.ConfigDict:
 # Conversion from the official formats
 
 
+_VIT_FIELDS = {  # official VisionBackboneConfig field -> ours
+    "image_model_type": "kind", "image_default_input_size": "image_size", "image_patch_size": "patch_size",
+    "image_emb_dim": "width", "image_num_heads": "num_heads", "image_num_key_value_heads": "num_kv_heads",
+    "image_head_dim": "head_dim", "image_mlp_dim": "mlp_dim", "image_num_layers": "num_layers",
+    "image_mlp_activations": "activation", "image_norm_eps": "norm_eps", "image_num_pos": "num_pos",
+    "residual_dropout": "dropout",
+}
+
+
+def vit_fields_from_official(vb: Mapping[str, Any]) -> dict[str, Any]:
+    """Our `vit` fields from (a subset of) an official `VisionBackboneConfig` dict."""
+    out = {_VIT_FIELDS[k]: v for k, v in vb.items() if k in _VIT_FIELDS}
+    if "image_size" in out:
+        out["image_size"] = tuple(out["image_size"])
+    return out
+
+
 def from_official(d: Mapping[str, Any], name: str = "official") -> ml_collections.ConfigDict:
     """Builds a config from an official `olmo.config.ModelConfig` dict (native config.json).
 
@@ -350,13 +367,7 @@ def from_official(d: Mapping[str, Any], name: str = "official") -> ml_collection
     pooling = _LEGACY_NAMES.get(d["image_pooling_2d"], d["image_pooling_2d"])
 
     cfg = _base(dict(name=name), connector_hidden=mlp_hidden)
-    cfg.vit.update(
-        kind=vb["image_model_type"], image_size=tuple(vb["image_default_input_size"]),
-        patch_size=vb["image_patch_size"], width=vb["image_emb_dim"], num_heads=vb["image_num_heads"],
-        num_kv_heads=vb["image_num_key_value_heads"], head_dim=vb["image_head_dim"],
-        mlp_dim=vb["image_mlp_dim"], num_layers=vb["image_num_layers"],
-        activation=vb["image_mlp_activations"], norm_eps=vb["image_norm_eps"],
-        num_pos=vb["image_num_pos"], dropout=vb.get("residual_dropout", 0.0))
+    cfg.vit.update(vit_fields_from_official(vb))
     cfg.vit_layers = tuple(d["vit_layers"]) if d.get("vit_layers") is not None else (-1,)
     cfg.connector.update(
         padding_embed=d.get("image_padding_embed"), pooling=pooling,
@@ -398,8 +409,9 @@ def from_hf_release(d: Mapping[str, Any], vision: Mapping[str, Any] | None = Non
     """Builds a config from the config.json of a Hugging Face release (allenai/Molmo-*-0924).
 
     The dense release (model_type "molmo") only describes the LLM; the vision tower and connector are
-    hard-coded in its remote code to the released values, which this uses unless `vision` overrides
-    vit fields (e.g. a small test model). MolmoE's release config.json is a full official dict.
+    hard-coded in its remote code to the released values, which this uses unless `vision` (official
+    `VisionBackboneConfig` field names, e.g. {"image_emb_dim": 64}) overrides them. MolmoE's release
+    config.json is a full official dict (its own `vision_backbone` wins over `vision`).
     """
     if "d_model" in d:  # MolmoE: OLMo-style dump of the native ModelConfig
         return from_official(d, name=name)
@@ -419,5 +431,54 @@ def from_hf_release(d: Mapping[str, Any], vision: Mapping[str, Any] | None = Non
         raise ConfigError(f"release config field clip_qkv={d['clip_qkv']!r} is not supported; supported: None")
     cfg.connector.projector_hidden = hidden
     if vision:
-        cfg.vit.update(dict(vision))
+        cfg.vit.update(vit_fields_from_official(vision))
     return validate(cfg)
+
+
+def to_official(cfg) -> dict[str, Any]:
+    """An official `ModelConfig` dict (native config.json) for cfg; `from_official` inverts it."""
+    v, llm, con, p, f = cfg.vit, cfg.llm, cfg.connector, cfg.preprocess, cfg.formatting
+    vision = {ours: v[ours] for ours in _VIT_FIELDS.values()}
+    vision = {k: vision[o] for k, o in _VIT_FIELDS.items()}
+    vision.update(image_default_input_size=list(v.image_size), resize_mode=p.resize_mode)
+    moe = llm.block_type == "moe"
+    return {
+        "d_model": llm.d_model, "n_heads": llm.n_heads, "n_kv_heads": llm.n_kv_heads, "n_layers": llm.n_layers,
+        "qkv_bias": llm.qkv_bias, "clip_qkv": None, "include_bias": False, "activation_type": "swiglu",
+        "block_type": llm.block_type, "block_group_size": 1, "rope": True, "rope_theta": llm.rope_theta,
+        "mlp_ratio": 2 * llm.mlp_hidden // llm.d_model if moe else 4,
+        "mlp_hidden_size": None if moe else 2 * llm.mlp_hidden,
+        "layer_norm_type": llm.norm_type, "layer_norm_eps": llm.norm_eps, "norm_after": llm.norm_after,
+        "attention_layer_norm": llm.qk_norm, "vocab_size": llm.vocab_size, "embedding_size": llm.embedding_size,
+        "additional_vocab_size": llm.additional_vocab_size, "max_sequence_length": llm.max_sequence_length,
+        "moe_num_experts": llm.moe_num_experts, "moe_top_k": llm.moe_top_k,
+        "residual_dropout": llm.residual_dropout, "response_residual_dropout": llm.response_residual_dropout,
+        "attention_dropout": llm.attention_dropout, "embedding_dropout": llm.embedding_dropout,
+        "weight_tying": False, "scale_logits": False, "normalize_input_embeds": False, "use_position_ids": True,
+        "vision_backbone": vision, "vit_layers": list(cfg.vit_layers),
+        "image_padding_embed": con.padding_embed, "image_pooling_2d": con.pooling,
+        "image_pooling_h": con.pooling_h, "image_pooling_w": con.pooling_w, "image_projector": con.projector,
+        "image_feature_dropout": con.feature_dropout,
+        "crop_mode": p.crop_mode, "max_crops": p.max_crops, "overlap_margins": list(p.overlap_margins),
+        "use_col_tokens": p.use_col_tokens, "pad_value": p.pad_value,
+        "prompt_type": f.prompt_type, "message_formatting": f.message_formatting,
+        "system_prompt_kind": f.system_prompt_kind, "always_start_with_space": f.always_start_with_space,
+        "default_inference_len": f.default_inference_len, "multi_annotation_weighting": f.multi_annotation_weighting,
+    }
+
+
+def to_hf_release(cfg) -> dict[str, Any]:
+    """The release config.json for cfg: HF-style fields for dense models, the official dict for MolmoE."""
+    if cfg.llm.block_type == "moe":
+        return to_official(cfg)
+    llm = cfg.llm
+    return {
+        "architectures": ["MolmoForCausalLM"], "model_type": "molmo", "hidden_size": llm.d_model,
+        "intermediate_size": 2 * llm.mlp_hidden, "num_attention_heads": llm.n_heads,
+        "num_key_value_heads": llm.n_kv_heads, "num_hidden_layers": llm.n_layers,
+        "layer_norm_eps": llm.norm_eps, "layer_norm_type": llm.norm_type, "rope_theta": llm.rope_theta,
+        "qkv_bias": llm.qkv_bias, "attention_layer_norm": llm.qk_norm, "norm_after": llm.norm_after,
+        "clip_qkv": None, "vocab_size": llm.vocab_size, "embedding_size": llm.embedding_size,
+        "max_position_embeddings": llm.max_sequence_length, "use_position_ids": True, "weight_tying": False,
+        "tie_word_embeddings": False, "initializer_range": 0.02, "torch_dtype": "float32",
+    }
