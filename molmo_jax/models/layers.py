@@ -165,9 +165,15 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_q: jax.Array, x_kv: jax.Array | None = None, *, mask: jax.Array | None = None,
-                 positions: jax.Array | None = None) -> jax.Array:
+                 positions: jax.Array | None = None, cache: dict | None = None):
         """x_q: float[B, T, C]; x_kv: float[B, S, C] (default x_q); mask: bool[B, T, S] (True = attend);
-        positions: int[B, T] (needed with RoPE, self-attention only). Returns float[B, T, out_dim]."""
+        positions: int[B, T] (needed with RoPE, self-attention only).
+
+        With `cache` = {"k", "v": float[B, S_max, K, D], "index": int} (self-attention only) the new keys
+        and values are written at columns index..index+T-1 and attention runs over all S_max columns
+        (`mask` is then bool[B, T, S_max]); returns (float[B, T, out_dim], updated cache). Without a cache
+        returns float[B, T, out_dim].
+        """
         x_kv = x_q if x_kv is None else x_kv
         q = self._proj(self.num_heads, "heads", "query", self.qkv_bias)(x_q)
         k = self._proj(self.num_kv_heads, "kv_heads", "key", self.qkv_bias)(x_kv)
@@ -177,9 +183,15 @@ class Attention(nn.Module):
             k = RMSNorm(self.qk_norm_eps, ("kv_heads", "head_dim"), name="k_norm")(k)
         if self.rope_theta is not None:
             q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        if cache is not None:
+            at = (0, cache["index"], 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
+            cache = {"k": k, "v": v, "index": cache["index"]}
         out = dot_product_attention(q, k, v, mask)
-        return Dense((self.out_dim,), ("heads", "head_dim"), ("embed",), self.out_bias, self.dtype,
-                     self.param_dtype, name="out")(out)
+        out = Dense((self.out_dim,), ("heads", "head_dim"), ("embed",), self.out_bias, self.dtype,
+                    self.param_dtype, name="out")(out)
+        return out if cache is None else (out, cache)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -203,10 +215,14 @@ REMAT_POLICIES = {
 }
 
 
-def scanned(block_cls, n_layers: int, remat_policy: str, n_broadcast: int = 0):
-    """`block_cls` stacked `n_layers` times under nn.scan (params get a leading "layers" axis)."""
+def scanned(block_cls, n_layers: int, remat_policy: str, n_broadcast: int = 0, n_scanned: int = 0):
+    """`block_cls` stacked `n_layers` times under nn.scan (params get a leading "layers" axis).
+
+    The block is called as block(carry, *broadcast_args, *scanned_args) -> (carry, per_layer_output).
+    """
     if remat_policy != "none":
         block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
+    in_axes = (nn.broadcast,) * n_broadcast + (0,) * n_scanned
     return nn.scan(block_cls, variable_axes={"params": 0, "intermediates": 0},
-                   split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * n_broadcast,
-                   length=n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+                   split_rngs={"params": True, "dropout": True}, in_axes=in_axes, length=n_layers,
+                   metadata_params={nn.PARTITION_NAME: "layers"})

@@ -43,13 +43,13 @@ class ResidualDropout(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """One transformer layer. Carry: x float[B, T, d]; broadcast: mask bool[B, T, T], positions int[B, T],
-    response_mask float[B, T] or None."""
+    """One transformer layer. Carry: x float[B, T, d]. Broadcast: mask bool[B, T, S], positions int[B, T],
+    response_mask float[B, T] or None, cache index. Scanned: this layer's KV cache {"k", "v"} or None."""
     cfg: object
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, mask, positions, response_mask):
+    def __call__(self, x, mask, positions, response_mask, cache_index, cache):
         cfg, llm = self.cfg, self.cfg.llm
         dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         self.sow("intermediates", "block_input", x)
@@ -62,7 +62,15 @@ class DecoderBlock(nn.Module):
             ffn = Mlp(llm.mlp_hidden, gated=True, act="silu", dtype=dtype, param_dtype=pdtype, name="mlp")
         dropout = ResidualDropout(llm.residual_dropout, llm.response_residual_dropout)
         drop = lambda y: dropout(y, response_mask, self.deterministic)
-        attn = lambda y: attention(y, mask=mask, positions=positions)
+        new_cache = []
+
+        def attn(y):
+            if cache is None:
+                return attention(y, mask=mask, positions=positions)
+            out, updated = attention(y, mask=mask, positions=positions, cache={**cache, "index": cache_index})
+            new_cache.append({"k": updated["k"], "v": updated["v"]})
+            return out
+
         if llm.norm_after:
             x = x + drop(norm(cfg, "attn_norm")(attn(x)))
             x = x + drop(norm(cfg, "ff_norm")(ffn(x)))
@@ -70,7 +78,7 @@ class DecoderBlock(nn.Module):
             x = x + drop(attn(norm(cfg, "attn_norm")(x)))
             x = x + drop(ffn(norm(cfg, "ff_norm")(x)))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, None
+        return x, (new_cache[0] if new_cache else None)
 
 
 class Embedding(nn.Module):
@@ -102,7 +110,7 @@ class Decoder(nn.Module):
     def setup(self):
         llm = self.cfg.llm
         self.embedder = Embedding(self.cfg)
-        self.blocks = scanned(DecoderBlock, llm.n_layers, llm.remat_policy, n_broadcast=3)(
+        self.blocks = scanned(DecoderBlock, llm.n_layers, llm.remat_policy, n_broadcast=4, n_scanned=1)(
             self.cfg, self.deterministic)
         self.final_norm = norm(self.cfg, "final_norm")
         self.lm_head = Dense((llm.embedding_size,), ("embed",), ("vocab",), False, dtype_of(self.cfg.dtype),
@@ -112,9 +120,25 @@ class Decoder(nn.Module):
         """ids: int[B, T] -> float[B, T, d]."""
         return self.embedder(ids)
 
-    def __call__(self, x, mask, positions, response_mask=None):
-        """x: float[B, T, d] input embeddings -> float32[B, T, embedding_size] logits."""
-        x, _ = self.blocks(x, mask, positions, response_mask)
+    def __call__(self, x, mask, positions, response_mask=None, cache=None):
+        """x: float[B, T, d] input embeddings -> float32[B, T, embedding_size] logits.
+
+        With `cache` (see `init_cache`) also returns the updated cache: (logits, cache).
+        """
+        layer_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+        index = None if cache is None else cache["index"]
+        x, new_cache = self.blocks(x, mask, positions, response_mask, index, layer_cache)
         x = self.final_norm(x)
         self.sow("intermediates", "final_hidden", x)
-        return self.lm_head(x).astype(jnp.float32)
+        logits = self.lm_head(x).astype(jnp.float32)
+        if cache is None:
+            return logits
+        return logits, {**new_cache, "index": index + x.shape[1]}
+
+
+def init_cache(cfg, batch: int, max_len: int) -> dict:
+    """An empty KV cache: k/v float[L, B, max_len, K, D] in the compute dtype, write index 0."""
+    llm = cfg.llm
+    shape = (llm.n_layers, batch, max_len, llm.n_kv_heads, llm.head_dim)
+    zeros = jnp.zeros(shape, dtype_of(cfg.dtype))
+    return {"k": zeros, "v": zeros, "index": jnp.int32(0)}

@@ -19,16 +19,22 @@ from molmo_jax import config as config_lib
 from molmo_jax import sharding
 from molmo_jax.models.connector import Connector
 from molmo_jax.models.llm import Decoder
+from molmo_jax.models.llm import init_cache as llm_init_cache
 from molmo_jax.models.vit import VisionTransformer
 
 
-def attention_mask(valid: jax.Array, subsegment_ids: jax.Array | None) -> jax.Array:
-    """bool[B, T, T]: causal, keys restricted to valid tokens, and for packed conversations
-    (subsegment ids) query i sees key j only when sub[j] >= sub[i] (BOS + image + its own turn)."""
-    t = valid.shape[1]
-    mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
+def attention_mask(key_valid: jax.Array, num_queries: int, query_start: jax.Array | int = 0,
+                   subsegment_ids: jax.Array | None = None) -> jax.Array:
+    """bool[B, T, S]: query t (at column query_start + t) sees key column s <= its own where key_valid[b, s].
+
+    key_valid: bool[B, S]. For packed conversations (subsegment ids; no cache, so T == S) query i also
+    needs sub[j] >= sub[i]: every conversation sees BOS + image + itself, never another conversation.
+    """
+    s = key_valid.shape[1]
+    query_cols = query_start + jnp.arange(num_queries)
+    mask = (jnp.arange(s)[None, :] <= query_cols[:, None])[None] & key_valid[:, None, :]
     if subsegment_ids is not None:
-        mask &= (subsegment_ids[:, :, None] <= subsegment_ids[:, None, :]) & valid[:, :, None]
+        mask &= (subsegment_ids[:, :, None] <= subsegment_ids[:, None, :]) & key_valid[:, :, None]
     return mask
 
 
@@ -77,14 +83,22 @@ class Molmo(nn.Module):
     def __call__(self, input_ids: jax.Array, images: jax.Array | None = None,
                  image_masks: jax.Array | None = None, image_input_idx: jax.Array | None = None,
                  position_ids: jax.Array | None = None, subsegment_ids: jax.Array | None = None,
-                 response_mask: jax.Array | None = None) -> jax.Array:
+                 response_mask: jax.Array | None = None, cache: dict | None = None):
         """input_ids: int[B, T] (-1 = padding) -> float32[B, T, embedding_size] logits.
 
         The optional arrays are the preprocessor's: images float[B, C, P, 588], image_masks
         float[B, C, P], image_input_idx int[B, C, N], position_ids / subsegment_ids int[B, T],
         response_mask float[B, T] (only read by response-token residual dropout in training).
+        With `cache` (from `init_cache`) the tokens are written at the cache's index and
+        (logits, updated cache) is returned; position_ids are then required after the first call.
         """
         valid = input_ids != -1
+        t = input_ids.shape[1]
+        if cache is None:
+            key_valid, start = valid, 0
+        else:
+            key_valid = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, cache["index"]))
+            start = cache["index"]
         if position_ids is None:
             if subsegment_ids is not None:
                 raise ValueError("position_ids must be given together with subsegment_ids")
@@ -96,7 +110,17 @@ class Molmo(nn.Module):
         if not self.deterministic and self.cfg.llm.embedding_dropout > 0:
             x = nn.Dropout(self.cfg.llm.embedding_dropout)(x, deterministic=False)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return self.llm(x, attention_mask(valid, subsegment_ids), position_ids, response_mask)
+        mask = attention_mask(key_valid, t, start, subsegment_ids)
+        if cache is None:
+            return self.llm(x, mask, position_ids, response_mask)
+        logits, llm_cache = self.llm(x, mask, position_ids, response_mask, cache=cache)
+        return logits, {**llm_cache, "valid": key_valid}
+
+
+def init_cache(cfg, batch: int, max_len: int) -> dict:
+    """An empty cache for `Molmo(...)(..., cache=...)`: per-layer k/v float[L, B, max_len, K, D],
+    valid bool[B, max_len] (which columns hold real tokens) and the write index."""
+    return {**llm_init_cache(cfg, batch, max_len), "valid": jnp.zeros((batch, max_len), bool)}
 
 
 def dummy_inputs(cfg, batch: int = 1, seq_len: int = 16, with_images: bool = True) -> dict[str, np.ndarray]:

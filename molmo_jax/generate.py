@@ -1,0 +1,142 @@
+"""Autoregressive generation with a KV cache: one prefill, then a `lax.while_loop` of decode steps.
+
+The whole loop is one jitted function per shape bucket (batch, padded prompt length, crops,
+max_new_tokens), so no token triggers a recompile. Prompts are right-padded with -1 (the collator's
+layout); rows may have different lengths, crop counts or no image. As in the official `Molmo.generate`,
+the first token comes from the logits at each row's last real token, new tokens are written after the
+padding, and their positions continue from each row's last real position.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from molmo_jax import sharding
+from molmo_jax.models.molmo import Molmo, default_positions, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+    max_new_tokens: int = 12
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for name, ok, allowed in (("max_new_tokens", self.max_new_tokens > 0, "> 0"),
+                                  ("temperature", self.temperature >= 0, ">= 0"),
+                                  ("top_k", self.top_k >= 0, ">= 0"),
+                                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]")):
+            if not ok:
+                raise ValueError(f"Sampling.{name}={getattr(self, name)!r} must be {allowed}")
+
+
+def sample(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
+    """logits: float[B, V] -> int32[B]."""
+    if sampling.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / sampling.temperature
+    if sampling.top_k:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampling.top_p < 1:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+        outside = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs > sampling.top_p
+        drop = jnp.zeros_like(outside).at[jnp.arange(logits.shape[0])[:, None], order].set(outside)
+        logits = jnp.where(drop, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _generate(params, inputs: Mapping[str, jax.Array], rng: jax.Array, *, cfg, sampling: Sampling):
+    """Jitted body. Returns int32[B, max_new_tokens]; positions after a row's stop token hold -1."""
+    model = Molmo(cfg)
+    ids = inputs["input_ids"]
+    b, s = ids.shape
+    n = sampling.max_new_tokens
+    valid = ids != -1
+    positions = default_positions(valid)
+    last = jnp.sum(valid, axis=-1) - 1  # index of each row's last real token
+    cache = init_cache(cfg, b, s + n)
+    logits, cache = model.apply({"params": params}, ids, images=inputs.get("images"),
+                                image_masks=inputs.get("image_masks"),
+                                image_input_idx=inputs.get("image_input_idx"), position_ids=positions,
+                                cache=cache)
+    rng, step_rng = jax.random.split(rng)
+    token = sample(logits[jnp.arange(b), last], step_rng, sampling)
+    next_position = jnp.take_along_axis(positions, last[:, None], axis=1) + 1
+    stop_ids = jnp.asarray(sampling.stop_ids or (-2,), jnp.int32)
+    tokens = jnp.full((b, n), -1, jnp.int32).at[:, 0].set(token)
+    done = jnp.isin(token, stop_ids)
+
+    def cond(state):
+        t, _, _, _, done, _ = state
+        return (t < n) & ~jnp.all(done)
+
+    def step(state):
+        t, tokens, token, cache, done, rng = state
+        rng, step_rng = jax.random.split(rng)
+        logits, cache = model.apply({"params": params}, token[:, None], position_ids=next_position + t - 1,
+                                    cache=cache)
+        new = sample(logits[:, -1], step_rng, sampling)
+        new = jnp.where(done, -1, new)
+        tokens = tokens.at[:, t].set(new)
+        return t + 1, tokens, new, cache, done | jnp.isin(new, stop_ids), rng
+
+    state = (jnp.int32(1), tokens, token, cache, done, rng)
+    return jax.lax.while_loop(cond, step, state)[1]
+
+
+_generate_jit = jax.jit(_generate, static_argnames=("cfg", "sampling"))
+
+
+def bucket(length: int, multiple: int = 64) -> int:
+    return -(-length // multiple) * multiple
+
+
+def pad_prompts(inputs: Mapping[str, np.ndarray], multiple: int = 64) -> dict[str, np.ndarray]:
+    """Right-pads input_ids with -1 to a multiple of `multiple` (keeps compiled shapes few)."""
+    out = dict(inputs)
+    ids = np.asarray(inputs["input_ids"])
+    out["input_ids"] = np.pad(ids, ((0, 0), (0, bucket(ids.shape[1], multiple) - ids.shape[1])),
+                              constant_values=-1).astype(np.int32)
+    return out
+
+
+def generate(cfg, params, inputs: Mapping[str, np.ndarray], sampling: Sampling = Sampling(),
+             rng: jax.Array | None = None, mesh=None, length_multiple: int = 64) -> np.ndarray:
+    """Generates up to `sampling.max_new_tokens` tokens for a batch of preprocessed, collated inputs.
+
+    inputs: {"input_ids": int[B, S] (-1 padded), optional "images", "image_masks", "image_input_idx"}.
+    Returns int32[B, max_new_tokens]: generated ids, the stop token included, -1 after it.
+    With `mesh`, params must already be sharded on it; the batch is sharded over data x fsdp.
+    """
+    inputs = pad_prompts(inputs, length_multiple)
+    rng = jax.random.key(0) if rng is None else rng
+    fn = functools.partial(_generate_jit, cfg=ml_collections.FrozenConfigDict(cfg), sampling=sampling)
+    if mesh is None:
+        return np.asarray(fn(params, inputs, rng))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        return np.asarray(fn(params, sharding.shard_batch(inputs, mesh), rng))
+
+
+def trim(tokens: np.ndarray, stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
+    """Per row: the generated ids up to (excluding) the first stop token and without -1 padding."""
+    rows = []
+    for row in np.asarray(tokens):
+        out = []
+        for t in row:
+            if t == -1 or t in stop_ids:
+                break
+            out.append(int(t))
+        rows.append(out)
+    return rows

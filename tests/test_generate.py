@@ -1,0 +1,122 @@
+"""KV-cache generation: official greedy tokens, cache == recomputation, batch == rows, sampling filters."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from fixture_cases import case_id
+from molmo_jax import config
+from molmo_jax.generate import Sampling, generate, sample
+from molmo_jax.models.molmo import Molmo, dummy_inputs, init_cache, init_params
+from test_official_parity import BATCH_CASES, SINGLE_CASES, batch_images, load_arrays, load_model, model_inputs
+
+EOS = 0
+
+
+@pytest.mark.parametrize("pair", SINGLE_CASES + BATCH_CASES, ids=case_id)
+def test_greedy_matches_official(pair):
+    arrays = load_arrays(*pair)
+    cfg, params, _ = load_model(pair[0])
+    if "input_ids" in arrays:
+        inputs = dict(input_ids=arrays["input_ids"].astype(np.int32), images=batch_images(pair[0], arrays),
+                      image_masks=arrays["image_masks"], image_input_idx=arrays["image_input_idx"])
+        expected = arrays["generated_ids"]
+    else:
+        inputs, expected = model_inputs(arrays), arrays["generated_ids"][None]
+    tokens = generate(cfg, params, inputs, Sampling(max_new_tokens=expected.shape[1], stop_ids=(EOS,)))
+    np.testing.assert_array_equal(tokens, expected)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(family: str):
+    cfg = config.tiny(family)
+    cfg.vit.num_layers, cfg.vit_layers, cfg.preprocess.max_crops = 3, (-1, -3), 1
+    params = init_params(cfg, jax.random.key(1), config_mesh())
+    params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), params)
+    return config.validate(cfg), params
+
+
+def config_mesh():
+    from molmo_jax.sharding import make_mesh
+    return make_mesh((1, 1, 1), jax.devices()[:1])
+
+
+def prompts(cfg, lengths=(11, 7), images=(True, False)) -> dict[str, np.ndarray]:
+    """Right-padded prompts of different lengths; some rows with an image, some without."""
+    rng = np.random.default_rng(3)
+    n, s = len(lengths), max(lengths)
+    inputs = dummy_inputs(cfg, batch=n, seq_len=s)
+    inputs["input_ids"] = np.full((n, s), -1, np.int32)
+    inputs["images"] = rng.normal(size=inputs["images"].shape).astype(np.float32)
+    for i, (length, with_image) in enumerate(zip(lengths, images)):
+        inputs["input_ids"][i, :length] = rng.integers(1, cfg.llm.vocab_size, length)
+        if with_image:
+            inputs["image_input_idx"][i, 1, :4] = np.arange(1, 5)
+        else:
+            inputs["images"][i] = -1
+    return inputs
+
+
+@pytest.mark.parametrize("family", ["qwen2", "olmo", "olmoe"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cached_decoding_equals_recomputation(family, batch):
+    cfg, params = tiny_model(family)
+    inputs = {k: v[:batch] for k, v in prompts(cfg).items()}
+    model = Molmo(cfg)
+    forward = jax.jit(lambda p, kw: model.apply({"params": p}, **kw))
+    new = np.random.default_rng(4).integers(1, cfg.llm.vocab_size, (batch, 3)).astype(np.int32)
+    s = inputs["input_ids"].shape[1]
+    cache = init_cache(cfg, batch, s + new.shape[1])
+    logits, cache = forward(params, {**inputs, "cache": cache})
+    positions = np.asarray(np.sum(inputs["input_ids"] != -1, axis=1))[:, None]
+    stepped = [logits]
+    for t in range(new.shape[1]):
+        step_logits, cache = forward(params, {"input_ids": new[:, t:t + 1], "position_ids": positions + t,
+                                              "cache": cache})
+        stepped.append(step_logits)
+    full = forward(params, {**inputs, "input_ids": np.concatenate([inputs["input_ids"], new], 1)})
+    np.testing.assert_allclose(np.concatenate(stepped, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "olmoe"])
+def test_batch_gives_the_same_tokens_as_rows(family):
+    cfg, params = tiny_model(family)
+    inputs = prompts(cfg, lengths=(12, 5, 9), images=(True, False, True))
+    sampling = Sampling(max_new_tokens=6)
+    together = generate(cfg, params, inputs, sampling, length_multiple=8)
+    for i in range(3):
+        row = {k: v[i:i + 1] for k, v in inputs.items()}
+        np.testing.assert_array_equal(generate(cfg, params, row, sampling, length_multiple=8)[0], together[i])
+
+
+def test_stop_token_ends_row_and_pads_with_minus_one():
+    cfg, params = tiny_model("qwen2")
+    inputs = prompts(cfg)
+    free = generate(cfg, params, inputs, Sampling(max_new_tokens=5))
+    stop = int(free[0, 1])
+    stopped = generate(cfg, params, inputs, Sampling(max_new_tokens=5, stop_ids=(stop,)))
+    assert stopped[0, 1] == stop and (stopped[0, 2:] == -1).all()
+    np.testing.assert_array_equal(stopped[0, :2], free[0, :2])
+
+
+def test_sampling_filters():
+    logits = jax.numpy.asarray(np.random.default_rng(5).normal(size=(4, 50)).astype(np.float32))
+    greedy = np.argmax(np.asarray(logits), axis=-1)
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(sample(logits, key, Sampling(temperature=1.0, top_k=1)), greedy)
+    np.testing.assert_array_equal(sample(logits, key, Sampling(temperature=1.0, top_p=1e-6)), greedy)
+    top5 = np.argsort(-np.asarray(logits), axis=-1)[:, :5]
+    for seed in range(20):
+        picked = np.asarray(sample(logits, jax.random.key(seed), Sampling(temperature=2.0, top_k=5)))
+        assert all(p in row for p, row in zip(picked, top5))
+    a = sample(logits, key, Sampling(temperature=1.0))
+    np.testing.assert_array_equal(a, sample(logits, key, Sampling(temperature=1.0)))
+
+
+@pytest.mark.parametrize("field,value", [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0)])
+def test_bad_sampling_values(field, value):
+    with pytest.raises(ValueError, match=f"Sampling.{field}="):
+        Sampling(**{field: value})
