@@ -10,6 +10,8 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "ml_collections==1.1.0",
     "einops==0.8.2",
+    "scipy>=1.11",
+    "pyarrow>=15",
     "numpy>=2.0,<3",
     "pillow>=11",
     "safetensors>=0.6",

@@ -93,6 +93,8 @@ def _base(llm: Mapping[str, Any], connector_hidden: int) -> ml_collections.Confi
     c.max_sequence_length = 4096
     c.moe_num_experts = 0
     c.moe_top_k = 0
+    c.moe_loss_weight = 0.0  # load-balancing loss (0 in the released MolmoE recipe)
+    c.moe_zloss_weight = 0.0  # router z-loss (0 in the released MolmoE recipe)
     c.residual_dropout = 0.0
     c.response_residual_dropout = 0.0
     c.attention_dropout = 0.0
@@ -308,6 +310,8 @@ def validate(cfg) -> ml_collections.ConfigDict:
         _positive(cfg, "llm.moe_num_experts")
         _require(0 < llm.moe_top_k <= llm.moe_num_experts, "llm.moe_top_k", llm.moe_top_k,
                  f"must be in [1, llm.moe_num_experts={llm.moe_num_experts}]")
+    for field in ("moe_loss_weight", "moe_zloss_weight"):
+        _require(llm[field] >= 0, f"llm.{field}", llm[field], "must be >= 0")
     for field in ("residual_dropout", "response_residual_dropout", "attention_dropout",
                   "embedding_dropout"):
         _require(0.0 <= llm[field] < 1.0, f"llm.{field}", llm[field], "must be in [0, 1)")
@@ -385,6 +389,8 @@ def from_official(d: Mapping[str, Any], name: str = "official") -> ml_collection
         max_sequence_length=d.get("max_sequence_length", 4096),
         moe_num_experts=d.get("moe_num_experts", 0) if block_type == "moe" else 0,
         moe_top_k=d.get("moe_top_k", 0) if block_type == "moe" else 0,
+        moe_loss_weight=(d.get("moe_loss_weight") or 0.0) if block_type == "moe" else 0.0,
+        moe_zloss_weight=(d.get("moe_zloss_weight") or 0.0) if block_type == "moe" else 0.0,
         residual_dropout=d.get("residual_dropout", 0.0),
         response_residual_dropout=d.get("response_residual_dropout", 0.0),
         attention_dropout=d.get("attention_dropout", 0.0),
@@ -452,6 +458,7 @@ def to_official(cfg) -> dict[str, Any]:
         "attention_layer_norm": llm.qk_norm, "vocab_size": llm.vocab_size, "embedding_size": llm.embedding_size,
         "additional_vocab_size": llm.additional_vocab_size, "max_sequence_length": llm.max_sequence_length,
         "moe_num_experts": llm.moe_num_experts, "moe_top_k": llm.moe_top_k,
+        "moe_loss_weight": llm.moe_loss_weight, "moe_zloss_weight": llm.moe_zloss_weight,
         "residual_dropout": llm.residual_dropout, "response_residual_dropout": llm.response_residual_dropout,
         "attention_dropout": llm.attention_dropout, "embedding_dropout": llm.embedding_dropout,
         "weight_tying": False, "scale_logits": False, "normalize_input_embeds": False, "use_position_ids": True,

@@ -17,7 +17,7 @@ MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
 # Logical axis -> mesh axis (or axes). The single source of truth for parameter and activation layout.
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),  # outside the MoE layers the expert axis is data parallel
     ("length", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -58,7 +58,7 @@ def param_shardings(abstract_params, mesh: Mesh):
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Shards the leading (batch) dimension over data x fsdp, replicates the rest."""
+    """Shards the leading (batch) dimension over data x fsdp x expert, replicates the rest."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
 
 

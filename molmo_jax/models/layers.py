@@ -223,6 +223,6 @@ def scanned(block_cls, n_layers: int, remat_policy: str, n_broadcast: int = 0, n
     if remat_policy != "none":
         block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
     in_axes = (nn.broadcast,) * n_broadcast + (0,) * n_scanned
-    return nn.scan(block_cls, variable_axes={"params": 0, "intermediates": 0},
+    return nn.scan(block_cls, variable_axes={"params": 0, "intermediates": 0, "losses": 0},
                    split_rngs={"params": True, "dropout": True}, in_axes=in_axes, length=n_layers,
                    metadata_params={nn.PARTITION_NAME: "layers"})

@@ -2,8 +2,13 @@
 
 Tokens are sorted by expert and multiplied with `jax.lax.ragged_dot` (grouped matmul), so no token is
 dropped and no capacity is padded. Router weights are NOT renormalised over the top-k (megablocks and
-HF OLMoE `norm_topk_prob=False`), as in the released MolmoE-1B. Expert parallelism lives in the MoE issue;
-the expert weights already carry the "expert" logical axis.
+HF OLMoE `norm_topk_prob=False`), as in the released MolmoE-1B. Expert weights carry the "expert"
+logical axis (sharded over the `expert` mesh axis by the rules table).
+
+Auxiliary losses, sown into the "losses" collection when their weights are non-zero (both are 0 in the
+released recipe): the Switch/megablocks load-balancing loss `w * E * sum_e f_e * P_e` (f_e: fraction of
+the top-k assignments routed to e, P_e: mean router probability of e) and the router z-loss
+`w * mean(logsumexp(router_logits)^2)`. `aux_loss(state)` in molmo.py averages them over layers.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ class MoeMlp(nn.Module):
         dtype, pdtype = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         e, k, f, d = llm.moe_num_experts, llm.moe_top_k, llm.mlp_hidden, llm.d_model
         logits = Dense((e,), ("embed",), (None,), False, jnp.float32, pdtype, name="router")(x)
-        weights, experts = jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), k)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        weights, experts = jax.lax.top_k(probs, k)
+        self._sow_aux_losses(logits.astype(jnp.float32), probs, experts)
 
         expert_param = lambda name, shape, axes: param_with_axes(self, name, normal(), shape, axes, pdtype)
         gate = expert_param("gate", (e, d, f), ("expert", "embed", "mlp")).astype(dtype)
@@ -42,3 +49,15 @@ class MoeMlp(nn.Module):
         out = out * weights.reshape(-1)[order][:, None].astype(dtype)
         combined = jnp.zeros_like(out).at[order].set(out).reshape(-1, k, d).sum(axis=1)
         return combined.reshape(x.shape).astype(x.dtype)
+
+    def _sow_aux_losses(self, logits: jax.Array, probs: jax.Array, experts: jax.Array):
+        """logits, probs: float32[B, T, E]; experts: int[B, T, k]."""
+        llm = self.cfg.llm
+        e = llm.moe_num_experts
+        if llm.moe_loss_weight:
+            assigned = jnp.mean(jax.nn.one_hot(experts, e, dtype=jnp.float32), axis=(0, 1, 2))
+            balance = e * jnp.sum(assigned * jnp.mean(probs, axis=(0, 1)))
+            self.sow("losses", "moe_load_balancing", llm.moe_loss_weight * balance)
+        if llm.moe_zloss_weight:
+            z = jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)))
+            self.sow("losses", "moe_router_z", llm.moe_zloss_weight * z)

@@ -123,6 +123,12 @@ def init_cache(cfg, batch: int, max_len: int) -> dict:
     return {**llm_init_cache(cfg, batch, max_len), "valid": jnp.zeros((batch, max_len), bool)}
 
 
+def aux_loss(state: dict) -> jax.Array:
+    """Sum of the auxiliary losses sown by `model.apply(..., mutable=["losses"])`, each averaged over layers."""
+    leaves = jax.tree.leaves(state.get("losses", {}))
+    return sum((jnp.mean(x) for x in leaves), jnp.float32(0))
+
+
 def dummy_inputs(cfg, batch: int = 1, seq_len: int = 16, with_images: bool = True) -> dict[str, np.ndarray]:
     """Shape-correct model inputs (for init / eval_shape); images have every crop of the config."""
     inputs = {"input_ids": np.zeros((batch, seq_len), np.int32)}

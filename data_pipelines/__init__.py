@@ -1,0 +1,13 @@
+"""Data pipelines for molmo-jax training (issue 4).
+
+Modules, one job each:
+
+  pixmo       readers of the eight PixMo datasets (local hub parquet files) -> formatter example dicts
+  synthetic   PixMo-lite: an offline, seeded generator of the same datasets (clocks, shapes, charts)
+  mixtures    grain pipelines: stage-1 captioning and the stage-2 mixture -> fixed-shape numpy batches
+  download    the PixMo image downloader (concurrent, resumable, hash-checked)
+
+Every dataset here is a `pixmo.Source`: `len(source)` examples, `source.get(index, rng)` -> an example
+dict in the input format of `molmo_jax.formatting.Formatter` (image, style, question/answer, points,
+message_list, ...), the same contract as the official `olmo.data.dataset.Dataset`.
+"""

@@ -1,0 +1,331 @@
+"""grain training pipelines: stage-1 captioning and the stage-2 mixture -> fixed-shape numpy batches.
+
+    tok = load_tokenizer(path, cfg.llm.vocab_size)
+    opts = PipelineOptions(batch_size=256, seq_len=2304, seed=50189,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+    ds = stage2({name: pixmo.load(name, data_dir, image_dir) for name in names}, cfg, tok, opts)
+    it = iter(ds)
+    batch = next(it)                       # dict of numpy arrays, see `collate`
+    state = it.get_state(); it.set_state(state)   # exact resume (JSON-able dict)
+    it.skipped                             # {"bad_image": 3, "too_long": 1, ...} since the start
+
+What the official recipe does and what this does (MOLMO.md 7.2, 7.3):
+  * each dataset is walked through a fresh permutation every epoch; example rng =
+    RandomState(seed + index + len * epoch) drives both the reader and the formatter (official
+    `DeterministicDataset`); multi-conversation examples have their conversations shuffled (stage 2);
+  * datasets are mixed with rates from `mixture_rates` (groups with rates, sqrt-size weights inside a
+    group). The official loader draws each example's dataset i.i.d.; grain's `MapDataset.mix` interleaves
+    deterministically with the same rates (exact in every window, so no sampling noise) and keeps the
+    pipeline random-access, i.e. parallel over threads and cheap to checkpoint;
+  * host h of H takes global examples h, h + H, h + 2H, ... (disjoint, together complete) and makes
+    batches of batch_size / H;
+  * an example that cannot be used (undecodable image, empty annotation, too long, malformed row) is
+    skipped and counted by reason in `iterator.skipped` (part of the checkpointed state).
+
+Batches (B = batch_size / process_count, S = seq_len, T = max crops incl. the global view, P = patches
+per crop, D = 3 * patch_size**2, K = pooled tokens per crop), padding -1:
+  input_ids int64[B, S], labels int64[B, S], loss_masks float32[B, S], position_ids int64[B, S],
+  subsegment_ids int64[B, S], images float32[B, T, P, D], image_masks float32[B, T, P] (models with an
+  image padding embedding), image_input_idx int32[B, T, K].
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from data_pipelines import pixmo
+from molmo_jax import config as config_lib
+from molmo_jax import preprocess
+from molmo_jax.tokenizer import MolmoTokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Datasets sharing one mixture rate; each weighted by sqrt(size), size = len or the override."""
+    name: str
+    rate: float
+    datasets: Mapping[str, int | None]
+
+
+# train_multitask_model.py, mixture "3.2-synthetic" (academic datasets need their own sources).
+STAGE2_MIXTURE = (
+    Group("demo", 0.15, {"pixmo_ask_model_anything": None, "pixmo_cap": 50_000, "pixmo_cap_qa": None,
+                         "pixmo_pointing_explanations": None}),
+    Group("aux", 0.50, {
+        "coco_2014_vqa_multi": None, "text_vqa": None, "okvqa": None, "chart_qa_weighted": None, "doc_qa": None,
+        "info_qa": None, "ai2_diagram_v2_mix_transparent": None, "a_okvqa_mc": None, "a_okvqa_da": None,
+        "android_control": None, "science_qa_img": None, "tabwmp_da": None, "st_qa": None, "tally_qa": None,
+        "pixmo_docs_charts": None, "pixmo_docs_tables": None, "pixmo_docs_other": None,
+        "pixmo_docs_diagrams": None, "dv_qa": 10_000, "figure_qa": 10_000, "plot_qa": 20_000}),
+    Group("pointing", 0.35, {"pixmo_points": None, "pixmo_count": None, "pixmo_points_high_freq": None,
+                             "pixmo_points_counting": None, "pixmo_points_high_freq_counting": None,
+                             "pixmo_count_counting": None}),
+)
+
+# The same recipe over `synthetic.sources()` (PixMo-lite), for tiny models.
+SYNTHETIC_MIXTURE = (
+    Group("demo", 0.15, {"synthetic_cap": None, "synthetic_cap_qa": None}),
+    Group("aux", 0.50, {"synthetic_clocks": None, "synthetic_docs_charts": None, "synthetic_docs_tables": None}),
+    Group("pointing", 0.35, {"synthetic_points": None, "synthetic_points_counting": None, "synthetic_count": None}),
+)
+
+# Formatter settings of the two stages (they override the model config's `formatting`).
+STAGE1_FORMATTING = dict(prompt_type="none", message_formatting="none", system_prompt_kind="style_and_length",
+                         multi_annotation_weighting=None)
+STAGE2_FORMATTING = dict(prompt_type="uber_model", message_formatting="role", system_prompt_kind="demo_or_style",
+                         multi_annotation_weighting="root_subsegments")
+STAGE1_SEED, STAGE2_SEED = 95818, 50189  # official data seeds
+EPOCH_SHUFFLE_SALT = 1771  # official: permutation seed of epoch e = seed + e * 1771
+
+SKIP_REASONS = ("bad_image", "empty_annotation", "too_long", "error")
+
+
+def mixture_rates(sizes: Mapping[str, int], groups: Sequence[Group] = STAGE2_MIXTURE) -> dict[str, float]:
+    """Sampling rate of each dataset of `sizes` (name -> len), as the official root-size mixture.
+
+    Inside a group, weight = sqrt(size override or len) normalised over the group's available datasets,
+    times the group rate; then everything is renormalised. Datasets of the table missing from `sizes` are
+    left out (their share goes to the others); a name of `sizes` that is in no group raises KeyError.
+    """
+    known = {name for g in groups for name in g.datasets}
+    unknown = sorted(set(sizes) - known)
+    if unknown:
+        raise KeyError(f"datasets {unknown} are in no mixture group; groups hold {sorted(known)}")
+    rates = {}
+    for g in groups:
+        weights = {n: math.sqrt(size if size is not None else sizes[n]) for n, size in g.datasets.items()
+                   if n in sizes}
+        total = sum(weights.values())
+        rates.update({n: w / total * g.rate for n, w in weights.items()})
+    total = sum(rates.values())
+    if not total:
+        raise ValueError("no dataset of the mixture is available")
+    return {n: rates[n] / total for n in sorted(rates)}
+
+
+def with_formatting(cfg, formatting: Mapping[str, Any]):
+    """A copy of the model config with `formatting` fields replaced."""
+    cfg = copy.deepcopy(cfg)
+    cfg.formatting.update(dict(formatting))
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Examples
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """Placeholder for an example that could not be used; `SkipAndBatch` drops and counts it."""
+    reason: str
+
+
+def _skip_reason(error: Exception) -> str:
+    if isinstance(error, (preprocess.ImageError, OSError)):
+        return "bad_image"
+    if isinstance(error, pixmo.EmptyAnnotationError):
+        return "empty_annotation"
+    if isinstance(error, preprocess.SequenceLengthError):
+        return "too_long"
+    return "error"
+
+
+def _check_answers(messages) -> None:
+    """Raises EmptyAnnotationError without conversations or with a blank assistant message."""
+    convs = [messages] if messages and isinstance(messages[0], str) else messages
+    if not convs or any(len(c) < 2 or not all(m.strip() for m in c[1::2]) for c in convs):
+        raise pixmo.EmptyAnnotationError("no conversation or an empty answer")
+
+
+@dataclasses.dataclass
+class ExampleProcessor:
+    """Formatter example dict -> model arrays (the official training `Preprocessor.__call__`).
+
+    The image is loaded once and given to the formatter (pixel points need its size); multi-conversation
+    examples are shuffled when `shuffle_messages`; every output has `subsegment_ids` (all ones for a
+    single conversation, which attends exactly as without them) so batches keep one structure.
+    """
+    preprocessor: preprocess.Preprocessor
+    shuffle_messages: bool
+
+    def __call__(self, example: Mapping[str, Any], rng: np.random.RandomState) -> dict[str, np.ndarray]:
+        image = self.preprocessor.load(example["image"])
+        messages, _ = self.preprocessor.formatter(dict(example, image=image), True, False, rng)
+        _check_answers(messages)
+        if self.shuffle_messages and isinstance(messages[0], list):
+            rng.shuffle(messages)
+        out = self.preprocessor.encode([image], messages, example.get("weight"))
+        out.setdefault("subsegment_ids", np.ones(len(out["input_tokens"]), np.int32))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _EpochIndex:
+    """Position k of an endlessly repeated dataset of n examples -> (example index, epoch)."""
+    n: int
+
+    def __call__(self, k: int, index: int) -> tuple[int, int]:
+        return int(index), k // self.n
+
+
+@dataclasses.dataclass(frozen=True)
+class _Load:
+    """(index, epoch) -> processed example, or `Skipped` if the source or the processor fails."""
+    name: str
+    source: pixmo.Source
+    process: Callable[[Mapping[str, Any], np.random.RandomState], Any]
+    seed: int
+
+    def __call__(self, item: tuple[int, int]):
+        index, epoch = item
+        rng = np.random.RandomState((self.seed + index + len(self.source) * epoch) % 2**32)
+        try:
+            return self.process(self.source.get(index, rng), rng)
+        except Exception as e:  # noqa: BLE001 -- a bad example must never stop training
+            reason = _skip_reason(e)
+            if reason == "error":
+                logging.warning("skipping example %d of %s: %s: %s", index, self.name, type(e).__name__, e)
+            return Skipped(reason)
+
+
+def source_stream(name: str, source: pixmo.Source, process, seed: int) -> grain.MapDataset:
+    """Endless random-access stream of one dataset: a new permutation every epoch, then `process`."""
+    if len(source) == 0:
+        raise ValueError(f"dataset {name} is empty")
+    return (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+            .map_with_index(_EpochIndex(len(source))).map(_Load(name, source, process, seed)))
+
+
+def mixture(sources: Mapping[str, pixmo.Source], rates: Mapping[str, float] | None, process,
+            seed: int) -> grain.MapDataset:
+    """The global example stream: each source's stream, mixed with `rates` (sorted by name)."""
+    names = sorted(sources)
+    streams = [source_stream(n, sources[n], process, seed + i * EPOCH_SHUFFLE_SALT) for i, n in enumerate(names)]
+    if len(streams) == 1:
+        return streams[0]
+    if rates is None or sorted(rates) != names:
+        raise ValueError(f"rates {None if rates is None else sorted(rates)} do not match the sources {names}")
+    return grain.MapDataset.mix(streams, [rates[n] for n in names])
+
+
+# ------------------------------------------------------------------------------------------------
+# Batching
+
+
+class _SkipAndBatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, batch_fn):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._batch_fn = batch_fn
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+
+    def __next__(self):
+        examples = []
+        while len(examples) < self._batch_size:
+            item = next(self._parent)
+            if isinstance(item, Skipped):
+                self.skipped[item.reason] += 1
+            else:
+                examples.append(item)
+        return self._batch_fn(examples)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"parent": self._parent.get_state(), "skipped": dict(self.skipped)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self.skipped = dict(state["skipped"])
+
+
+class SkipAndBatch(grain.IterDataset):
+    """Drops `Skipped` items (counting them in `iterator.skipped`) and batches the rest with `batch_fn`."""
+
+    def __init__(self, parent: grain.IterDataset, batch_size: int, batch_fn: Callable[[list], Any]):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._batch_fn = batch_fn
+
+    def __iter__(self) -> _SkipAndBatchIterator:
+        return _SkipAndBatchIterator(self._parent.__iter__(), self._batch_size, self._batch_fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class Collate:
+    """`preprocess.collate` to fixed `seq_len` and `max_crops` (static shapes for jit)."""
+    seq_len: int
+    max_crops: int
+
+    def __call__(self, examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return preprocess.collate(examples, seq_len=self.seq_len, max_crops=self.max_crops)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipelines
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """batch_size: global batch (divisible by process_count); seq_len: tokens per example (image
+    included); too_long: "skip" longer examples or "truncate" them (the official collator cuts);
+    num_workers: grain worker processes (0: threads only, best on few cores); num_threads: grain read
+    threads per process; seed: data seed (defaults: the official seed of the stage)."""
+    batch_size: int
+    seq_len: int
+    seed: int | None = None
+    process_index: int = 0
+    process_count: int = 1
+    too_long: str = "skip"
+    num_workers: int = 0
+    num_threads: int = 2
+    prefetch_buffer_size: int = 8
+
+    def __post_init__(self):
+        if self.batch_size % self.process_count:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by process_count={self.process_count}")
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index={self.process_index} not in [0, {self.process_count})")
+        if self.too_long not in ("skip", "truncate"):
+            raise ValueError(f"too_long={self.too_long!r}; allowed 'skip', 'truncate'")
+
+
+def pipeline(examples: grain.MapDataset, cfg, options: PipelineOptions) -> grain.IterDataset:
+    """Global example stream -> this host's slice -> threads / workers -> skip-and-batch."""
+    ds = examples[options.process_index::options.process_count]
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=options.num_threads,
+                                              prefetch_buffer_size=options.prefetch_buffer_size))
+    if options.num_workers:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.num_workers))
+    collate = Collate(options.seq_len, config_lib.max_total_crops(cfg))
+    return SkipAndBatch(ds, options.batch_size // options.process_count, collate)
+
+
+def example_processor(cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
+                      shuffle_messages: bool) -> ExampleProcessor:
+    max_len = options.seq_len if options.too_long == "skip" else None
+    return ExampleProcessor(preprocess.Preprocessor(cfg, tokenizer, max_sequence_length=max_len), shuffle_messages)
+
+
+def stage1(source: pixmo.Source, cfg, tokenizer: MolmoTokenizer, options: PipelineOptions) -> grain.IterDataset:
+    """Stage-1 captioning: one dataset (PixMo-Cap, mode transcript_and_caption), stage-1 formatting,
+    conversations in order."""
+    cfg = with_formatting(cfg, STAGE1_FORMATTING)
+    seed = STAGE1_SEED if options.seed is None else options.seed
+    process = example_processor(cfg, tokenizer, options, shuffle_messages=False)
+    return pipeline(source_stream("stage1", source, process, seed), cfg, options)
+
+
+def stage2(sources: Mapping[str, pixmo.Source], cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
+           groups: Sequence[Group] = STAGE2_MIXTURE) -> grain.IterDataset:
+    """Stage-2 multitask mixture of `sources` (name -> source) with `mixture_rates(groups)`."""
+    cfg = with_formatting(cfg, STAGE2_FORMATTING)
+    seed = STAGE2_SEED if options.seed is None else options.seed
+    rates = mixture_rates({n: len(s) for n, s in sources.items()}, groups)
+    logging.info("mixture rates: %s", ", ".join(f"{n} {100 * r:.2f}%" for n, r in rates.items()))
+    process = example_processor(cfg, tokenizer, options, shuffle_messages=True)
+    return pipeline(mixture(sources, rates, process, seed), cfg, options)

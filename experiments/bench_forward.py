@@ -1,0 +1,214 @@
+"""Prefill throughput of molmo-jax (jax.jit, CPU) against PyTorch on the same CPU, in one run.
+
+Rows, for a "tiny" config (the test model: ViT 64 x 9, LLM 64 x 2) and a "small" one (real 336 px / 14 px
+ViT geometry with a 256-wide 6-layer ViT, LLM 512 wide x 8 layers, Qwen2 family):
+  text   text-only prefill of SEQ tokens: ours vs transformers' Qwen2ForCausalLM with the same weights
+         (the HF model is built at random and converted with molmo_jax.convert_base)
+  image  image + text prefill (1 image of 5 crops = 720 image tokens, SEQ tokens in all): ours vs the
+         official allenai/molmo `olmo.model.Molmo` loaded with `checkpoints.params_to_native` of our params;
+         only with --official-src
+Each timing is the median of several runs after a warm-up (ours: after compilation); ours and the
+reference take turns, so a shared machine's changing load affects both alike. torch uses as many
+threads as the machine has cores, as XLA's CPU backend does. Each row also records the max |logit
+difference| to its reference, so a throughput is only compared between models that compute the same thing.
+JSON (--out): per-row numbers and top-level "speedup" = min over rows of ours / reference throughput.
+
+Run (text rows only; the project venv, transformers 5):
+  .venv/bin/python experiments/bench_forward.py --quick --out /tmp/bench_forward.json
+Run with the official reference (needs transformers 4.46.3, so a venv of its own, NOT the project's):
+  python3 -m venv /tmp/bench-venv
+  /tmp/bench-venv/bin/pip install torch==2.13.0 transformers==4.46.3 'tokenizers<0.21' numpy einops \
+      jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 ml_collections safetensors absl-py pillow \
+      omegaconf rich boto3 cached_path
+  /tmp/bench-venv/bin/pip install --no-deps torchvision==0.28.0
+  /tmp/bench-venv/bin/pip install --no-deps -e /work/main
+  git clone https://github.com/allenai/molmo /tmp/molmo   # any checkout of allenai/molmo
+  HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python experiments/bench_forward.py --quick \
+      --official-src /tmp/molmo --out /tmp/bench_forward.json
+torchvision's compiled ops do not load beside this torch build; the official model never calls them, so
+`torchvision._meta_registrations` is stubbed before transformers imports torchvision.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Callable
+
+sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from molmo_jax import checkpoints, config, convert_base  # noqa: E402
+from molmo_jax.models.molmo import Molmo  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL_TEMPLATE = ROOT / "tests" / "fixtures" / "molmo_ref" / "qwen2_7b_d" / "config.json"
+TEXT_TOKENS = 48  # text positions besides the image tokens
+
+
+# ----------------------------------------------------------------------------- configs and weights
+
+def hf_qwen2_config(cfg) -> transformers.Qwen2Config:
+    """The transformers config of `cfg`'s (Qwen2-family) LLM."""
+    llm = cfg.llm
+    return transformers.Qwen2Config(
+        vocab_size=llm.embedding_size, hidden_size=llm.d_model, intermediate_size=llm.mlp_hidden,
+        num_hidden_layers=llm.n_layers, num_attention_heads=llm.n_heads, num_key_value_heads=llm.n_kv_heads,
+        rms_norm_eps=llm.norm_eps, rope_theta=llm.rope_theta, tie_word_embeddings=False, eos_token_id=None,
+        pad_token_id=None, bos_token_id=None, max_position_embeddings=llm.max_sequence_length)
+
+
+def small_config():
+    """LLM 512 x 8 (8 heads, 4 kv heads), ViT at the real 336/14 geometry but 256 wide x 6 layers."""
+    cfg = config.tiny("qwen2")
+    cfg.name = "small-qwen2"
+    cfg.vit.update(width=256, num_heads=4, num_kv_heads=4, head_dim=64, mlp_dim=1024, num_layers=6)
+    cfg.vit_layers = (-2, -5)
+    cfg.llm.update(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, head_dim=64, mlp_hidden=1536,
+                   vocab_size=8192, embedding_size=8192)
+    cfg.connector.projector_hidden = 1536
+    return config.validate(cfg)
+
+
+CONFIGS = {"tiny": lambda: config.tiny("qwen2"), "small": small_config}
+
+
+def build_models(cfg, seed: int = 0):
+    """(HF Qwen2ForCausalLM, our params) with the same LLM weights; ViT and connector random."""
+    torch.manual_seed(seed)
+    hf = transformers.Qwen2ForCausalLM(hf_qwen2_config(cfg)).eval()
+    params = convert_base.init_params_from_hf(cfg, jax.random.key(seed), llm=(hf.state_dict(), hf.config))
+    return hf, params
+
+
+def official_model(src: str, cfg, params):
+    """The official torch Molmo of `cfg` holding our params (via the official native names)."""
+    sys.path.insert(0, src)
+    from olmo import ModelConfig, Molmo as OfficialMolmo
+    d = {k: v for k, v in json.loads(OFFICIAL_TEMPLATE.read_text()).items() if not k.startswith("_")}
+    v, llm = cfg.vit, cfg.llm
+    d.update(d_model=llm.d_model, n_heads=llm.n_heads, n_kv_heads=llm.n_kv_heads, n_layers=llm.n_layers,
+             mlp_hidden_size=2 * llm.mlp_hidden, vocab_size=llm.vocab_size, embedding_size=llm.embedding_size,
+             rope_theta=llm.rope_theta, layer_norm_eps=llm.norm_eps, vit_layers=list(cfg.vit_layers),
+             max_crops=cfg.preprocess.max_crops, init_device="cpu")
+    d["vision_backbone"].update(image_emb_dim=v.width, image_num_heads=v.num_heads,
+                                image_num_key_value_heads=v.num_kv_heads, image_head_dim=v.head_dim,
+                                image_mlp_dim=v.mlp_dim, image_num_layers=v.num_layers, image_num_pos=v.num_pos)
+    model = OfficialMolmo(ModelConfig.new(**d), init_params=False)
+    tensors = {k: torch.tensor(x) for k, x in checkpoints.params_to_native(params, cfg).items()}
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+def prefill_inputs(cfg, seed: int = 0) -> dict[str, np.ndarray]:
+    """Batch of one: an image of every crop (random pixels), its tokens after TEXT_TOKENS // 2 text ids."""
+    crops, patches = config.max_total_crops(cfg), int(np.prod(config.patch_grid(cfg)))
+    per_crop = int(np.prod(config.pooled_grid(cfg)))
+    seq = crops * per_crop + TEXT_TOKENS
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(0, cfg.llm.vocab_size, (1, seq), dtype=np.int32),
+            "images": rng.normal(size=(1, crops, patches, cfg.vit.patch_size ** 2 * 3)).astype(np.float32),
+            "image_masks": np.ones((1, crops, patches), np.float32),
+            "image_input_idx": (TEXT_TOKENS // 2 + np.arange(crops * per_crop, dtype=np.int32)).reshape(1, crops, -1)}
+
+
+# ----------------------------------------------------------------------------- timing
+
+def interleaved_medians(calls: list[Callable[[], np.ndarray]], repeats: int) -> list[tuple[float, np.ndarray]]:
+    """(median wall time, logits) of each call, after one warm-up call each.
+
+    The calls take turns (A B A B ...), so a shared machine's changing load hits all of them alike.
+    """
+    outputs = [call() for call in calls]
+    times = [[] for _ in calls]
+    for _ in range(repeats):
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            outputs[i] = call()
+            times[i].append(time.perf_counter() - start)
+    return [(statistics.median(t), out) for t, out in zip(times, outputs)]
+
+
+def ours_call(cfg, params, inputs: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
+    """Our jitted forward on `inputs` (compiled by its first call)."""
+    forward = jax.jit(Molmo(cfg).apply)
+    args = {k: jax.device_put(x) for k, x in inputs.items()}
+    return lambda: np.asarray(forward({"params": params}, **args).block_until_ready())
+
+
+def torch_call(model, inputs: dict[str, np.ndarray], **fixed) -> Callable[[], np.ndarray]:
+    """`model(**inputs, **fixed).logits` under inference mode."""
+    args = {k: torch.from_numpy(x).long() if k.endswith(("ids", "idx")) else torch.from_numpy(x)
+            for k, x in inputs.items()}
+    def call():
+        with torch.inference_mode():
+            return model(**args, **fixed).logits.float().numpy()
+    return call
+
+
+def row(name: str, workload: str, inputs, ours: Callable, ref: Callable, reference: str, repeats: int) -> dict:
+    """Times ours against the reference on `inputs`; throughputs, ratio and max |logit difference|."""
+    (t_ours, logits_ours), (t_ref, logits_ref) = interleaved_medians([ours, ref], repeats)
+    tokens = inputs["input_ids"].size
+    images = inputs["input_ids"].shape[0] if workload == "image" else 0
+    return dict(config=name, workload=workload, reference=reference, tokens=tokens,
+                ours_tokens_per_s=tokens / t_ours, reference_tokens_per_s=tokens / t_ref,
+                ours_images_per_s=images / t_ours, reference_images_per_s=images / t_ref,
+                ours_seconds=t_ours, reference_seconds=t_ref, speedup=t_ref / t_ours,
+                max_abs_logit_diff=float(np.abs(logits_ours - logits_ref).max()))
+
+
+def bench_config(name: str, repeats: int, official_src: str | None) -> list[dict]:
+    cfg = CONFIGS[name]()
+    hf, params = build_models(cfg)
+    inputs = prefill_inputs(cfg)
+    text = {"input_ids": inputs["input_ids"]}
+    rows = [row(name, "text", text, ours_call(cfg, params, text), torch_call(hf, text, use_cache=False),
+                f"transformers {transformers.__version__} Qwen2", repeats)]
+    if official_src:
+        official = official_model(official_src, cfg, params)
+        rows.append(row(name, "image", inputs, ours_call(cfg, params, inputs), torch_call(official, inputs),
+                        "official allenai/molmo", repeats))
+    return rows
+
+
+def print_table(rows: list[dict]):
+    print(f"{'config':7} {'workload':8} {'framework':34} {'tokens/s':>10} {'images/s':>9} {'ratio':>6} "
+          f"{'max|dlogit|':>11}")
+    for r in rows:
+        for who, label in (("ours", "molmo-jax (jax.jit)"), ("reference", r["reference"])):
+            ratio, diff = (f"{r['speedup']:.2f}", f"{r['max_abs_logit_diff']:.1e}") if who == "ours" else ("", "")
+            print(f"{r['config']:7} {r['workload']:8} {label:34} {r[f'{who}_tokens_per_s']:10.0f} "
+                  f"{r[f'{who}_images_per_s']:9.2f} {ratio:>6} {diff:>11}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 timed runs per row (< 3 minutes)")
+    parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text prefill rows")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    repeats = 5 if args.quick else 15
+    rows = [r for name in CONFIGS for r in bench_config(name, repeats, args.official_src)]
+    print_table(rows)
+    result = dict(speedup=min(r["speedup"] for r in rows), quick=args.quick, threads=threads, repeats=repeats,
+                  official_src=args.official_src, torch=torch.__version__, jax=jax.__version__,
+                  transformers=transformers.__version__, rows=rows)
+    print(f"speedup (min over rows, ours / reference throughput): {result['speedup']:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Helpers shared by the scorers."""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean, 0.0 for no values (as the official `mean_metric`)."""
+    return float(sum(values) / len(values)) if len(values) else 0.0
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance (unit insert / delete / substitute) between two sequences."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]

@@ -1,0 +1,134 @@
+"""The image downloader against a real HTTP server on 127.0.0.1 (loopback only)."""
+import collections
+import hashlib
+import http.server
+import io
+import os
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from data_pipelines import download, pixmo
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 4), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+GOOD, OTHER = _png((255, 0, 0)), _png((0, 0, 255))
+
+
+@pytest.fixture(scope="module")
+def server():
+    hits = collections.Counter()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, code, body=b"", headers=()):
+            self.send_response(code)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            path = self.path.split("?")[0]
+            hits[path] += 1
+            if path in ("/good.png", "/wrong-hash.png", "/target.png"):
+                self._send(200, GOOD)
+            elif path == "/other.png":
+                self._send(200, OTHER)
+            elif path == "/corrupt.png":
+                self._send(200, GOOD[:30] + b"garbage")
+            elif path == "/slow.png":
+                time.sleep(1.0)
+                self._send(200, GOOD)
+            elif path == "/redirect":
+                self._send(302, headers=[("Location", "/target.png")])
+            elif path == "/redirect-file":
+                self._send(302, headers=[("Location", "file:///etc/passwd")])
+            elif path == "/flaky.png":
+                self._send(503) if hits[path] == 1 else self._send(200, OTHER)
+            else:
+                self._send(404)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+OPTIONS = download.DownloadOptions(workers=4, timeout=0.3, retries=1, backoff=0.01, per_host_rate=None,
+                                   progress=False)
+
+
+def test_download_outcomes_resume_and_cache_dir(server, tmp_path):
+    base, hits = server
+    sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    items = [
+        (f"{base}/good.png", sha(GOOD)),
+        (f"{base}/other.png", None),
+        (f"{base}/redirect", None),
+        (f"{base}/flaky.png", sha(OTHER)),
+        (f"{base}/corrupt.png", None),
+        (f"{base}/wrong-hash.png", sha(OTHER)),
+        (f"{base}/missing.png", None),
+        (f"{base}/slow.png", None),
+        (f"{base}/redirect-file", None),
+        ("ftp://127.0.0.1/x.png", None),
+        ("file:///etc/passwd", None),
+    ]
+    image_dir = tmp_path / "images"
+    report = download.download(items, image_dir, OPTIONS)
+    ok = [f"{base}/good.png", f"{base}/other.png", f"{base}/redirect", f"{base}/flaky.png"]
+    assert sorted(report.downloaded) == sorted(ok) and not report.cached
+    reasons = {url.rsplit("/", 1)[-1]: r for url, r in report.failed.items()}
+    assert reasons["corrupt.png"].startswith("not an image")
+    assert reasons["wrong-hash.png"] == "sha256 mismatch"
+    assert reasons["missing.png"] == "http 404"
+    assert reasons["slow.png"].startswith("timeout")
+    assert "non-http(s)" in reasons["redirect-file"]
+    assert reasons["x.png"].startswith("unsupported URL") and reasons["passwd"].startswith("unsupported URL")
+    assert hits["/flaky.png"] == 2 and hits["/slow.png"] == 2 and hits["/missing.png"] == 1  # retries
+    with open(download.image_file(image_dir, f"{base}/redirect"), "rb") as f:
+        assert f.read() == GOOD
+    # only the finished images, named by the URL hash, inside the cache dir; nothing else anywhere
+    assert sorted(os.listdir(tmp_path)) == ["images"]
+    assert sorted(os.listdir(image_dir)) == sorted(os.path.basename(download.image_file(image_dir, u)) for u in ok)
+    assert "4 downloaded" in report.summary() and "7 failed" in report.summary()
+
+    before = sum(hits.values())
+    again = download.download(items[:4], image_dir, OPTIONS)  # resume: nothing is fetched again
+    assert sorted(again.cached) == sorted(ok) and sum(hits.values()) == before
+    with open(download.image_file(image_dir, f"{base}/other.png"), "wb") as f:
+        f.write(b"truncated")
+    assert download.download(items[1:2], image_dir, OPTIONS).downloaded == [f"{base}/other.png"]
+
+
+def test_per_host_rate_limit(server, tmp_path):
+    base, _ = server
+    items = [(f"{base}/good.png?{i}", None) for i in range(5)]
+    start = time.monotonic()
+    report = download.download(items, tmp_path, download.DownloadOptions(
+        workers=5, timeout=2, per_host_rate=20, progress=False))
+    assert len(report.downloaded) == 5 and time.monotonic() - start >= 4 / 20
+
+
+def test_image_items_from_parquet(tmp_path):
+    rows = dict(image_url=["u1", "u2", "u1"], image_sha256=["a" * 64, "b" * 64, "a" * 64],
+                question=["q"] * 3, answer=["a"] * 3)
+    path = tmp_path / "ama.parquet"
+    pq.write_table(pa.Table.from_pydict(rows, schema=pixmo.SCHEMAS["pixmo-ask-model-anything"]), path)
+    assert pixmo.image_items(str(path), "pixmo-ask-model-anything") == [("u1", "a" * 64), ("u2", "b" * 64)]
+    assert pixmo.image_items(str(path), "pixmo-ask-model-anything", check_sha=False) == [("u1", None), ("u2", None)]

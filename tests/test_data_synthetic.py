@@ -1,0 +1,115 @@
+"""PixMo-lite: determinism, hub schemas, correctness of the rendered answers, tokenizer, preprocessing."""
+import json
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data_pipelines import pixmo, synthetic, vocab
+from molmo_jax import config, formatting, preprocess
+from molmo_jax.tokenizer import load_tokenizer
+
+FIXTURE = "tests/fixtures/molmo_ref/qwen2_7b_d"
+STAGE2 = formatting.Formatter("uber_model", "role", "demo_or_style", always_start_with_space=True)
+
+
+def _rng():
+    return np.random.RandomState(0)
+
+
+@pytest.mark.parametrize("task", sorted(synthetic.TASKS))
+def test_deterministic_and_in_hub_schema(task):
+    src = synthetic.SyntheticSource(task, size=50, seed=3, image_size=64)
+    image, rows = src.rows(7)
+    image2, rows2 = synthetic.SyntheticSource(task, size=50, seed=3, image_size=64).rows(7)
+    np.testing.assert_array_equal(image, image2)
+    assert rows == rows2
+    other, _ = synthetic.SyntheticSource(task, size=50, seed=4, image_size=64).rows(7)
+    assert not np.array_equal(image, other)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    schema = pixmo.SCHEMAS[synthetic.TASKS[task].schema]
+    table = pa.Table.from_pydict(rows, schema=pa.schema([schema.field(c) for c in rows]))  # raises on a type error
+    assert table.num_rows >= 1
+    example = src.get(7, _rng())
+    messages, _ = STAGE2(example, True, False, _rng())
+    assert messages and all(m.strip() for m in re.split(r"\n", str(messages)))
+
+
+def test_out_of_range_and_unknown_task():
+    with pytest.raises(IndexError):
+        synthetic.SyntheticSource("clocks", size=3).get(3, _rng())
+    with pytest.raises(ValueError, match="unknown synthetic task"):
+        synthetic.SyntheticSource("nope")
+
+
+def _dark(image, x, y):
+    """Some pixel of the 3x3 neighbourhood of (x, y) is black."""
+    x, y = int(round(x)), int(round(y))
+    return (image[y - 1:y + 2, x - 1:x + 2].sum(-1) < 200).any()
+
+
+def test_clock_hands_match_the_answer():
+    src = synthetic.SyntheticSource("clocks", size=20, image_size=112)
+    for i in range(20):
+        image, rows = src.rows(i)
+        hour, minute = map(int, rows["text"][0].split(":"))
+        assert 1 <= hour <= 12 and minute % 5 == 0
+        assert rows["watch_time"][0] == f"{hour:02d}:{minute:02d}:00"
+        c, a = 56, np.deg2rad(6 * minute)
+        assert _dark(image, c + 35 * np.sin(a), c - 35 * np.cos(a))  # the minute hand's tip region
+        h = np.deg2rad(30 * (hour % 12) + minute / 2)
+        assert _dark(image, c + 20 * np.sin(h), c - 20 * np.cos(h))
+
+
+def test_points_lie_on_shapes_and_counts_match():
+    src = synthetic.SyntheticSource("points", size=10, image_size=112)
+    for i in range(10):
+        image, rows = src.rows(i)
+        assert rows["label"] == ["circles", "squares", "triangles"]
+        for pts, n in zip(rows["points"], rows["count"]):
+            assert len(pts) == n
+            for p in pts:
+                assert 0 < p["x"] < 100 and 0 < p["y"] < 100  # percent, as pixmo-points
+                assert tuple(image[int(p["y"] * 1.12), int(p["x"] * 1.12)]) != synthetic.BACKGROUND
+    ex = synthetic.SyntheticSource("count", size=5, image_size=112).get(0, _rng())
+    assert ex["style"] == "point_count" and ex["points"].max() > 1  # pixels, as pixmo-count
+    answer = STAGE2(ex, True, False, _rng())[0][1]
+    assert answer.endswith(f"shows a total of {len(ex['points'])}.")
+
+
+def test_captions_qa_and_docs_answers():
+    shapes = [synthetic.Shape("circle", "red", 10, 10, 3), synthetic.Shape("square", "blue", 30, 10, 3),
+              synthetic.Shape("circle", "red", 50, 10, 3)]
+    assert synthetic.describe(shapes) == "There are 2 red circles and 1 blue square."
+    assert synthetic.describe(shapes[:1]) == "There is 1 red circle."
+    assert synthetic.transcripts(shapes)[0] == "i see 2 red circles and 1 blue square"
+    image, rows = synthetic.SyntheticSource("docs_charts", size=5).rows(1)
+    qas = rows["questions"][0]
+    assert re.fullmatch(r"What is the value of [A-D]\?", qas["question"][0]) and qas["answer"][0].isdigit()
+    assert qas["answer"][1] in synthetic.BAR_LABELS
+    assert (image != synthetic.BACKGROUND).any()
+    qa = synthetic.SyntheticSource("cap_qa", size=5).get(2, _rng())
+    assert qa["message_list"][0]["style"] == "synthetic_qa"
+
+
+def test_trained_tokenizer_is_small_and_exact(tmp_path):
+    cfg = config.from_official(json.load(open(f"{FIXTURE}/config.json")))
+    texts = vocab.corpus(synthetic.sources(100).values(), n_per_source=30)
+    path = vocab.train_tokenizer(texts, tmp_path / "tokenizer.json", vocab_size=cfg.llm.vocab_size)
+    tok = load_tokenizer(path, cfg.llm.vocab_size)
+    assert tok.special.im_start == cfg.llm.vocab_size and tok.bos_id == tok.eos_id
+    for text, most in ((" 10:55", 4), (" There are 2 red circles and 1 blue square.", 12),
+                       (" User: clocks: What time is being shown? Assistant:", 14)):
+        ids = tok.encode(text)
+        assert len(ids) <= most and tok.decode(ids) == text
+
+
+def test_every_task_preprocesses():
+    cfg = config.from_official(json.load(open(f"{FIXTURE}/config.json")))
+    cfg.preprocess.crop_mode = "resize"
+    pre = preprocess.Preprocessor(cfg, load_tokenizer(f"{FIXTURE}/tokenizer.json", cfg.llm.vocab_size))
+    for task in synthetic.TASKS:
+        out = pre.from_example(synthetic.SyntheticSource(task, size=2, image_size=56).get(1, _rng()),
+                               for_inference=False, is_training=True, rng=_rng())
+        assert out["loss_masks"].sum() > 0 and out["images"].shape[0] == 1

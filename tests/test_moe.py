@@ -1,0 +1,95 @@
+"""The OLMoE feed-forward: routing against a direct computation, auxiliary losses, expert-parallel meshes."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from molmo_jax import config, sharding
+from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
+from molmo_jax.models.moe import MoeMlp
+from test_sharding import batch, small
+
+
+def moe_cfg(**llm):
+    cfg = config.tiny("olmoe")
+    cfg.llm.update(llm)
+    return config.validate(cfg)
+
+
+def dense_reference(params, x, top_k):
+    """Every expert on every token, combined with the un-renormalised top-k softmax weights."""
+    p = jax.tree.map(np.asarray, params)
+    logits = x @ p["router"]["kernel"]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.zeros_like(x)
+    for b, t in np.ndindex(x.shape[:2]):
+        for e in np.argsort(-probs[b, t])[:top_k]:
+            g = x[b, t] @ p["gate"][e]
+            h = (g / (1 + np.exp(-g))) * (x[b, t] @ p["up"][e])
+            out[b, t] += probs[b, t, e] * (h @ p["down"][e])
+    return out, logits, probs
+
+
+def test_routing_matches_direct_computation():
+    cfg = moe_cfg()
+    x = np.random.default_rng(0).normal(size=(2, 5, cfg.llm.d_model)).astype(np.float32)
+    params = MoeMlp(cfg).init(jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda a: a * 10, nn.meta.unbox(params))
+    expected, _, _ = dense_reference(params, x, cfg.llm.moe_top_k)
+    np.testing.assert_allclose(MoeMlp(cfg).apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_auxiliary_losses():
+    cfg = moe_cfg(moe_loss_weight=0.1, moe_zloss_weight=0.001)
+    x = np.random.default_rng(1).normal(size=(2, 6, cfg.llm.d_model)).astype(np.float32)
+    params = nn.meta.unbox(MoeMlp(cfg).init(jax.random.key(0), x)["params"])
+    params = jax.tree.map(lambda a: a * 10, params)
+    _, state = MoeMlp(cfg).apply({"params": params}, x, mutable=["losses"])
+    _, logits, probs = dense_reference(params, x, cfg.llm.moe_top_k)
+    e, k = cfg.llm.moe_num_experts, cfg.llm.moe_top_k
+    top = np.argsort(-probs, axis=-1)[..., :k]
+    fraction = np.bincount(top.ravel(), minlength=e) / top.size
+    balance = 0.1 * e * np.sum(fraction * probs.mean(axis=(0, 1)))
+    lse = np.log(np.exp(logits).sum(-1))
+    np.testing.assert_allclose(state["losses"]["moe_load_balancing"][0], balance, rtol=1e-5)
+    np.testing.assert_allclose(state["losses"]["moe_router_z"][0], 0.001 * np.mean(lse ** 2), rtol=1e-5)
+
+
+def test_released_recipe_has_no_auxiliary_losses():
+    cfg = config.get_config("MolmoE-1B-0924")
+    assert cfg.llm.moe_loss_weight == cfg.llm.moe_zloss_weight == 0.0
+    tiny = moe_cfg()
+    x = np.ones((1, 3, tiny.llm.d_model), np.float32)
+    params = MoeMlp(tiny).init(jax.random.key(0), x)["params"]
+    _, state = MoeMlp(tiny).apply(params and {"params": params}, x, mutable=["losses"])
+    assert aux_loss(state) == 0.0
+
+
+def loss_and_grads(cfg, params, inputs, mesh):
+    def loss(p, kw):
+        logits, state = Molmo(cfg).apply({"params": p}, **kw, mutable=["losses"])
+        return jnp.mean(jnp.square(logits)) + aux_loss(state)
+    shardings = sharding.param_shardings(abstract_params(cfg), mesh)
+    params = jax.tree.map(jax.device_put, params, shardings)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        value, grads = jax.jit(jax.value_and_grad(loss))(params, sharding.shard_batch(inputs, mesh))
+    return float(value), grads
+
+
+def test_expert_parallel_meshes_agree():
+    """expert = 1, 2, 4 (experts split over the expert axis) give the same loss and gradients."""
+    cfg = small("olmoe")
+    cfg.llm.update(moe_loss_weight=0.01, moe_zloss_weight=0.001)
+    params = jax.device_get(init_params(cfg, jax.random.key(0), sharding.make_mesh((1, 1, 1), jax.devices()[:1])))
+    inputs = batch(cfg)
+    ref_loss, ref_grads = loss_and_grads(cfg, params, inputs, sharding.make_mesh((8, 1, 1, 1)))
+    for shape in [(4, 1, 1, 2), (1, 2, 1, 4)]:
+        value, grads = loss_and_grads(cfg, params, inputs, sharding.make_mesh(shape))
+        assert grads["llm"]["blocks"]["moe"]["gate"].sharding.spec[1] == "expert"
+        np.testing.assert_allclose(value, ref_loss, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
