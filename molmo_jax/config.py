@@ -100,7 +100,7 @@ def _base(llm: Mapping[str, Any], connector_hidden: int) -> ml_collections.Confi
     c.attention_dropout = 0.0
     c.embedding_dropout = 0.0
     c.remat_policy = "full"
-    c.scan_layers = True
+    c.scan_unroll = 1  # layers unrolled per scan iteration (n_layers: fully unrolled, params stay stacked)
     for k, v in llm.items():
         if k != "name":
             c[k] = v
@@ -317,6 +317,7 @@ def validate(cfg) -> ml_collections.ConfigDict:
         _require(0.0 <= llm[field] < 1.0, f"llm.{field}", llm[field], "must be in [0, 1)")
     _require(llm.remat_policy in REMAT_POLICIES, "llm.remat_policy", llm.remat_policy,
              f"allowed: {REMAT_POLICIES}")
+    _positive(cfg, "llm.scan_unroll")
 
     p = cfg.preprocess
     _require(p.crop_mode in CROP_MODES, "preprocess.crop_mode", p.crop_mode, f"allowed: {CROP_MODES}")

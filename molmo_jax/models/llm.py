@@ -110,7 +110,8 @@ class Decoder(nn.Module):
     def setup(self):
         llm = self.cfg.llm
         self.embedder = Embedding(self.cfg)
-        self.blocks = scanned(DecoderBlock, llm.n_layers, llm.remat_policy, n_broadcast=4, n_scanned=1)(
+        self.blocks = scanned(DecoderBlock, llm.n_layers, llm.remat_policy, n_broadcast=4, n_scanned=1,
+                             unroll=llm.scan_unroll)(
             self.cfg, self.deterministic)
         self.final_norm = norm(self.cfg, "final_norm")
         self.lm_head = Dense((llm.embedding_size,), ("embed",), ("vocab",), False, dtype_of(self.cfg.dtype),

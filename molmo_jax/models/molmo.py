@@ -129,11 +129,13 @@ def aux_loss(state: dict) -> jax.Array:
     return sum((jnp.mean(x) for x in leaves), jnp.float32(0))
 
 
-def dummy_inputs(cfg, batch: int = 1, seq_len: int = 16, with_images: bool = True) -> dict[str, np.ndarray]:
-    """Shape-correct model inputs (for init / eval_shape); images have every crop of the config."""
+def dummy_inputs(cfg, batch: int = 1, seq_len: int = 16, with_images: bool = True,
+                 crops: int | None = None) -> dict[str, np.ndarray]:
+    """Shape-correct model inputs (for init / eval_shape); `crops` defaults to every crop of the config."""
     inputs = {"input_ids": np.zeros((batch, seq_len), np.int32)}
     if with_images:
-        crops, patches = config_lib.max_total_crops(cfg), int(np.prod(config_lib.patch_grid(cfg)))
+        crops = crops or config_lib.max_total_crops(cfg)
+        patches = int(np.prod(config_lib.patch_grid(cfg)))
         n_tokens = int(np.prod(config_lib.pooled_grid(cfg)))
         inputs["images"] = np.zeros((batch, crops, patches, cfg.vit.patch_size ** 2 * 3), np.float32)
         inputs["image_masks"] = np.ones((batch, crops, patches), np.float32)
@@ -141,10 +143,22 @@ def dummy_inputs(cfg, batch: int = 1, seq_len: int = 16, with_images: bool = Tru
     return inputs
 
 
+_ABSTRACT: dict[str, Any] = {}
+_INIT: dict[tuple[str, Mesh], Any] = {}
+
+
+def _key(cfg) -> str:
+    return cfg.to_json_best_effort(sort_keys=True)
+
+
 def abstract_params(cfg) -> Any:
-    """Boxed (logically partitioned) ShapeDtypeStructs of the params; allocates nothing."""
-    model = Molmo(cfg)
-    return jax.eval_shape(lambda rng: model.init(rng, **dummy_inputs(cfg)), jax.random.key(0))["params"]
+    """Boxed (logically partitioned) ShapeDtypeStructs of the params; allocates nothing. Memoised per config."""
+    key = _key(cfg)
+    if key not in _ABSTRACT:
+        model = Molmo(cfg)
+        _ABSTRACT[key] = jax.eval_shape(lambda rng: model.init(rng, **dummy_inputs(cfg, seq_len=1, crops=1)),
+                                        jax.random.key(0))["params"]
+    return _ABSTRACT[key]
 
 
 def param_count(cfg) -> int:
@@ -152,11 +166,16 @@ def param_count(cfg) -> int:
 
 
 def init_params(cfg, rng: jax.Array, mesh: Mesh | None = None) -> Any:
-    """Randomly initialised params, created directly in their shardings on `mesh` (default: 1 device)."""
+    """Randomly initialised params, created directly in their shardings on `mesh` (default: 1 device).
+
+    The jitted initialiser is compiled once per (config, mesh).
+    """
     mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    boxed = abstract_params(cfg)
-    shardings = sharding.param_shardings(boxed, mesh)
-    model = Molmo(cfg)
-    init = lambda r: nn.meta.unbox(model.init(r, **dummy_inputs(cfg))["params"])
+    key = (_key(cfg), mesh)
+    if key not in _INIT:
+        shardings = sharding.param_shardings(abstract_params(cfg), mesh)
+        model = Molmo(cfg)
+        init = lambda r: nn.meta.unbox(model.init(r, **dummy_inputs(cfg, seq_len=1, crops=1))["params"])
+        _INIT[key] = jax.jit(init, out_shardings=shardings)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        return jax.jit(init, out_shardings=shardings)(rng)
+        return _INIT[key](rng)

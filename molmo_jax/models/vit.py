@@ -72,6 +72,7 @@ class VisionTransformer(nn.Module):
             x = LayerNorm(v.norm_eps, name="pre_ln")(x)
         layers = jnp.asarray([i % v.num_layers for i in self.cfg.vit_layers], jnp.int32)
         selected = jnp.zeros((len(self.cfg.vit_layers),) + x.shape, x.dtype)
-        blocks = scanned(VitBlock, v.num_layers, self.cfg.llm.remat_policy, n_broadcast=1)(self.cfg, name="blocks")
+        blocks = scanned(VitBlock, v.num_layers, self.cfg.llm.remat_policy, n_broadcast=1,
+                         unroll=self.cfg.llm.scan_unroll)(self.cfg, name="blocks")
         (_, selected, _), _ = blocks((x, selected, jnp.int32(0)), layers)
         return selected

@@ -1,0 +1,136 @@
+"""Every official pooling type and projector type, and the three padding-embedding modes, against numpy."""
+from __future__ import annotations
+
+import itertools
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from molmo_jax import config
+from molmo_jax.models.connector import POOLINGS, Connector, StackPool, register_pooling
+
+B, T = 2, 3
+
+
+def connector_cfg(pooling="attention_meanq", projector="mlp", padding="pad_and_partial_pad", pool=2):
+    cfg = config.tiny("qwen2")
+    cfg.connector.update(pooling=pooling, projector=projector, padding_embed=padding, pooling_h=pool,
+                         pooling_w=pool)
+    if projector == "2mlp":  # the residual MLP needs pooled width == LLM width
+        cfg.llm.update(d_model=cfg.vit.width * (2 if pooling == "attention_2wide" else 1))
+        cfg.llm.update(head_dim=cfg.llm.d_model // cfg.llm.n_heads)
+    return config.validate(cfg)
+
+
+def features(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    p = int(np.prod(config.patch_grid(cfg)))
+    c = cfg.vit.width * len(cfg.vit_layers)
+    masks = rng.choice([0.0, 0.25, 1.0, -1.0], (B, T, p)).astype(np.float32)
+    return rng.normal(size=(B, T, p, c)).astype(np.float32), masks
+
+
+def run(cfg, x, masks, scale=1.0):
+    model = Connector(cfg)
+    params = nn.meta.unbox(model.init(jax.random.key(0), x, masks)["params"])
+    params = jax.tree.map(lambda a: a + scale * np.random.default_rng(1).normal(size=a.shape), params)
+    out, state = model.apply({"params": params}, x, masks, mutable=["intermediates"])
+    return params, np.asarray(out), np.asarray(state["intermediates"]["pooled_features"][0])
+
+
+VALID = [(pool, proj) for pool, proj in itertools.product(
+    ["attention_meanq", "attention", "attention_2wide", "stack"], ["mlp", "linear", "2mlp"])
+    if not (proj == "2mlp" and pool == "stack")] + [("none", "mlp"), ("none", "linear")]
+
+
+@pytest.mark.parametrize("pooling,projector", VALID)
+def test_every_pooling_and_projector_runs(pooling, projector):
+    cfg = connector_cfg(pooling, projector, pool=1 if pooling == "none" else 2)
+    x, masks = features(cfg)
+    _, out, pooled = run(cfg, x, masks)
+    n = int(np.prod(config.pooled_grid(cfg)))
+    assert out.shape == (B, T, n, cfg.llm.d_model) and np.isfinite(out).all()
+    assert pooled.shape == (B, T, n, config.pooled_dim(cfg))
+
+
+def windows(cfg, x):
+    gh, gw = config.patch_grid(cfg)
+    g = x.reshape(B, T, gh // 2, 2, gw // 2, 2, -1).transpose(0, 1, 2, 4, 3, 5, 6)
+    return g.reshape(B, T, (gh // 2) * (gw // 2), 4, -1)  # members in (dh, dw) order
+
+
+def attention_pool_reference(p, query, keys, heads):
+    """Multi-head attention of one query over the window members, with biases, softmax in float64."""
+    def proj(name, x):
+        return np.einsum("...c,chd->...hd", x, p[name]["kernel"]) + p[name]["bias"]
+    q, k, v = proj("query", query), proj("key", keys), proj("value", keys)
+    d = q.shape[-1]
+    w = np.einsum("...hd,...khd->...hk", q, k) / np.sqrt(d)
+    w = np.exp(w - w.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    out = np.einsum("...hk,...khd->...hd", w, v)
+    return np.einsum("...hd,hdc->...c", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+@pytest.mark.parametrize("pooling", ["attention_meanq", "attention"])
+def test_attention_pooling_against_numpy(pooling):
+    cfg = connector_cfg(pooling, padding=None)
+    x, masks = features(cfg)
+    params, _, pooled = run(cfg, x, masks, scale=0.1)
+    win = windows(cfg, x.astype(np.float64))
+    query = win.mean(axis=3) if pooling == "attention_meanq" else win[:, :, :, 0]
+    p = jax.tree.map(np.asarray, params["pooling"]["attention"])
+    expected = attention_pool_reference(p, query, win, cfg.vit.num_heads)
+    np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_stack_pooling_concatenates_in_window_order():
+    cfg = connector_cfg("stack", "linear", padding=None)
+    x, masks = features(cfg)
+    _, _, pooled = run(cfg, x, masks)
+    np.testing.assert_array_equal(pooled, windows(cfg, x).reshape(B, T, -1, 4 * x.shape[-1]))
+
+
+@pytest.mark.parametrize("padding", ["pad_and_partial_pad", "pad_embed", "regress"])
+def test_padding_embeddings(padding):
+    cfg = connector_cfg("stack", "linear", padding=padding)
+    x, masks = features(cfg)
+    params, _, pooled = run(cfg, x, masks)
+    pad = np.asarray(params["pad_embed"])
+    m = masks[..., None]
+    if padding == "pad_and_partial_pad":  # -1 (the official off-by-one row) counts as partial padding
+        expected = x + pad[0] * (m == 0) + pad[1] * ((m < 1) & (m != 0))
+    elif padding == "pad_embed":
+        expected = x + pad * (m == 0)
+    else:
+        expected = x + pad * np.maximum(m, 0)
+    np.testing.assert_allclose(pooled, windows(cfg, expected).reshape(B, T, -1, 4 * x.shape[-1]), rtol=1e-6)
+
+
+def test_projector_mlp_is_swiglu():
+    cfg = connector_cfg("stack", "mlp", padding=None)
+    x, masks = features(cfg)
+    params, out, pooled = run(cfg, x, masks, scale=0.05)
+    p = jax.tree.map(np.asarray, params["projector"]["mlp"])
+    gate = pooled @ p["gate"]["kernel"]
+    expected = (gate / (1 + np.exp(-gate)) * (pooled @ p["up"]["kernel"])) @ p["down"]["kernel"]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+class FirstMember(StackPool):
+    """An ablation pooling: keep the top-left member of each window."""
+
+    def __call__(self, windows):
+        return windows[:, 0]
+
+
+def test_registered_pooling_is_usable_from_config(monkeypatch):
+    monkeypatch.setattr(config, "POOLING_TYPES", config.POOLING_TYPES)
+    monkeypatch.setitem(POOLINGS, "first_member", None)
+    register_pooling("first_member", lambda cfg, name: FirstMember(cfg, name=name))
+    cfg = connector_cfg("first_member", "linear", padding=None)
+    x, masks = features(cfg)
+    _, _, pooled = run(cfg, x, masks)
+    np.testing.assert_array_equal(pooled, windows(cfg, x)[:, :, :, 0])
