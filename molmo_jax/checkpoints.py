@@ -348,7 +348,7 @@ def native_to_release(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.nd
 
 # ----------------------------------------------------------------------------- files
 
-def _safetensor_files(path: Path) -> list[Path]:
+def safetensor_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
         return sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
@@ -408,7 +408,7 @@ def load(path: str | os.PathLike, cfg=None, mesh=None, vision: Mapping[str, Any]
         files = [path / "weights.safetensors"]
         tensors = read_safetensors(files)
     else:
-        tensors = release_to_native(read_safetensors(_safetensor_files(path)), cfg)
+        tensors = release_to_native(read_safetensors(safetensor_files(path)), cfg)
     params = native_to_params(tensors.__getitem__, tensors.keys(), cfg)
     return cfg, place(params, cfg, mesh)
 

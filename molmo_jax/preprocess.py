@@ -117,15 +117,19 @@ def _open(source, name: str, max_pixels: int | None) -> Image.Image:
 
 
 def _decode(image: Image.Image, name: str, allow_truncated: bool) -> np.ndarray:
+    """Decodes the pixels; every PIL failure becomes an ImageError naming the input."""
     try:
-        image.load()
-    except OSError as e:
-        if not (allow_truncated and "truncated" in str(e)):
-            raise ImageError(f"{name}: cannot decode image ({e}); truncated files load only with "
-                             "allow_truncated=True") from e
-        with _load_truncated_images():
+        try:
             image.load()
-    return _pil_to_rgb_array(image)
+        except OSError as e:
+            if not (allow_truncated and "truncated" in str(e)):
+                raise
+            with _load_truncated_images():
+                image.load()
+        return _pil_to_rgb_array(image)
+    except Exception as e:
+        hint = "" if allow_truncated else "; truncated files load only with allow_truncated=True"
+        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e}){hint}") from e
 
 
 def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,

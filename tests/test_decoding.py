@@ -9,7 +9,7 @@ import pytest
 
 from fixture_cases import case_id
 from molmo_jax import config
-from molmo_jax.generate import Sampling, generate, sample
+from molmo_jax.decoding import Sampling, generate, sample
 from molmo_jax.models.molmo import Molmo, dummy_inputs, init_cache, init_params
 from test_official_parity import BATCH_CASES, SINGLE_CASES, batch_images, load_arrays, load_model, model_inputs
 

@@ -1,0 +1,148 @@
+"""Generation speed of molmo-jax (`generate.generate`, CPU) against PyTorch on the same CPU, in one run.
+
+For the "tiny" and "small" configs of bench_forward.py (LLM 64 x 2 and 512 x 8, Qwen2 family) and
+batch 1 and 8, greedy decoding of N new tokens after a PROMPT-token prompt, no stop token:
+  text   text-only prompts: ours vs transformers' Qwen2ForCausalLM.generate with the same LLM weights
+  image  one image (every crop of the config) + text, batch 1: ours vs the official allenai/molmo
+         `Molmo.generate` (greedy beam search of width 1) holding our params; only with --official-src
+Per row: time to first token (a 1-token generation: prefill + first sample + transfer) and decode
+throughput B * (N - 1) / (t(N tokens) - t(1 token)), the medians of interleaved runs (bench_forward's
+`interleaved_medians`, after compilation / warm-up), and the fraction of generated tokens on which
+ours and the reference agree (random weights: a late float-rounding flip of a close argmax is possible).
+Also the end-to-end rate B * N / t(N tokens). JSON (--out): the rows and top-level "speedup" = min over rows
+of ours / reference decode tokens/s (rows whose decode time drowned in the machine's noise, "-", left out).
+
+Run (text rows; the project venv):
+  .venv/bin/python experiments/bench_generate.py --quick --out /tmp/bench_generate.json
+With the official reference: the separate transformers-4.46.3 venv of bench_forward.py's docstring:
+  HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python experiments/bench_generate.py --quick \
+      --official-src /tmp/molmo --out /tmp/bench_generate.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments import bench_forward  # noqa: E402  (stubs torchvision before transformers loads)
+from experiments.bench_forward import build_models, interleaved_medians, official_model, prefill_inputs  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from molmo_jax.decoding import Sampling, generate  # noqa: E402
+
+PROMPT = 64  # prompt tokens of the text rows (one length bucket: no padding)
+OFFICIAL_TOKENIZER = bench_forward.OFFICIAL_TEMPLATE.parent / "base_tokenizer"
+
+Generator = Callable[[int], np.ndarray]  # new-token count -> int[B, n] generated ids
+
+
+def ours(cfg, params, inputs: dict[str, np.ndarray]) -> Generator:
+    return lambda n: generate(cfg, params, inputs, Sampling(max_new_tokens=n))
+
+
+def hf(model, inputs: dict[str, np.ndarray]) -> Generator:
+    ids = torch.from_numpy(inputs["input_ids"]).long()
+    def call(n):
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False)
+        return out[:, ids.shape[1]:].numpy()
+    return call
+
+
+def official(model, inputs: dict[str, np.ndarray]) -> Generator:
+    """Official greedy generation; it stops early if every row produced EOS (counted tokens say so)."""
+    args = {k: torch.from_numpy(x).long() if k.endswith(("ids", "idx")) else torch.from_numpy(x)
+            for k, x in inputs.items()}
+    def call(n):
+        with torch.inference_mode():
+            return model.generate(**args, max_steps=n, beam_size=1).token_ids[:, 0].numpy()
+    return call
+
+
+def row(name: str, workload: str, inputs, mine: Generator, ref: Generator, reference: str, n: int,
+        repeats: int) -> dict:
+    """Times 1-token and n-token generations of both, interleaved; TTFT, decode tokens/s, agreement."""
+    calls = [lambda: mine(1), lambda: ref(1), lambda: mine(n), lambda: ref(n)]
+    (t1_ours, _), (t1_ref, _), (tn_ours, tok_ours), (tn_ref, tok_ref) = interleaved_medians(calls, repeats)
+    b = inputs["input_ids"].shape[0]
+    steps = min(tok_ours.shape[1], tok_ref.shape[1])
+    r = dict(config=name, workload=workload, reference=reference, batch=b, prompt_tokens=inputs["input_ids"].shape[1],
+             new_tokens=n, reference_new_tokens=int(tok_ref.shape[1]),
+             ours_ttft_s=t1_ours, reference_ttft_s=t1_ref,
+             ours_decode_tokens_per_s=decode_rate(b, t1_ours, tn_ours, tok_ours.shape[1]),
+             reference_decode_tokens_per_s=decode_rate(b, t1_ref, tn_ref, tok_ref.shape[1]),
+             ours_end_to_end_tokens_per_s=b * tok_ours.shape[1] / tn_ours,
+             reference_end_to_end_tokens_per_s=b * tok_ref.shape[1] / tn_ref,
+             token_agreement=float(np.mean(tok_ours[:, :steps] == tok_ref[:, :steps])), ttft_speedup=t1_ref / t1_ours)
+    resolved = r["ours_decode_tokens_per_s"] and r["reference_decode_tokens_per_s"]
+    r["speedup"] = r["ours_decode_tokens_per_s"] / r["reference_decode_tokens_per_s"] if resolved else None
+    return r
+
+
+def decode_rate(batch: int, t1: float, tn: float, count: int) -> float | None:
+    """batch * (count - 1) new tokens over the time beyond the first token; None when the machine's noise
+    hides the decode time (tn <= t1)."""
+    return batch * (count - 1) / (tn - t1) if tn > t1 and count > 1 else None
+
+
+def bench_config(name: str, n: int, repeats: int, official_src: str | None) -> list[dict]:
+    cfg = bench_forward.CONFIGS[name]()
+    model, params = build_models(cfg)
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in (1, 8):
+        text = {"input_ids": rng.integers(1, cfg.llm.vocab_size, (b, PROMPT), dtype=np.int32)}
+        rows.append(row(name, "text", text, ours(cfg, params, text), hf(model, text),
+                        f"transformers {transformers.__version__} Qwen2 generate", n, repeats))
+    if official_src:
+        reference = official_model(official_src, cfg, params)
+        reference.config.tokenizer.identifier = str(OFFICIAL_TOKENIZER)  # its EOS id, for generate
+        inputs = prefill_inputs(cfg)
+        rows.append(row(name, "image", inputs, ours(cfg, params, inputs), official(reference, inputs),
+                        "official allenai/molmo Molmo.generate", n, repeats))
+    return rows
+
+
+def print_table(rows: list[dict]):
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)
+    print(f"{'config':7} {'workload':8} {'B':>2} {'framework':42} {'TTFT ms':>8} {'decode tok/s':>12} "
+          f"{'e2e tok/s':>9} {'ratio':>6} {'agree':>6}")
+    for r in rows:
+        for who, label in (("ours", "molmo-jax (jax.jit, lax.while_loop)"), ("reference", r["reference"])):
+            ratio, agree = (fmt(r["speedup"], ".2f"), f"{r['token_agreement']:.2f}") if who == "ours" else ("", "")
+            print(f"{r['config']:7} {r['workload']:8} {r['batch']:2d} {label:42} {1e3 * r[f'{who}_ttft_s']:8.1f} "
+                  f"{fmt(r[f'{who}_decode_tokens_per_s'], '12.0f'):>12} {r[f'{who}_end_to_end_tokens_per_s']:9.0f} "
+                  f"{ratio:>6} {agree:>6}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="32 new tokens, 3 timed runs per call (< 3 minutes)")
+    parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text rows")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    n, repeats = (32, 3) if args.quick else (128, 5)
+    rows = [r for name in bench_forward.CONFIGS for r in bench_config(name, n, repeats, args.official_src)]
+    print_table(rows)
+    result = dict(speedup=min(r["speedup"] for r in rows if r["speedup"] is not None), quick=args.quick, threads=threads, repeats=repeats,
+                  new_tokens=n, official_src=args.official_src, torch=torch.__version__, jax=jax.__version__,
+                  transformers=transformers.__version__, rows=rows)
+    print(f"speedup (min over rows, ours / reference decode tokens/s): {result['speedup']:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""User API: load a checkpoint directory once, then ask questions about images.
+
+    bundle = molmo_jax.load("Molmo-7B-D-0924/")            # native, HF release or our Orbax export
+    bundle.generate("cat.jpg", "Describe this image.")     # -> str
+    pred = bundle.predict("cat.jpg", "Point to the cat.")  # -> Prediction(text, points in pixels)
+    bundle.generate_batch(["a.jpg", None], ["Point to the dog.", "What is 2 + 2?"])
+    molmo_jax.save(bundle, "export/", "orbax")             # or "native" / "hf_release"
+
+A checkpoint directory holds config.json, the weights (`weights.safetensors`, the release's sharded
+`model-*.safetensors`, or an Orbax `params/` directory) and the tokenizer (tokenizer.json, optionally
+tokenizer_config.json naming EOS/BOS). `save` writes all of them, so its output loads with `load`.
+
+Inference pads each batch to every crop of the config and the prompt to a multiple of 64 tokens, so one
+compiled program serves most prompts. Images whose aspect ratio the official preprocessor cannot fit
+(the short side would resize to 0 pixels) are letterboxed with black first; points are mapped back to
+the original pixels either way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+from safetensors import safe_open
+from tqdm import tqdm
+
+from molmo_jax import checkpoints
+from molmo_jax import config as config_lib
+from molmo_jax import decoding
+from molmo_jax import orbax_params, points
+from molmo_jax.decoding import Sampling
+from molmo_jax.preprocess import ImageInput, Preprocessor, SequenceLengthError, collate
+from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer
+
+FORMATS = ("native", "hf_release", "orbax")
+ORBAX_DIR = "params"  # the Orbax params inside an export directory
+DEFAULT_MAX_NEW_TOKENS = 65  # when the config has no default_inference_len (the official default)
+VISION_FILE = "vision.json"  # ViT sizes of an HF-release export (its config.json cannot describe the ViT)
+
+PointMapper = Callable[[str], np.ndarray]  # answer text -> float64[n, 2] pixel points of the original image
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One answer: the generated text and its points as float64[n, 2] (x, y) pixels of the original image."""
+    text: str
+    points: np.ndarray
+
+
+def letterbox(image: np.ndarray, max_aspect: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pads the short side of uint8[H, W, 3] with black, centred, until long / short <= max_aspect.
+
+    Returns (image, (left, top) offset of the original in it); images within the ratio come back as is.
+    """
+    h, w = image.shape[:2]
+    need_h, need_w = max(h, int(np.ceil(w / max_aspect))), max(w, int(np.ceil(h / max_aspect)))
+    if (need_h, need_w) == (h, w):
+        return image, (0, 0)
+    top, left = (need_h - h) // 2, (need_w - w) // 2
+    out = np.zeros((need_h, need_w, 3), np.uint8)
+    out[top:top + h, left:left + w] = image
+    return out, (left, top)
+
+
+def _truncate(text: str, stop_strings: Iterable[str]) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    cuts = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
+    return text[:min(cuts)] if cuts else text
+
+
+@dataclasses.dataclass
+class MolmoBundle:
+    """A loaded model with what it needs to answer: config, params (sharded on `mesh`), tokenizer,
+    preprocessor. Build it with `load`."""
+    cfg: Any
+    params: Any
+    tokenizer: MolmoTokenizer
+    preprocessor: Preprocessor
+    mesh: Any = None
+
+    def sampling(self, sampling: Sampling | None = None, **overrides) -> Sampling:
+        """`sampling` (default: greedy, the config's `default_inference_len` tokens) with the non-None
+        `overrides` (Sampling fields) applied and EOS added to its stop ids."""
+        sampling = sampling or Sampling(max_new_tokens=self.cfg.formatting.default_inference_len or
+                                        DEFAULT_MAX_NEW_TOKENS)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        stop_ids = tuple(dict.fromkeys(overrides.pop("stop_ids", sampling.stop_ids) + (self.tokenizer.eos_id,)))
+        return dataclasses.replace(sampling, stop_ids=stop_ids, **overrides)
+
+    def _encode(self, image: ImageInput | None, prompt: str) -> tuple[dict[str, np.ndarray], PointMapper]:
+        """Model inputs of one example and a function mapping its answer text to original pixels."""
+        if image is None:
+            return self.preprocessor(None, prompt), lambda text: np.zeros((0, 2))
+        pixels = self.preprocessor.load(image)
+        view, offset = letterbox(pixels, max_aspect=min(self.cfg.vit.image_size) / 2)
+        size = (view.shape[1], view.shape[0])
+        return self.preprocessor(view, prompt), lambda text: points.pixel_points(text, size, offset)
+
+    def predict_batch(self, images: Sequence[ImageInput | None], prompts: Sequence[str],
+                      sampling: Sampling | None = None, max_new_tokens: int | None = None,
+                      stop_strings: Sequence[str] = (), seed: int = 0) -> list[Prediction]:
+        """Answers prompts[i] about images[i] (None: text only) in one batch.
+
+        Generation stops at EOS (and `sampling.stop_ids`); the text is cut before the first stop string.
+        Raises ImageError for an unusable image, SequenceLengthError when a prompt (image tokens
+        included) plus max_new_tokens exceeds the model's max_sequence_length.
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        sampling = self.sampling(sampling, max_new_tokens=max_new_tokens)
+        encoded = [self._encode(image, prompt) for image, prompt in zip(images, prompts)]
+        examples = [ex for ex, _ in encoded]
+        self._check_length(examples, sampling.max_new_tokens)
+        with_images = any("images" in ex for ex in examples)
+        batch = collate(examples, max_crops=config_lib.max_total_crops(self.cfg) if with_images else None)
+        tokens = decoding.generate(self.cfg, self.params, batch, sampling, jax.random.key(seed), self.mesh)
+        texts = [_truncate(self.tokenizer.decode(ids), stop_strings)
+                 for ids in decoding.trim(tokens, sampling.stop_ids)]
+        return [Prediction(text, to_pixels(text)) for text, (_, to_pixels) in zip(texts, encoded)]
+
+    def _check_length(self, examples: Sequence[Mapping[str, np.ndarray]], max_new_tokens: int):
+        budget = self.cfg.llm.max_sequence_length
+        longest = max(len(ex["input_tokens"]) for ex in examples)
+        if longest + max_new_tokens > budget:
+            raise SequenceLengthError(
+                f"prompt of {longest} tokens (image tokens included) + max_new_tokens={max_new_tokens} exceeds "
+                f"the model's max_sequence_length={budget}; shorten the prompt or generate fewer tokens")
+
+    def predict(self, image: ImageInput | None, prompt: str, **kwargs) -> Prediction:
+        """One prompt about one image (or None); keyword arguments as `predict_batch`."""
+        return self.predict_batch([image], [prompt], **kwargs)[0]
+
+    def generate_batch(self, images: Sequence[ImageInput | None], prompts: Sequence[str], **kwargs) -> list[str]:
+        """The answer texts of `predict_batch`."""
+        return [p.text for p in self.predict_batch(images, prompts, **kwargs)]
+
+    def generate(self, image: ImageInput | None, prompt: str, **kwargs) -> str:
+        """The answer text of `predict`."""
+        return self.predict(image, prompt, **kwargs).text
+
+
+def generate(bundle: MolmoBundle, image: ImageInput | None, prompt: str, **kwargs) -> str:
+    """`molmo_jax.generate(molmo_jax.load(dir), "cat.jpg", "Point to the cat.")`: the answer text."""
+    return bundle.generate(image, prompt, **kwargs)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def detect_format(path: str | os.PathLike) -> str:
+    """"orbax" (our export: config.json + params/), else `checkpoints.detect_format`."""
+    path = Path(path)
+    if (path / ORBAX_DIR).is_dir() and (path / "config.json").exists():
+        return "orbax"
+    return checkpoints.detect_format(path)
+
+
+def _read_tensors(files: Sequence[Path], progress: bool) -> dict[str, np.ndarray]:
+    """All tensors of the safetensors `files`, with a progress bar in bytes."""
+    out = {}
+    with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="loading weights",
+              disable=None if progress else True, leave=False) as bar:
+        for f in files:
+            if not f.exists():
+                raise checkpoints.CheckpointError(f"{f}: weight file missing")
+            with safe_open(str(f), framework="numpy") as st:
+                for k in st.keys():
+                    out[k] = st.get_tensor(k)
+                    bar.update(out[k].nbytes)
+    return out
+
+
+def _weight_files(path: Path, fmt: str) -> list[Path]:
+    return [path / "weights.safetensors"] if fmt == "native" else checkpoints.safetensor_files(path)
+
+
+def _load_params(path: Path, fmt: str, cfg, mesh, progress: bool):
+    if fmt == "orbax":
+        return orbax_params.restore(path / ORBAX_DIR, cfg, mesh)
+    tensors = _read_tensors(_weight_files(path, fmt), progress)
+    if fmt == "hf_release":
+        tensors = checkpoints.release_to_native(tensors, cfg)
+    return checkpoints.place(checkpoints.native_to_params(tensors.__getitem__, tensors.keys(), cfg), cfg, mesh)
+
+
+def load_config(path: str | os.PathLike, vision: Mapping[str, Any] | None = None):
+    """The model config of a checkpoint directory of any of `FORMATS`.
+
+    vision: official ViT field overrides for an HF release (default: the directory's vision.json if any).
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "orbax":
+        return config_lib.from_official(json.loads((path / "config.json").read_text()), name=path.name)
+    if vision is None and (path / VISION_FILE).exists():
+        vision = json.loads((path / VISION_FILE).read_text())
+    return checkpoints.load_config(path, vision)
+
+
+def load(path: str | os.PathLike, mesh=None, vision: Mapping[str, Any] | None = None,
+         progress: bool = False) -> MolmoBundle:
+    """Loads a checkpoint directory (native, HF release or Orbax export) -> MolmoBundle.
+
+    The config and tokenizer are checked before any weight is read. Raises CheckpointError (files
+    missing, tensors missing/unexpected/mis-shaped), TokenizerError or ConfigError naming the problem.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise checkpoints.CheckpointError(f"{path}: not a checkpoint directory")
+    cfg = load_config(path, vision)
+    tokenizer = load_tokenizer(path, cfg.llm.vocab_size)
+    params = _load_params(path, detect_format(path), cfg, mesh, progress)
+    return MolmoBundle(cfg, params, tokenizer, Preprocessor(cfg, tokenizer), mesh)
+
+
+# ----------------------------------------------------------------------------- saving
+
+def save_tokenizer(tokenizer: MolmoTokenizer, path: str | os.PathLike):
+    """tokenizer.json (Molmo tokens included) + tokenizer_config.json naming its EOS / BOS."""
+    path = Path(path)
+    tokenizer.tokenizer.save(str(path / "tokenizer.json"))
+    names = {k: tokenizer.tokenizer.id_to_token(i) for k, i in (("eos_token", tokenizer.eos_id),
+                                                                 ("bos_token", tokenizer.bos_id))}
+    (path / "tokenizer_config.json").write_text(json.dumps(names, indent=1))
+
+
+def save_orbax(bundle_or_params: MolmoBundle | Any, path: str | os.PathLike):
+    """Orbax export: a bundle gives a directory `load` reads (params/, config.json, tokenizer files);
+    a bare param tree gives only the Orbax checkpoint at `path` (read it with `orbax_params.restore`)."""
+    if isinstance(bundle_or_params, MolmoBundle):
+        save(bundle_or_params, path, "orbax")
+    else:
+        orbax_params.save(bundle_or_params, path)
+
+
+def save(bundle: MolmoBundle, path: str | os.PathLike, fmt: str):
+    """Writes the bundle's model to the new or empty directory `path` in `fmt` (one of FORMATS)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {FORMATS}")
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise checkpoints.CheckpointError(f"{path}: exists and is not empty")
+    path.mkdir(parents=True, exist_ok=True)
+    if fmt == "native":
+        checkpoints.save_native(bundle.params, bundle.cfg, path)
+    elif fmt == "hf_release":
+        checkpoints.save_hf_release(bundle.params, bundle.cfg, path)
+        (path / VISION_FILE).write_text(json.dumps(config_lib.to_official(bundle.cfg)["vision_backbone"], indent=1))
+    else:
+        orbax_params.save(bundle.params, path / ORBAX_DIR)
+        (path / "config.json").write_text(json.dumps(config_lib.to_official(bundle.cfg), indent=1))
+    save_tokenizer(bundle.tokenizer, path)

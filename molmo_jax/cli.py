@@ -1,0 +1,162 @@
+"""The `molmo-jax` command line: a registry of subcommands, each a parser set-up and a run function.
+
+    molmo-jax predict --checkpoint DIR --image cat.jpg --prompt "Point to the cat." --draw out.png
+    molmo-jax convert --checkpoint DIR --to orbax --out EXPORT_DIR
+
+Other modules add subcommands with `register(Command(...))` and list themselves in `EXTENSIONS`.
+Errors print one line `molmo-jax <command>: error: ...` on stderr and exit with status 1; `--debug`
+shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+EXTENSIONS: tuple[str, ...] = ()  # modules that register more subcommands when imported
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: `add_arguments(parser)` declares its flags, `run(args)` does the work (-> exit code)."""
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register(command: Command) -> Command:
+    if command.name in COMMANDS:
+        raise ValueError(f"subcommand {command.name!r} is already registered")
+    COMMANDS[command.name] = command
+    return command
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+def _add_checkpoint_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="checkpoint directory: native, HF release or Orbax export (config.json, weights, "
+                             "tokenizer.json)")
+    parser.add_argument("--vision-json", type=Path,
+                        help="JSON of official ViT fields (e.g. {\"image_emb_dim\": 1024}) for an HF release whose "
+                             "vision tower is not the released CLIP")
+
+
+def _load_bundle(args):
+    from molmo_jax import api
+    vision = json.loads(args.vision_json.read_text()) if args.vision_json else None
+    return api.load(args.checkpoint, vision=vision, progress=True)
+
+
+# ----------------------------------------------------------------------------- predict
+
+def _predict_arguments(parser: argparse.ArgumentParser):
+    _add_checkpoint_arguments(parser)
+    parser.add_argument("--image", type=Path, help="image file (omit for a text-only prompt)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, help="default: the config's default_inference_len")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--draw", type=Path, help="write the image with the answer's points to this PNG")
+
+
+def _read_image(path: Path):
+    """`preprocess.load_image`, with PIL's own errors on corrupt files (which may not name the file)
+    turned into an ImageError naming it."""
+    from molmo_jax.preprocess import ImageError, load_image
+    try:
+        return load_image(path)
+    except ImageError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on corrupt data
+        raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+def _predict(args) -> int:
+    from molmo_jax import points
+    if args.draw and not args.image:
+        raise ValueError("--draw needs --image")
+    image = _read_image(args.image) if args.image else None  # a bad image fails before the model loads
+    bundle = _load_bundle(args)
+    sampling = bundle.sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                               top_p=args.top_p)
+    pred = bundle.predict(image, args.prompt, sampling=sampling, stop_strings=args.stop, seed=args.seed)
+    print(pred.text.strip())
+    for i, (x, y) in enumerate(pred.points, start=1):
+        print(f"point {i}: x={x:.1f} y={y:.1f}")
+    if args.draw:
+        points.save_drawing(image, pred.points, args.draw)
+    return 0
+
+
+# ----------------------------------------------------------------------------- convert
+
+def _convert_arguments(parser: argparse.ArgumentParser):
+    from molmo_jax.api import FORMATS
+    _add_checkpoint_arguments(parser)
+    parser.add_argument("--to", required=True, choices=FORMATS, help="output format")
+    parser.add_argument("--out", required=True, type=Path, help="new (or empty) output directory")
+
+
+def _convert(args) -> int:
+    from molmo_jax import api
+    api.save(_load_bundle(args), args.out, args.to)
+    print(f"wrote {args.to} checkpoint to {args.out}")
+    return 0
+
+
+register(Command("predict", "answer a prompt about an image (prints the answer and its points)",
+                 _predict_arguments, _predict))
+register(Command("convert", "convert a checkpoint between the native, HF release and Orbax formats",
+                 _convert_arguments, _convert))
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in EXTENSIONS:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(prog="molmo-jax", description="Molmo vision-language models in JAX")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help,
+                                             parents=[common]))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one subcommand; returns its exit status (0 ok, 1 error, 2 bad usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args) or 0
+    except Exception as e:  # one line per error; the traceback only on request
+        if args.debug:
+            raise
+        print(f"molmo-jax {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: Exception, limit: int = 2000) -> str:
+    """The error message on one line (at most `limit` characters); the type too unless it is a plain
+    ValueError / OSError subclass, whose messages already name the problem."""
+    text = " ".join(str(error).split()) or "(no message)"
+    if not isinstance(error, (ValueError, OSError)):
+        text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())
