@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "einops==0.8.2",
     "scipy>=1.11",
     "pyarrow>=15",
+    "matplotlib>=3.8",
     "numpy>=2.0,<3",
     "pillow>=11",
     "safetensors>=0.6",

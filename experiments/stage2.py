@@ -1,0 +1,30 @@
+"""Stage 2 of Molmo training: multitask fine-tuning from a stage-1 checkpoint (spec section 7.3).
+
+    python -m experiments.train --config experiments/stage2.py:tiny --config.init_from=/tmp/s1/checkpoints \
+        --workdir /tmp/s2
+
+Same `arg` values as stage1.py. Differences to stage 1: LRs 5e-6 / 5e-6 / 1e-5 with 200-step warmups,
+30k steps at batch 256, residual dropout 0.1 everywhere (no response-only dropout), the `uber_model`
+prompt formatting with root_subsegments weighting, params initialised from stage 1 (params only).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import stage1
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    tiny = arg.startswith("tiny")
+    c = stage1.get_config(arg)
+    c.model.llm.residual_dropout = 0.1
+    c.model.llm.response_residual_dropout = 0.0
+    c.model.formatting.update(prompt_type="uber_model", message_formatting="role",
+                              system_prompt_kind="demo_or_style", multi_annotation_weighting="root_subsegments")
+    c.optim.steps = 100 if tiny else 30_000
+    if not tiny:
+        c.optim.lr = stage1.per_component(5e-6, 5e-6, 1e-5)
+        c.optim.warmup = stage1.per_component(200, 200, 200)
+        c.data.global_batch = 256
+    c.data.seed = 50189
+    return c

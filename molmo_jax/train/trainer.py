@@ -1,0 +1,266 @@
+"""The Molmo trainer: init or restore, a jitted sharded train step, metrics, checkpoints.
+
+Read top to bottom: batch plumbing, the loss and its gradient (micro-batched), the train step, the
+train state and its shardings, then `train`, the loop.
+
+Train state (a plain dict, what the checkpoints hold):
+  params     float32 master weights (cfg.model.param_dtype); the model computes in cfg.model.dtype
+  opt_state  the optim.make(...) state (per-component AdamW moments, sharded like the params)
+  step       int32 number of updates done
+  rng        uint32[2] base dropout key; step s uses fold_in(rng, s), micro-batch i fold_in(that, i)
+
+Loss (official `train_batch`): sum_t w_t (CE_t + z_loss * logsumexp_t^2) / sum_t w_t, both sums over the
+GLOBAL batch (all micro-batches, all devices), w_t = loss_masks where > 0 (the multi-annotation weights
+are already in the loss masks).
+"""
+from __future__ import annotations
+
+import functools
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from molmo_jax import checkpoints, sharding
+from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
+from molmo_jax.train import checkpointing, metrics_log, optim
+from molmo_jax.train.loss import cross_entropy
+
+Batch = Mapping[str, np.ndarray]
+BATCH_KEYS = ("input_ids", "labels", "loss_masks", "position_ids", "subsegment_ids", "images", "image_masks",
+              "image_input_idx")
+MODEL_KEYS = ("images", "image_masks", "image_input_idx", "position_ids", "subsegment_ids")
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+def make_mesh(shape) -> Mesh:
+    """Mesh (data, fsdp, tensor); one -1 entry takes the remaining devices, e.g. (1, -1, 1) = fsdp."""
+    shape = list(shape)
+    if -1 in shape:
+        i = shape.index(-1)
+        shape[i] = 1
+        shape[i] = jax.device_count() // int(np.prod(shape))
+    return sharding.make_mesh(shape)
+
+
+def host_batch(batch: Batch) -> dict[str, np.ndarray]:
+    """The collator's batch -> the arrays the train step takes (`BATCH_KEYS`), ints as int32."""
+    out = {k: np.asarray(batch[k]) for k in BATCH_KEYS if k in batch}
+    return {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in out.items()}
+
+
+def device_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Global arrays from this process's rows, sharded over the batch axes of the mesh."""
+    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
+            for k, v in batch.items()}
+
+
+def micro_batches(batch: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [n, B/n, ...]; micro-batch i = rows i, n+i, 2n+i, ... (keeps every device busy)."""
+    return {k: v.reshape((v.shape[0] // n, n) + v.shape[1:]).swapaxes(0, 1) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------------- the loss
+
+
+def loss_sums(params, batch: Mapping[str, jax.Array], rng: jax.Array, *, model: Molmo,
+              z_loss: float) -> dict[str, jax.Array]:
+    """Sums over one (micro-)batch: total (sum_t w_t (CE_t + z lse_t^2)), ce (sum w CE), z (sum w z lse^2),
+    correct (argmax hits on loss tokens), tokens (loss tokens), aux (the model's auxiliary losses, e.g.
+    MoE load balancing; a batch mean, 0 when their weights are 0)."""
+    weights = batch["loss_masks"]
+    logits, variables = model.apply({"params": params}, batch["input_ids"],
+                                    response_mask=(weights > 0).astype(jnp.float32), rngs={"dropout": rng},
+                                    mutable=["losses"], **{k: batch[k] for k in MODEL_KEYS if k in batch})
+    total, _ = cross_entropy(logits, batch["labels"], weights, z_loss)
+    ce, _ = cross_entropy(logits, batch["labels"], weights)
+    on = weights > 0
+    return {"total": total.sum(), "ce": ce.sum(), "z": (total - ce).sum(), "tokens": on.sum(),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) & on), "aux": aux_loss(variables)}
+
+
+def loss_and_grads(params, batch: Mapping[str, jax.Array], rng: jax.Array, *, model: Molmo, z_loss: float,
+                   grad_accum: int) -> tuple[Any, dict[str, jax.Array]]:
+    """Gradient of total / normalizer + mean aux loss, accumulated over `grad_accum` micro-batches
+    (normalizer = the sum of the loss weights over the whole global batch).
+
+    Returns (grads like params, `loss_sums` stats summed over micro-batches plus "normalizer").
+    """
+    w = batch["loss_masks"]
+    normalizer = jnp.maximum(jnp.sum(jnp.where(w > 0, w, 0.0)), jnp.finfo(jnp.float32).tiny)
+
+    def micro_loss(p, mb, r):
+        stats = loss_sums(p, mb, r, model=model, z_loss=z_loss)
+        return stats["total"] / normalizer + stats["aux"] / grad_accum, stats
+
+    def accumulate(grads, xs):
+        i, mb = xs
+        g, stats = jax.grad(micro_loss, has_aux=True)(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, grads, g), stats
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, stats = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro_batches(batch, grad_accum)))
+    return grads, {**jax.tree.map(lambda x: x.sum(0), stats), "normalizer": normalizer}
+
+
+# ------------------------------------------------------------------------------------------ train step
+
+
+def train_step(state: dict, batch: Mapping[str, jax.Array], *, model: Molmo, opt: optim.Optimizer,
+               z_loss: float, grad_accum: int) -> tuple[dict, dict[str, jax.Array]]:
+    """One optimizer update on a global batch -> (new state, scalar metrics)."""
+    params, step = state["params"], state["step"]
+    grads, s = loss_and_grads(params, batch, jax.random.fold_in(state["rng"], step), model=model,
+                              z_loss=z_loss, grad_accum=grad_accum)
+    norms = optim.component_norms(grads, optim.component_labels(grads))
+    updates, opt_state = opt.tx.update(grads, state["opt_state"], params)
+    new_state = {**state, "params": optax.apply_updates(params, updates), "opt_state": opt_state,
+                 "step": step + 1}
+    n = s["normalizer"]
+    metrics = {"loss": s["total"] / n + s["aux"] / grad_accum, "ce_loss": s["ce"] / n, "z_loss": s["z"] / n,
+               "aux_loss": s["aux"] / grad_accum, "accuracy": s["correct"] / jnp.maximum(s["tokens"], 1),
+               **{f"grad_norm/{c}": n for c, n in norms.items()},
+               **{f"lr/{c}": lr for c, lr in opt.learning_rates(step).items()}}
+    return new_state, metrics
+
+
+# ----------------------------------------------------------------------------------------- train state
+
+
+def new_state(params, opt: optim.Optimizer, rng: jax.Array) -> dict:
+    return {"params": params, "opt_state": opt.tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+
+def abstract_state(model_cfg, opt: optim.Optimizer, mesh: Mesh) -> dict:
+    """The train state as ShapeDtypeStructs carrying their shardings on `mesh` (restore target)."""
+    boxed = abstract_params(model_cfg)
+    param_sh = sharding.param_shardings(boxed, mesh)
+    shapes = jax.eval_shape(lambda p: new_state(p, opt, jax.random.PRNGKey(0)), nn.meta.unbox(boxed))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_sh = like_params(shapes["opt_state"], param_sh, replicated)
+    shardings = {"params": param_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+
+def like_params(opt_state, param_shardings, default: NamedSharding) -> Any:
+    """Shardings for an optimizer state: a leaf whose key path ends with a param's path (the AdamW
+    moments, under any wrapper) gets that param's sharding; counts and the like get `default`."""
+    by_path = {tuple(k.key for k in path): s
+               for path, s in jax.tree_util.tree_leaves_with_path(param_shardings)}
+
+    def pick(path, _):
+        keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+        return next((by_path[keys[i:]] for i in range(len(keys)) if keys[i:] in by_path), default)
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state)
+
+
+def shardings_of(tree) -> Any:
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def initial_params(cfg, rng: jax.Array, mesh: Mesh, target) -> Any:
+    """Random init, or the params of `cfg.init_from`: a training / params-only Orbax checkpoint (stage 2
+    from stage 1) or an official native / HF release directory."""
+    if not cfg.init_from:
+        return init_params(cfg.model, rng, mesh)
+    if checkpointing.is_orbax(cfg.init_from):
+        return checkpointing.restore_params(cfg.init_from, target)
+    return checkpoints.load(cfg.init_from, cfg.model, mesh)[1]
+
+
+def initial_state(cfg, opt: optim.Optimizer, mesh: Mesh, target: dict) -> dict:
+    params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    params = initial_params(cfg, params_rng, mesh, target["params"])
+    make = jax.jit(lambda p, r: new_state(p, opt, r), out_shardings=shardings_of(target), donate_argnums=0)
+    return make(params, jax.device_put(dropout_rng, target["rng"].sharding))
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+class StopOnSigterm:
+    """While active, SIGTERM sets `requested` (the loop then checkpoints and returns) instead of killing."""
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _flush(log: metrics_log.MetricsLog, pending: list, seconds: float, data) -> dict[str, float]:
+    """Writes the buffered (step, device metrics, tokens) of the last interval; returns the last row."""
+    tokens_per_s = sum(n for _, _, n in pending) / max(seconds, 1e-9)
+    row = {}
+    for step, metrics, _ in pending:
+        row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        row["tokens_per_s"] = tokens_per_s
+        row.update({f"skipped/{reason}": n for reason, n in getattr(data, "skipped", {}).items()})
+        log.write(step, row)
+    log.flush()
+    pending.clear()
+    return row
+
+
+def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = None) -> dict:
+    """Trains to cfg.optim.steps updates, resuming from the latest checkpoint in `workdir`.
+
+    data: an iterator of host batches (dicts of numpy arrays, fixed shapes, this process's rows of the
+    global batch); with `get_state`/`set_state` its position is checkpointed too, and its `skipped`
+    dict ({reason: count}, as data_pipelines.mixtures reports them) is logged. Writes
+    workdir/{checkpoints/, metrics.jsonl, tb/, curves.png}. Returns the final train state.
+    """
+    workdir = Path(workdir)
+    mesh = mesh or make_mesh(cfg.mesh)
+    opt = optim.make(cfg.optim)
+    model = Molmo(cfg.model, deterministic=False)
+    target = abstract_state(cfg.model, opt, mesh)
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.max_to_keep,
+                                      cfg.checkpoint.async_save)
+    main = jax.process_index() == 0
+    log = metrics_log.MetricsLog(workdir, enabled=main)
+    step_fn = jax.jit(functools.partial(train_step, model=model, opt=opt, z_loss=cfg.optim.z_loss,
+                                        grad_accum=cfg.optim.grad_accum),
+                      out_shardings=(shardings_of(target), NamedSharding(mesh, PartitionSpec())),
+                      donate_argnums=0)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES), StopOnSigterm() as stop:
+        resumed = ckpt.latest_step() is not None
+        state = ckpt.restore(target, data) if resumed else initial_state(cfg, opt, mesh, target)
+        start = int(state["step"])
+        pending, t0 = [], time.perf_counter()
+        bar = tqdm(total=cfg.optim.steps, initial=start, disable=not main, desc="train")
+        for step in range(start + 1, cfg.optim.steps + 1):
+            batch = host_batch(next(data))
+            state, metrics = step_fn(state, device_batch(batch, mesh))
+            pending.append((step, metrics, int((batch["input_ids"] != -1).sum()) * jax.process_count()))
+            if step % cfg.log_every == 0 or step == cfg.optim.steps or stop.requested:
+                row = _flush(log, pending, time.perf_counter() - t0, data)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                t0 = time.perf_counter()
+            ckpt.save(step, state, data)
+            bar.update()
+            if stop.requested:
+                break
+        bar.close()
+        ckpt.save(int(state["step"]), state, data, force=True)
+        ckpt.wait()
+    ckpt.close()
+    log.close()
+    if main and log.path.exists():
+        metrics_log.plot(metrics_log.read(log.path), workdir / "curves.png")
+    return state
