@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-EXTENSIONS: tuple[str, ...] = ()  # modules that register more subcommands when imported
+EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli")  # modules that register more subcommands when imported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,5 +158,7 @@ def _one_line(error: Exception, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as `python -m molmo_jax.cli`: extensions register in molmo_jax.cli
+    from molmo_jax import cli
+
+    sys.exit(cli.main())

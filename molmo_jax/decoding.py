@@ -103,9 +103,13 @@ def bucket(length: int, multiple: int = 64) -> int:
     return -(-length // multiple) * multiple
 
 
+MODEL_INPUTS = ("input_ids", "images", "image_masks", "image_input_idx")
+
+
 def pad_prompts(inputs: Mapping[str, np.ndarray], multiple: int = 64) -> dict[str, np.ndarray]:
-    """Right-pads input_ids with -1 to a multiple of `multiple` (keeps compiled shapes few)."""
-    out = dict(inputs)
+    """The model inputs of a collated batch, input_ids right-padded with -1 to a multiple of `multiple`
+    (other keys, e.g. labels, are dropped: they would add compiled shapes)."""
+    out = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
     ids = np.asarray(inputs["input_ids"])
     out["input_ids"] = np.pad(ids, ((0, 0), (0, bucket(ids.shape[1], multiple) - ids.shape[1])),
                               constant_values=-1).astype(np.int32)

@@ -1,0 +1,112 @@
+"""The PixMo-lite recipe: a tiny Molmo trained in two stages on the offline synthetic PixMo, on a CPU.
+
+Used by the README's main job (experiments/main.py) and the connector ablations. Everything is built from
+one `get_config(arg)` ConfigDict: the model (a 112 px ViT, one crop per image, a 128-wide LLM), the
+tokenizer (a byte-level BPE trained on the synthetic text), and the two trainer configs.
+
+    cfg = get_config("quick")
+    tokenizer = build_tokenizer(cfg, workdir)
+    _, stage1_dir = run_stage(cfg, "stage1", tokenizer, workdir)
+    state, _ = run_stage(cfg, "stage2", tokenizer, workdir, init_from=stage1_dir)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from data_pipelines import mixtures, synthetic, vocab
+from experiments import stage1 as stage1_lib
+from experiments import stage2 as stage2_lib
+from molmo_jax import config as config_lib
+from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer
+from molmo_jax.train import trainer
+
+
+def model_config(image_size: int = 112, vocab_size: int = 512) -> ml_collections.ConfigDict:
+    """Tiny Qwen2-family Molmo for 112 px images: one crop (the global view), 4x4 pooled tokens."""
+    cfg = config_lib.tiny("qwen2")
+    cfg.name = "pixmo-lite"
+    grid = image_size // cfg.vit.patch_size
+    cfg.vit.update(image_size=(image_size, image_size), num_pos=grid * grid + 1)
+    cfg.llm.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_hidden=384,
+                   vocab_size=vocab_size, embedding_size=vocab_size, max_sequence_length=256)
+    cfg.connector.projector_hidden = 384
+    cfg.preprocess.update(crop_mode="resize", max_crops=1)
+    return config_lib.validate(cfg)
+
+
+def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
+    """arg "quick" (the main job: about 10 minutes on 2 CPU cores) or "long" (several times the steps)."""
+    scale = {"quick": 1, "long": 4}[arg]
+    c = ml_collections.ConfigDict()
+    c.model = model_config()
+    c.image_size = 112
+    c.train_examples = 20_000  # per synthetic task (examples are generated on the fly)
+    c.eval_examples = 64  # held-out examples per task, from another seed
+    c.eval_seed = 12345
+    c.batch = 16
+    c.seq_len = 192
+    c.stage1_steps = 150 * scale
+    c.stage2_steps = 700 * scale
+    c.lr = 2e-3
+    c.seed = 0
+    return c
+
+
+def build_tokenizer(cfg, workdir: str | Path) -> MolmoTokenizer:
+    """Trains (once) the BPE on PixMo-lite text; Molmo's image tokens get ids vocab_size..vocab_size+4."""
+    path = Path(workdir) / "tokenizer.json"
+    if not path.exists():
+        sources = list(train_sources(cfg).values()) + [stage1_source(cfg)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vocab.train_tokenizer(vocab.corpus(sources, 200), path, cfg.model.llm.vocab_size)
+    return load_tokenizer(path, cfg.model.llm.vocab_size)
+
+
+def stage1_source(cfg, seed: int | None = None) -> synthetic.SyntheticSource:
+    return synthetic.SyntheticSource(synthetic.STAGE1_TASK, cfg.train_examples,
+                                     cfg.seed if seed is None else seed, cfg.image_size)
+
+
+def train_sources(cfg, seed: int | None = None, size: int | None = None) -> dict[str, synthetic.SyntheticSource]:
+    return synthetic.sources(size or cfg.train_examples, cfg.seed if seed is None else seed, cfg.image_size)
+
+
+def trainer_config(cfg, stage: str) -> ml_collections.ConfigDict:
+    """The official stage-1 / stage-2 trainer config ("tiny"), resized for PixMo-lite."""
+    c = (stage1_lib if stage == "stage1" else stage2_lib).get_config("tiny")
+    c.model = cfg.model
+    c.model.formatting.update(
+        mixtures.STAGE1_FORMATTING if stage == "stage1" else mixtures.STAGE2_FORMATTING)
+    steps = cfg.stage1_steps if stage == "stage1" else cfg.stage2_steps
+    c.optim.steps = steps
+    c.optim.lr = stage1_lib.per_component(cfg.lr, cfg.lr, cfg.lr)
+    c.optim.warmup = stage1_lib.per_component(*(max(1, steps // 20),) * 3)
+    c.data.global_batch, c.data.seq_len, c.data.crops = cfg.batch, cfg.seq_len, 1
+    c.mesh = (1, 1, 1)
+    c.seed = cfg.seed
+    c.checkpoint.every = max(50, steps // 4)
+    c.checkpoint.max_to_keep = 1
+    c.log_every = 10
+    return c
+
+
+def data(cfg, stage: str, tokenizer: MolmoTokenizer):
+    options = mixtures.PipelineOptions(batch_size=cfg.batch, seq_len=cfg.seq_len, seed=cfg.seed + 1)
+    if stage == "stage1":
+        return iter(mixtures.stage1(stage1_source(cfg), cfg.model, tokenizer, options))
+    return iter(mixtures.stage2(train_sources(cfg), cfg.model, tokenizer, options,
+                                groups=mixtures.SYNTHETIC_MIXTURE))
+
+
+def run_stage(cfg, stage: str, tokenizer: MolmoTokenizer, workdir: str | Path, init_from: str = ""):
+    """Trains one stage in workdir/<stage> (resuming if it was interrupted).
+
+    Returns (final train state, its checkpoint directory).
+    """
+    out = Path(workdir) / stage
+    tcfg = trainer_config(cfg, stage)
+    tcfg.init_from = str(init_from)
+    state = trainer.train(tcfg, data(cfg, stage, tokenizer), out)
+    return state, out / "checkpoints"
