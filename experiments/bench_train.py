@@ -12,6 +12,9 @@ For the tiny and a small Qwen2-family config, in float32 and bfloat16 compute (f
     torch.optim.AdamW(betas (0.9, 0.95), eps 1e-6); bf16 rows use torch.autocast (fp32 master params).
 Steps are timed interleaved (ours, torch, ours, ...) and the median is reported. JSON top level
 "speedup" = the worst row's ours/torch tokens/s ratio.
+
+Separate row (issue 10), "lora_vs_full": optimizer-state bytes and XLA step peak memory of fine-tuning
+the small config fully vs with LoRA rank 8 (`molmo_jax.train.finetune`), as LoRA / full ratios.
 """
 from __future__ import annotations
 
@@ -23,11 +26,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from experiments import stage1
+from molmo_jax import lora
 from molmo_jax.models.molmo import Molmo, param_count
-from molmo_jax.train import optim, trainer
+from molmo_jax.train import finetune, optim, trainer
 
 
 def model_config(size: str, dtype: str):
@@ -165,6 +170,45 @@ def bench_row(size: str, dtype: str, iters: int, peak_flops: float) -> dict:
     }
 
 
+# ------------------------------------------------------------------ LoRA vs full fine-tuning memory (issue 10)
+
+
+def finetune_memory(size: str, lora_rank: int) -> dict:
+    """Optimizer-state bytes and XLA peak bytes (arguments + temporaries) of one `molmo_jax.train.finetune`
+    step on text-only batches, 1 device, float32: full fine-tuning (lora_rank 0) or LoRA on the default
+    targets with every component frozen."""
+    cfg = model_config(size, "float32")
+    cfg.freeze = optim.COMPONENTS if lora_rank else ()
+    cfg.lora = ml_collections.ConfigDict(dict(rank=lora_rank, alpha=16.0, targets=lora.DEFAULT_TARGETS))
+    mesh = trainer.make_mesh((1, 1, 1))
+    program = finetune.program(cfg, mesh)
+    b, t = SHAPES[size]
+    batch = trainer.device_batch(random_batch(cfg, b, t), mesh)
+    with jax.set_mesh(mesh):
+        mem = jax.jit(program.step, donate_argnums=0).lower(program.target, batch).compile().memory_analysis()
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    return {"trainable_params": sum(x.size for x in jax.tree.leaves(program.target["params"])),
+            "opt_state_bytes": nbytes(program.target["opt_state"]),
+            "peak_bytes": int(mem.argument_size_in_bytes + mem.temp_size_in_bytes)}
+
+
+def lora_memory_row(size: str = "small", lora_rank: int = 8) -> dict:
+    """Full vs LoRA fine-tuning memory of one config; ratios are LoRA / full."""
+    full, lora = finetune_memory(size, 0), finetune_memory(size, lora_rank)
+    return {"config": size, "lora_rank": lora_rank, "full": full, "lora": lora,
+            "opt_state_ratio": lora["opt_state_bytes"] / full["opt_state_bytes"],
+            "peak_ratio": lora["peak_bytes"] / full["peak_bytes"]}
+
+
+def lora_table(row: dict) -> str:
+    f, l = row["full"], row["lora"]
+    return (f"fine-tuning memory, {row['config']} config (LoRA rank {row['lora_rank']} vs full):\n"
+            f"  trainable params {l['trainable_params']:,} vs {f['trainable_params']:,}; optimizer state "
+            f"{l['opt_state_bytes'] / 2**20:.2f} vs {f['opt_state_bytes'] / 2**20:.2f} MB "
+            f"(ratio {row['opt_state_ratio']:.4f}); XLA step peak {l['peak_bytes'] / 2**20:.1f} vs "
+            f"{f['peak_bytes'] / 2**20:.1f} MB (ratio {row['peak_ratio']:.3f})")
+
+
 def table(rows: list[dict], peak: float) -> str:
     head = (f"matmul peak (jitted 2048^3 f32): {peak / 1e9:.1f} GFLOP/s\n"
             f"{'config':6} {'dtype':8} {'ours tok/s':>11} {'torch tok/s':>11} {'speedup':>7} "
@@ -184,8 +228,10 @@ def main():
     peak = matmul_peak()
     rows = [bench_row(size, dtype, iters, peak) for size in ("tiny", "small") for dtype in ("float32", "bfloat16")]
     print(table(rows, peak))
+    lora_row = lora_memory_row()
+    print(lora_table(lora_row))
     result = {"device": jax.devices()[0].device_kind, "matmul_peak_flops_per_s": peak, "iters": iters,
-              "rows": rows, "speedup": min(r["speedup"] for r in rows)}
+              "rows": rows, "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -19,7 +19,7 @@ import functools
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -185,6 +185,24 @@ def initial_state(cfg, opt: optim.Optimizer, mesh: Mesh, target: dict) -> dict:
     return make(params, jax.device_put(dropout_rng, target["rng"].sharding))
 
 
+class Program(NamedTuple):
+    """What `train` runs: `target` the abstract train state (ShapeDtypeStructs with shardings: restore
+    target and step output layout), `init()` the state at step 0 (called outside the mesh context), `step(state,
+    device batch) -> (state, scalar metrics)` (jitted by `train`, state donated)."""
+    target: dict
+    init: Callable[[], dict]
+    step: Callable[[dict, Mapping[str, jax.Array]], tuple[dict, dict]]
+
+
+def standard_program(cfg, mesh: Mesh) -> Program:
+    """Every param trained by `optim.make(cfg.optim)`, starting from `initial_state`."""
+    opt = optim.make(cfg.optim)
+    target = abstract_state(cfg.model, opt, mesh)
+    step = functools.partial(train_step, model=Molmo(cfg.model, deterministic=False), opt=opt,
+                             z_loss=cfg.optim.z_loss, grad_accum=cfg.optim.grad_accum)
+    return Program(target, functools.partial(initial_state, cfg, opt, mesh, target), step)
+
+
 # ------------------------------------------------------------------------------------------- the loop
 
 
@@ -217,30 +235,29 @@ def _flush(log: metrics_log.MetricsLog, pending: list, seconds: float, data) -> 
     return row
 
 
-def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = None) -> dict:
+def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = None,
+          program: Program | None = None) -> dict:
     """Trains to cfg.optim.steps updates, resuming from the latest checkpoint in `workdir`.
 
     data: an iterator of host batches (dicts of numpy arrays, fixed shapes, this process's rows of the
     global batch); with `get_state`/`set_state` its position is checkpointed too, and its `skipped`
-    dict ({reason: count}, as data_pipelines.mixtures reports them) is logged. Writes
+    dict ({reason: count}, as data_pipelines.mixtures reports them) is logged. `program`: what to train
+    (default `standard_program`; e.g. molmo_jax.train.finetune's frozen / LoRA programs). Writes
     workdir/{checkpoints/, metrics.jsonl, tb/, curves.png}. Returns the final train state.
     """
     workdir = Path(workdir)
     mesh = mesh or make_mesh(cfg.mesh)
-    opt = optim.make(cfg.optim)
-    model = Molmo(cfg.model, deterministic=False)
-    target = abstract_state(cfg.model, opt, mesh)
+    program = program or standard_program(cfg, mesh)
+    target = program.target
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.max_to_keep,
                                       cfg.checkpoint.async_save)
     main = jax.process_index() == 0
     log = metrics_log.MetricsLog(workdir, enabled=main)
-    step_fn = jax.jit(functools.partial(train_step, model=model, opt=opt, z_loss=cfg.optim.z_loss,
-                                        grad_accum=cfg.optim.grad_accum),
-                      out_shardings=(shardings_of(target), NamedSharding(mesh, PartitionSpec())),
+    step_fn = jax.jit(program.step, out_shardings=(shardings_of(target), NamedSharding(mesh, PartitionSpec())),
                       donate_argnums=0)
+    # outside the mesh context: unboxing abstract params under a global mesh adds sharding constraints
+    state = ckpt.restore(target, data) if ckpt.latest_step() is not None else program.init()
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES), StopOnSigterm() as stop:
-        resumed = ckpt.latest_step() is not None
-        state = ckpt.restore(target, data) if resumed else initial_state(cfg, opt, mesh, target)
         start = int(state["step"])
         pending, t0 = [], time.perf_counter()
         bar = tqdm(total=cfg.optim.steps, initial=start, disable=not main, desc="train")

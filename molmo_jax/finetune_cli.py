@@ -1,0 +1,106 @@
+"""`molmo-jax validate-data` and `molmo-jax finetune` (registered in `molmo_jax.cli` via EXTENSIONS).
+
+    molmo-jax validate-data data.jsonl
+    molmo-jax finetune --checkpoint Molmo-7B-D-0924 --data data.jsonl --workdir runs/ft --lora-rank 8
+
+Heavy modules are imported inside the run functions, so `molmo-jax --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from molmo_jax.cli import Command, register
+
+COMPONENTS = ("connector", "vit", "llm")
+
+
+def _data_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--image-dir", type=Path,
+                        help="download cache of the file's URL images (default: .image_cache next to the file)")
+
+
+# ----------------------------------------------------------------------------- validate-data
+
+def _validate_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("file", type=Path, help="JSONL file in the user data format (data_pipelines/user_data.py)")
+    _data_arguments(parser)
+    parser.add_argument("--download", action="store_true", help="fetch URL images missing from the cache first")
+
+
+def _fetch_urls(data) -> None:
+    from data_pipelines import user_data
+    if data.urls():
+        print(user_data.download_images(data).summary())
+
+
+def _validate(args) -> int:
+    from data_pipelines import user_data
+    if args.download:
+        _fetch_urls(user_data.UserData(args.file, args.image_dir))
+    report = user_data.validate(args.file, args.image_dir)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+# ----------------------------------------------------------------------------- finetune
+
+def _finetune_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="checkpoint to start from: native, HF release or Orbax export directory")
+    parser.add_argument("--data", required=True, type=Path, help="JSONL file in the user data format")
+    parser.add_argument("--workdir", required=True, type=Path,
+                        help="checkpoints, metrics and export/{hf_release,orbax}; rerunning resumes")
+    _data_arguments(parser)
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (default 0: full fine-tuning)")
+    parser.add_argument("--lora-targets", help="regex of the adapted Dense modules' param paths "
+                                               "(default: llm/blocks/attention/(query|value))")
+    parser.add_argument("--freeze", action="append", choices=COMPONENTS,
+                        help="component kept fixed (repeatable; default: none, all three with LoRA)")
+    parser.add_argument("--mix-pixmo-lite", type=float, default=0.0,
+                        help="fraction of each batch drawn from PixMo-lite (default 0)")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--lr", type=float, help="peak learning rate of every component (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, help="global batch (default 16)")
+    parser.add_argument("--seq-len", type=int, help="tokens per example, image tokens included (default 2304)")
+
+
+def _config(args):
+    from molmo_jax.train import finetune
+    cfg = finetune.get_config(str(args.checkpoint), args.lora_rank, args.steps)
+    cfg.data.path = str(args.data)
+    cfg.data.image_dir = str(args.image_dir or "")
+    cfg.data.mix_pixmo_lite = args.mix_pixmo_lite
+    if args.lora_targets:
+        cfg.lora.targets = args.lora_targets
+    if args.freeze is not None:
+        cfg.freeze = tuple(args.freeze)
+    if args.lr is not None:
+        cfg.optim.lr.update({c: args.lr for c in COMPONENTS})
+    if args.batch_size is not None:
+        cfg.data.global_batch = args.batch_size
+    if args.seq_len is not None:
+        cfg.data.seq_len = args.seq_len
+    return cfg
+
+
+def _finetune(args) -> int:
+    from data_pipelines import user_data
+    from molmo_jax.train import finetune
+    cfg = _config(args)
+    _fetch_urls(user_data.UserData(args.data, args.image_dir))
+    report = user_data.validate(args.data, args.image_dir)
+    if not report.ok:
+        print(report.summary(), file=sys.stderr)
+        raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")
+    _, exports = finetune.run(cfg, args.workdir)
+    for fmt, path in exports.items():
+        print(f"wrote {fmt} checkpoint to {path}")
+    return 0
+
+
+register(Command("validate-data", "check every row of a fine-tuning JSONL file (exit status 1 if any is bad)",
+                 _validate_arguments, _validate))
+register(Command("finetune", "fine-tune a checkpoint on a JSONL file (full or LoRA) and export it",
+                 _finetune_arguments, _finetune))

@@ -1,0 +1,255 @@
+"""Fine-tuning on user data: the JSONL format and its validator, LoRA on the param tree, full / frozen / LoRA
+training of the tiny reference model, the exports, and the README example run as written."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+from PIL import Image
+
+import molmo_jax
+from data_pipelines import user_data
+from experiments import finetune as finetune_experiment
+from fixture_cases import ROOT
+from molmo_jax import api, cli, formatting, lora, sharding
+from molmo_jax.models.molmo import Molmo, abstract_params
+from molmo_jax.tokenizer import load_tokenizer
+from molmo_jax.train import finetune, optim, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "qwen2_7b_d"
+MODEL_INPUTS = ("input_ids",) + trainer.MODEL_KEYS
+SQUARES = [(12, 20), (30, 12), (44, 30), (52, 36)]  # red square centres, pixels of 64x48 images
+
+README_EXAMPLE = """\
+molmo-jax validate-data data/train.jsonl
+molmo-jax finetune --checkpoint Molmo-7B-D-0924 --data data/train.jsonl --workdir runs/lora \\
+    --lora-rank 8 --mix-pixmo-lite 0.3 --steps 1000 --batch-size 16
+molmo-jax predict --checkpoint runs/lora/export/hf_release --image data/images/0.png --prompt "Point to the square."
+molmo-jax predict --checkpoint runs/lora/export/orbax --image data/images/0.png --prompt "Point to the square."
+"""
+
+
+def write_user_data(directory: Path) -> Path:
+    """data/train.jsonl with four 64x48 PNGs of a red square: a two-turn dialogue and the square's point."""
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (x, y) in enumerate(SQUARES):
+        pixels = np.full((48, 64, 3), 240, np.uint8)
+        pixels[y - 4:y + 4, x - 4:x + 4] = (220, 30, 30)
+        Image.fromarray(pixels).save(directory / "images" / f"{i}.png")
+        rows.append({"image": f"images/{i}.png", "points": [[x, y]], "label": "square",
+                     "conversations": [{"user": "What colour is the square?", "assistant": "Red."},
+                                       {"user": "Is it big?", "assistant": "No, it is small."}]})
+    path = directory / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    return write_user_data(tmp_path_factory.mktemp("user") / "data")
+
+
+# ------------------------------------------------------------------------------------------ user data
+
+
+def test_rows_become_official_examples(data_file):
+    example = user_data.UserData(data_file).get(0)
+    dialogue, pointing = example["message_list"]
+    assert dialogue == {"messages": ["What colour is the square?", "Red.", "Is it big?", "No, it is small."],
+                        "style": "demo"}
+    fmt = formatting.Formatter(prompt_templates="uber_model", message_format="role", system_prompt="demo_or_style")
+    _, answer, _ = fmt.get_user_prompt(pointing, rng=np.random.RandomState(0))
+    x, y = SQUARES[0]
+    assert answer == formatting.points_to_text([[100 * x / 64, 100 * y / 48]], 100, "square", "square")
+    counted = user_data.to_example(user_data.Row(1, "", (), np.array([[1.0, 2.0]]), "dot", "point_count"),
+                                   np.zeros((10, 10, 3), np.uint8))
+    assert fmt.format_points(counted["message_list"][0]).endswith("shows a total of 1.")
+
+
+def test_validate_reports_every_bad_row_with_its_line_number(tmp_path, data_file, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    good = json.loads(data_file.read_text().splitlines()[0])
+    good["image"] = str(data_file.parent / good["image"])
+    rows = [
+        json.dumps(good),                                                   # 1 ok
+        '{"image": "a.png", "conversations": [',                            # 2 bad JSON
+        json.dumps({"conversations": [{"user": "Hi", "assistant": "Yo"}]}),   # 3 missing image
+        json.dumps({**good, "image": "missing.png"}),                       # 4 image not found
+        json.dumps({**good, "image": "broken.png"}),                        # 5 unreadable image
+        "",                                                                 # 6 blank: ignored
+        json.dumps({**good, "points": [[10, 10], [70, 5], [3, -1]]}),       # 7 two points outside 64x48
+        json.dumps({**good, "conversations": [{"user": "Hi", "assistant": " "}]}),  # 8 empty turn
+        json.dumps(good),                                                   # 9 ok
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    report = user_data.validate(path)
+    assert report.rows == 8 and report.bad_lines == [2, 3, 4, 5, 7, 8]
+    messages = dict(report.problems)
+    assert "bad JSON" in messages[2] and "missing image" in messages[3]
+    assert "file not found" in messages[4] and "unreadable image" in messages[5]
+    assert "turn 1: empty assistant" in messages[8]
+    assert [m for line, m in report.problems if line == 7] == ["point 2 (70, 5) is outside the 64x48 image",
+                                                               "point 3 (3, -1) is outside the 64x48 image"]
+    assert cli.main(["validate-data", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert all(f"line {n}:" in out for n in report.bad_lines) and "8 rows, 6 bad" in out
+    assert cli.main(["validate-data", str(data_file)]) == 0
+
+
+# ------------------------------------------------------------------------------------------ LoRA
+
+
+def test_lora_adapters_shard_like_their_kernels_and_merge_exactly():
+    cfg = finetune.get_config(str(CHECKPOINT), lora_rank=4)
+    lcfg = lora.LoraConfig.from_config(cfg.lora)
+    mesh = sharding.make_mesh((2, 2, 2))
+    base = traverse_util.flatten_dict(sharding.param_shardings(abstract_params(cfg.model), mesh), sep="/")
+    adapters = traverse_util.flatten_dict(sharding.param_shardings(lora.abstract(cfg.model, lcfg), mesh), sep="/")
+    assert sorted(adapters) == [f"llm/blocks/attention/{m}/{leaf}" for m in ("query", "value")
+                                for leaf in ("lora_a", "lora_b")]
+    # kernel [layers, embed, heads, head_dim]: A [layers, embed, r], B [layers, r, heads, head_dim]
+    for module in ("query", "value"):
+        spec = tuple(base[f"llm/blocks/attention/{module}/kernel"].spec) + (None,) * 4
+        assert tuple(adapters[f"llm/blocks/attention/{module}/lora_a"].spec) == spec[:2] + (None,)
+        assert tuple(adapters[f"llm/blocks/attention/{module}/lora_b"].spec) == (spec[0], None) + spec[2:4]
+
+    rng = np.random.default_rng(0)  # the merged kernel computes x W + scale (x A) B
+    w, a, b = rng.standard_normal((2, 6, 3, 4)), rng.standard_normal((2, 6, 5)), rng.standard_normal((2, 5, 3, 4))
+    merged = lora.apply_lora({"m": {"kernel": w}}, {"m": {"lora_a": a, "lora_b": b}}, lora.LoraConfig(5, 10.0))
+    x = rng.standard_normal((7, 6))
+    for layer in range(2):
+        unmerged = np.einsum("td,dhk->thk", x, w[layer]) + 2.0 * np.einsum("tr,rhk->thk", x @ a[layer], b[layer])
+        np.testing.assert_allclose(np.einsum("td,dhk->thk", x, np.asarray(merged["m"]["kernel"][layer])), unmerged,
+                                   rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def tiny_config(data_file: Path, tmp_path: Path, lora_rank: int, lr: float):
+    cfg = finetune.get_config(str(CHECKPOINT), lora_rank=lora_rank, steps=4)
+    cfg.model.dtype = "float32"
+    cfg.model.llm.residual_dropout = 0.0
+    cfg.data.update(path=str(data_file), global_batch=2, seq_len=448)
+    cfg.optim.lr.update({c: lr for c in optim.COMPONENTS})
+    cfg.optim.warmup.update({c: 1 for c in optim.COMPONENTS})
+    cfg.log_every = 1
+    return cfg
+
+
+def fixed_batch(cfg) -> dict[str, np.ndarray]:
+    return trainer.host_batch(next(finetune.make_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))))
+
+
+@pytest.fixture(scope="module")
+def forward():
+    """Jitted logits of the reference model (float32, deterministic): (params, batch) -> float32[B, T, V]."""
+    apply = jax.jit(Molmo(api.load_config(CHECKPOINT)).apply)
+    return lambda params, batch: np.asarray(apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS}))
+
+
+def mean_loss(logits: np.ndarray, batch) -> float:
+    """Mean cross entropy over the loss tokens."""
+    on = batch["loss_masks"] > 0
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    labels = np.clip(batch["labels"], 0, logits.shape[-1] - 1)  # ids past the output head only where on is False
+    target = np.take_along_axis(logits, labels[..., None], -1)[..., 0]
+    return float((lse - target)[on].mean())
+
+
+def one_device():
+    return sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+
+
+def by_component(params) -> dict[str, dict[str, np.ndarray]]:
+    out = {c: {} for c in optim.COMPONENTS}
+    for path, x in traverse_util.flatten_dict(params, sep="/").items():
+        out[optim.component_of(path)][path] = np.asarray(x)
+    return out
+
+
+def assert_identical(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp_path, data_file, forward):
+    cfg = tiny_config(data_file, tmp_path, lora_rank=4, lr=3e-3)
+    mesh = one_device()
+    base = finetune.load_base(cfg, mesh)
+    batch = fixed_batch(cfg)
+    state, exports = finetune.run(cfg, tmp_path / "run", mesh)
+
+    assert_identical(traverse_util.flatten_dict(state["frozen"], sep="/"), traverse_util.flatten_dict(base, sep="/"))
+    adapters = traverse_util.flatten_dict(state["params"], sep="/")
+    assert all(k.endswith(("/lora_a", "/lora_b")) for k in adapters)
+    assert all(np.abs(np.asarray(v)).max() > 0 for k, v in adapters.items() if k.endswith("lora_b"))
+    unmerged = forward(finetune.assemble(state["frozen"], state["params"], finetune.lora_config(cfg)), batch)
+    assert mean_loss(unmerged, batch) < mean_loss(forward(base, batch), batch) - 1e-3
+
+    merged = jax.device_get(finetune.trained_params(state, cfg))
+    assert sorted(exports) == ["hf_release", "orbax"]
+    for path in exports.values():  # both load back to exactly the merged params: the unmerged model's logits
+        loaded = molmo_jax.load(path)
+        jax.tree.map(np.testing.assert_array_equal, loaded.params, merged)
+        np.testing.assert_allclose(forward(loaded.params, batch), unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, data_file, forward):
+    cfg = tiny_config(data_file, tmp_path, lora_rank=0, lr=1e-3)
+    cfg.freeze = ("vit",)
+    cfg.optim.steps = 3
+    cfg.export = ()
+    mesh = one_device()
+    base = finetune.load_base(cfg, mesh)
+    batch = fixed_batch(cfg)
+    state, _ = finetune.run(cfg, tmp_path / "run", mesh)
+
+    trained = finetune.trained_params(state, cfg)
+    before, after = by_component(base), by_component(trained)
+    assert "vit" not in state["params"]
+    assert_identical(after["vit"], before["vit"])
+    for component in ("connector", "llm"):
+        changed = {k: not np.array_equal(after[component][k], before[component][k]) for k in before[component]}
+        assert all(changed.values()), [k for k, c in changed.items() if not c]
+    assert mean_loss(forward(trained, batch), batch) < mean_loss(forward(base, batch), batch) - 1e-3
+
+
+# ------------------------------------------------------------------------------------------ README example
+
+
+def test_readme_example_runs_as_written(tmp_path):
+    """The README commands in a shell, on a tiny checkpoint (linked as Molmo-7B-D-0924) and file, with
+    fewer steps and a smaller batch (one CPU device, fast XLA compiles)."""
+    write_user_data(tmp_path / "data")
+    (tmp_path / "Molmo-7B-D-0924").symlink_to(CHECKPOINT)
+    script = README_EXAMPLE.replace("--steps 1000", "--steps 2").replace("--batch-size 16", "--batch-size 2")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    validated, trained, predicted = re.fullmatch(
+        r"(.*\n)(wrote hf_release checkpoint to runs/lora/export/hf_release\n"
+        r"wrote orbax checkpoint to runs/lora/export/orbax\n)(.*)", result.stdout, re.DOTALL).groups()
+    assert validated == "data/train.jsonl: 4 rows, 0 bad\n"
+    half = len(predicted) // 2
+    assert predicted and predicted[:half] == predicted[half:]  # both exports give the same greedy answer
+
+
+def test_experiment_config_arg():
+    cfg = finetune_experiment.get_config(f"{CHECKPOINT},lora=8")
+    assert cfg.lora.rank == 8 and cfg.freeze == tuple(optim.COMPONENTS) and cfg.init_from == str(CHECKPOINT)
+    assert finetune_experiment.get_config(str(CHECKPOINT)).lora.rank == 0
