@@ -30,7 +30,7 @@ def model_config(image_size: int = 112, vocab_size: int = 512) -> ml_collections
     grid = image_size // cfg.vit.patch_size
     cfg.vit.update(image_size=(image_size, image_size), num_pos=grid * grid + 1)
     cfg.llm.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_hidden=384,
-                   vocab_size=vocab_size, embedding_size=vocab_size, max_sequence_length=256)
+                   vocab_size=vocab_size, embedding_size=vocab_size, max_sequence_length=512)
     cfg.connector.projector_hidden = 384
     cfg.preprocess.update(crop_mode="resize", max_crops=1)
     return config_lib.validate(cfg)
@@ -48,7 +48,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     c.batch = 16
     c.seq_len = 192
     c.stage1_steps = 150 * scale
-    c.stage2_steps = 700 * scale
+    c.stage2_steps = 1500 * scale
     c.lr = 2e-3
     c.seed = 0
     return c

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli")  # modules that register more subcommands when imported
+# Modules that register more subcommands when imported.
+EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli")
 
 
 @dataclasses.dataclass(frozen=True)
