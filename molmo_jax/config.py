@@ -253,6 +253,14 @@ def _positive(cfg, field: str):
              "must be a positive integer")
 
 
+def _check_heads(section: str, names: tuple[str, str, str, str], c):
+    """kv heads divide heads, and heads * head_dim equals the width (names: heads, kv, head_dim, width)."""
+    heads, kv, head_dim, width = names
+    _require(c[heads] % c[kv] == 0, f"{section}.{kv}", c[kv], f"must divide {section}.{heads}={c[heads]}")
+    _require(c[heads] * c[head_dim] == c[width], f"{section}.{head_dim}", c[head_dim],
+             f"{section}.{heads} * {section}.{head_dim} must equal {section}.{width}={c[width]}")
+
+
 def validate(cfg) -> ml_collections.ConfigDict:
     """Checks every field the model reads; returns cfg. Raises ConfigError naming the field."""
     for field in ("vit.patch_size", "vit.width", "vit.num_heads", "vit.num_kv_heads", "vit.head_dim",
@@ -265,10 +273,7 @@ def validate(cfg) -> ml_collections.ConfigDict:
     v, llm, con = cfg.vit, cfg.llm, cfg.connector
     _require(v.kind in VIT_TYPES, "vit.kind", v.kind, f"allowed: {VIT_TYPES}")
     _require(v.activation in ACTIVATIONS, "vit.activation", v.activation, f"allowed: {ACTIVATIONS}")
-    _require(v.num_heads % v.num_kv_heads == 0, "vit.num_kv_heads", v.num_kv_heads,
-             f"must divide vit.num_heads={v.num_heads}")
-    _require(v.num_heads * v.head_dim == v.width, "vit.head_dim", v.head_dim,
-             f"vit.num_heads * vit.head_dim must equal vit.width={v.width}")
+    _check_heads("vit", ("num_heads", "num_kv_heads", "head_dim", "width"), v)
     _require(all(s % v.patch_size == 0 for s in v.image_size), "vit.image_size", v.image_size,
              f"both sides must be multiples of vit.patch_size={v.patch_size}")
     gh, gw = patch_grid(cfg)
@@ -294,10 +299,7 @@ def validate(cfg) -> ml_collections.ConfigDict:
 
     _require(llm.block_type in BLOCK_TYPES, "llm.block_type", llm.block_type, f"allowed: {BLOCK_TYPES}")
     _require(llm.norm_type in NORM_TYPES, "llm.norm_type", llm.norm_type, f"allowed: {NORM_TYPES}")
-    _require(llm.n_heads % llm.n_kv_heads == 0, "llm.n_kv_heads", llm.n_kv_heads,
-             f"must divide llm.n_heads={llm.n_heads}")
-    _require(llm.n_heads * llm.head_dim == llm.d_model, "llm.head_dim", llm.head_dim,
-             f"llm.n_heads * llm.head_dim must equal llm.d_model={llm.d_model}")
+    _check_heads("llm", ("n_heads", "n_kv_heads", "head_dim", "d_model"), llm)
     _require(llm.head_dim % 2 == 0, "llm.head_dim", llm.head_dim, "must be even (rotary embedding)")
     _require(llm.embedding_size >= llm.vocab_size, "llm.embedding_size", llm.embedding_size,
              f"must be >= llm.vocab_size={llm.vocab_size}")
