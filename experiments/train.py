@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from molmo_jax import orbax_params
+from molmo_jax import distributed, orbax_params
 from molmo_jax.train import checkpointing, synthetic, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (experiments/stage*.py:arg).",
@@ -28,7 +28,7 @@ def make_data(cfg):
     """This process's batch iterator for the config's data section."""
     if cfg.data.kind == "synthetic":
         return synthetic.SyntheticBatches(cfg.model, cfg.data.global_batch // jax.process_count(),
-                                          cfg.data.seq_len, cfg.data.crops, cfg.data.seed)
+                                          cfg.data.seq_len, cfg.data.crops, cfg.data.seed + jax.process_index())
     raise ValueError(f"data.kind={cfg.data.kind!r} is not available yet (known: 'synthetic')")
 
 
@@ -36,6 +36,7 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
+    distributed.initialize_from_env()
     cfg = _CONFIG.value
     state = trainer.train(cfg, make_data(cfg), _WORKDIR.value)
     for fmt in _EXPORT.value:

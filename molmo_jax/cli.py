@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 # Modules that register more subcommands when imported.
-EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli")
+EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli", "molmo_jax.plan")
 
 
 @dataclasses.dataclass(frozen=True)

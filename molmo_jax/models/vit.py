@@ -35,7 +35,7 @@ class VitBlock(nn.Module):
                 name="feed_forward")(LayerNorm(v.norm_eps, name="ffn_norm")(x))
         if v.kind == "dino":
             h = h * param_with_axes(self, "lambda2", nn.initializers.ones, (v.width,), ("embed",), pdtype)
-        x = x + h
+        x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
         selected = jnp.where((selected_layers == layer)[:, None, None, None], x[None], selected)
         return (x, selected, layer + 1), None
 

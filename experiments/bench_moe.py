@@ -1,0 +1,172 @@
+"""MoE feed-forward throughput on CPU: ours (dropless ragged_dot) vs a dense SwiGLU MLP of equal active
+FLOPs vs transformers' OlmoeSparseMoeBlock (PyTorch), same weights, same machine, one run.
+
+Rows, per size and mode (forward; forward + backward w.r.t. the params and the input):
+  moe     molmo_jax.models.moe.MoeMlp, jax.jit
+  dense   molmo_jax.models.layers.Mlp (SwiGLU) with hidden = top_k * expert hidden: the FLOPs the MoE's
+          experts do per token, without the routing (the ceiling a grouped matmul can reach)
+  torch   transformers' OlmoeSparseMoeBlock (norm_topk_prob=False, as MolmoE) with our MoE's weights
+Tokens/s is the median over repeats after a warm-up (ours: after compilation); the three take turns, so
+a shared machine's changing load affects all alike. torch uses as many threads as there are cores.
+XLA's CPU backend lowers `ragged_dot` to one dense matmul over all experts (the routed rows expanded
+to [rows, E * d] with zeros outside their group): E / top_k times the active FLOPs and an [n * top_k,
+E * d] buffer, hence the small MolmoE-size token count. GPU / TPU backends have grouped kernels.
+The outputs and input gradients of ours and torch are compared (max |diff| printed and stored).
+JSON (--out): the rows and top-level "speedup" = min over sizes and modes of ours / torch tokens/s.
+
+    .venv/bin/python experiments/bench_moe.py --quick --out /tmp/bench_moe.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from transformers import OlmoeConfig
+from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
+
+from molmo_jax import config as config_lib
+from molmo_jax.models.layers import Mlp
+from molmo_jax.models.moe import MoeMlp
+
+# (name, d_model, experts, top_k, expert hidden, batch, length)
+SIZES = {
+    "small": ("small", 512, 16, 4, 256, 4, 256),
+    "molmoe": ("MolmoE-1B layer", 2048, 64, 8, 1024, 1, 256),
+}
+
+
+def moe_config(d: int, experts: int, top_k: int, hidden: int):
+    cfg = config_lib.tiny("olmoe")
+    cfg.llm.update(d_model=d, mlp_hidden=hidden, moe_num_experts=experts, moe_top_k=top_k)
+    return cfg
+
+
+def torch_block(params, d: int, experts: int, top_k: int, hidden: int) -> OlmoeSparseMoeBlock:
+    """OlmoeSparseMoeBlock holding our MoE params (router [d, E]; gate/up [E, d, F]; down [E, F, d])."""
+    block = OlmoeSparseMoeBlock(OlmoeConfig(hidden_size=d, intermediate_size=hidden, num_experts=experts,
+                                            num_experts_per_tok=top_k, norm_topk_prob=False))
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    p = jax.tree.map(np.asarray, params)
+    with torch.no_grad():
+        block.gate.weight.copy_(t(p["router"]["kernel"].T))
+        block.experts.gate_up_proj.copy_(t(np.concatenate([p["gate"], p["up"]], -1).transpose(0, 2, 1)))
+        block.experts.down_proj.copy_(t(p["down"].transpose(0, 2, 1)))
+    return block
+
+
+def jax_fns(module: nn.Module, params, x: np.ndarray, ct: np.ndarray) -> dict[str, Callable[[], object]]:
+    """Jitted forward and forward+backward (grads of sum(out * ct) w.r.t. params and x), compiled."""
+    fwd = jax.jit(lambda p, v: module.apply({"params": p}, v))
+    loss = lambda p, v: jnp.sum(module.apply({"params": p}, v) * ct)
+    bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    x = jnp.asarray(x)
+    return {"forward": lambda: jax.block_until_ready(fwd(params, x)),
+            "forward+backward": lambda: jax.block_until_ready(bwd(params, x))}
+
+
+def torch_fns(block: OlmoeSparseMoeBlock, x: np.ndarray, ct: np.ndarray) -> dict[str, Callable[[], object]]:
+    xt, ctt = torch.from_numpy(x), torch.from_numpy(ct)
+
+    def forward():
+        with torch.no_grad():
+            return block(xt)
+
+    def forward_backward():
+        block.zero_grad(set_to_none=True)
+        xg = xt.clone().requires_grad_(True)
+        (block(xg) * ctt).sum().backward()
+        return xg.grad
+
+    return {"forward": forward, "forward+backward": forward_backward}
+
+
+def agreement(moe: nn.Module, params, block, x: np.ndarray, ct: np.ndarray) -> dict[str, float]:
+    """max |ours - torch| of the outputs and of the input gradients."""
+    ours = np.asarray(moe.apply({"params": params}, x))
+    ours_dx = np.asarray(jax.grad(lambda v: jnp.sum(moe.apply({"params": params}, v) * ct))(jnp.asarray(x)))
+    theirs = torch_fns(block, x, ct)
+    return {"output": float(np.abs(ours - theirs["forward"]().numpy()).max()),
+            "input_grad": float(np.abs(ours_dx - theirs["forward+backward"]().numpy()).max())}
+
+
+def time_turns(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, after one warm-up call each, taking turns."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_size(size, repeats: int, seed: int = 0) -> list[dict]:
+    name, d, experts, top_k, hidden, batch, length = size
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, length, d)).astype(np.float32)
+    ct = rng.normal(size=x.shape).astype(np.float32)
+    moe = MoeMlp(moe_config(d, experts, top_k, hidden))
+    dense = Mlp(top_k * hidden, gated=True, act="silu")
+    moe_params = nn.meta.unbox(moe.init(jax.random.key(seed), x)["params"])
+    dense_params = nn.meta.unbox(dense.init(jax.random.key(seed), x)["params"])
+    block = torch_block(moe_params, d, experts, top_k, hidden)
+    diffs = agreement(moe, moe_params, block, x, ct)
+    print(f"{name}: max |ours - torch| output {diffs['output']:.2e}, input grad {diffs['input_grad']:.2e}")
+    impls = {"moe": jax_fns(moe, moe_params, x, ct), "dense": jax_fns(dense, dense_params, x, ct),
+             "torch": torch_fns(block, x, ct)}
+    rows = []
+    for mode in ("forward", "forward+backward"):
+        seconds = time_turns({k: fns[mode] for k, fns in impls.items()}, repeats)
+        tps = {k: batch * length / s for k, s in seconds.items()}
+        rows.append({"size": name, "mode": mode, "d_model": d, "experts": experts, "top_k": top_k,
+                     "expert_hidden": hidden, "tokens": batch * length,
+                     **{f"{k}_tokens_per_s": v for k, v in tps.items()},
+                     "ours_vs_dense": tps["moe"] / tps["dense"], "ours_vs_torch": tps["moe"] / tps["torch"],
+                     "max_abs_diff_vs_torch": diffs})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ["size", "mode", "tokens", "moe tok/s", "dense tok/s", "torch tok/s", "moe/dense", "moe/torch"]
+    lines = [head, ["---"] * len(head)]
+    for r in rows:
+        lines.append([r["size"], r["mode"], str(r["tokens"]), f"{r['moe_tokens_per_s']:.0f}",
+                      f"{r['dense_tokens_per_s']:.0f}", f"{r['torch_tokens_per_s']:.0f}",
+                      f"{r['ours_vs_dense']:.2f}", f"{r['ours_vs_torch']:.2f}"])
+    return "\n".join("| " + " | ".join(r) + " |" for r in lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the small size only, fewer repeats (< 3 min)")
+    parser.add_argument("--repeats", type=int, help="timed calls per implementation (default 5, quick 3)")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(os.cpu_count())
+    sizes = [SIZES["small"]] if args.quick else list(SIZES.values())
+    repeats = args.repeats or (3 if args.quick else 5)
+    rows = [row for size in sizes for row in bench_size(size, repeats)]
+    print(table(rows))
+    result = {"rows": rows, "speedup": min(r["ours_vs_torch"] for r in rows),
+              "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+              "torch_threads": torch.get_num_threads()}
+    print(f"speedup (worst ours / torch): {result['speedup']:.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
