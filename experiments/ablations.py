@@ -1,0 +1,71 @@
+"""Connector ablation sweeps on PixMo-lite (experiments/ablate_pooling.py runs them).
+
+    cfg = get_config("quick")   # 6 variants, stage 2 only, a short step budget: a few minutes on 2 CPU cores
+    cfg = get_config("full")    # every official pooling type x window x projector (where valid) x ViT layers
+
+A variant is a dict: name, pooling (a `connector.POOLINGS` name: every official type, or one added with
+`register_pooling` in a module listed in `imports`), pool (pooling_h, pooling_w), projector ("mlp",
+"2mlp", "linear"), vit_layers (ViT layers whose features are concatenated, e.g. (-2, -9) or (-1,)).
+Every variant is trained with the same seed, data and steps through experiments/lite.py (its model,
+tokenizer, trainer config and data), then evaluated on the held-out synthetic split.
+
+Combinations left out, and why:
+  * 'none' pooling only with a 1x1 window (config.validate) and '2mlp' only where the pooled width equals
+    llm.d_model=128 (ViT width 64: attention_2wide, or 'none'/1x1 with two ViT layers).
+  * 3x3 windows: the 112 px crop is an 8x8 patch grid, so the connector pads it to 9x9 and the
+    preprocessor lays out ceil(8/3)^2 = 9 tokens (config.pooled_grid) - they agree. The preprocessor
+    insists that the overlap margins (official (4, 4)) be multiples of the window, which only matters for
+    overlapping crops; PixMo-lite uses one resized crop, so 3x3 variants set overlap_margins = (0, 0).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+BASE = dict(pooling="attention_meanq", pool=(2, 2), projector="mlp", vit_layers=(-2, -9))  # official default
+
+
+def variant(name: str, **overrides) -> dict:
+    return dict(BASE, name=name, **overrides)
+
+
+QUICK_VARIANTS = [
+    variant("meanq_2x2"),  # the released Molmo connector
+    variant("attention_2x2", pooling="attention"),
+    variant("2wide_2x2_2mlp", pooling="attention_2wide", projector="2mlp"),
+    variant("stack_2x2", pooling="stack"),
+    variant("none_1x1", pooling="none", pool=(1, 1)),
+    variant("meanq_3x3", pool=(3, 3)),
+]
+
+FULL_VARIANTS = QUICK_VARIANTS + [
+    variant("2wide_2x2", pooling="attention_2wide"),
+    variant("stack_3x3", pooling="stack", pool=(3, 3)),
+    variant("attention_3x3", pooling="attention", pool=(3, 3)),
+    variant("none_1x1_2mlp", pooling="none", pool=(1, 1), projector="2mlp"),
+    variant("meanq_2x2_linear", projector="linear"),
+    variant("stack_2x2_linear", pooling="stack", projector="linear"),
+    variant("meanq_2x2_last", vit_layers=(-1,)),
+    variant("stack_2x2_last", pooling="stack", vit_layers=(-1,)),
+    variant("none_1x1_last", pooling="none", pool=(1, 1), vit_layers=(-1,)),
+]
+
+
+def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
+    """arg "quick" (about 5 minutes on 2 CPU cores) or "full" (15 variants, 4x the steps, stage 1 + 2)."""
+    if arg not in ("quick", "full"):
+        raise ValueError(f"ablations.get_config({arg!r}): arg must be 'quick' or 'full'")
+    quick = arg == "quick"
+    c = ml_collections.ConfigDict()
+    c.name = f"ablate_pooling_{arg}"
+    c.lite_arg = "quick"  # experiments/lite.get_config(arg): model, data and optimizer recipe
+    c.seed = 0  # model init, dropout and data order: the same for every variant
+    c.stage1_steps = 0 if quick else 100  # 0: stage 2 only, from a random init
+    c.stage2_steps = 60 if quick else 400
+    c.lr = 0.0  # 0: lite's learning rate
+    c.eval_examples = 16 if quick else 64  # held-out examples per task
+    c.eval_batch = 16
+    c.max_new_tokens = 0  # 0: each task's default budget
+    c.caption_batches = 2 if quick else 4  # held-out stage-1 batches for the caption loss
+    c.imports = ()  # modules imported first (e.g. ones that call connector.register_pooling)
+    c.variants = list(QUICK_VARIANTS if quick else FULL_VARIANTS)
+    return c
