@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from experiments import stage1
-from molmo_jax import lora
+from molmo_jax import distributed, lora
 from molmo_jax.models.molmo import Molmo, param_count
 from molmo_jax.train import finetune, optim, trainer
 
@@ -95,7 +95,7 @@ def ours(cfg, batch):
         state = trainer.initial_state(cfg, opt, mesh, target)
         step_fn = jax.jit(functools.partial(trainer.train_step, model=Molmo(cfg.model, deterministic=False),
                                             opt=opt, z_loss=cfg.optim.z_loss, grad_accum=1), donate_argnums=0)
-        device_batch = trainer.device_batch(batch, mesh)
+        device_batch = distributed.global_batch(batch, mesh)
         compiled = step_fn.lower(state, device_batch).compile()
     mem = compiled.memory_analysis()
     peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes
@@ -183,7 +183,7 @@ def finetune_memory(size: str, lora_rank: int) -> dict:
     mesh = trainer.make_mesh((1, 1, 1))
     program = finetune.program(cfg, mesh)
     b, t = SHAPES[size]
-    batch = trainer.device_batch(random_batch(cfg, b, t), mesh)
+    batch = distributed.global_batch(random_batch(cfg, b, t), mesh)
     with jax.set_mesh(mesh):
         mem = jax.jit(program.step, donate_argnums=0).lower(program.target, batch).compile().memory_analysis()
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))

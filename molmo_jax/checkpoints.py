@@ -388,7 +388,7 @@ def place(params_np: Mapping[str, Any], cfg, mesh=None) -> Any:
     """Puts a numpy param tree onto `mesh` with the shardings of the logical-axis rules."""
     mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     shardings = sharding.param_shardings(abstract_params(cfg), mesh)
-    dtype = np.dtype(cfg.param_dtype) if cfg.param_dtype != "bfloat16" else jax.numpy.bfloat16
+    dtype = jax.numpy.dtype(cfg.param_dtype)
     def put(x, s):
         x = np.asarray(x, dtype)
         return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])

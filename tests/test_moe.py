@@ -65,7 +65,7 @@ def test_released_recipe_has_no_auxiliary_losses():
     tiny = moe_cfg()
     x = np.ones((1, 3, tiny.llm.d_model), np.float32)
     params = MoeMlp(tiny).init(jax.random.key(0), x)["params"]
-    _, state = MoeMlp(tiny).apply(params and {"params": params}, x, mutable=["losses"])
+    _, state = MoeMlp(tiny).apply({"params": params}, x, mutable=["losses"])
     assert aux_loss(state) == 0.0
 
 

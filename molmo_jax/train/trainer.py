@@ -29,7 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from molmo_jax import checkpoints, sharding
+from molmo_jax import checkpoints, distributed, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
 from molmo_jax.train import checkpointing, metrics_log, optim
 from molmo_jax.train.loss import cross_entropy
@@ -56,12 +56,6 @@ def host_batch(batch: Batch) -> dict[str, np.ndarray]:
     """The collator's batch -> the arrays the train step takes (`BATCH_KEYS`), ints as int32."""
     out = {k: np.asarray(batch[k]) for k in BATCH_KEYS if k in batch}
     return {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in out.items()}
-
-
-def device_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Global arrays from this process's rows, sharded over the batch axes of the mesh."""
-    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
-            for k, v in batch.items()}
 
 
 def micro_batches(batch: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]:
@@ -263,7 +257,7 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
         bar = tqdm(total=cfg.optim.steps, initial=start, disable=not main, desc="train")
         for step in range(start + 1, cfg.optim.steps + 1):
             batch = host_batch(next(data))
-            state, metrics = step_fn(state, device_batch(batch, mesh))
+            state, metrics = step_fn(state, distributed.global_batch(batch, mesh))
             pending.append((step, metrics, int((batch["input_ids"] != -1).sum()) * jax.process_count()))
             if step % cfg.log_every == 0 or step == cfg.optim.steps or stop.requested:
                 row = _flush(log, pending, time.perf_counter() - t0, data)
