@@ -20,9 +20,13 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
 ]
 
+# Academic datasets (data_pipelines/academic.py): tfds builders written as ArrayRecord, without TensorFlow.
+DATA = ["tensorflow-datasets==4.9.10", "array-record==0.8.6"]
+
 EXTRAS = {
+    "data": DATA,
     # PyTorch only as a numerical / speed reference; 2.13.0 is the CPU build.
-    "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "transformers>=5.0"],
+    "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "transformers>=5.0", *DATA],
     "bench": ["torch==2.13.0", "transformers>=5.0"],
 }
 

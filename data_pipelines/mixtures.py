@@ -53,7 +53,7 @@ class Group:
     datasets: Mapping[str, int | None]
 
 
-# train_multitask_model.py, mixture "3.2-synthetic" (academic datasets need their own sources).
+# train_multitask_model.py, mixture "3.2-synthetic" (academic datasets: `academic.load`).
 STAGE2_MIXTURE = (
     Group("demo", 0.15, {"pixmo_ask_model_anything": None, "pixmo_cap": 50_000, "pixmo_cap_qa": None,
                          "pixmo_pointing_explanations": None}),

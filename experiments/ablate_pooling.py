@@ -1,7 +1,7 @@
 """Connector ablation on PixMo-lite: pooling type x window x projector x ViT layers, same seed / data / steps.
 
     python -m experiments.ablate_pooling --arg quick   # 6 variants, a few minutes on 2 CPU cores
-    python -m experiments.ablate_pooling --arg full    # 15 variants, stage 1 + 2, longer
+    python -m experiments.ablate_pooling --arg full    # 10 variants x 500 steps, about 50 minutes
 
 The sweep (experiments/ablations.py `get_config(arg)`) lists variants; each is trained with the PixMo-lite
 recipe (experiments/lite.py: model, tokenizer, trainer config, data) in <workdir>/<variant>/stage*/ (curves
@@ -42,11 +42,12 @@ from molmo_jax.models.molmo import abstract_params
 from molmo_jax.preprocess import Preprocessor
 from molmo_jax.train import metrics_log, trainer
 
-# (column, eval task, metric key, higher is better)
-METRICS = (("count_acc", "synthetic_count", "correct"),
-           ("clock_acc", "synthetic_clocks", "em"),
-           ("point_f1", "synthetic_points", "f1"))
-COLUMNS = ("count_acc", "clock_acc", "point_f1", "caption_loss")
+# (column, eval task, metric key, title); all higher-is-better
+METRICS = (("capqa_acc", "synthetic_cap_qa", "em", "CapQA accuracy (counts, colours)"),
+           ("count_acc", "synthetic_count", "correct", "counting accuracy"),
+           ("clock_acc", "synthetic_clocks", "em", "clock accuracy"),
+           ("point_f1", "synthetic_points", "f1", "pointing F1"))
+COLUMNS = tuple(m[0] for m in METRICS) + ("caption_loss",)
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -146,7 +147,7 @@ def final_loss(vdir: Path) -> float | None:
 def evaluate_variant(sweep, cfg, params, tokenizer, vdir: Path) -> dict:
     bundle = MolmoBundle(cfg.model, params, tokenizer, Preprocessor(cfg.model, tokenizer))
     out = {"eval": {}}
-    for column, task, key in METRICS:
+    for column, task, key, _ in METRICS:
         r = runner.evaluate(bundle, task, n=sweep.eval_examples, batch_size=sweep.eval_batch,
                             out_dir=vdir / "eval", show=False, max_new_tokens=sweep.max_new_tokens or None,
                             scoring={"count_none_is_zero": True})
@@ -206,7 +207,7 @@ def _fmt(x, digits=3) -> str:
 
 def markdown(sweep, results: list[dict], command: str, curves_dir: str | None = None) -> str:
     first = results[0]["eval"]
-    base = {c: first[t]["majority_baseline"] for c, t, _ in METRICS}
+    base = {c: first[t]["majority_baseline"] for c, t, _, _ in METRICS}
     lines = [f"# Connector ablation ({sweep.name})", "", f"Made by: `{command}`", "",
              f"PixMo-lite (experiments/lite.py, lite arg {sweep.lite_arg!r}), seed {sweep.seed}, "
              f"stage 1: {sweep.stage1_steps} steps, stage 2: {sweep.stage2_steps} steps "
@@ -214,18 +215,17 @@ def markdown(sweep, results: list[dict], command: str, curves_dir: str | None = 
              f"split, {sweep.eval_examples} examples per task. Step time: seconds per stage-2 train step "
              f"(after compilation) on this machine's CPU.", "",
              "| variant | pooling | window | projector | ViT layers | image tokens / crop | pooled dim "
-             "| connector params | step s | final train loss | count acc | clock acc | pointing F1 "
-             "| caption loss |",
-             "|" + "---|" * 14]
+             "| connector params | step s | final train loss | "
+             + " | ".join(title for *_, title in METRICS) + " | caption loss |",
+             "|" + "---|" * (11 + len(METRICS))]
     for r in results:
         v = r["variant"]
         lines.append(f"| {r['name']} | {v['pooling']} | {v['pool'][0]}x{v['pool'][1]} | {v['projector']} | "
                      f"{tuple(v['vit_layers'])} | {r['image_tokens']} | {r['pooled_dim']} | "
                      f"{r['connector_params']:,} | {_fmt(r['step_seconds'])} | {_fmt(r['final_train_loss'])} | "
-                     f"{_fmt(r['count_acc'])} | {_fmt(r['clock_acc'])} | {_fmt(r['point_f1'])} | "
-                     f"{_fmt(r['caption_loss'])} |")
-    lines.append(f"| majority answer | | | | | | | | | | {_fmt(base['count_acc'])} | "
-                 f"{_fmt(base['clock_acc'])} | - | |")
+                     + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |")
+    cells = ["majority answer"] + [""] * 9 + [_fmt(base[c]) for c, *_ in METRICS] + [""]
+    lines.append("| " + " | ".join(cells) + " |")
     if curves_dir is not None:
         lines += ["", "Stage-2 training curves per variant: " + ", ".join(
             f"[{r['name']}]({curves_dir}/{r['name']}.png)" for r in results if r.get("curves")), ""]
@@ -237,8 +237,8 @@ def plot(results: list[dict], path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = {"count_acc": "counting accuracy", "clock_acc": "clock accuracy", "point_f1": "pointing F1",
-              "caption_loss": "held-out caption loss (lower is better)"}
+    titles = {column: title for column, *_, title in METRICS}
+    titles["caption_loss"] = "held-out caption loss (lower is better)"
     poolings = sorted({r["variant"]["pooling"] for r in results})
     colors = {p: plt.cm.tab10(i) for i, p in enumerate(poolings)}
     fig = plt.figure(figsize=(18, 11))

@@ -30,6 +30,7 @@ CROP_MODES = ("resize", "overlap-and-resize-c2")
 RESIZE_MODES = ("default", "metaclip", "siglip", "dino")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+INIT_SCHEMES = ("normal", "fan_in")  # random init of Dense kernels, see `layers.kernel_init`
 
 # The remote/HF code spells some enum values with dashes.
 _LEGACY_NAMES = {"attention-meanq": "attention_meanq", "attention-2wide": "attention_2wide"}
@@ -55,6 +56,7 @@ def vit_config(kind: str = "openai") -> ml_collections.ConfigDict:
     c.norm_eps = 1e-5
     c.num_pos = 577  # positional-embedding rows (incl. the class position when there is one)
     c.dropout = 0.0
+    c.init = "normal"  # random init of its Dense kernels (INIT_SCHEMES); released weights replace it
     return c
 
 
@@ -72,6 +74,7 @@ def _base(llm: Mapping[str, Any], connector_hidden: int) -> ml_collections.Confi
     cfg.connector.projector = "mlp"
     cfg.connector.projector_hidden = connector_hidden  # = LLM mlp hidden (half the fused ff_proj width)
     cfg.connector.feature_dropout = 0.0
+    cfg.connector.init = "normal"  # random init of its Dense kernels (INIT_SCHEMES)
 
     c = ml_collections.ConfigDict()
     c.block_type = "sequential"
@@ -273,6 +276,8 @@ def validate(cfg) -> ml_collections.ConfigDict:
     v, llm, con = cfg.vit, cfg.llm, cfg.connector
     _require(v.kind in VIT_TYPES, "vit.kind", v.kind, f"allowed: {VIT_TYPES}")
     _require(v.activation in ACTIVATIONS, "vit.activation", v.activation, f"allowed: {ACTIVATIONS}")
+    for field, scheme in (("vit.init", v.init), ("connector.init", cfg.connector.init)):
+        _require(scheme in INIT_SCHEMES, field, scheme, f"allowed: {INIT_SCHEMES}")
     _check_heads("vit", ("num_heads", "num_kv_heads", "head_dim", "width"), v)
     _require(all(s % v.patch_size == 0 for s in v.image_size), "vit.image_size", v.image_size,
              f"both sides must be multiples of vit.patch_size={v.patch_size}")

@@ -65,6 +65,8 @@ def test_vit_count():
     ("vit_layers", (-2, 40), r"vit_layers=\(-2, 40\) is invalid"),
     ("llm.remat_policy", "some", "llm.remat_policy='some' is invalid: allowed"),
     ("dtype", "int8", "dtype='int8' is invalid: allowed"),
+    ("vit.init", "xavier", "vit.init='xavier' is invalid: allowed"),
+    ("connector.init", "zeros", "connector.init='zeros' is invalid: allowed"),
 ])
 def test_validation_names_field_and_allowed_values(field, value, match):
     cfg = config.tiny("qwen2")

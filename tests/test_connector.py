@@ -134,3 +134,25 @@ def test_registered_pooling_is_usable_from_config(monkeypatch):
     x, masks = features(cfg)
     _, _, pooled = run(cfg, x, masks)
     np.testing.assert_array_equal(pooled, windows(cfg, x)[:, :, :, 0])
+
+
+def test_fan_in_init_keeps_image_features_at_unit_scale():
+    """The narrow-model failure `kernel_init` documents: through the official N(0, 0.02^2) pooling and gated
+    projector, unit-scale patch features come out ~1e-5; fan-in init keeps them O(1)."""
+    def image_feature_std(init):
+        cfg = connector_cfg(padding=None)
+        cfg.connector.init = init
+        x, masks = features(cfg)
+        model = Connector(cfg)
+        return float(np.std(model.apply(model.init(jax.random.key(0), x, masks), x, masks)))
+
+    assert image_feature_std("normal") < 1e-3
+    assert 0.1 < image_feature_std("fan_in") < 10
+
+
+def test_fan_in_kernel_std_counts_every_contracted_dim():
+    from molmo_jax.models.layers import kernel_init
+    kernel = kernel_init("fan_in", 2, 1)(jax.random.key(0), (16, 32, 64))  # e.g. an attention output [H, D, C]
+    assert abs(float(np.std(kernel)) * np.sqrt(16 * 32) - 1) < 0.05
+    with pytest.raises(ValueError, match="init scheme 'he'"):
+        kernel_init("he", 1, 1)

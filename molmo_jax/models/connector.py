@@ -32,7 +32,8 @@ class AttentionPool(nn.Module):
         query = windows.mean(axis=1, keepdims=True) if self.mean_query else windows[:, :1]
         out = Attention(v.num_heads, v.num_kv_heads, scale * v.head_dim, scale * v.width, qkv_bias=True,
                         out_bias=True, dtype=dtype_of(self.cfg.dtype),
-                        param_dtype=dtype_of(self.cfg.param_dtype), name="attention")(query, windows)
+                        param_dtype=dtype_of(self.cfg.param_dtype), init=self.cfg.connector.init,
+                        name="attention")(query, windows)
         return out[:, 0]
 
 
@@ -70,9 +71,10 @@ class Projector(nn.Module):
         dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         if kind == "linear":
             return Dense((cfg.llm.d_model,), ("embed",), ("embed",), False, dtype, pdtype,
-                         kernel_init=nn.initializers.xavier_uniform(), name="linear")(x)
+                         nn.initializers.xavier_uniform(), name="linear")(x)
         mlp = lambda name: Mlp(cfg.connector.projector_hidden, gated=True, act="silu",
-                               out_dim=cfg.llm.d_model, dtype=dtype, param_dtype=pdtype, name=name)
+                               out_dim=cfg.llm.d_model, dtype=dtype, param_dtype=pdtype, init=cfg.connector.init,
+                               name=name)
         y = mlp("mlp")(x)
         if kind == "2mlp":
             y = y + mlp("residual_mlp")(y)

@@ -215,18 +215,19 @@ class StopOnSigterm:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _flush(log: metrics_log.MetricsLog, pending: list, seconds: float, data) -> dict[str, float]:
-    """Writes the buffered (step, device metrics, tokens) of the last interval; returns the last row."""
-    tokens_per_s = sum(n for _, _, n in pending) / max(seconds, 1e-9)
-    row = {}
-    for step, metrics, _ in pending:
-        row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        row["tokens_per_s"] = tokens_per_s
-        row.update({f"skipped/{reason}": n for reason, n in getattr(data, "skipped", {}).items()})
+def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data) -> dict[str, float]:
+    """Writes the buffered (step, device metrics, tokens) of the interval that began at `since`
+    (perf_counter); returns the last row. Tokens/s counts the interval up to the last step's completion
+    (dispatch is asynchronous: the metrics are fetched before the clock is read)."""
+    rows = [(step, {k: float(v) for k, v in jax.device_get(metrics).items()}) for step, metrics, _ in pending]
+    tokens_per_s = sum(n for _, _, n in pending) / max(time.perf_counter() - since, 1e-9)
+    skipped = {f"skipped/{reason}": n for reason, n in getattr(data, "skipped", {}).items()}
+    for step, row in rows:
+        row.update(tokens_per_s=tokens_per_s, **skipped)
         log.write(step, row)
     log.flush()
     pending.clear()
-    return row
+    return rows[-1][1] if rows else {}
 
 
 def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = None,
@@ -260,7 +261,7 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
             state, metrics = step_fn(state, distributed.global_batch(batch, mesh))
             pending.append((step, metrics, int((batch["input_ids"] != -1).sum()) * jax.process_count()))
             if step % cfg.log_every == 0 or step == cfg.optim.steps or stop.requested:
-                row = _flush(log, pending, time.perf_counter() - t0, data)
+                row = _flush(log, pending, t0, data)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 t0 = time.perf_counter()
             ckpt.save(step, state, data)

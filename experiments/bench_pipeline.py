@@ -1,0 +1,93 @@
+"""Input-pipeline benchmark: examples/s of the stage-2 pipeline vs what a training step consumes.
+
+    python -m experiments.bench_pipeline --quick --out /tmp/bench_pipeline.json
+
+Pipeline: `mixtures.stage2` over the PixMo-lite mixture (`SYNTHETIC_MIXTURE`, `lite.train_sources`) with
+the main job's preprocessing (`lite.get_config()`: 112 px images, one crop, batch 16, 192 tokens, the
+PixMo-lite BPE), with 0 (threads only) and 2 grain worker processes (`PipelineOptions.num_workers`); the
+rate is examples/s over timed batches after warm-up batches (worker start-up excluded).
+Training: `bench_train.ours` (the jitted train step, float32, text-only batches of `bench_train.SHAPES`)
+of the tiny and small configs; examples/s = batch / median step time. Rows are config x workers; JSON
+top level "speedup" = min over rows of pipeline examples/s / train-step examples/s (> 1: the pipeline
+keeps up with that training step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import flags
+
+from data_pipelines import mixtures
+from experiments import bench_train, lite
+
+
+def pipeline_rate(cfg, tokenizer, workers: int, batches: int, warmup: int) -> float:
+    """Examples/s of the PixMo-lite stage-2 pipeline with `workers` grain processes."""
+    options = mixtures.PipelineOptions(batch_size=cfg.batch, seq_len=cfg.seq_len, seed=cfg.seed + 1,
+                                       num_workers=workers)
+    it = iter(mixtures.stage2(lite.train_sources(cfg), cfg.model, tokenizer, options,
+                              groups=mixtures.SYNTHETIC_MIXTURE))
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * cfg.batch / (time.perf_counter() - start)
+
+
+def train_rate(size: str, iters: int) -> tuple[float, int]:
+    """(examples/s, batch) of one jitted float32 train step of bench_train's `size` config."""
+    cfg = bench_train.model_config(size, "float32")
+    b, t = bench_train.SHAPES[size]
+    step, _ = bench_train.ours(cfg, bench_train.random_batch(cfg, b, t))
+    step()  # compile and allocator warm-up
+    step()
+    return b / float(np.median([bench_train._timed(step) for _ in range(iters)])), b
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'config':6} {'workers':>7} {'pipeline ex/s':>13} {'train ex/s':>10} {'ratio':>7}"
+    lines = [f"{r['config']:6} {r['workers']:7d} {r['pipeline_examples_per_s']:13.1f} "
+             f"{r['train_examples_per_s']:10.1f} {r['ratio']:7.2f}" for r in rows]
+    return "\n".join([head] + lines)
+
+
+def run(configs, workers, batches: int, warmup: int, iters: int, workdir: str) -> dict:
+    cfg = lite.get_config()
+    tokenizer = lite.build_tokenizer(cfg, workdir)
+    pipeline = {w: pipeline_rate(cfg, tokenizer, w, batches, warmup) for w in workers}
+    train = {c: train_rate(c, iters) for c in configs}
+    rows = [{"config": c, "train_batch": train[c][1], "workers": w, "pipeline_examples_per_s": pipeline[w],
+             "train_examples_per_s": train[c][0], "ratio": pipeline[w] / train[c][0]}
+            for c in configs for w in workers]
+    return {"device": jax.devices()[0].device_kind, "pipeline_batch": cfg.batch, "batches": batches,
+            "iters": iters, "rows": rows, "speedup": min(r["ratio"] for r in rows)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few batches and steps (< 3 min on 2 CPU cores)")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--configs", nargs="+", default=["tiny", "small"], choices=sorted(bench_train.SHAPES))
+    parser.add_argument("--workers", nargs="+", type=int, default=[0, 2])
+    parser.add_argument("--workdir", help="where the PixMo-lite tokenizer is trained (default: a temp dir)")
+    args = parser.parse_args(argv)
+    flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (defaults); this script has none
+    batches, warmup, iters = (24, 4, 3) if args.quick else (100, 10, 20)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args.configs, args.workers, batches, warmup, iters, args.workdir or tmp)
+    print(table(result["rows"]))
+    print(f"speedup (min pipeline / train-step examples/s): {result['speedup']:.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
