@@ -137,11 +137,13 @@ def _hub_image(value: Mapping[str, Any] | None) -> bytes | None:
     return None if value is None else value["bytes"]
 
 
-def parse_text_vqa(manual: Path, split: str):
-    for i, r in enumerate(hub_rows("text_vqa", manual, split, ("image", "image_id", "question_id", "question",
-                                                                "answers"))):
-        yield str(i), dict(image=_hub_image(r["image"]), image_id=str(r["image_id"]),
-                           messages=[_question(r["question"], r["question_id"], answers=r["answers"] or [])])
+def hub_vqa(name: str, image_id: str, question_id: str) -> Parse:
+    """The parse function of a hub VQA set with columns image, question, answers and the given id columns."""
+    def parse(manual: Path, split: str):
+        for i, r in enumerate(hub_rows(name, manual, split, ("image", image_id, question_id, "question", "answers"))):
+            yield str(i), dict(image=_hub_image(r["image"]), image_id=str(r[image_id]),
+                               messages=[_question(r["question"], r[question_id], answers=r["answers"] or [])])
+    return parse
 
 
 def parse_ok_vqa(manual: Path, split: str):
@@ -156,13 +158,6 @@ def parse_chart_qa(manual: Path, split: str):
     for i, r in enumerate(hub_rows("chart_qa", manual, split, ("image", "query", "label", "human_or_machine"))):
         yield str(i), dict(image=_hub_image(r["image"]), image_id=str(i), messages=[
             _question(r["query"], i, answers=r["label"], human=r["human_or_machine"] == 0)])
-
-
-def parse_doc_qa(manual: Path, split: str):
-    for i, r in enumerate(hub_rows("doc_qa", manual, split, ("image", "docId", "questionId", "question",
-                                                              "answers"))):
-        yield str(i), dict(image=_hub_image(r["image"]), image_id=str(r["docId"]),
-                           messages=[_question(r["question"], r["questionId"], answers=r["answers"] or [])])
 
 
 def parse_science_qa(manual: Path, split: str):
@@ -367,12 +362,14 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "v2_OpenEnded_mscoco_<train2014|val2014|test2015>_questions.json, v2_mscoco_<train2014|val2014>_"
          "annotations.json, <train2014|val2014|test2015>/COCO_<dir>_<12-digit image id>.jpg",
          {"train": "train2014", "validation": "val2014", "test": "test2015"}, parse_vqa_v2),
-    Spec("text_vqa", _HF.format(repo="facebook/textvqa"), _HF_LAYOUT, _SPLITS, parse_text_vqa),
+    Spec("text_vqa", _HF.format(repo="facebook/textvqa"), _HF_LAYOUT, _SPLITS,
+         hub_vqa("text_vqa", "image_id", "question_id")),
     Spec("ok_vqa", _HF.format(repo="HuggingFaceM4/OK-VQA"), _HF_LAYOUT,
          {"train": "train", "validation": "validation"}, parse_ok_vqa),
     Spec("chart_qa", _HF.format(repo="HuggingFaceM4/ChartQA"), _HF_LAYOUT,
          {"train": "train", "validation": "val", "test": "test"}, parse_chart_qa),
-    Spec("doc_qa", _HF.format(repo="HuggingFaceM4/DocumentVQA"), _HF_LAYOUT, _SPLITS, parse_doc_qa),
+    Spec("doc_qa", _HF.format(repo="HuggingFaceM4/DocumentVQA"), _HF_LAYOUT, _SPLITS,
+         hub_vqa("doc_qa", "docId", "questionId")),
     Spec("info_qa", "InfographicVQA (https://rrc.cvc.uab.es/?ch=17, task 3)",
          "infographicsVQA_<train_v1.0|val_v1.0_withQT|test_v1.0>.json, images/<image_local_name>",
          {"train": "train_v1.0", "validation": "val_v1.0_withQT", "test": "test_v1.0"}, parse_info_qa),
