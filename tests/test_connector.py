@@ -156,3 +156,14 @@ def test_fan_in_kernel_std_counts_every_contracted_dim():
     assert abs(float(np.std(kernel)) * np.sqrt(16 * 32) - 1) < 0.05
     with pytest.raises(ValueError, match="init scheme 'he'"):
         kernel_init("he", 1, 1)
+
+
+@pytest.mark.parametrize("pooling,projector", [("attention_meanq", "mlp"), ("attention_2wide", "2mlp"),
+                                               ("stack", "linear")])
+def test_param_axis_names_are_distinct(pooling, projector):
+    """A kernel naming one logical axis twice cannot be sharded (flax refuses it under the rules)."""
+    cfg = connector_cfg(pooling, projector, padding=None)
+    x, masks = features(cfg)
+    boxed = Connector(cfg).init(jax.random.key(0), x, masks)["params"]
+    names = [leaf.names for leaf in jax.tree.leaves(boxed, is_leaf=lambda l: isinstance(l, nn.Partitioned))]
+    assert names and all(len(set(n) - {None}) == len([a for a in n if a is not None]) for n in names), names

@@ -70,7 +70,7 @@ class Projector(nn.Module):
         cfg, kind = self.cfg, self.cfg.connector.projector
         dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         if kind == "linear":
-            return Dense((cfg.llm.d_model,), ("embed",), ("embed",), False, dtype, pdtype,
+            return Dense((cfg.llm.d_model,), ("mlp",), ("embed",), False, dtype, pdtype,
                          nn.initializers.xavier_uniform(), name="linear")(x)
         mlp = lambda name: Mlp(cfg.connector.projector_hidden, gated=True, act="silu",
                                out_dim=cfg.llm.d_model, dtype=dtype, param_dtype=pdtype, init=cfg.connector.init,
