@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -51,12 +53,24 @@ def caption_loss(cfg, params, tokenizer, batches: int = 4) -> float:
     return total / weight
 
 
-def majority_baseline(result: dict) -> float | None:
-    """Accuracy of always giving the most common reference (count or answer); None for pointing."""
+def majority_baseline(result: dict, key: Callable[[str], Any] = lambda prompt: None) -> float | None:
+    """Accuracy of always giving the most common reference (count or answer) among prompts of the same
+    `key(prompt)` (default: all prompts alike); None for pointing."""
     if result["task"] == "synthetic_points":
         return None
-    golds = [json.dumps(p["reference"], sort_keys=True) for p in result["predictions"]]
-    return collections.Counter(golds).most_common(1)[0][1] / len(golds)
+    groups = collections.defaultdict(list)
+    for p in result["predictions"]:
+        groups[key(p["prompt"])].append(json.dumps(p["reference"], sort_keys=True))
+    return sum(collections.Counter(g).most_common(1)[0][1] for g in groups.values()) / len(result["predictions"])
+
+
+def question_type(prompt: str) -> tuple:
+    """What a text-only model can know of a PixMo-lite prompt: the shape it names and whether it asks for a
+    colour, else the question after the style prefix (e.g. "What is the value of B?")."""
+    shape = re.search(r"circle|square|triangle", prompt)
+    if shape:
+        return shape.group(), "color" in prompt
+    return (prompt.split(":")[-1].strip(),)
 
 
 def evaluate(cfg, params, tokenizer, out_dir: Path) -> dict:
@@ -66,17 +80,20 @@ def evaluate(cfg, params, tokenizer, out_dir: Path) -> dict:
     for task in EVAL_TASKS:
         result = runner.evaluate(bundle, task, n=cfg.eval_examples, batch_size=16, out_dir=out_dir, show=False,
                                  scoring={"count_none_is_zero": True})
-        results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result)}
+        results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result),
+                         "question_prior": majority_baseline(result, question_type)}
     return results
 
 
 def print_summary(summary: dict):
     print("\nheld-out PixMo-lite (generated with another seed)")
-    print(f"{'task':24} {'metric':22} {'trained':>8} {'baseline':>9}")
+    print(f"{'task':24} {'metric':22} {'trained':>8} {'majority':>9} {'q-prior':>8}")
     for task, r in summary["eval"].items():
+        base, prior = (float("nan") if r[k] is None else r[k] for k in ("majority_baseline", "question_prior"))
         for name, value in r["metrics"].items():
-            base = r["majority_baseline"] if r["majority_baseline"] is not None else float("nan")
-            print(f"{task:24} {name:22} {value:8.3f} {base:9.3f}")
+            print(f"{task:24} {name:22} {value:8.3f} {base:9.3f} {prior:8.3f}")
+    print("majority: always the most common answer; q-prior: the most common answer of each question type "
+          "(shape asked about, count or colour), what a model that ignores the image can reach")
     c = summary["caption_loss"]
     print(f"held-out caption loss: {c['init']:.3f} at init -> {c['after_stage1']:.3f} after stage 1")
     print(f"total time {summary['seconds'] / 60:.1f} min; outputs in {summary['workdir']}")
