@@ -28,7 +28,7 @@ def model_config(image_size: int = 112, vocab_size: int = 512) -> ml_collections
 
     The ViT and connector start from fan-in init (`layers.kernel_init`): with the official N(0, 0.02^2)
     the image features of this narrow model start ~1e4 times smaller than the token embeddings and the
-    LLM learns to ignore them (held-out CapQA stays at the majority answer).
+    LLM learns to ignore them (gradients into the ViT fall to ~1e-7 within a few hundred steps).
     """
     cfg = config_lib.tiny("qwen2")
     cfg.name = "pixmo-lite"
