@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import re
 import time
@@ -73,27 +74,50 @@ def question_type(prompt: str) -> tuple:
     return (prompt.split(":")[-1].strip(),)
 
 
+@dataclasses.dataclass(frozen=True)
+class SwappedImages:
+    """A held-out source whose example i shows the image of example i + 7: same prompts and answers, the
+    wrong picture. Accuracy that survives the swap does not come from the image."""
+    source: Any
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get(self, index: int, rng) -> dict:
+        example = self.source.get(index, rng)
+        example["image"] = self.source.get((index + 7) % len(self.source), np.random.RandomState(0))["image"]
+        return example
+
+
 def evaluate(cfg, params, tokenizer, out_dir: Path) -> dict:
+    """Each EVAL_TASKS metric on the held-out split, its baselines, and (but pointing) the same prompts with
+    the images swapped between examples."""
     model_cfg = cfg.model
     bundle = MolmoBundle(model_cfg, params, tokenizer, Preprocessor(model_cfg, tokenizer))
     results = {}
     for task in EVAL_TASKS:
         result = runner.evaluate(bundle, task, n=cfg.eval_examples, batch_size=16, out_dir=out_dir, show=False,
                                  scoring={"count_none_is_zero": True})
+        swapped = None if task == "synthetic_points" else runner.evaluate(
+            bundle, SwappedImages(runner.held_out_source(task, cfg.image_size)), task=task, n=cfg.eval_examples,
+            batch_size=16, show=False, scoring={"count_none_is_zero": True})["metrics"]
         results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result),
-                         "question_prior": majority_baseline(result, question_type)}
+                         "question_prior": majority_baseline(result, question_type), "swapped_images": swapped}
     return results
 
 
 def print_summary(summary: dict):
     print("\nheld-out PixMo-lite (generated with another seed)")
-    print(f"{'task':24} {'metric':22} {'trained':>8} {'majority':>9} {'q-prior':>8}")
+    print(f"{'task':24} {'metric':22} {'trained':>8} {'swapped':>8} {'majority':>9} {'q-prior':>8}")
+    nan = float("nan")
     for task, r in summary["eval"].items():
-        base, prior = (float("nan") if r[k] is None else r[k] for k in ("majority_baseline", "question_prior"))
+        base, prior = (nan if r[k] is None else r[k] for k in ("majority_baseline", "question_prior"))
         for name, value in r["metrics"].items():
-            print(f"{task:24} {name:22} {value:8.3f} {base:9.3f} {prior:8.3f}")
-    print("majority: always the most common answer; q-prior: the most common answer of each question type "
-          "(shape asked about, count or colour), what a model that ignores the image can reach")
+            swapped = (r["swapped_images"] or {}).get(name, nan)
+            print(f"{task:24} {name:22} {value:8.3f} {swapped:8.3f} {base:9.3f} {prior:8.3f}")
+    print("swapped: the same prompts with each image swapped for another example's; majority: always the most "
+          "common answer; q-prior: the most common answer of each question type (shape asked about, count or "
+          "colour), what a model that ignores the image can reach")
     c = summary["caption_loss"]
     print(f"held-out caption loss: {c['init']:.3f} at init -> {c['after_stage1']:.3f} after stage 1")
     print(f"total time {summary['seconds'] / 60:.1f} min; outputs in {summary['workdir']}")

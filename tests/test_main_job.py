@@ -1,4 +1,6 @@
 """The main job's baselines: always the most common answer, and the most common answer per question type."""
+import numpy as np
+
 from experiments import main
 
 
@@ -14,3 +16,13 @@ def test_question_prior_is_the_per_question_type_majority():
     assert main.majority_baseline(r, main.question_type) == 1.0  # each (shape, colour?) group has one answer
     assert main.question_type("pixmo_docs_charts: What is the value of B?") == ("What is the value of B?",)
     assert main.majority_baseline(result([("x", "1")], task="synthetic_points")) is None
+
+
+def test_swapped_images_keep_the_prompt_and_change_the_picture():
+    source = main.runner.held_out_source("synthetic_count")
+    swapped = main.SwappedImages(source)
+    rng = lambda: np.random.RandomState(3)
+    original, changed = source.get(2, rng()), swapped.get(2, rng())
+    assert len(swapped) == len(source) and original["label"] == changed["label"]
+    assert np.array_equal(changed["image"], source.get(9, rng())["image"])
+    assert not np.array_equal(changed["image"], original["image"])
