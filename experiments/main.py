@@ -8,8 +8,9 @@
    (clocks, counting, pointing, captions QA, charts, tables), both with the official trainer and Orbax
    checkpoints (rerunning resumes), curves in <workdir>/stage*/curves.png,
 3. evaluates on held-out synthetic examples (another seed) with KV-cache generation and the official
-   scorers, next to the accuracy of always giving the most common gold answer, and the held-out caption
-   loss before and after stage 1; writes <workdir>/summary.json and pointing PNGs under <workdir>/eval.
+   scorers, next to the same prompts with the images swapped between examples (what survives the swap does
+   not come from the image), the most common gold answer overall and per question type, and the held-out
+   caption loss before and after stage 1; writes <workdir>/summary.json and pointing PNGs under <workdir>/eval.
 """
 from __future__ import annotations
 
