@@ -96,12 +96,12 @@ def evaluate(cfg, params, tokenizer, out_dir: Path) -> dict:
     model_cfg = cfg.model
     bundle = MolmoBundle(model_cfg, params, tokenizer, Preprocessor(model_cfg, tokenizer))
     results = {}
+    score = dict(n=cfg.eval_examples, batch_size=16, show=False, scoring={"count_none_is_zero": True})
     for task in EVAL_TASKS:
-        result = runner.evaluate(bundle, task, n=cfg.eval_examples, batch_size=16, out_dir=out_dir, show=False,
-                                 scoring={"count_none_is_zero": True})
-        swapped = None if task == "synthetic_points" else runner.evaluate(
-            bundle, SwappedImages(runner.held_out_source(task, cfg.image_size)), task=task, n=cfg.eval_examples,
-            batch_size=16, show=False, scoring={"count_none_is_zero": True})["metrics"]
+        source = runner.held_out_source(task, cfg.image_size)
+        result = runner.evaluate(bundle, source, task, out_dir=out_dir, **score)
+        swapped = (None if task == "synthetic_points" else
+                   runner.evaluate(bundle, SwappedImages(source), task, **score)["metrics"])
         results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result),
                          "question_prior": majority_baseline(result, question_type), "swapped_images": swapped}
     return results
