@@ -195,12 +195,21 @@ def docs_example(rows: Rows, rng=None, doc_type: str = "charts") -> Example:
                 metadata=dict(image_id=rows["image_id"][0]))
 
 
+def clock_time(rows: Rows) -> dict[str, int]:
+    """The time a PixMo-Clocks row shows, as the official `ClockEval` metadata: "hour", "minute", "second"
+    of `watch_time` ("HH:MM:SS"), each -1 when its `*_visible` flag is 0."""
+    values = [int(v) for v in rows["watch_time"][0].split(":")]
+    return {name: value if rows[f"{name}_visible"][0] else -1
+            for name, value in zip(("hour", "minute", "second"), values, strict=True)}
+
+
 def clocks_example(rows: Rows, rng=None) -> Example:
-    """PixMo-Clocks: "What time is being shown?" -> the row's `text` (style clocks, as ClockBench)."""
+    """PixMo-Clocks: "What time is being shown?" -> the row's `text` (style clocks, as ClockBench); the
+    metadata holds the shown time (`clock_time`) for the clock scorer."""
     if not rows["text"][0]:
         raise EmptyAnnotationError("empty clock text")
     return dict(question=CLOCK_PROMPT, answer=rows["text"][0], style="clocks",
-                metadata=dict(example_id=rows["example_id"][0], watch_time=rows["watch_time"][0]))
+                metadata=dict(example_id=rows["example_id"][0], watch_time=rows["watch_time"][0], **clock_time(rows)))
 
 
 def count_example(rows: Rows, rng=None, counting: bool = False, with_points: bool = True) -> Example:

@@ -6,8 +6,8 @@
 The sweep (experiments/ablations.py `get_config(arg)`) lists variants; each is trained with the PixMo-lite
 recipe (experiments/lite.py: model, tokenizer, trainer config, data) in <workdir>/<variant>/stage*/ (curves
 in stage*/curves.png; an interrupted run resumes from its checkpoints), then evaluated on the held-out
-synthetic split: counting accuracy, clock accuracy (exact match), pointing F1 (KV-cache greedy generation,
-official scorers) and the held-out caption loss. <workdir>/<variant>/result.json marks a finished
+synthetic split: counting accuracy, clock accuracy (hour and minute exact), pointing F1 (KV-cache greedy
+generation, official scorers) and the held-out caption loss. <workdir>/<variant>/result.json marks a finished
 variant: a rerun loads it instead of retraining. Writes <out>.md (table, with the command at the top),
 <out>.json, <out>.png (each metric vs image tokens per crop and vs train step time, loss curves) and
 <out>_curves/<variant>.png (each variant's stage-2 curves.png).
@@ -45,7 +45,7 @@ from molmo_jax.train import metrics_log, trainer
 # (column, eval task, metric key, title); all higher-is-better
 METRICS = (("capqa_acc", "synthetic_cap_qa", "em", "CapQA accuracy (counts, colours)"),
            ("count_acc", "synthetic_count", "correct", "counting accuracy"),
-           ("clock_acc", "synthetic_clocks", "em", "clock accuracy"),
+           ("clock_acc", "synthetic_clocks", "overall_exact", "clock accuracy"),
            ("point_f1", "synthetic_points", "f1", "pointing F1"))
 COLUMNS = tuple(m[0] for m in METRICS) + ("caption_loss",)
 

@@ -238,6 +238,30 @@ POINTING_CASES = [
     ('<point x="10.0" y="12.5" alt="dog">dog', [[10, 10]], [[5, 5, 15, 15]]),
 ]
 
+_NO_TIME = (-1, -1, -1)
+CLOCK_CASES = [
+    # (prediction, gold (hour, minute, second), is_test); each runs alone (the official loop leaks parsed
+    # values from one example into the next).
+    ("3:25", (3, 25, -1), False), ("3:28", (3, 25, -1), False), ("3:29", (3, 25, -1), False),
+    ("3:22", (3, 25, -1), False), ("4:25", (3, 25, -1), False), ("3:25 PM", (3, 25, -1), False),
+    ("3:25 PM", (15, 25, -1), False), ("3:25 pm", (15, 25, -1), False), ("3:25 AM", (3, 25, -1), False),
+    ("12:05", (0, 5, -1), False), ("12:05", (12, 5, -1), False), ("03:05", (3, 5, -1), False),
+    ("3:5", (3, 5, -1), False), ("The time is 3:25.", (3, 25, -1), False), ("It is 3:25 now", (3, 25, -1), False),
+    ("3:25PM", (15, 25, -1), False), ("3", (3, 0, -1), False), ("3 o'clock", (3, 0, -1), False),
+    ("3.25", (3, 25, -1), False), ("", (3, 25, -1), False), (":25", (3, 25, -1), False),
+    ("  3:25 \n", (3, 25, -1), False), ("3:25", (3, -1, -1), False), ("3:25:10", (3, 25, 10), False),
+    ("3:25:13", (3, 25, 10), False), ("3:25:14", (3, 25, 10), False), ("3:26:10", (3, 25, 10), False),
+    ("3:25", (3, 25, 10), False), ("3:25:10 PM", (15, 25, 10), False), ("3:25:10", (3, 25, -1), False),
+    ("I cannot tell.", _NO_TIME, False), ("3:25", _NO_TIME, False), ("", _NO_TIME, False),
+    ("12:00", (12, 0, -1), True), ("0:00", (12, 0, -1), True), ("11:59", (12, 0, -1), True),
+    ("11:59", (0, 0, -1), True), ("12:59", (1, 0, -1), True), ("3:00", (3, 60, -1), True),
+    ("3:60", (4, 0, -1), True), ("3:60", (3, 0, -1), True), ("3:26", (3, 25, -1), True),
+    ("3:27", (3, 25, -1), True), ("15:25", (3, 25, -1), True), ("3:25 PM", (3, 25, -1), True),
+    ("3:59", (3, 0, -1), True), ("3:25:11", (3, 25, 10), True), ("3:25:12", (3, 25, 10), True),
+    ("11:59:00", (0, 0, 0), True), ("4:25", (3, 25, -1), True), ("I cannot tell.", _NO_TIME, True),
+    ("3:25", _NO_TIME, True), ("no idea", (0, 0, -1), True), ("3:xx", (3, 0, -1), True),
+]
+
 
 # ------------------------------------------------------------------------------------------------
 # Running the official code
@@ -266,6 +290,16 @@ def official_pointing(evaluators, text, points, rects):
 def official_count(evaluators, text, count):
     out = run_evaluator(evaluators.PointCountEval(), [text], [dict(count=count)])
     return {"official": {k: out[k][0] for k in ("correct", "close", "valid")}}
+
+
+def official_clock(evaluators, prediction, time, is_test):
+    """`ClockEval`'s scores of one example: the metrics it has (absent ones are left out)."""
+    meta = dict(zip(("hour", "minute", "second"), time))
+    try:
+        out = run_evaluator(evaluators.ClockEval(is_test=is_test), [prediction], [meta])
+    except Exception as e:
+        return {"raises": type(e).__name__}
+    return {"official": {k: float(v[0]) for k, v in out.items() if v}}
 
 
 def official_vqa_eval(evaluators, metric, predictions, metadatas):
@@ -331,6 +365,8 @@ def generate(src: Path) -> dict:
     data["count"] = [dict(prediction=p, count=c, **official_count(evaluators, p, c)) for p, c in COUNT_CASES]
     data["pointing"] = [dict(text=t, points=p, mask_rects=r, image_size=_IMG,
                              **official_pointing(evaluators, t, p, r)) for t, p, r in POINTING_CASES]
+    data["clocks"] = [dict(prediction=p, hour=h, minute=m, second=sec, is_test=t,
+                           **official_clock(evaluators, p, (h, m, sec), t)) for p, (h, m, sec), t in CLOCK_CASES]
     return data
 
 

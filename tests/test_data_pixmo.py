@@ -156,6 +156,8 @@ def test_docs_clocks_count(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "c1.png")
     src = pixmo.pixmo_clocks(clocks, tmp_path)
     assert len(src) == 1 and src.get(0, _rng())["image"].endswith("c1.png")
+    assert src.get(0, _rng())["metadata"] == dict(example_id="c1", watch_time="03:25:00", hour=3, minute=25,
+                                                  second=-1)  # seconds not visible
     assert STAGE2(src.get(0, _rng()), True, False, _rng())[0] == \
         [" User: clocks: What time is being shown? Assistant:", " 3:25"]
 

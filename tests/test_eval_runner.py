@@ -34,11 +34,11 @@ def fixture_bundle() -> api.MolmoBundle:
 
 
 class GoldBundle:
-    """A bundle whose answer to each (image, prompt) is the gold answer of the training format."""
+    """A bundle whose answer to each (image, prompt) is `edit` of the gold answer of the training format."""
 
-    def __init__(self, items):
+    def __init__(self, items, edit=lambda answer: answer):
         self.cfg = fixture_cfg()
-        self.gold = {(it.image.tobytes(), it.prompt): it.answer for it in items}
+        self.gold = {(it.image.tobytes(), it.prompt): edit(it.answer) for it in items}
 
         self.batch_sizes = []
 
@@ -76,6 +76,20 @@ def test_gold_answers_score_one_on_every_task(name):
     result = runner.evaluate(GoldBundle(items_of(name, n)), name, n=n, batch_size=3, scoring=scoring, show=False)
     assert result["metrics"] and all(v == pytest.approx(1.0) for v in result["metrics"].values()), result["metrics"]
     assert result["examples"] == n and result["prompts"] == len(result["predictions"]) >= n
+
+
+def test_clocks_are_scored_by_the_clock_scorer():
+    """References are the shown time (no seconds); a reading 2 minutes late is close, not exact."""
+    items = items_of("synthetic_clocks", 6)
+    for it in items:
+        hour, minute = it.answer.split(":")
+        assert it.reference == dict(hour=int(hour), minute=int(minute), second=-1)
+    late = lambda answer: f"{answer.split(':')[0]}:{int(answer.split(':')[1]) + 2:02d}"  # noqa: E731
+    result = runner.evaluate(GoldBundle(items, late), "synthetic_clocks", n=6, batch_size=3, show=False)
+    assert result["benchmark"] == "clocks"
+    assert result["metrics"] == dict(overall_close=1.0, overall_exact=0.0, all_correct=0.0, all_close=1.0,
+                                     hour_correct=1.0, minute_correct=0.0, minute_close=1.0)
+    assert json.loads(json.dumps(result["predictions"][0]["reference"])) == items[0].reference
 
 
 def test_a_short_last_batch_is_padded_to_the_compiled_size():

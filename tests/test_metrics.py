@@ -2,6 +2,7 @@
 experiments/make_official_scores.py running the official code), hand-computed cases and properties."""
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from molmo_jax.eval import elo_ratings, score
+from molmo_jax.eval.clocks import CLOCK_METRICS, clock_example_scores
 from molmo_jax.eval.counting import count_example_scores, parse_count
 from molmo_jax.eval.math_vista import math_vista_score
 from molmo_jax.eval.mmmu import mmmu_score, parse_multi_choice_response
@@ -112,6 +114,26 @@ def test_official_pointing(case):
     assert got == pytest.approx(case["official"], abs=1e-12)
 
 
+def _clock_case(case):
+    return case["prediction"], case["hour"], case["minute"], case["second"]
+
+
+@pytest.mark.parametrize("case", **_cases("clocks", "prediction"))
+def test_official_clocks(case):
+    """`ClockEval` per example, metrics the example lacks (second_*, declining) absent in both."""
+    assert clock_example_scores(*_clock_case(case), test_mode=case["is_test"]) == case["official"]
+
+
+@pytest.mark.parametrize("benchmark, test_mode", [("clocks", False), ("clock_bench", True)])
+def test_official_clock_batch_through_dispatcher(benchmark, test_mode):
+    """Each metric is the mean over the examples that have it (the official `ClockEval` aggregation)."""
+    cases = [c for c in OFFICIAL["clocks"] if "official" in c and c["is_test"] == test_mode]
+    refs = [dict(hour=c["hour"], minute=c["minute"], second=c["second"]) for c in cases]
+    got = score(benchmark, [c["prediction"] for c in cases], refs)
+    expected = {k: np.mean([c["official"][k] for c in cases if k in c["official"]]) for k in CLOCK_METRICS}
+    assert list(got) == list(CLOCK_METRICS) and got == pytest.approx(expected, abs=1e-12)
+
+
 BENCHMARK_OF_METRIC = {
     "vqa_score": ("text_vqa", "vqa_score"), "ansl": ("doc_qa", "anls"),
     "relaxed_correctness": ("chart_qa", "relaxed_correctness"), "em": ("tally_qa", "em"),
@@ -148,6 +170,7 @@ def test_raising_cases_are_recorded():
     assert {c["raises"] for c in _raising("select_mc_option")} == {"AssertionError"}
     assert {c["raises"] for c in _raising("real_world_qa_score")} == {"ValueError"}
     assert {c["raises"] for c in _raising("pointing")} == {"ValueError"}
+    assert {c["raises"] for c in _raising("clocks")} == {"UnboundLocalError"}
 
 
 def test_anls_of_two_empty_strings_is_one():
@@ -169,6 +192,13 @@ def test_pointing_format_ok_but_no_points_scores_zero(case):
     ref = _pointing_ref(case)
     got = pointing_example_scores(case["text"], ref["points"], ref["masks"], ref["image_size"])
     assert got == dict(precision=0.0, recall=0.0, f1=0.0)
+
+
+@pytest.mark.parametrize("case", _raising("clocks"), ids=lambda c: c["prediction"])
+def test_clock_bench_unparsed_time_is_not_wrapped_close(case):
+    """The official 719-minute check reads an unparsed hour / minute (raising, or another example's)."""
+    got = clock_example_scores(*_clock_case(case), test_mode=True)
+    assert got["all_close"] == got["overall_close"] == got["all_correct"] == 0.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,6 +325,66 @@ def test_count_scores_through_dispatcher():
     assert got == dict(correct=0.5, close=0.75, valid=0.75, correct_0=0.0, correct_3=1.0, correct_5=0.0,
                        correct_7=1.0)
     assert score("countbench", preds, refs, count_none_is_zero=True)["correct"] == 0.75
+
+
+# Hand-computed from olmo/eval/evaluators.py `ClockEval` (independent of official_scores.json).
+_CLOCK = dict(hour=3, minute=25, second=-1)
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("3:25", dict(hour_correct=1, minute_correct=1, minute_close=1, all_correct=1, all_close=1)),
+    ("3:28", dict(hour_correct=1, minute_correct=0, minute_close=1, all_correct=0, all_close=1)),
+    ("3:29", dict(hour_correct=1, minute_correct=0, minute_close=0, all_correct=0, all_close=0)),
+    ("3:21", dict(hour_correct=1, minute_correct=0, minute_close=0, all_correct=0, all_close=0)),
+    ("4:25", dict(hour_correct=0, minute_correct=1, minute_close=1, all_correct=0, all_close=0)),
+    ("3:25 PM", dict(hour_correct=0, minute_correct=1, minute_close=1, all_correct=0, all_close=0)),
+    ("It is 03:25 now.", dict(hour_correct=1, minute_correct=1, minute_close=1, all_correct=1, all_close=1)),
+    ("3:25.", dict(hour_correct=1, minute_correct=0, minute_close=0, all_correct=0, all_close=0)),
+    ("twenty past three", dict(hour_correct=0, minute_correct=0, minute_close=0, all_correct=0, all_close=0)),
+    ("", dict(hour_correct=0, minute_correct=0, minute_close=0, all_correct=0, all_close=0)),
+])
+def test_clock_example_scores(prediction, expected):
+    expected = dict(expected, overall_exact=expected["all_correct"], overall_close=expected["all_close"])
+    assert clock_example_scores(prediction, **_CLOCK) == {k: float(v) for k, v in expected.items()}
+
+
+def test_clock_pm_seconds_and_declining():
+    assert clock_example_scores("3:25 PM", 15, 25, -1)["all_correct"] == 1.0
+    assert clock_example_scores("3:25 PM", 15, 25, -1, test_mode=True)["hour_correct"] == 0.0  # 3 != 15
+    assert clock_example_scores("12:05", 0, 5, -1)["hour_correct"] == 1.0
+    seconds = clock_example_scores("3:25:13", 3, 25, 10)
+    assert (seconds["second_correct"], seconds["second_close"], seconds["all_close"]) == (0.0, 1.0, 1.0)
+    assert clock_example_scores("3:25", 3, 25, 10)["all_close"] == 0.0  # seconds shown but not read
+    assert clock_example_scores("I can't see a clock.", -1, -1, -1) == dict(
+        overall_close=1.0, overall_exact=1.0, correctly_declines_to_answer=1.0)
+    assert clock_example_scores("3:25", -1, -1, -1)["correctly_declines_to_answer"] == 0.0
+
+
+def test_clock_bench_wraparounds():
+    bench = functools.partial(clock_example_scores, test_mode=True)
+    assert bench("12:00", 12, 0, -1)["all_correct"] == bench("3:60", 3, 0, -1)["all_correct"] == 1.0
+    assert bench("15:25", 3, 25, -1)["all_correct"] == 1.0
+    assert bench("3:26", 3, 25, -1)["minute_close"] == 1.0 and bench("3:27", 3, 25, -1)["minute_close"] == 0.0
+    assert bench("3:59", 3, 0, -1)["all_close"] == 1.0  # minutes 59 apart
+    wrapped = bench("11:59", 12, 0, -1)
+    assert (wrapped["hour_correct"], wrapped["all_correct"], wrapped["all_close"]) == (0.0, 0.0, 1.0)
+    assert bench("11:59:00", 0, 0, 0)["all_close"] == 0.0  # no 719-minute wrap with seconds
+    assert clock_example_scores("11:59", 0, 0, -1)["all_close"] == 0.0  # PixMo-Clocks scoring: no wrap
+
+
+def test_clock_scores_through_dispatcher():
+    preds = ["3:25", "3:27", "I cannot tell", "4:25:10", "3:25:30"]
+    refs = [_CLOCK, _CLOCK, dict(hour=-1, minute=-1, second=-1), dict(hour=4, minute=25, second=12),
+            dict(hour=3, minute=25, second=10)]
+    got = score("pixmo_clocks", preds, refs)
+    assert got == pytest.approx(dict(
+        overall_close=0.8, overall_exact=0.4, correctly_declines_to_answer=1.0, all_correct=0.25, all_close=0.75,
+        hour_correct=1.0, minute_correct=0.75, second_correct=0.0, minute_close=1.0, second_close=0.5))
+    assert list(got) == list(CLOCK_METRICS)
+    answerable = score("clock", preds[:2], refs[:2])
+    assert set(answerable) == set(CLOCK_METRICS) - {"correctly_declines_to_answer", "second_correct", "second_close"}
+    assert score("clocks", [], []) == {}
+    assert score("clockbench", ["11:59"], [dict(hour=12, minute=0, second=-1)])["all_close"] == 1.0
 
 
 IMAGE = (100, 80)

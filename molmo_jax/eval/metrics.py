@@ -12,6 +12,7 @@ predictions: generated strings. references: one dict per example with the offici
   math_vista                "answer", "question_type", "answer_type", "choices", "precision"
   countbench_qa, pixmo_count "count"
   pointing_eval             "points" (float[n, 2] pixels), "masks" (n bool [H, W]), "image_size" (w, h)
+  clocks, clock_bench       "hour", "minute", "second" (ints, -1 = not shown; all -1 = unanswerable)
 
 options (`ScoringOptions`): every default reproduces the official scorers (paper-comparable); the
 others select the corrected behaviour of a quirk, see the field comments. Elo ratings from pairwise
@@ -24,6 +25,7 @@ import functools
 import random
 from typing import Any, Callable, Mapping, Sequence
 
+from molmo_jax.eval.clocks import clock_scores
 from molmo_jax.eval.common import mean
 from molmo_jax.eval.counting import count_scores
 from molmo_jax.eval.math_vista import math_vista_score
@@ -138,6 +140,12 @@ def _pointing(predictions, references, opts) -> dict[str, float]:
                            rounding=opts.point_rounding, strict_format=opts.point_strict_format)
 
 
+def _clocks(predictions, references, opts, test_mode: bool = False) -> dict[str, float]:
+    """`ClockEval`: hour / minute / second correct and close, declining unanswerable clocks; metrics no
+    example has are left out. `test_mode` is ClockBench's `is_test` (12-hour dial wraparounds)."""
+    return clock_scores(predictions, references, test_mode=test_mode)
+
+
 def _short(*metrics: str):
     return functools.partial(_short_answer, metrics=metrics)
 
@@ -162,6 +170,8 @@ BENCHMARKS = {
     "countbench_qa": _counting,
     "pixmo_count": _counting,
     "pointing_eval": _pointing,
+    "clocks": _clocks,
+    "clock_bench": functools.partial(_clocks, test_mode=True),
 }
 ALIASES = {
     "vqa2": "coco_2014_vqa", "vqa_v2": "coco_2014_vqa", "coco_2014_vqa_multi": "coco_2014_vqa",
@@ -171,6 +181,7 @@ ALIASES = {
     "real_world_qa_no_instruction": "real_world_qa", "mmmu_test": "mmmu", "mathvista": "math_vista",
     "math_vista_v2": "math_vista", "countbench": "countbench_qa", "countbenchqa": "countbench_qa",
     "pixmo_count_counting": "pixmo_count", "pointing": "pointing_eval", "pixmo_points": "pointing_eval",
+    "clock": "clocks", "pixmo_clocks": "clocks", "clockbench": "clock_bench",
 }
 
 

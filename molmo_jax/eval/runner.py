@@ -14,7 +14,8 @@ greedily in at most the task's `max_new_tokens` (spec section 9: 12, 192 for poi
 
 A task (`EvalTask`) names the official benchmark whose scorer it uses (`metrics.score`) and the reference
 it builds per prompt:
-  short_answer  {"answer"}                                clocks, cap_qa (EM), docs (relaxed / ANLS and EM)
+  short_answer  {"answer"}                                cap_qa (EM), docs (relaxed / ANLS and EM)
+  clock         {"hour", "minute", "second"}              clocks (`ClockEval`; metadata, -1 = not shown)
   counting      {"count"}                                 count, points_counting (`PointCountEval`)
   pointing      {"points", "masks", "image_size"}         points (`PointingEval` precision / recall / F1)
 Pointing masks are the example's own "masks" when it has them; for PixMo-lite scenes the object masks
@@ -42,7 +43,7 @@ from molmo_jax.eval.metrics import score
 from molmo_jax.formatting import Formatter
 from molmo_jax.preprocess import load_image
 
-KINDS = ("short_answer", "counting", "pointing")
+KINDS = ("short_answer", "clock", "counting", "pointing")
 HELD_OUT_SEED = 12345  # generator seed of the held-out PixMo-lite sets (experiments/lite.py `eval_seed`)
 HELD_OUT_SIZE = 1000  # examples of a held-out PixMo-lite set
 DISC_RADIUS = 0.05  # fallback pointing "mask": this fraction of the image's short side around a gold point
@@ -63,7 +64,7 @@ class EvalTask:
 
 
 TASKS = {t.name: t for t in (
-    EvalTask("synthetic_clocks", "short_answer", "tally_qa", 12),  # TallyQA's scorer: exact match
+    EvalTask("synthetic_clocks", "clock", "clocks", 12),
     EvalTask("synthetic_cap_qa", "short_answer", "tally_qa", 12),
     EvalTask("synthetic_docs_charts", "short_answer", "chart_qa", 12),
     EvalTask("synthetic_docs_tables", "short_answer", "doc_qa", 12),
@@ -183,17 +184,25 @@ def count_reference(message: Mapping[str, Any]) -> dict[str, Any]:
     return dict(count=len(np.asarray(message["points"]).reshape(-1, 2)))
 
 
+def clock_reference(message: Mapping[str, Any]) -> dict[str, int]:
+    """`ClockEval` reference: the metadata's shown "hour", "minute", "second" (-1 when not shown)."""
+    return {k: int(message["metadata"][k]) for k in ("hour", "minute", "second")}
+
+
 def answer_reference(message: Mapping[str, Any]) -> dict[str, Any]:
     """`VqaEval` reference: "answer" or "answers"."""
     key = "answer" if "answer" in message else "answers"
     return {key: message[key]}
 
 
+MESSAGE_REFERENCES = {"short_answer": answer_reference, "clock": clock_reference, "counting": count_reference}
+
+
 def reference(kind: str, message: Mapping[str, Any], image: np.ndarray, shapes) -> dict[str, Any]:
     """The scorer's reference of one message for a task of `kind`."""
     if kind == "pointing":
         return pointing_reference(message, image, shapes)
-    return count_reference(message) if kind == "counting" else answer_reference(message)
+    return MESSAGE_REFERENCES[kind](message)
 
 
 # ----------------------------------------------------------------------------- prompts and answers
