@@ -20,10 +20,12 @@ What the official recipe does and what this does (MOLMO.md 7.2, 7.3):
   * host h of H takes global examples h, h + H, h + 2H, ... (disjoint, together complete) and makes
     batches of batch_size / H;
   * an example that cannot be used (undecodable image, empty annotation, too long, malformed row) is
-    skipped and counted by reason in `iterator.skipped` (part of the checkpointed state).
+    skipped and counted by reason in `iterator.skipped` (part of the checkpointed state);
+  * not official, off by default: `pack_crops` packs several examples into each row (sequence packing;
+    attention and positions stay per example, so the loss is that of the unpacked examples).
 
-Batches (B = batch_size / process_count, S = seq_len, T = max crops incl. the global view, P = patches
-per crop, D = 3 * patch_size**2, K = pooled tokens per crop), padding -1:
+Batches (B = batch_size / process_count, S = seq_len, T = max crops incl. the global view (pack_crops
+when packing), P = patches per crop, D = 3 * patch_size**2, K = pooled tokens per crop), padding -1:
   input_ids int64[B, S], labels int64[B, S], loss_masks float32[B, S], position_ids int64[B, S],
   subsegment_ids int64[B, S], images float32[B, T, P, D], image_masks float32[B, T, P] (models with an
   image padding embedding), image_input_idx int32[B, T, K].
@@ -218,51 +220,95 @@ def mixture(sources: Mapping[str, pixmo.Source], rates: Mapping[str, float] | No
 # Batching
 
 
-class _SkipAndBatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int, batch_fn):
+@dataclasses.dataclass(frozen=True)
+class RowBudget:
+    """What one batch row may hold: up to `examples` examples with at most `tokens` tokens and `crops`
+    crops in all (examples > 1: sequence packing). An empty row takes any example; the collator then cuts
+    what is too long, as the official one does."""
+    tokens: int
+    crops: int
+    examples: int = 1
+
+    def fits(self, row: Sequence[Mapping[str, np.ndarray]], example: Mapping[str, np.ndarray]) -> bool:
+        if not row:
+            return True
+        return (len(row) < self.examples
+                and sum(map(_tokens, row)) + _tokens(example) <= self.tokens
+                and sum(map(_crops, row)) + _crops(example) <= self.crops)
+
+
+def _tokens(example: Mapping[str, np.ndarray]) -> int:
+    return len(example["input_tokens"])
+
+
+def _crops(example: Mapping[str, np.ndarray]) -> int:
+    return len(example["images"]) if "images" in example else 0
+
+
+class _BatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, rows: int, budget: RowBudget, batch_fn):
         super().__init__(parent)
-        self._batch_size = batch_size
-        self._batch_fn = batch_fn
+        self._rows, self._budget, self._batch_fn = rows, budget, batch_fn
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self._pending = None  # (example, resume state) read but left for the next batch
+
+    def _state(self) -> dict[str, Any]:
+        return {"parent": self._parent.get_state(), "skipped": dict(self.skipped)}
+
+    def _read(self) -> tuple[Mapping[str, np.ndarray], dict[str, Any] | None]:
+        """The next usable example and (when packing) the state from which it is read again."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            return pending
+        while True:
+            resume = self._state() if self._budget.examples > 1 else None
+            item = next(self._parent)
+            if not isinstance(item, Skipped):
+                return item, resume
+            self.skipped[item.reason] += 1
 
     def __next__(self):
-        examples = []
-        while len(examples) < self._batch_size:
-            item = next(self._parent)
-            if isinstance(item, Skipped):
-                self.skipped[item.reason] += 1
-            else:
-                examples.append(item)
-        return self._batch_fn(examples)
+        rows: list[list] = [[] for _ in range(self._rows)]
+        while not all(len(row) == self._budget.examples for row in rows):
+            example, resume = self._read()
+            row = next((r for r in rows if self._budget.fits(r, example)), None)
+            if row is None:  # first fit failed: the batch is done and this example opens the next one
+                self._pending = example, resume
+                break
+            row.append(example)
+        return self._batch_fn(rows)
 
     def get_state(self) -> dict[str, Any]:
-        return {"parent": self._parent.get_state(), "skipped": dict(self.skipped)}
+        return self._pending[1] if self._pending is not None else self._state()
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self._parent.set_state(state["parent"])
         self.skipped = dict(state["skipped"])
+        self._pending = None
 
 
 class SkipAndBatch(grain.IterDataset):
-    """Drops `Skipped` items (counting them in `iterator.skipped`) and batches the rest with `batch_fn`."""
+    """Drops `Skipped` items (counting them in `iterator.skipped`) and fills `rows` rows per batch with
+    the rest, first fit under `budget`; `batch_fn` turns the rows (lists of examples) into a batch."""
 
-    def __init__(self, parent: grain.IterDataset, batch_size: int, batch_fn: Callable[[list], Any]):
+    def __init__(self, parent: grain.IterDataset, rows: int, budget: RowBudget, batch_fn: Callable[[list], Any]):
         super().__init__(parent)
-        self._batch_size = batch_size
-        self._batch_fn = batch_fn
+        self._rows, self._budget, self._batch_fn = rows, budget, batch_fn
 
-    def __iter__(self) -> _SkipAndBatchIterator:
-        return _SkipAndBatchIterator(self._parent.__iter__(), self._batch_size, self._batch_fn)
+    def __iter__(self) -> _BatchIterator:
+        return _BatchIterator(self._parent.__iter__(), self._rows, self._budget, self._batch_fn)
 
 
 @dataclasses.dataclass(frozen=True)
 class Collate:
-    """`preprocess.collate` to fixed `seq_len` and `max_crops` (static shapes for jit)."""
+    """Rows of examples -> one batch: each row `preprocess.pack`ed, then `preprocess.collate`d to fixed
+    `seq_len` and `max_crops` (static shapes for jit)."""
     seq_len: int
     max_crops: int
 
-    def __call__(self, examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return preprocess.collate(examples, seq_len=self.seq_len, max_crops=self.max_crops)
+    def __call__(self, rows: list[list[dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+        return preprocess.collate([preprocess.pack(row) for row in rows], seq_len=self.seq_len,
+                                  max_crops=self.max_crops)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,9 +317,10 @@ class Collate:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineOptions:
-    """batch_size: global batch (divisible by process_count); seq_len: tokens per example (image
-    included); too_long: "skip" longer examples or "truncate" them (the official collator cuts);
-    num_workers: grain worker processes (0: threads only, best on few cores); num_threads: grain read
+    """batch_size: global batch in rows (divisible by process_count); seq_len: tokens per row (image
+    included); pack_crops: 0 = one example per row (official), else examples are packed into the rows
+    (first fit, `preprocess.pack`) up to seq_len tokens and pack_crops crops per row; too_long: "skip"
+    longer examples or "truncate" them (the official collator cuts); num_workers: grain worker processes (0: threads only, best on few cores); num_threads: grain read
     threads per process; seed: data seed (defaults: the official seed of the stage)."""
     batch_size: int
     seq_len: int
@@ -281,6 +328,7 @@ class PipelineOptions:
     process_index: int = 0
     process_count: int = 1
     too_long: str = "skip"
+    pack_crops: int = 0
     num_workers: int = 0
     num_threads: int = 2
     prefetch_buffer_size: int = 8
@@ -292,17 +340,24 @@ class PipelineOptions:
             raise ValueError(f"process_index={self.process_index} not in [0, {self.process_count})")
         if self.too_long not in ("skip", "truncate"):
             raise ValueError(f"too_long={self.too_long!r}; allowed 'skip', 'truncate'")
+        if self.pack_crops < 0:
+            raise ValueError(f"pack_crops={self.pack_crops} must be >= 0 (0: no packing)")
 
 
 def pipeline(examples: grain.MapDataset, cfg, options: PipelineOptions) -> grain.IterDataset:
-    """Global example stream -> this host's slice -> threads / workers -> skip-and-batch."""
+    """Global example stream -> this host's slice -> threads / workers -> skip, (pack) and batch."""
     ds = examples[options.process_index::options.process_count]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=options.num_threads,
                                               prefetch_buffer_size=options.prefetch_buffer_size))
     if options.num_workers:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.num_workers))
-    collate = Collate(options.seq_len, config_lib.max_total_crops(cfg))
-    return SkipAndBatch(ds, options.batch_size // options.process_count, collate)
+    crops = config_lib.max_total_crops(cfg)
+    if options.pack_crops and options.pack_crops < crops:
+        raise ValueError(f"pack_crops={options.pack_crops} is less than the {crops} crops one example may have")
+    budget = (RowBudget(options.seq_len, options.pack_crops, examples=options.seq_len) if options.pack_crops
+              else RowBudget(options.seq_len, crops))
+    return SkipAndBatch(ds, options.batch_size // options.process_count, budget,
+                        Collate(options.seq_len, budget.crops))
 
 
 def example_processor(cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
