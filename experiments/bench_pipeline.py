@@ -2,9 +2,8 @@
 
     python -m experiments.bench_pipeline --quick --out /tmp/bench_pipeline.json
 
-Pipeline: `mixtures.stage2` over the PixMo-lite mixture (`SYNTHETIC_MIXTURE`, `lite.train_sources`) with
-the main job's preprocessing (`lite.get_config()`: 112 px images, one crop, batch 16, 192 tokens, the
-PixMo-lite BPE), with 0 (threads only) and 2 grain worker processes (`PipelineOptions.num_workers`); the
+Pipeline: the main job's stage-2 data (`lite.data`: the PixMo-lite mixture through `mixtures.stage2`, 112 px
+images, 8 packed rows of 192 tokens, the PixMo-lite BPE), with 0 (threads only) and 2 grain worker processes (`PipelineOptions.num_workers`); the
 rate is examples/s over timed batches after warm-up batches (worker start-up excluded).
 Training: `bench_train.ours` (the jitted train step, float32, text-only batches of `bench_train.SHAPES`)
 of the tiny and small configs; examples/s = batch / median step time. Rows are config x workers; JSON
@@ -22,22 +21,21 @@ import jax
 import numpy as np
 from absl import flags
 
-from data_pipelines import mixtures
 from experiments import bench_train, lite
+from experiments import data as data_lib
 
 
 def pipeline_rate(cfg, tokenizer, workers: int, batches: int, warmup: int) -> float:
-    """Examples/s of the PixMo-lite stage-2 pipeline with `workers` grain processes."""
-    options = mixtures.PipelineOptions(batch_size=cfg.batch, seq_len=cfg.seq_len, seed=cfg.seed + 1,
-                                       num_workers=workers)
-    it = iter(mixtures.stage2(lite.train_sources(cfg), cfg.model, tokenizer, options,
-                              groups=mixtures.SYNTHETIC_MIXTURE))
+    """Examples/s of the main job's stage-2 pipeline (`lite.data`) with `workers` grain processes."""
+    tcfg = lite.trainer_config(cfg, "stage2")
+    tcfg.data.num_workers = workers
+    it = data_lib.make_data(tcfg, tokenizer)
     for _ in range(warmup):
         next(it)
-    start = time.perf_counter()
+    start, examples = time.perf_counter(), 0
     for _ in range(batches):
-        next(it)
-    return batches * cfg.batch / (time.perf_counter() - start)
+        examples += int((next(it)["position_ids"] == 0).sum())  # packed rows hold several examples
+    return examples / (time.perf_counter() - start)
 
 
 def train_rate(size: str, iters: int) -> tuple[float, int]:

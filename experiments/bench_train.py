@@ -2,7 +2,8 @@
 
     python -m experiments.bench_train --quick --out /tmp/bench_train.json
 
-For the tiny and a small Qwen2-family config, in float32 and bfloat16 compute (float32 master params):
+For the tiny and a small Qwen2-family config (and a "medium" one for accelerators: --sizes), in float32
+and bfloat16 compute (float32 master params):
   * ours: `trainer.train_step` (per-component clip + AdamW, z-loss, dropout as configured) on text-only
     batches of B x T real tokens, 1 device, no remat; tokens/s, model FLOP/s (6 * matmul params * tokens
     + 12 * L * T^2 * d attention, no recomputation counted) as a fraction of this CPU's f32 matmul peak
@@ -10,7 +11,9 @@ For the tiny and a small Qwen2-family config, in float32 and bfloat16 compute (f
     an analytic estimate (16 bytes per param for params, grads, Adam m and v, plus activations);
   * torch: Qwen2ForCausalLM of the same LLM config (sdpa attention), loss.backward, clip_grad_norm_ 1.0,
     torch.optim.AdamW(betas (0.9, 0.95), eps 1e-6); bf16 rows use torch.autocast (fp32 master params).
-Steps are timed interleaved (ours, torch, ours, ...) and the median is reported. JSON top level
+On a GPU both run there (torch on "cuda", synchronised after each step; float32 matmuls may use TF32 on
+both sides, as JAX's default precision does). Steps are timed interleaved (ours, torch, ours, ...) and the
+median is reported. JSON top level
 "speedup" = the worst row's ours/torch tokens/s ratio.
 
 Separate row (issue 10), "lora_vs_full": optimizer-state bytes and XLA step peak memory of fine-tuning
@@ -40,12 +43,15 @@ def model_config(size: str, dtype: str):
     if size == "small":
         cfg.model.llm.update(d_model=512, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=64, mlp_hidden=1536,
                              vocab_size=8192, embedding_size=8192)
+    elif size == "medium":
+        cfg.model.llm.update(d_model=2048, n_layers=8, n_heads=16, n_kv_heads=4, head_dim=128, mlp_hidden=5632,
+                             vocab_size=32768, embedding_size=32768)
     cfg.model.llm.remat_policy = "none"
     cfg.model.dtype = dtype
     return cfg
 
 
-SHAPES = {"tiny": (8, 128), "small": (4, 256)}  # (batch, sequence length)
+SHAPES = {"tiny": (8, 128), "small": (4, 256), "medium": (8, 1024)}  # (batch, sequence length)
 
 
 def llm_matmul_params(llm) -> int:
@@ -71,7 +77,7 @@ def random_batch(cfg, b: int, t: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_masks": np.ones((b, t), np.float32)}
 
 
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+def matmul_peak(n: int, reps: int = 5) -> float:
     """FLOP/s of a jitted n x n x n float32 matmul (best of reps)."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
     f = jax.jit(lambda x: x @ x)
@@ -108,12 +114,24 @@ def ours(cfg, batch):
     return step, peak
 
 
+def torch_device() -> str:
+    """"cuda" when JAX runs on a GPU (torch must then have CUDA too), else "cpu"."""
+    if jax.default_backend() != "gpu":
+        return "cpu"
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError("JAX runs on a GPU but this torch has no CUDA: the comparison would be unfair")
+    torch.backends.cuda.matmul.allow_tf32 = True  # JAX's default f32 matmul precision on GPUs
+    return "cuda"
+
+
 def torch_step(cfg, batch, dtype: str, threads: int):
     """step() -> None for transformers' Qwen2ForCausalLM of the same LLM config."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.set_num_threads(threads)
+    device = torch_device()
     llm = cfg.model.llm
     config = Qwen2Config(vocab_size=llm.embedding_size, hidden_size=llm.d_model, intermediate_size=llm.mlp_hidden,
                          num_hidden_layers=llm.n_layers, num_attention_heads=llm.n_heads,
@@ -121,11 +139,11 @@ def torch_step(cfg, batch, dtype: str, threads: int):
                          rope_theta=llm.rope_theta, max_position_embeddings=4096, tie_word_embeddings=False,
                          attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).train()
+    model = Qwen2ForCausalLM(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.0)
-    ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
-    labels = torch.from_numpy(batch["labels"].astype(np.int64))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    ids = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(device)
+    labels = torch.from_numpy(batch["labels"].astype(np.int64)).to(device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def step():
         with autocast:
@@ -135,6 +153,8 @@ def torch_step(cfg, batch, dtype: str, threads: int):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return step
 
@@ -210,7 +230,7 @@ def lora_table(row: dict) -> str:
 
 
 def table(rows: list[dict], peak: float) -> str:
-    head = (f"matmul peak (jitted 2048^3 f32): {peak / 1e9:.1f} GFLOP/s\n"
+    head = (f"matmul peak (jitted n^3 f32): {peak / 1e9:.1f} GFLOP/s\n"
             f"{'config':6} {'dtype':8} {'ours tok/s':>11} {'torch tok/s':>11} {'speedup':>7} "
             f"{'ours %peak':>10} {'torch %peak':>11} {'XLA peak MB':>11} {'est. MB':>8}")
     lines = [f"{r['config']:6} {r['dtype']:8} {r['ours_tokens_per_s']:11.0f} {r['torch_tokens_per_s']:11.0f} "
@@ -223,10 +243,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 timed steps per row (< 3 min on an idle 2-core CPU)")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--sizes", default="tiny,small", help=f"comma-separated, of {sorted(SHAPES)}")
     args = parser.parse_args()
+    sizes = args.sizes.split(",")
+    if unknown := sorted(set(sizes) - set(SHAPES)):
+        parser.error(f"--sizes: unknown {unknown}; known {sorted(SHAPES)}")
     iters = 3 if args.quick else 20
-    peak = matmul_peak()
-    rows = [bench_row(size, dtype, iters, peak) for size in ("tiny", "small") for dtype in ("float32", "bfloat16")]
+    peak = matmul_peak(2048 if jax.default_backend() == "cpu" else 8192)
+    rows = [bench_row(size, dtype, iters, peak) for size in sizes for dtype in ("float32", "bfloat16")]
     print(table(rows, peak))
     lora_row = lora_memory_row()
     print(lora_table(lora_row))

@@ -4,7 +4,8 @@
     python -m experiments.train --config experiments/stage1.py:Molmo-7B-D-0924 --workdir gs://...
 
 `arg`: "tiny" (= "tiny-qwen2"), "tiny-olmo", "tiny-olmoe" or a released model name. Released models get
-the official hyper-parameters; tiny ones a 100-step run on synthetic batches with larger learning rates.
+the official hyper-parameters and PixMo data (`data.data_dir`, `data.tokenizer`); tiny ones a 100-step run
+on synthetic batches with larger learning rates (`--config.data.kind=pixmo_lite` for the synthetic PixMo).
 """
 from __future__ import annotations
 
@@ -48,11 +49,35 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     o.grad_accum = 1  # micro-batches per update (same global-weight normaliser)
 
     d = c.data = ml_collections.ConfigDict()
-    d.kind = "synthetic"  # the PixMo-Cap grain pipeline plugs in here once data_pipelines provides it
-    d.global_batch = 8 if tiny else 128
-    d.seq_len = 64 if tiny else 2304
-    d.crops = 1 if tiny else config_lib.max_total_crops(c.model)  # image crops per example
-    d.seed = 95818
+    # What to train on (experiments/train.py:make_data):
+    #   "synthetic"   random token batches with noise images (molmo_jax/train/synthetic.py; needs nothing)
+    #   "pixmo_lite"  the offline synthetic PixMo (data_pipelines/synthetic.py) through the official
+    #                 pipelines (data_pipelines/mixtures.py); needs `tokenizer`
+    #   "pixmo"       the PixMo hub files in `data_dir` (+ the academic sets in stage 2); needs `tokenizer`
+    d.kind = "synthetic" if tiny else "pixmo"
+    d.stage = 1  # 1: captioning (PixMo-Cap with transcripts), 2: the multitask mixture (stage2.py)
+    d.global_batch = 8 if tiny else 128  # rows per update, all processes together
+    d.seq_len = 64 if tiny else 2304  # tokens per row, image tokens included
+    d.crops = 1 if tiny else config_lib.max_total_crops(c.model)  # "synthetic" only: image crops per row
+    d.seed = 95818  # data order (the official stage-1 seed)
+    d.tokenizer = ""  # tokenizer.json or its directory (a released model's, the base LLM's; see vocab.py)
+    d.pack_crops = 0  # 0: one example per row; n > 0: pack examples into rows, at most n images per row
+    d.too_long = "skip"  # examples longer than seq_len: "skip" (counted) or "truncate" (official collator)
+    d.num_workers = 0  # grain worker processes (0: threads of this process only)
+    # "pixmo": local copies of the hub repos, <data_dir>/pixmo-cap/data/train-*.parquet etc.
+    # (huggingface-cli download allenai/pixmo-cap --repo-type dataset --local-dir <data_dir>/pixmo-cap)
+    d.data_dir = ""
+    d.image_dir = ""  # "pixmo": the downloader's image cache ("" = <data_dir>/images)
+    d.academic_dir = ""  # "pixmo" stage 2: tfds data_dir of the academic sets ("" = <data_dir>/academic)
+    # "pixmo" stage 2: raw files of each academic builder B (academic.SPECS) in <this>/B, built into
+    # academic_dir on first use
+    d.academic_manual_dir = ""
+    # "pixmo" stage 2: official dataset names to mix; () = mixtures.STAGE2_MIXTURE: its PixMo sets (required)
+    # and its academic sets that are built in academic_dir or have files in academic_manual_dir
+    d.datasets = ()
+    d.pixmo_lite_size = 10_000  # "pixmo_lite": examples per task
+    d.pixmo_lite_seed = 0  # "pixmo_lite": generator seed (another seed = other examples, e.g. held out)
+    d.pixmo_lite_image_size = 112  # "pixmo_lite": image side in pixels
 
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
     c.seed = 6198

@@ -26,5 +26,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.optim.lr = stage1.per_component(5e-6, 5e-6, 1e-5)
         c.optim.warmup = stage1.per_component(200, 200, 200)
         c.data.global_batch = 256
-    c.data.seed = 50189
+    c.data.stage = 2
+    c.data.seed = 50189  # the official stage-2 seed
     return c

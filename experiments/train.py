@@ -3,18 +3,22 @@
     python -m experiments.train --config experiments/stage1.py:tiny --config.optim.steps=50 --workdir /tmp/run
     python -m experiments.train --config experiments/stage2.py:tiny --config.init_from=/tmp/run/checkpoints \
         --workdir /tmp/run2 --export native
+    python -m experiments.train --config experiments/stage1.py:Molmo-7B-D-0924 --workdir gs://bucket/s1 \
+        --config.data.data_dir=/data/pixmo --config.data.tokenizer=/models/Qwen2-7B
 
+The batches are those the config's data section names (experiments/stage1.py documents it; built by
+experiments/data.py): random token batches, PixMo-lite or PixMo (+ academic sets in stage 2).
 Re-running with the same workdir resumes from its latest checkpoint (params, optimizer, step, RNG and
 data position). SIGTERM saves a checkpoint and exits.
 """
 from __future__ import annotations
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.data import make_data
 from molmo_jax import distributed, orbax_params
-from molmo_jax.train import checkpointing, synthetic, trainer
+from molmo_jax.train import checkpointing, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (experiments/stage*.py:arg).",
                                           lock_config=True)
@@ -22,14 +26,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, tb/
                                required=True)
 _EXPORT = flags.DEFINE_multi_enum("export", [], ["orbax", "native", "hf"],
                                   "Params-only exports written to <workdir>/export/<format> at the end.")
-
-
-def make_data(cfg):
-    """This process's batch iterator for the config's data section."""
-    if cfg.data.kind == "synthetic":
-        return synthetic.SyntheticBatches(cfg.model, cfg.data.global_batch // jax.process_count(),
-                                          cfg.data.seq_len, cfg.data.crops, cfg.data.seed + jax.process_index())
-    raise ValueError(f"data.kind={cfg.data.kind!r} is not available yet (known: 'synthetic')")
 
 
 def main(argv):
