@@ -131,8 +131,10 @@ def test_batches_have_static_shapes_and_hosts_split_the_global_batch(cfg, tok):
     assert not any(single.skipped.values())  # else the hosts' skips would shift their batches
 
 
-def test_restored_iterator_yields_the_same_batches(cfg, tok):
-    build = lambda: mixtures.stage2(_synthetic(), cfg, tok, _opts(), mixtures.SYNTHETIC_MIXTURE)  # noqa: E731
+@pytest.mark.parametrize("pack_crops", [0, 4])  # packing: the example left for the next batch is re-read
+def test_restored_iterator_yields_the_same_batches(cfg, tok, pack_crops):
+    build = lambda: mixtures.stage2(_synthetic(), cfg, tok, _opts(pack_crops=pack_crops),  # noqa: E731
+                                    mixtures.SYNTHETIC_MIXTURE)
     it = iter(build())
     for _ in range(2):
         next(it)
