@@ -320,8 +320,9 @@ class PipelineOptions:
     """batch_size: global batch in rows (divisible by process_count); seq_len: tokens per row (image
     included); pack_crops: 0 = one example per row (official), else examples are packed into the rows
     (first fit, `preprocess.pack`) up to seq_len tokens and pack_crops crops per row; too_long: "skip"
-    longer examples or "truncate" them (the official collator cuts); num_workers: grain worker processes (0: threads only, best on few cores); num_threads: grain read
-    threads per process; seed: data seed (defaults: the official seed of the stage)."""
+    longer examples or "truncate" them (the official collator cuts); num_workers: grain worker processes
+    (0: threads only, best on few cores); num_threads: grain read threads per process; seed: data seed
+    (defaults: the official seed of the stage)."""
     batch_size: int
     seq_len: int
     seed: int | None = None

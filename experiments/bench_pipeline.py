@@ -2,9 +2,10 @@
 
     python -m experiments.bench_pipeline --quick --out /tmp/bench_pipeline.json
 
-Pipeline: the main job's stage-2 data (`lite.data`: the PixMo-lite mixture through `mixtures.stage2`, 112 px
-images, 8 packed rows of 192 tokens, the PixMo-lite BPE), with 0 (threads only) and 2 grain worker processes (`PipelineOptions.num_workers`); the
-rate is examples/s over timed batches after warm-up batches (worker start-up excluded).
+Pipeline: the main job's stage-2 data (`lite.data`: the PixMo-lite mixture through `mixtures.stage2`,
+112 px images, 8 packed rows of 192 tokens, the PixMo-lite BPE), with 0 (threads only) and 2 grain worker
+processes (`data.num_workers`); the rate is examples/s over timed batches after warm-up batches (worker
+start-up excluded).
 Training: `bench_train.ours` (the jitted train step, float32, text-only batches of `bench_train.SHAPES`)
 of the tiny and small configs; examples/s = batch / median step time. Rows are config x workers; JSON
 top level "speedup" = min over rows of pipeline examples/s / train-step examples/s (> 1: the pipeline
