@@ -9,7 +9,7 @@ import math
 
 import jax
 
-from data_pipelines import mixtures, sources
+from data_pipelines import mixtures
 from data_pipelines import synthetic as pixmo_lite
 from molmo_jax import config as config_lib
 from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer
@@ -58,6 +58,8 @@ def make_data(cfg, tokenizer: MolmoTokenizer | None = None):
             ds = mixtures.stage2(pixmo_lite.sources(size, seed, px), cfg.model, tokenizer, options,
                                  groups=mixtures.SYNTHETIC_MIXTURE)
     else:
+        from data_pipelines import sources  # needs tensorflow-datasets (the "data" extra): only for real data
+
         image_dir = d.image_dir or f"{d.data_dir}/images"
         if d.stage == 1:
             ds = mixtures.stage1(sources.load(sources.STAGE1_DATASET, d.data_dir, image_dir), cfg.model,

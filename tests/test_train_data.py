@@ -1,6 +1,8 @@
 """experiments/data.py make_data: PixMo-lite and PixMo (tiny hub-schema files) through the official
 pipelines for both stages, packed or not, the config errors, and a 2-step training run on PixMo-lite."""
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -116,3 +118,9 @@ def test_two_training_steps_on_pixmo_lite(tmp_path):
     rows = metrics_log.read(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
     assert "skipped/too_long" in rows[-1]
+
+
+def test_synthetic_data_needs_no_tensorflow_datasets():
+    """tensorflow-datasets (the "data" extra) is imported only for real PixMo / academic data."""
+    code = "import sys, experiments.main, experiments.train; assert 'tensorflow_datasets' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
