@@ -126,9 +126,16 @@ def test_per_host_rate_limit(server, tmp_path):
 
 
 def test_image_items_from_parquet(tmp_path):
-    rows = dict(image_url=["u1", "u2", "u1"], image_sha256=["a" * 64, "b" * 64, "a" * 64],
-                question=["q"] * 3, answer=["a"] * 3)
+    """Every hash of a URL is kept whatever the row order; null and non-http URLs are left out."""
+    u1, u2 = "http://h.test/1.png", "http://h.test/2.png"
+    rows = dict(image_url=[u1, u2, u1, None, "ftp://h.test/3.png"], image_sha256=["B" * 64, "c" * 64, "a" * 64,
+                                                                                "d" * 64, "e" * 64],
+                question=["q"] * 5, answer=["a"] * 5)
     path = tmp_path / "ama.parquet"
     pq.write_table(pa.Table.from_pydict(rows, schema=pixmo.SCHEMAS["pixmo-ask-model-anything"]), path)
-    assert pixmo.image_items(str(path), "pixmo-ask-model-anything") == [("u1", "a" * 64), ("u2", "b" * 64)]
-    assert pixmo.image_items(str(path), "pixmo-ask-model-anything", check_sha=False) == [("u1", None), ("u2", None)]
+    items = [(u1, ("a" * 64, "b" * 64)), (u2, ("c" * 64,))]
+    assert pixmo.image_items(str(path), "pixmo-ask-model-anything") == items
+    reversed_path = tmp_path / "reversed.parquet"
+    pq.write_table(pq.read_table(path).take(list(range(4, -1, -1))), reversed_path)
+    assert sorted(pixmo.image_items(str(reversed_path), "pixmo-ask-model-anything")) == items
+    assert pixmo.image_items(str(path), "pixmo-ask-model-anything", check_sha=False) == [(u1, None), (u2, None)]
