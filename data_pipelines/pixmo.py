@@ -9,8 +9,8 @@ Files are read from a local copy of the hub repos (`huggingface-cli download all
 --repo-type dataset --local-dir <data_dir>/pixmo-cap`); URL images from the downloader's cache
 (`download.image_file(image_dir, url)`). Rows are checked by `pixmo_checks` (units, ranges, placeholders,
 clock fields, count vs points, nulls); a bad row drops that annotation only. Examples whose image is not
-in the cache are dropped, as the official code drops failed downloads. Each source's `drops` table
-(reason -> hub rows) counts what its reader dropped; `images` counts distinct images present / missing.
+in the cache are dropped, as the official code drops failed downloads. Each source's `stats` count the hub
+rows it read, what it dropped (`drops`: reason -> rows) and the distinct images present / missing.
 Rows with an `image_sha256` are read with the image's bytes and keep only the rows whose hash they match
 (`pixmo_checks.matching_rows`); pixel points (pixmo-count) are checked against the image size then.
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import glob
 import io
 import logging
 import os
@@ -250,20 +249,23 @@ class TableSource:
     """Examples made of row groups of an Arrow table (see `Source`).
 
     table: the hub rows; groups: row ids of each example; convert: (rows, rng) -> example without image;
-    image: rows -> what `Preprocessor.load` accepts (a path, bytes); drops: the reader's drop table
-    (reason -> hub rows, `pixmo_checks`); images: distinct images "present" / "missing" (URL sets);
-    pixel_points: check the example's points (pixels) against the image size when it is read.
+    image: rows -> the image's bytes or file (read here, so examples hold encoded bytes); stats: what the reader read and
+    dropped; pixel_points: check the example's points (pixels) against the image size when it is read.
     """
     table: pa.Table
     groups: Sequence[np.ndarray]
     convert: Callable[[Rows, Any], Example]
     image: Callable[[Rows], Any]
-    drops: dict[str, int] = dataclasses.field(default_factory=dict)
-    images: dict[str, int] = dataclasses.field(default_factory=dict)
+    stats: ReadStats = dataclasses.field(default_factory=lambda: ReadStats())
     pixel_points: bool = False
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """The reader's drop table: reason -> hub rows (or Q/A pairs, transcripts: `pixmo_checks.PARTIAL`)."""
+        return dict(self.stats.drops)
 
     def rows(self, index: int) -> dict[str, list]:
         return self.table.take(pa.array(self.groups[index])).to_pydict()
@@ -271,10 +273,14 @@ class TableSource:
     def get(self, index: int, rng) -> Example:
         """Example `index`; raises BadExample when its image matches none of its rows' hashes or its
         pixel points fall outside the image."""
+        return self.read(index, rng)[0]
+
+    def read(self, index: int, rng) -> tuple[Example, int]:
+        """(example `index`, how many of its rows were left out because the image bytes are not their hash)."""
         rows = self.rows(index)
         image = self.image(rows)
-        if "image_sha256" in rows or self.pixel_points:
-            image = image if isinstance(image, bytes) else read_bytes(image)
+        image = image if isinstance(image, bytes) else read_bytes(image)  # local or gs:// cache
+        n_rows = len(self.groups[index])
         if "image_sha256" in rows:
             rows = pixmo_checks.matching_rows(rows, image)
         example = self.convert(rows, rng)
@@ -283,7 +289,16 @@ class TableSource:
         example["image"] = image
         if "image_url" in rows:
             example.setdefault("metadata", {})["image_url"] = rows["image_url"][0]
-        return example
+        return example, n_rows - len(next(iter(rows.values())))
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """What a reader saw: hub rows of its split (and kind), drops (reason -> rows, `pixmo_checks`), and the
+    distinct images "present" / "missing" in the cache."""
+    rows: int = 0
+    drops: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    images: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def read_bytes(path) -> bytes:
@@ -306,11 +321,12 @@ def image_size(image: bytes) -> tuple[int, int]:
 
 
 def parquet_files(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Sorted files of a glob pattern, a file, or a list of them; raises FileNotFoundError on none."""
+    """Sorted files of a glob pattern (wildcards in the file name only), a file, or a list of them, local
+    or gs://; raises FileNotFoundError on none."""
     patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
-    files = sorted({f for p in patterns for f in glob.glob(os.fspath(p))})
+    files = sorted({os.fspath(f) for p in map(epath.Path, patterns) for f in p.parent.glob(p.name)})
     if not files:
-        raise FileNotFoundError(f"no parquet files match {patterns}")
+        raise FileNotFoundError(f"no parquet files match {[os.fspath(p) for p in patterns]}")
     return files
 
 
@@ -319,11 +335,12 @@ def read_table(files, schema_name: str) -> pa.Table:
     schema = SCHEMAS[schema_name]
     tables = []
     for path in parquet_files(files):
-        names = pq.read_schema(path).names
-        missing = [c for c in schema.names if c not in names]
-        if missing:
-            raise ValueError(f"{path}: not a {schema_name} file, it lacks the column(s) {missing}")
-        tables.append(pq.read_table(path, columns=schema.names))
+        with epath.Path(path).open("rb") as f:
+            parquet = pq.ParquetFile(f)
+            missing = [c for c in schema.names if c not in parquet.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{path}: not a {schema_name} file, it lacks the column(s) {missing}")
+            tables.append(parquet.read(columns=schema.names))
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -391,15 +408,17 @@ def _check_table(table: pa.Table) -> pa.Table:
 
 
 def check_groups(table: pa.Table, groups: Sequence[np.ndarray], check: Callable[[Rows], list[str]],
-                 drops: collections.Counter) -> list[np.ndarray]:
-    """`groups` without the rows `check` rejects (groups left empty go), counting every reason in `drops`."""
+                 stats: ReadStats) -> list[np.ndarray]:
+    """`groups` without the rows `check` rejects (groups left empty go), counting them and every reason
+    in `stats`."""
     rows = _check_table(table).to_pylist()
     out = []
     for group in groups:
+        stats.rows += len(group)
         kept = []
         for r in group:
             reasons = check(rows[r])
-            drops.update(reasons)
+            stats.drops.update(reasons)
             if pixmo_checks.PARTIAL.issuperset(reasons):
                 kept.append(r)
         if kept:
@@ -408,7 +427,7 @@ def check_groups(table: pa.Table, groups: Sequence[np.ndarray], check: Callable[
 
 
 def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir,
-               drops: collections.Counter, pixel_points: bool = False) -> TableSource:
+               stats: ReadStats, pixel_points: bool = False) -> TableSource:
     """A source whose images are cached downloads of `image_url`; groups without a cached image are dropped
     (their rows counted as "image_missing")."""
     urls = table.column("image_url")
@@ -418,9 +437,9 @@ def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir
         if url not in present:
             present[url] = epath.Path(image_file(image_dir, url)).exists()
     kept = [g for g in groups if present[urls[int(g[0])].as_py()]]
-    drops["image_missing"] += sum(len(g) for g in groups) - sum(len(g) for g in kept)
-    images = dict(present=sum(present.values()), missing=len(present) - sum(present.values()))
-    return TableSource(table, kept, convert, _CachedImage(os.fspath(image_dir)), dict(drops), images, pixel_points)
+    stats.drops["image_missing"] += sum(len(g) for g in groups) - sum(len(g) for g in kept)
+    stats.images = dict(present=sum(present.values()), missing=len(present) - sum(present.values()))
+    return TableSource(table, kept, convert, _CachedImage(os.fspath(image_dir)), stats, pixel_points)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,32 +462,32 @@ def pixmo_cap(files, image_dir, split: str = "train", mode: str = "transcript_an
         raise ValueError(f"mode={mode!r}; allowed {CAP_MODES}")
     table = read_table(files, "pixmo-cap")
     check = functools.partial(pixmo_checks.cap, captions=mode != "transcripts", transcripts=mode != "captions")
-    drops = collections.Counter()
-    groups = check_groups(table, carve_split(single_rows(len(table)), split, n_val), check, drops)
-    return url_source(table, groups, functools.partial(cap_example, mode=mode), image_dir, drops)
+    stats = ReadStats()
+    groups = check_groups(table, carve_split(single_rows(len(table)), split, n_val), check, stats)
+    return url_source(table, groups, functools.partial(cap_example, mode=mode), image_dir, stats)
 
 
 def pixmo_ask_model_anything(files, image_dir, split: str = "train", prefix_how_many: bool = True,
                              n_val: int | None = 2048) -> TableSource:
     """PixMo-AskModelAnything, grouped per image."""
     table = read_table(files, "pixmo-ask-model-anything")
-    drops = collections.Counter()
+    stats = ReadStats()
     groups = check_groups(table, carve_split(group_rows(table.column("image_url")), split, n_val),
-                          pixmo_checks.ask_model_anything, drops)
+                          pixmo_checks.ask_model_anything, stats)
     return url_source(table, groups, functools.partial(ask_model_anything_example, prefix_how_many=prefix_how_many),
-                      image_dir, drops)
+                      image_dir, stats)
 
 
 def pixmo_cap_qa(files, image_dir, split: str = "train", prefix_how_many: bool = True,
                  official_prefix_bug: bool = False, n_val: int | None = 2048) -> TableSource:
     """PixMo-CapQA (reads `messages`), grouped per image."""
     table = read_table(files, "pixmo-cap-qa")
-    drops = collections.Counter()
+    stats = ReadStats()
     groups = check_groups(table, carve_split(group_rows(table.column("image_url")), split, n_val),
-                          pixmo_checks.cap_qa, drops)
+                          pixmo_checks.cap_qa, stats)
     convert = functools.partial(cap_qa_example, prefix_how_many=prefix_how_many,
                                 official_prefix_bug=official_prefix_bug)
-    return url_source(table, groups, convert, image_dir, drops)
+    return url_source(table, groups, convert, image_dir, stats)
 
 
 def pixmo_points(files, image_dir, split: str = "train", kind: str = "basic", counting: bool = False,
@@ -487,17 +506,17 @@ def pixmo_points(files, image_dir, split: str = "train", kind: str = "basic", co
         table = table.filter(pc.invert(pc.is_in(table.column("image_url"), pa.array(list(exclude_urls)))))
     methods = {"basic": ["pointing"], "high_frequency": ["counting"], "both": ["counting", "pointing"]}[kind]
     column = table.column("collection_method").to_numpy(zero_copy_only=False)
-    drops = collections.Counter()
+    stats = ReadStats()
     if split == "train":
-        drops["bad_collection_method"] = int(np.sum(~np.isin(column, pixmo_checks.POINT_METHODS)))
+        stats.rows = stats.drops["bad_collection_method"] = int(np.sum(~np.isin(column, pixmo_checks.POINT_METHODS)))
     groups = []
     for method in methods:
         rows = np.flatnonzero(column == method)
         subset = group_rows(table.column("image_url").take(pa.array(rows)))
         groups += carve_split([rows[g] for g in subset], split, n_val)
-    groups = check_groups(table, groups, pixmo_checks.points, drops)
+    groups = check_groups(table, groups, pixmo_checks.points, stats)
     convert = functools.partial(points_example, counting=counting, official_counting_flag=official_counting_flag)
-    return url_source(table, groups, convert, image_dir, drops)
+    return url_source(table, groups, convert, image_dir, stats)
 
 
 def pixmo_point_explanations(files, image_dir, split: str = "train", split_groups: bool = True,
@@ -506,12 +525,12 @@ def pixmo_point_explanations(files, image_dir, split: str = "train", split_group
     `split_groups` an image's conversations are split into two examples (first ceil(n/2), then the rest),
     as the official code."""
     table = read_table(files, "pixmo-point-explanations")
-    drops = collections.Counter()
+    stats = ReadStats()
     groups = check_groups(table, carve_split(group_rows(table.column("image_url")), split, n_val),
-                          pixmo_checks.point_explanations, drops)
+                          pixmo_checks.point_explanations, stats)
     if split_groups:
         groups = [half for g in groups for half in ((g,) if len(g) < 2 else np.split(g, [(len(g) + 1) // 2]))]
-    return url_source(table, groups, functools.partial(point_explanations_example), image_dir, drops)
+    return url_source(table, groups, functools.partial(point_explanations_example), image_dir, stats)
 
 
 def _embedded_image(rows: Rows) -> bytes:
@@ -523,24 +542,24 @@ def pixmo_docs(files, doc_type: str) -> TableSource:
     if doc_type not in DOC_TYPES:
         raise ValueError(f"doc_type={doc_type!r}; allowed {DOC_TYPES}")
     table = read_table(files, "pixmo-docs")
-    drops = collections.Counter()
-    groups = check_groups(table, single_rows(len(table)), pixmo_checks.docs, drops)
+    stats = ReadStats()
+    groups = check_groups(table, single_rows(len(table)), pixmo_checks.docs, stats)
     convert = functools.partial(docs_example, doc_type=doc_type)
-    return TableSource(table, groups, convert, _embedded_image, dict(drops))
+    return TableSource(table, groups, convert, _embedded_image, stats)
 
 
 def pixmo_clocks(files, image_dir) -> TableSource:
     """PixMo-Clocks. The hub ships metadata only; renderings must be `<image_dir>/<example_id>.png`
     (rows without one are dropped). `synthetic.ClockSource` draws its own clocks instead."""
     table = read_table(files, "pixmo-clocks")
-    drops = collections.Counter()
-    groups = check_groups(table, single_rows(len(table)), pixmo_checks.clocks, drops)
+    stats = ReadStats()
+    groups = check_groups(table, single_rows(len(table)), pixmo_checks.clocks, stats)
     image = _ClockImage(os.fspath(image_dir))
     ids = table.column("example_id").to_pylist()
     kept = [g for g in groups if epath.Path(image.path(ids[g[0]])).exists()]
-    drops["image_missing"] += len(groups) - len(kept)
-    images = dict(present=len(kept), missing=len(groups) - len(kept))
-    return TableSource(table, kept, functools.partial(clocks_example), image, dict(drops), images)
+    stats.drops["image_missing"] += len(groups) - len(kept)
+    stats.images = dict(present=len(kept), missing=len(groups) - len(kept))
+    return TableSource(table, kept, functools.partial(clocks_example), image, stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,7 +567,7 @@ class _ClockImage:
     image_dir: str
 
     def path(self, example_id: str) -> str:
-        return os.path.join(self.image_dir, f"{example_id}.png")
+        return os.fspath(epath.Path(self.image_dir) / f"{example_id}.png")
 
     def __call__(self, rows: Rows) -> str:
         return self.path(rows["example_id"][0])
@@ -557,11 +576,11 @@ class _ClockImage:
 def pixmo_count(files, image_dir, counting: bool = False, with_points: bool = True) -> TableSource:
     """PixMo-Count, one hub split; pass `with_points=False` for validation/test (no points there)."""
     table = read_table(files, "pixmo-count")
-    drops = collections.Counter()
+    stats = ReadStats()
     groups = check_groups(table, single_rows(len(table)),
-                          functools.partial(pixmo_checks.count, with_points=with_points), drops)
+                          functools.partial(pixmo_checks.count, with_points=with_points), stats)
     convert = functools.partial(count_example, counting=counting, with_points=with_points)
-    return url_source(table, groups, convert, image_dir, drops, pixel_points=with_points)
+    return url_source(table, groups, convert, image_dir, stats, pixel_points=with_points)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -570,14 +589,15 @@ def pixmo_count(files, image_dir, counting: bool = False, with_points: bool = Tr
 
 def hub_files(data_dir, repo: str, split: str, config: str | None = None) -> str:
     """Glob of a hub split inside `<data_dir>/<repo>` (the hub layout: data/<split>-*.parquet)."""
-    return os.path.join(os.fspath(data_dir), repo, config or "data", f"{split}-*.parquet")
+    return os.fspath(epath.Path(data_dir) / repo / (config or "data") / f"{split}-*.parquet")
 
 
 def _eval_urls(data_dir) -> list[str]:
-    pattern = hub_files(data_dir, "pixmo-points-eval", "test")
-    if not glob.glob(pattern):
+    try:
+        table = read_table(hub_files(data_dir, "pixmo-points-eval", "test"), "pixmo-points-eval")
+    except FileNotFoundError:
         return []
-    return [u for u in read_table(pattern, "pixmo-points-eval").column("image_url").to_pylist() if u]
+    return [u for u in table.column("image_url").to_pylist() if u]
 
 
 # Official mixture name -> the hub repo it reads (pixmo_docs_<type>: pixmo-docs, config <type>).
