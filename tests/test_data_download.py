@@ -139,3 +139,31 @@ def test_image_items_from_parquet(tmp_path):
     pq.write_table(pq.read_table(path).take(list(range(4, -1, -1))), reversed_path)
     assert sorted(pixmo.image_items(str(reversed_path), "pixmo-ask-model-anything")) == items
     assert pixmo.image_items(str(path), "pixmo-ask-model-anything", check_sha=False) == [(u1, None), (u2, None)]
+
+
+def test_download_command_reports_per_repo_and_usable_share(server, tmp_path, capsys):
+    from molmo_jax import cli
+    base, _ = server
+    sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    data = tmp_path / "hub"
+    rows = dict(image_url=[f"{base}/good.png", f"{base}/good.png", f"{base}/missing.png", f"{base}/wrong-hash.png"],
+                image_sha256=[sha(OTHER), sha(GOOD), sha(GOOD), sha(OTHER)],  # good.png: one row's hash matches
+                points=[[{"x": 1.0, "y": 2.0}]] * 4, count=[1] * 4, label=["a", "b", "c", "d"],
+                collection_method=["pointing"] * 4)
+    (data / "pixmo-points" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pydict(rows, schema=pixmo.SCHEMAS["pixmo-points"]),
+                   data / "pixmo-points" / "data" / "train-00000-of-00001.parquet")
+    (data / "pixmo-cap" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pydict(dict(image_url=[f"{base}/corrupt.png", f"{base}/other.png"],
+                                             caption=["c", "c"], transcripts=[["t"], ["t"]]),
+                                        schema=pixmo.SCHEMAS["pixmo-cap"]),
+                   data / "pixmo-cap" / "data" / "train-00000-of-00001.parquet")
+    argv = ["download", "pixmo", "--data-dir", str(data), "--rate", "100"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["pixmo-cap: 2 images: 1 fetched, 0 already there, 0 404, 0 hash mismatch, 1 other",
+                       "pixmo-points: 3 images: 1 fetched, 0 already there, 1 404, 1 hash mismatch, 0 other"]
+    assert "pixmo_points: 25.0% of 4 rows usable" in out and "pixmo_cap: 50.0% of 2 rows usable" in out
+    assert cli.main(argv + ["--datasets", "pixmo-points"]) == 0  # resume: the good image is already there
+    assert capsys.readouterr().out.splitlines()[0] == \
+        "pixmo-points: 3 images: 0 fetched, 1 already there, 1 404, 1 hash mismatch, 0 other"
