@@ -23,8 +23,8 @@ What the official recipe does and what this does (MOLMO.md 7.2, 7.3):
   * an example that cannot be used (undecodable image, empty annotation, too long, an image that matches
     none of its rows' sha256, pixel points outside the image, malformed row) is skipped and counted per
     dataset and reason in `iterator.drops` ("<dataset>/<reason>" -> examples; `iterator.skipped` sums
-    them per reason), part of the checkpointed state and of the trainer's metrics; the rows the readers
-    dropped (`pixmo.TableSource.drops`) are logged when the pipeline is built;
+    them per reason), part of the checkpointed state and of the trainer's metrics; the same table holds
+    the hub rows each reader dropped ("<dataset>/reader/<reason>" -> rows, `pixmo.TableSource.drops`);
   * not official, off by default: `pack_crops` packs several examples into each row (sequence packing;
     attention and positions stay per example, so the loss is that of the unpacked examples).
 
@@ -254,18 +254,27 @@ def _crops(example: Mapping[str, np.ndarray]) -> int:
     return len(example["images"]) if "images" in example else 0
 
 
+def reader_drops(sources: Mapping[str, pixmo.Source]) -> dict[str, int]:
+    """"<dataset>/reader/<reason>" -> hub rows its reader dropped (sources with a `drops` table)."""
+    return {f"{name}/reader/{reason}": n for name, source in sorted(sources.items())
+            for reason, n in sorted(getattr(source, "drops", {}).items()) if n}
+
+
 class _BatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, rows: int, budget: RowBudget, batch_fn):
+    def __init__(self, parent: grain.DatasetIterator, rows: int, budget: RowBudget, batch_fn,
+                 reader: Mapping[str, int]):
         super().__init__(parent)
-        self._rows, self._budget, self._batch_fn = rows, budget, batch_fn
-        self.drops: dict[str, int] = {}  # "<dataset>/<reason>" -> examples skipped
+        self._rows, self._budget, self._batch_fn, self._reader = rows, budget, batch_fn, dict(reader)
+        self.drops: dict[str, int] = dict(reader)  # "<dataset>/<reason>" -> examples skipped, + reader rows
         self._pending = None  # (example, resume state) read but left for the next batch
 
     @property
     def skipped(self) -> dict[str, int]:
-        """Examples skipped per reason, over all datasets."""
+        """Examples skipped per reason, over all datasets (the readers' row drops left out)."""
         out = dict.fromkeys(SKIP_REASONS, 0)
         for key, n in self.drops.items():
+            if key in self._reader:
+                continue
             reason = key.rsplit("/", 1)[-1]
             out[reason] = out.get(reason, 0) + n
         return out
@@ -302,20 +311,22 @@ class _BatchIterator(grain.DatasetIterator):
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self._parent.set_state(state["parent"])
-        self.drops = dict(state["drops"])
+        self.drops = {**self._reader, **state["drops"]}
         self._pending = None
 
 
 class SkipAndBatch(grain.IterDataset):
-    """Drops `Skipped` items (counting them in `iterator.drops`) and fills `rows` rows per batch with
-    the rest, first fit under `budget`; `batch_fn` turns the rows (lists of examples) into a batch."""
+    """Drops `Skipped` items (counting them in `iterator.drops`, which starts from `reader`, the readers'
+    drop table) and fills `rows` rows per batch with the rest, first fit under `budget`; `batch_fn` turns
+    the rows (lists of examples) into a batch."""
 
-    def __init__(self, parent: grain.IterDataset, rows: int, budget: RowBudget, batch_fn: Callable[[list], Any]):
+    def __init__(self, parent: grain.IterDataset, rows: int, budget: RowBudget, batch_fn: Callable[[list], Any],
+                 reader: Mapping[str, int] | None = None):
         super().__init__(parent)
-        self._rows, self._budget, self._batch_fn = rows, budget, batch_fn
+        self._rows, self._budget, self._batch_fn, self._reader = rows, budget, batch_fn, dict(reader or {})
 
     def __iter__(self) -> _BatchIterator:
-        return _BatchIterator(self._parent.__iter__(), self._rows, self._budget, self._batch_fn)
+        return _BatchIterator(self._parent.__iter__(), self._rows, self._budget, self._batch_fn, self._reader)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,8 +375,10 @@ class PipelineOptions:
             raise ValueError(f"pack_crops={self.pack_crops} must be >= 0 (0: no packing)")
 
 
-def pipeline(examples: grain.MapDataset, cfg, options: PipelineOptions) -> grain.IterDataset:
-    """Global example stream -> this host's slice -> threads / workers -> skip, (pack) and batch."""
+def pipeline(examples: grain.MapDataset, cfg, options: PipelineOptions,
+             reader: Mapping[str, int] | None = None) -> grain.IterDataset:
+    """Global example stream -> this host's slice -> threads / workers -> skip, (pack) and batch;
+    `reader`: the readers' drop table (`reader_drops`), the start of the iterator's `drops`."""
     ds = examples[options.process_index::options.process_count]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=options.num_threads,
                                               prefetch_buffer_size=options.prefetch_buffer_size))
@@ -377,7 +390,7 @@ def pipeline(examples: grain.MapDataset, cfg, options: PipelineOptions) -> grain
     budget = (RowBudget(options.seq_len, options.pack_crops, examples=options.seq_len) if options.pack_crops
               else RowBudget(options.seq_len, crops))
     return SkipAndBatch(ds, options.batch_size // options.process_count, budget,
-                        Collate(options.seq_len, budget.crops))
+                        Collate(options.seq_len, budget.crops), reader)
 
 
 def example_processor(cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
@@ -392,7 +405,7 @@ def stage1(source: pixmo.Source, cfg, tokenizer: MolmoTokenizer, options: Pipeli
     cfg = with_formatting(cfg, STAGE1_FORMATTING)
     seed = STAGE1_SEED if options.seed is None else options.seed
     process = example_processor(cfg, tokenizer, options, shuffle_messages=False)
-    return pipeline(source_stream("stage1", source, process, seed), cfg, options)
+    return pipeline(source_stream("stage1", source, process, seed), cfg, options, reader_drops({"stage1": source}))
 
 
 def stage2(sources: Mapping[str, pixmo.Source], cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
@@ -403,4 +416,4 @@ def stage2(sources: Mapping[str, pixmo.Source], cfg, tokenizer: MolmoTokenizer, 
     rates = mixture_rates({n: len(s) for n, s in sources.items()}, groups)
     logging.info("mixture rates: %s", ", ".join(f"{n} {100 * r:.2f}%" for n, r in rates.items()))
     process = example_processor(cfg, tokenizer, options, shuffle_messages=True)
-    return pipeline(mixture(sources, rates, process, seed), cfg, options)
+    return pipeline(mixture(sources, rates, process, seed), cfg, options, reader_drops(sources))

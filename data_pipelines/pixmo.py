@@ -336,12 +336,18 @@ def read_table(files, schema_name: str) -> pa.Table:
     tables = []
     for path in parquet_files(files):
         with epath.Path(path).open("rb") as f:
-            parquet = pq.ParquetFile(f)
-            missing = [c for c in schema.names if c not in parquet.schema_arrow.names]
-            if missing:
-                raise ValueError(f"{path}: not a {schema_name} file, it lacks the column(s) {missing}")
-            tables.append(parquet.read(columns=schema.names))
-    return pa.concat_tables(tables, promote_options="permissive")
+            try:
+                parquet = pq.ParquetFile(f)
+                missing = [c for c in schema.names if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise ValueError(f"{path}: not a {schema_name} file, it lacks the column(s) {missing}")
+                tables.append(parquet.read(columns=schema.names))
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{path}: not a readable parquet file ({e})") from e
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException as e:
+        raise ValueError(f"{schema_name} files {files}: their column types disagree ({e})") from e
 
 
 def image_items(files, schema_name: str, check_sha: bool = True) -> list[tuple[str, tuple[str, ...] | None]]:

@@ -218,7 +218,7 @@ def test_check_data_prints_rows_usable_drops_and_images(tmp_path, capsys):
 
 
 class _Flaky:
-    """Examples 0..n-1; odd ones fail as an image whose bytes match no row's hash."""
+    """Six examples; odd ones fail as an image whose bytes match no row's hash."""
 
     def __len__(self):
         return 6
@@ -230,18 +230,21 @@ class _Flaky:
 
 
 def test_pipeline_counts_drops_per_dataset_in_its_state():
-    ds = mixtures.mixture({"good": _Flaky(), "other": _Flaky()}, {"good": 0.5, "other": 0.5},
-                          lambda example, rng: example, seed=0)
-    it = iter(mixtures.SkipAndBatch(ds.to_iter_dataset(grain.ReadOptions(num_threads=1)), rows=2,
-                                    budget=mixtures.RowBudget(10, 0), batch_fn=list))
+    sources = {"good": _Flaky(), "other": _Flaky()}
+    sources["other"].drops = {"count_mismatch": 4, "image_missing": 0}  # what its reader dropped
+    ds = mixtures.mixture(sources, {"good": 0.5, "other": 0.5}, lambda example, rng: example, seed=0)
+    build = lambda: iter(mixtures.SkipAndBatch(  # noqa: E731
+        ds.to_iter_dataset(grain.ReadOptions(num_threads=1)), rows=2, budget=mixtures.RowBudget(10, 0),
+        batch_fn=list, reader=mixtures.reader_drops(sources)))
+    it = build()
     for _ in range(3):
         next(it)
-    assert set(it.drops) == {"good/sha256_mismatch", "other/sha256_mismatch"}
-    assert it.skipped["sha256_mismatch"] == sum(it.drops.values()) > 0
+    assert set(it.drops) == {"good/sha256_mismatch", "other/sha256_mismatch", "other/reader/count_mismatch"}
+    assert it.drops["other/reader/count_mismatch"] == 4
+    assert it.skipped["sha256_mismatch"] == sum(it.drops.values()) - 4 > 0 and "count_mismatch" not in it.skipped
     state = json.loads(json.dumps(it.get_state()))
     assert state["drops"] == it.drops
-    restored = iter(mixtures.SkipAndBatch(ds.to_iter_dataset(grain.ReadOptions(num_threads=1)), rows=2,
-                                          budget=mixtures.RowBudget(10, 0), batch_fn=list))
+    restored = build()
     restored.set_state(state)
     assert restored.drops == it.drops
 

@@ -51,6 +51,9 @@ def test_schema_check_and_missing_files(tmp_path):
         pixmo.read_table(str(path), "pixmo-cap")
     with pytest.raises(FileNotFoundError):
         pixmo.parquet_files(str(tmp_path / "none-*.parquet"))
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(ValueError, match="cut.parquet: not a readable parquet file"):
+        pixmo.read_table(str(tmp_path / "cut.parquet"), "pixmo-cap")
 
 
 def test_cap_modes_dropped_downloads_and_val_split(tmp_path):
