@@ -417,13 +417,14 @@ def check_groups(table: pa.Table, groups: Sequence[np.ndarray], check: Callable[
                  stats: ReadStats) -> list[np.ndarray]:
     """`groups` without the rows `check` rejects (groups left empty go), counting them and every reason
     in `stats`."""
-    rows = _check_table(table).to_pylist()
+    ids = np.concatenate(groups) if len(groups) else np.zeros(0, np.int64)
+    rows = dict(zip(ids.tolist(), _check_table(table.take(pa.array(ids))).to_pylist()))
     out = []
     for group in groups:
         stats.rows += len(group)
         kept = []
         for r in group:
-            reasons = check(rows[r])
+            reasons = check(rows[int(r)])
             stats.drops.update(reasons)
             if pixmo_checks.PARTIAL.issuperset(reasons):
                 kept.append(r)
@@ -436,13 +437,15 @@ def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir
                stats: ReadStats, pixel_points: bool = False) -> TableSource:
     """A source whose images are cached downloads of `image_url`; groups without a cached image are dropped
     (their rows counted as "image_missing")."""
-    urls = table.column("image_url")
+    urls = table.column("image_url").to_pylist()
+    folder = epath.Path(image_dir)
+    cached = {p.name for p in folder.iterdir()} if folder.exists() else set()  # one listing, also on gs://
     present = {}
     for g in groups:
-        url = urls[int(g[0])].as_py()
+        url = urls[int(g[0])]
         if url not in present:
-            present[url] = epath.Path(image_file(image_dir, url)).exists()
-    kept = [g for g in groups if present[urls[int(g[0])].as_py()]]
+            present[url] = os.path.basename(image_file(image_dir, url)) in cached
+    kept = [g for g in groups if present[urls[int(g[0])]]]
     stats.drops["image_missing"] += sum(len(g) for g in groups) - sum(len(g) for g in kept)
     stats.images = dict(present=sum(present.values()), missing=len(present) - sum(present.values()))
     return TableSource(table, kept, convert, _CachedImage(os.fspath(image_dir)), stats, pixel_points)
