@@ -1,4 +1,4 @@
-"""PixMo image downloader: concurrent, rate-limited, resumable, hash-checked (MOLMO.md 8.2).
+"""PixMo image downloader: concurrent, rate-limited, resumable, hash-checked (official `olmo/data/download_urls.py`).
 
     report = download(pixmo.image_items(files, "pixmo-points"), image_dir)
     print(report.summary())

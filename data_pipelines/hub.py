@@ -56,7 +56,8 @@ def present_names(data_dir, names: Sequence[str] = ()) -> list[str]:
         raise KeyError(f"unknown PixMo dataset(s) {unknown}; known: {sorted(pixmo.HUB_REPOS)}")
     found = [n for n in names or pixmo.HUB_REPOS if epath.Path(data_dir, pixmo.HUB_REPOS[n]).exists()]
     if not found:
-        raise FileNotFoundError(f"{data_dir}: holds none of the PixMo hub repos {sorted(set(pixmo.HUB_REPOS.values()))}"
+        repos = sorted(set(pixmo.HUB_REPOS.values()))
+        raise FileNotFoundError(f"{data_dir}: holds none of the PixMo hub repos {repos}"
                                 f" (download them with `huggingface-cli download allenai/<repo> --repo-type "
                                 f"dataset --local-dir {data_dir}/<repo>`)")
     return found

@@ -10,7 +10,7 @@
     it.skipped                             # {"bad_image": 3, "too_long": 1, ...} since the start
     it.drops                               # {"pixmo_count/points_outside_image": 2, ...} per dataset
 
-What the official recipe does and what this does (MOLMO.md 7.2, 7.3):
+What the official recipe does (`olmo/data/` loaders, `launch_scripts/train_multitask_model.py`) and this:
   * each dataset is walked through a fresh permutation every epoch; example rng =
     RandomState(seed + index + len * epoch) drives both the reader and the formatter (official
     `DeterministicDataset`); multi-conversation examples have their conversations shuffled (stage 2);

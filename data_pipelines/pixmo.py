@@ -3,7 +3,8 @@
 Each dataset becomes a `Source`: `len(source)` examples and `source.get(index, rng)` -> one example dict
 in the input format of `molmo_jax.formatting.Formatter`, built as the official `olmo/data/pixmo_datasets.py`
 builds it: rows of one image are grouped into one example whose `message_list` holds one conversation
-per annotation (Cap, Count and Docs are one row per image). Schemas: shared/spec/PIXMO_SCHEMAS.md.
+per annotation (Cap, Count and Docs are one row per image). Schemas: the hub cards' `dataset_info.features`
+(`SCHEMAS`).
 
 Files are read from a local copy of the hub repos (`huggingface-cli download allenai/pixmo-cap
 --repo-type dataset --local-dir <data_dir>/pixmo-cap`); URL images from the downloader's cache
@@ -72,7 +73,7 @@ NO_POINT_PREFIX = (
 
 _XY = pa.struct([("x", pa.float64()), ("y", pa.float64())])
 
-# Arrow schemas of the hub files (`datasets` features -> Arrow, PIXMO_SCHEMAS.md section 0.1).
+# Arrow schemas of the hub files (the `datasets` features of the hub cards as Arrow types).
 SCHEMAS: dict[str, pa.Schema] = {
     "pixmo-cap": pa.schema([("image_url", pa.string()), ("caption", pa.string()),
                             ("transcripts", pa.list_(pa.string()))]),
@@ -249,8 +250,9 @@ class TableSource:
     """Examples made of row groups of an Arrow table (see `Source`).
 
     table: the hub rows; groups: row ids of each example; convert: (rows, rng) -> example without image;
-    image: rows -> the image's bytes or file (read here, so examples hold encoded bytes); stats: what the reader read and
-    dropped; pixel_points: check the example's points (pixels) against the image size when it is read.
+    image: rows -> the image's bytes or file (read here, so examples hold encoded bytes); stats: what
+    the reader read and dropped; pixel_points: check the example's points (pixels) against the image size
+    when it is read.
     """
     table: pa.Table
     groups: Sequence[np.ndarray]

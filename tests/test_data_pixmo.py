@@ -1,4 +1,4 @@
-"""PixMo readers on tiny parquet files with the hub columns (PIXMO_SCHEMAS.md)."""
+"""PixMo readers on tiny parquet files with the hub columns."""
 import hashlib
 import io
 import os

@@ -284,7 +284,8 @@ def test_validate_names_each_defect_class_and_goes_on(tmp_path, data_file):
     assert url in by_line[4][0] and "--download" in by_line[4][0]
     assert by_line[5] == ['point 1: x is a string ("12"), not a number', "point 2: x is a boolean, not a number"]
     assert by_line[6] == ["image must be a string (a path or an http(s) URL), got an integer",
-                          "conversations must be a list of turns, got a string", "label must be a string, got an integer"]
+                          "conversations must be a list of turns, got a string",
+                          "label must be a string, got an integer"]
     assert 3 not in user_data.validate(path, allow_outside_images=True).bad_lines
 
 
