@@ -440,8 +440,7 @@ def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir
     """A source whose images are cached downloads of `image_url`; groups without a cached image are dropped
     (their rows counted as "image_missing")."""
     urls = table.column("image_url").to_pylist()
-    folder = epath.Path(image_dir)
-    cached = {p.name for p in folder.iterdir()} if folder.exists() else set()  # one listing, also on gs://
+    cached = file_names(image_dir)
     present = {}
     for g in groups:
         url = urls[int(g[0])]
@@ -451,6 +450,13 @@ def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir
     stats.drops["image_missing"] += sum(len(g) for g in groups) - sum(len(g) for g in kept)
     stats.images = dict(present=sum(present.values()), missing=len(present) - sum(present.values()))
     return TableSource(table, kept, convert, _CachedImage(os.fspath(image_dir)), stats, pixel_points)
+
+
+def file_names(folder) -> set[str]:
+    """Names of the files in `folder` (empty if it does not exist): one listing, also on gs://, instead of
+    a lookup per image."""
+    folder = epath.Path(folder)
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,19 +513,23 @@ def pixmo_points(files, image_dir, split: str = "train", kind: str = "basic", co
     """PixMo-Points: kind "basic" (collection_method pointing), "high_frequency" (counting) or "both".
 
     Each collection method is grouped per image and split separately (the official local sets);
-    `exclude_urls` (the PixMo-Points-Eval images, see `load`) are removed first. Rows of no known
-    collection method belong to no kind; the train split of every kind counts them.
+    `exclude_urls` (the PixMo-Points-Eval images, see `load`) are removed first. Those rows, and rows of
+    no known collection method (they belong to no kind), are counted by the train split of every kind.
     """
     if kind not in POINT_KINDS:
         raise ValueError(f"kind={kind!r}; allowed {POINT_KINDS}")
     table = read_table(files, "pixmo-points")
+    stats = ReadStats()
     if exclude_urls:
-        table = table.filter(pc.invert(pc.is_in(table.column("image_url"), pa.array(list(exclude_urls)))))
+        held_out = pc.fill_null(pc.is_in(table.column("image_url"), pa.array(list(exclude_urls))), False)
+        if split == "train":
+            stats.rows = stats.drops["held_out_for_eval"] = pc.sum(held_out).as_py() or 0
+        table = table.filter(pc.invert(held_out))
     methods = {"basic": ["pointing"], "high_frequency": ["counting"], "both": ["counting", "pointing"]}[kind]
     column = table.column("collection_method").to_numpy(zero_copy_only=False)
-    stats = ReadStats()
     if split == "train":
-        stats.rows = stats.drops["bad_collection_method"] = int(np.sum(~np.isin(column, pixmo_checks.POINT_METHODS)))
+        stats.drops["bad_collection_method"] = int(np.sum(~np.isin(column, pixmo_checks.POINT_METHODS)))
+        stats.rows += stats.drops["bad_collection_method"]
     groups = []
     for method in methods:
         rows = np.flatnonzero(column == method)
@@ -565,23 +575,19 @@ def pixmo_clocks(files, image_dir) -> TableSource:
     table = read_table(files, "pixmo-clocks")
     stats = ReadStats()
     groups = check_groups(table, single_rows(len(table)), pixmo_checks.clocks, stats)
-    image = _ClockImage(os.fspath(image_dir))
-    ids = table.column("example_id").to_pylist()
-    kept = [g for g in groups if epath.Path(image.path(ids[g[0]])).exists()]
+    ids, rendered = table.column("example_id").to_pylist(), file_names(image_dir)
+    kept = [g for g in groups if f"{ids[g[0]]}.png" in rendered]
     stats.drops["image_missing"] += len(groups) - len(kept)
     stats.images = dict(present=len(kept), missing=len(groups) - len(kept))
-    return TableSource(table, kept, functools.partial(clocks_example), image, stats)
+    return TableSource(table, kept, functools.partial(clocks_example), _ClockImage(os.fspath(image_dir)), stats)
 
 
 @dataclasses.dataclass(frozen=True)
 class _ClockImage:
     image_dir: str
 
-    def path(self, example_id: str) -> str:
-        return os.fspath(epath.Path(self.image_dir) / f"{example_id}.png")
-
     def __call__(self, rows: Rows) -> str:
-        return self.path(rows["example_id"][0])
+        return os.fspath(epath.Path(self.image_dir) / f"{rows['example_id'][0]}.png")
 
 
 def pixmo_count(files, image_dir, counting: bool = False, with_points: bool = True) -> TableSource:

@@ -107,17 +107,19 @@ def test_row_checks_name_each_defect():
 def test_bad_annotation_drops_alone_and_null_url_does_not_crash(tmp_path):
     data, images = tmp_path / "hub", tmp_path / "images"
     _hub(data, "pixmo-points", dict(
-        image_url=[A, A, A, None, B], image_sha256=[SHA] * 5,
-        points=[_pt((10, 20)), _pt((10, 150)), [], _pt((1, 1)), _pt((5, 5))], count=[1, 1, 3, 1, 1],
-        label=["cat", "dog", "cup", "x", "y"], collection_method=["pointing"] * 5))
+        image_url=[A, A, A, None, B, C], image_sha256=[SHA] * 6,
+        points=[_pt((10, 20)), _pt((10, 150)), [], _pt((1, 1)), _pt((5, 5)), _pt((6, 6))], count=[1, 1, 3, 1, 1, 1],
+        label=["cat", "dog", "cup", "x", "y", "z"], collection_method=["pointing"] * 6))
+    _hub(data, "pixmo-points-eval", dict(image_url=[C, None], image_sha256=[SHA] * 2, label=["e", "f"],
+                                         points=[[], []], masks=[[], []]), split="test")
     _cache(images, A)
     src = pixmo.load("pixmo_points", data, images, n_val=0)
     assert len(src) == 1
     example = src.get(0, np.random.RandomState(0))
     assert [m["label"] for m in example["message_list"]] == ["cat"]  # dog (150%) and cup (count 3, no points) go
-    assert src.drops == {"bad_collection_method": 0, "point_out_of_range": 1, "count_mismatch": 1,
-                         "bad_image_url": 1, "image_missing": 1}
-    assert src.stats.images == {"present": 1, "missing": 1} and src.stats.rows == 5
+    assert src.drops == {"held_out_for_eval": 1, "bad_collection_method": 0, "point_out_of_range": 1,
+                         "count_mismatch": 1, "bad_image_url": 1, "image_missing": 1}
+    assert src.stats.images == {"present": 1, "missing": 1} and src.stats.rows == 6
 
 
 @pytest.mark.parametrize("order", [1, -1])
