@@ -119,8 +119,8 @@ def _turns(conversations: Any, problems: list[str]) -> tuple[tuple[str, str], ..
 
 def _coordinate_problems(i: int, point: Any) -> list[str]:
     if not isinstance(point, list) or len(point) != 2:
-        return [f"point {i}: must be [x, y], got {_type(point)}" + (f" of {len(point)}" if isinstance(point, list)
-                                                                     else "")]
+        got = f"a list of {len(point)}" if isinstance(point, list) else _type(point)
+        return [f"point {i}: must be [x, y], got {got}"]
     out = []
     for name, v in zip("xy", point):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -195,9 +195,9 @@ def parse(raw: bytes | str, line: int, base_dir: str | os.PathLike, image_dir: s
         problems.append("empty style")
     if problems:
         raise RowError(line, problems)
-    if is_url(image):
-        return Row(line, download.image_file(image_dir, image), turns, points, row.get("label"), style, url=image)
-    return Row(line, os.path.join(base_dir, image), turns, points, row.get("label"), style)
+    url = image if is_url(image) else None
+    path = download.image_file(image_dir, image) if url else os.path.join(base_dir, image)
+    return Row(line, path, turns, points, row.get("label"), style, url)
 
 
 def outside(points: np.ndarray, image: np.ndarray) -> list[str]:
