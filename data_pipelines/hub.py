@@ -55,13 +55,21 @@ def present_names(data_dir, names: Sequence[str] = ()) -> list[str]:
     unknown = sorted(set(names) - set(pixmo.HUB_REPOS))
     if unknown:
         raise KeyError(f"unknown PixMo dataset(s) {unknown}; known: {sorted(pixmo.HUB_REPOS)}")
-    found = [n for n in names or pixmo.HUB_REPOS if epath.Path(data_dir, pixmo.HUB_REPOS[n]).exists()]
+    found = [n for n in names or pixmo.HUB_REPOS if _has_train_files(data_dir, n)]
     if not found:
         repos = sorted(set(pixmo.HUB_REPOS.values()))
         raise FileNotFoundError(f"{data_dir}: holds none of the PixMo hub repos {repos}"
                                 f" (download them with `huggingface-cli download allenai/<repo> --repo-type "
                                 f"dataset --local-dir {data_dir}/<repo>`)")
     return found
+
+
+def _has_train_files(data_dir, name: str) -> bool:
+    config = name[len("pixmo_docs_"):] if name.startswith("pixmo_docs_") else None
+    try:
+        return bool(pixmo.parquet_files(pixmo.hub_files(data_dir, pixmo.HUB_REPOS[name], "train", config)))
+    except FileNotFoundError:
+        return False
 
 
 def check_dataset(name: str, data_dir, image_dir, progress: bool = True) -> DatasetCheck:
