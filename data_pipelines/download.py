@@ -230,15 +230,19 @@ def download(items: Iterable[tuple[str, Hashes]], image_dir: str | os.PathLike,
             tqdm.tqdm(total=len(unique), disable=not options.progress, unit="img", desc=desc) as bar:
         futures = {pool.submit(download_one, url, sha, image_dir, options, limiter): url
                    for url, sha in unique.items()}
-        for future in concurrent.futures.as_completed(futures):
-            url = futures[future]
-            try:
-                status, size = future.result()
-            except DownloadError as e:
-                report.failed[url] = str(e)
-            else:
-                (report.downloaded if status == "downloaded" else report.cached).append(url)
-                report.bytes += size
-            bar.update()
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                url = futures[future]
+                try:
+                    status, size = future.result()
+                except DownloadError as e:
+                    report.failed[url] = str(e)
+                else:
+                    (report.downloaded if status == "downloaded" else report.cached).append(url)
+                    report.bytes += size
+                bar.update()
+        except KeyboardInterrupt:  # stop now: only the fetches under way finish (each file is whole or absent)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     report.seconds = time.monotonic() - start
     return report

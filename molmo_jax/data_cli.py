@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from molmo_jax.cli import Command, register
 
@@ -46,7 +47,12 @@ def _download_arguments(parser: argparse.ArgumentParser):
 def _download(args) -> int:
     from data_pipelines import download, hub, pixmo
     options = download.DownloadOptions(workers=args.workers, per_host_rate=args.rate)
-    reports = hub.download_repos(args.data_dir, args.image_dir, args.datasets, options)
+    try:
+        reports = hub.download_repos(args.data_dir, args.image_dir, args.datasets, options)
+    except KeyboardInterrupt:
+        print("download interrupted: the images fetched so far are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     print(hub.download_table(reports))
     names = [n for n, repo in pixmo.HUB_REPOS.items() if repo in reports]
     for result in hub.check(args.data_dir, args.image_dir, names):

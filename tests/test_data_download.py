@@ -167,3 +167,26 @@ def test_download_command_reports_per_repo_and_usable_share(server, tmp_path, ca
     assert cli.main(argv + ["--datasets", "pixmo-points"]) == 0  # resume: the good image is already there
     assert capsys.readouterr().out.splitlines()[0] == \
         "pixmo-points: 3 images: 0 fetched, 1 already there, 1 404, 1 hash mismatch, 0 other"
+
+
+def test_interrupted_download_stops_soon_and_says_how_to_resume(server, tmp_path, monkeypatch, capsys):
+    from molmo_jax import cli
+    base, _ = server
+    (tmp_path / "pixmo-cap" / "data").mkdir(parents=True)
+    urls = [f"{base}/slow.png?{i}" for i in range(12)]  # 1 s each: 6 s on 2 workers if not interrupted
+    pq.write_table(pa.Table.from_pydict(dict(image_url=urls, caption=["c"] * 12, transcripts=[["t"]] * 12),
+                                        schema=pixmo.SCHEMAS["pixmo-cap"]),
+                   tmp_path / "pixmo-cap" / "data" / "train-00000-of-00001.parquet")
+
+    def interrupt(self, n=1):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download.tqdm.tqdm, "update", interrupt)  # Ctrl-C after the first image
+    cli.build_parser()  # the subcommands' imports, outside the clock
+    start = time.monotonic()
+    argv = ["download", "pixmo", "--data-dir", str(tmp_path), "--workers", "2", "--rate", "100"]
+    assert cli.main(argv) == 130
+    assert time.monotonic() - start < 4
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    images = os.listdir(tmp_path / "images")
+    assert 1 <= len(images) <= 4 and not [f for f in images if ".tmp" in f]  # whole files only
