@@ -629,7 +629,7 @@ HUB_REPOS = {
 }
 # Hub repos whose images are URLs (`download`), with the sha256 column or not.
 URL_REPOS = ("pixmo-cap", "pixmo-ask-model-anything", "pixmo-cap-qa", "pixmo-points",
-             "pixmo-point-explanations", "pixmo-count")
+             "pixmo-point-explanations", "pixmo-count", "pixmo-points-eval")
 
 
 def load(name: str, data_dir, image_dir, split: str = "train", n_val: int | None = None) -> TableSource:

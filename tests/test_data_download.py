@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import download, pixmo
+from molmo_jax import cli
 
 
 def _png(color) -> bytes:
@@ -142,7 +143,6 @@ def test_image_items_from_parquet(tmp_path):
 
 
 def test_download_command_reports_per_repo_and_usable_share(server, tmp_path, capsys):
-    from molmo_jax import cli
     base, _ = server
     sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
     data = tmp_path / "hub"
@@ -170,7 +170,6 @@ def test_download_command_reports_per_repo_and_usable_share(server, tmp_path, ca
 
 
 def test_interrupted_download_stops_soon_and_says_how_to_resume(server, tmp_path, monkeypatch, capsys):
-    from molmo_jax import cli
     base, _ = server
     (tmp_path / "pixmo-cap" / "data").mkdir(parents=True)
     urls = [f"{base}/slow.png?{i}" for i in range(12)]  # 1 s each: 6 s on 2 workers if not interrupted
