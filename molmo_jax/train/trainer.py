@@ -222,6 +222,7 @@ def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data) -> di
     rows = [(step, {k: float(v) for k, v in jax.device_get(metrics).items()}) for step, metrics, _ in pending]
     tokens_per_s = sum(n for _, _, n in pending) / max(time.perf_counter() - since, 1e-9)
     skipped = {f"skipped/{reason}": n for reason, n in getattr(data, "skipped", {}).items()}
+    skipped.update({f"drops/{key}": n for key, n in getattr(data, "drops", {}).items()})  # per dataset
     for step, row in rows:
         row.update(tokens_per_s=tokens_per_s, **skipped)
         log.write(step, row)
@@ -236,7 +237,8 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
 
     data: an iterator of host batches (dicts of numpy arrays, fixed shapes, this process's rows of the
     global batch); with `get_state`/`set_state` its position is checkpointed too, and its `skipped`
-    dict ({reason: count}, as data_pipelines.mixtures reports them) is logged. `program`: what to train
+    ({reason: count}) and `drops` ({"dataset/reason": count}) dicts, as data_pipelines.mixtures reports
+    them, are logged. `program`: what to train
     (default `standard_program`; e.g. molmo_jax.train.finetune's frozen / LoRA programs). Writes
     workdir/{checkpoints/, metrics.jsonl, tb/, curves.png}. Returns the final train state.
     """
