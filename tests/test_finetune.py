@@ -19,7 +19,7 @@ import molmo_jax
 from data_pipelines import user_data
 from experiments import finetune as finetune_experiment
 from fixture_cases import ROOT
-from molmo_jax import api, cli, formatting, lora, sharding
+from molmo_jax import cli, formatting, io, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import finetune, optim, trainer
@@ -155,7 +155,7 @@ def fixed_batch(cfg) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def forward():
     """Jitted logits of the reference model (float32, deterministic): (params, batch) -> float32[B, T, V]."""
-    apply = jax.jit(Molmo(api.load_config(CHECKPOINT)).apply)
+    apply = jax.jit(Molmo(io.load_config(CHECKPOINT)).apply)
     return lambda params, batch: np.asarray(apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS}))
 
 
