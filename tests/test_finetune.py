@@ -188,7 +188,7 @@ def assert_identical(a: dict, b: dict):
 def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp_path, data_file, forward):
     cfg = tiny_config(data_file, tmp_path, lora_rank=4, lr=3e-3)
     mesh = one_device()
-    base = finetune.load_base(cfg, mesh)
+    base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
     state, exports = finetune.run(cfg, tmp_path / "run", mesh)
 
@@ -213,7 +213,7 @@ def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, 
     cfg.optim.steps = 3
     cfg.export = ()
     mesh = one_device()
-    base = finetune.load_base(cfg, mesh)
+    base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
     state, _ = finetune.run(cfg, tmp_path / "run", mesh)
 
