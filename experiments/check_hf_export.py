@@ -5,14 +5,17 @@
 
 Exports `--checkpoint` (any checkpoint directory) as `hf_release`, puts the release's remote code next to it
 (`--remote-code`: a directory with the hub repo's `config_molmo.py` and `modeling_molmo.py`, from
-allenai/Molmo-7B-D-0924; they are third-party code and not part of this repository), loads it with
+allenai/Molmo-7B-D-0924, or MolmoE-1B-0924's `config_molmoe.py` and `modeling_molmoe.py`; they are third-party
+code and not part of this repository), loads it with
 `transformers.AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)` and compares its logits
 with ours on an image that tiles into several crops (our pre-processing feeds both: the hub processor
 resizes with TensorFlow). Needs torch, transformers and einops (the `test` extra).
 
-The dense release's remote code hard-codes the CLIP ViT-L/14-336 sizes; for a model with another ViT (the
-tiny fixtures) the script overrides those sizes in the remote `VisionBackboneConfig` with the export's own
-(`molmo_jax.json`), the only change made to the loaded code. Prints one JSON line; exit status 1 when the
+The dense release's remote code hard-codes the CLIP ViT-L/14-336 sizes (MolmoE's sizes `pad_embed` from the
+defaults); for a model with another ViT (the tiny fixtures) the script overrides those sizes in the remote
+`VisionBackboneConfig` with the export's own, the only change made to the loaded code. The remote code
+predates transformers 5 (there `from_pretrained` fails: `'MolmoForCausalLM' object has no attribute
+'all_tied_weights_keys'`): run it with transformers 4.46.3, the version the release fixtures were made with. Prints one JSON line; exit status 1 when the
 logits differ by more than --tol.
 """
 from __future__ import annotations
@@ -34,7 +37,7 @@ _VIT_SIZES = ("image_emb_dim", "image_num_heads", "image_num_key_value_heads", "
 
 def remote_model(export: Path, vision: dict):
     """The remote-code model of `export` via from_pretrained, its VisionBackboneConfig sized as `vision`."""
-    import torch
+    import transformers
     from transformers import AutoModelForCausalLM
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
@@ -45,7 +48,10 @@ def remote_model(export: Path, vision: dict):
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in vision.items() if k in _VIT_SIZES}
     module.VisionBackboneConfig = lambda **kw: original(**{**kw, **overrides})
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(export), trust_remote_code=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(export), trust_remote_code=True)  # float32 weights
+    except AttributeError as e:  # the remote code predates transformers 5's loading hooks
+        raise SystemExit(f"check_hf_export: the release's remote code does not load under transformers "
+                         f"{transformers.__version__} ({e}); run this with transformers 4.46.3") from e
     finally:
         module.VisionBackboneConfig = original
     return model.eval()
@@ -77,7 +83,8 @@ def main(argv=None) -> int:
         molmo_jax.save(bundle, export, "hf_release")
         for f in sorted(args.remote_code.glob("*.py")):
             shutil.copy(f, export / f.name)
-        vision = json.loads((export / "molmo_jax.json").read_text())["vision_backbone"]
+        full = export / "molmo_jax.json"  # dense; MolmoE's config.json is the full official config
+        vision = json.loads((full if full.exists() else export / "config.json").read_text())["vision_backbone"]
         start = time.perf_counter()
         model = remote_model(export, vision)
         load_s = time.perf_counter() - start

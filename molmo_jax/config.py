@@ -367,7 +367,7 @@ def from_official(d: Mapping[str, Any], name: str = "official") -> ml_collection
         "clip_qkv": (None,), "include_bias": (False,), "weight_tying": (False,), "rope": (True,),
         "scale_logits": (False,), "normalize_input_embeds": (False,), "activation_type": ("swiglu",),
         "use_position_ids": (True,), "layer_norm_with_affine": (True,), "block_group_size": (1,),
-        "moe_shared_expert": (False, None), "head_dim": (None,),
+        "moe_shared_expert": (False, None), "head_dim": (None,), "rope_impl": ("llama",),
     }
     for k, allowed in unsupported.items():
         if k in d and d[k] not in allowed:
@@ -493,6 +493,16 @@ def to_official(cfg) -> dict[str, Any]:
     }
 
 
+# What MolmoE's release config.json states for settings the model does not vary (the remote
+# `config_molmoe.py` defaults differ for some, e.g. rope_impl "cockatoo").
+_MOLMOE_RELEASE_FIXED = {
+    "rope_impl": "llama", "rope_full_precision": True, "float32_attention": True, "attention_type": "sdpa",
+    "layer_norm_with_affine": True, "attention_layer_norm_with_affine": True, "bias_for_layer_norm": False,
+    "fix_image_input_idx": 2, "use_cls_feature": False, "unconditioned": False, "alibi": False,
+    "moe_dropless": True, "moe_mlp_impl": "sparse", "moe_shared_expert": False,
+}
+
+
 def to_hf_release(cfg) -> dict[str, Any]:
     """The release config.json for cfg: HF-style fields (remote code `config_molmo.py`) for dense models,
     the official dict in the remote code's spelling (`config_molmoe.py`) for MolmoE."""
@@ -501,7 +511,7 @@ def to_hf_release(cfg) -> dict[str, Any]:
         d = to_official(cfg)
         d["image_pooling_2d"] = {v: k for k, v in _LEGACY_NAMES.items()}.get(d["image_pooling_2d"],
                                                                           d["image_pooling_2d"])
-        return {"architectures": ["MolmoForCausalLM"], "model_type": "molmo", **d, "auto_map": {
+        return {"architectures": ["MolmoForCausalLM"], "model_type": "molmo", **d, **_MOLMOE_RELEASE_FIXED, "auto_map": {
             "AutoConfig": "config_molmoe.MolmoConfig", "AutoModelForCausalLM": "modeling_molmoe.MolmoForCausalLM"},
             "torch_dtype": "float32", "use_cache": True}
     return {
