@@ -220,8 +220,8 @@ def _restore_orbax(path: epath.Path, cfg, mesh) -> Any:
 def _restore_train(step_dir: epath.Path, cfg, mesh) -> Any:
     """The params subtree of a training checkpoint step (optimizer state, step and RNG are not read)."""
     target = {"params": _target(cfg, mesh)}
+    stored = ocp.PyTreeCheckpointHandler().metadata(step_dir / "state").tree
     with ocp.PyTreeCheckpointer() as checkpointer:
-        stored = checkpointer.metadata(step_dir / "state").item_metadata.tree
         if "frozen" in stored:
             raise CheckpointError(f"{step_dir}: a fine-tuning checkpoint (frozen params / LoRA adapters); its "
                                   "export is written by the fine-tuning run (<workdir>/export)")
