@@ -8,6 +8,7 @@ import json
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ import molmo_jax
 from fixture_cases import HF_RELEASE_ROOT, ROOT
 from molmo_jax import cli, io
 from molmo_jax.checkpoints import CheckpointError
-from molmo_jax.train import checkpointing
+from molmo_jax.train import checkpointing, trainer
 
 FAMILIES = ("qwen2_7b_d", "olmo_7b_o", "olmoe_1b")
 PAIRS = list(itertools.product(io.EXPORT_FORMATS, repeat=2))
@@ -148,6 +149,14 @@ def test_training_run_exports_through_the_cli_and_loads(tmp_path, capsys):
     assert cli.main(["export", "--checkpoint", str(tmp_path / "run"), "--to", "hf_release", "--out", str(out)]) == 0
     assert "wrote hf_release model" in capsys.readouterr().out
     assert_same_model(molmo_jax.load(out), bundle)
+
+
+@pytest.mark.parametrize("fmt", io.EXPORT_FORMATS)
+def test_trainer_init_from_reads_every_export(fmt, exports):
+    bundle = original("qwen2_7b_d")
+    cfg = ml_collections.ConfigDict({"init_from": str(exports("qwen2_7b_d", fmt)), "model": bundle.cfg})
+    params = trainer.initial_params(cfg, jax.random.key(0), molmo_jax.sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    jax.tree.map(np.testing.assert_array_equal, params, bundle.params)
 
 
 def test_cli_formats_are_io_formats():
