@@ -45,7 +45,7 @@ def _per_component(value) -> ml_collections.ConfigDict:
 
 
 def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_collections.ConfigDict:
-    """Fine-tuning recipe for the checkpoint directory `checkpoint` (native, HF release or Orbax export).
+    """Fine-tuning recipe for the checkpoint directory `checkpoint` (any `io.FORMATS`).
 
     Full fine-tuning uses the stage-2 learning rates (connector / vit 5e-6, llm 1e-5); LoRA (lora_rank > 0)
     freezes every component and trains the adapters at 2e-4. Warm-up: 10% of the steps. Set data.path.
