@@ -81,7 +81,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
     c.seed = 6198
-    c.init_from = ""  # "" = random init; or an Orbax / native / HF release checkpoint directory
+    c.init_from = ""  # "" = random init; or any checkpoint directory (molmo_jax.io.FORMATS, a training run too)
 
     k = c.checkpoint = ml_collections.ConfigDict()
     k.every = 25 if tiny else 1000

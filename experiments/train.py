@@ -1,15 +1,17 @@
 """Train a Molmo model.
 
     python -m experiments.train --config experiments/stage1.py:tiny --config.optim.steps=50 --workdir /tmp/run
-    python -m experiments.train --config experiments/stage2.py:tiny --config.init_from=/tmp/run/checkpoints \
-        --workdir /tmp/run2 --export native
+    python -m experiments.train --config experiments/stage2.py:tiny --config.init_from=/tmp/run \
+        --workdir /tmp/run2 --export native --config.data.tokenizer=runs/main/tokenizer.json
     python -m experiments.train --config experiments/stage1.py:Molmo-7B-D-0924 --workdir gs://bucket/s1 \
         --config.data.data_dir=/data/pixmo --config.data.tokenizer=/models/Qwen2-7B
 
 The batches are those the config's data section names (experiments/stage1.py documents it; built by
 experiments/data.py): random token batches, PixMo-lite or PixMo (+ academic sets in stage 2).
 Re-running with the same workdir resumes from its latest checkpoint (params, optimizer, step, RNG and
-data position). SIGTERM saves a checkpoint and exits.
+data position). SIGTERM saves a checkpoint and exits. A run that completes exports its model (config,
+weights and the data.tokenizer) to <workdir>/export/<format> (`--export`, default orbax); a run without a
+tokenizer (random token batches and no data.tokenizer) records only its config and exports nothing.
 """
 from __future__ import annotations
 
@@ -17,15 +19,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.data import make_data
-from molmo_jax import distributed, orbax_params
-from molmo_jax.train import checkpointing, trainer
+from molmo_jax import distributed, io
+from molmo_jax.tokenizer import load_tokenizer
+from molmo_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (experiments/stage*.py:arg).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, tb/ and curves.png go here.",
                                required=True)
-_EXPORT = flags.DEFINE_multi_enum("export", [], ["orbax", "native", "hf"],
-                                  "Params-only exports written to <workdir>/export/<format> at the end.")
+_EXPORT = flags.DEFINE_multi_enum("export", ["orbax"], list(io.EXPORT_FORMATS),
+                                  "Model exports written to <workdir>/export/<format> when the run completes.")
 
 
 def main(argv):
@@ -34,13 +37,14 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_env()
     cfg = _CONFIG.value
-    state = trainer.train(cfg, make_data(cfg), _WORKDIR.value)
-    for fmt in _EXPORT.value:
-        out = f"{_WORKDIR.value}/export/{fmt}"
-        if fmt == "orbax":
-            orbax_params.save(state["params"], out)
-        else:
-            checkpointing.export_release(state["params"], cfg.model, out, fmt)
+    tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.llm.vocab_size) if cfg.data.tokenizer else None
+    io.save_run_files(_WORKDIR.value, cfg.model, tokenizer)
+    state = trainer.train(cfg, make_data(cfg, tokenizer), _WORKDIR.value)
+    if tokenizer is None:
+        print(f"no export: the run has no tokenizer (set data.tokenizer); its config is in {_WORKDIR.value}")
+    elif trainer.completed(cfg, state):
+        for fmt, path in io.export_run(_WORKDIR.value, state["params"], cfg.model, tokenizer, _EXPORT.value).items():
+            print(f"exported {fmt} model to {path}")
 
 
 if __name__ == "__main__":

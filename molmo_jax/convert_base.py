@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from molmo_jax import checkpoints
+from molmo_jax import checkpoints, io
 from molmo_jax import config as config_lib
 from molmo_jax.checkpoints import CheckpointError
 from molmo_jax.config import ConfigError
@@ -310,7 +310,7 @@ def init_params_from_hf(cfg, rng: jax.Array, llm: tuple[Mapping[str, Any], Any] 
     for tower, tensors in converted.items():
         _overlay(native, tensors, tower)
     params = checkpoints.native_to_params(native.__getitem__, native.keys(), cfg)
-    return checkpoints.place(params, cfg, mesh)
+    return io.place(params, cfg, mesh)
 
 
 def load_llm_from_hf(state_dict: Mapping[str, Any], hf_config, cfg, rng: jax.Array | None = None) -> Any:

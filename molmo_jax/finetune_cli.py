@@ -64,7 +64,7 @@ def _validate_with_model(cfg):
 
 def _finetune_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="checkpoint to start from: native, HF release or Orbax export directory")
+                        help="checkpoint to start from: native, HF release, Orbax export or training run directory")
     parser.add_argument("--data", required=True, type=Path, help="JSONL file in the user data format")
     parser.add_argument("--workdir", required=True, type=Path,
                         help="checkpoints, metrics and export/{hf_release,orbax}; rerunning resumes")

@@ -12,7 +12,7 @@ from PIL import Image
 
 import molmo_jax
 from fixture_cases import ROOT
-from molmo_jax import api, cli, points
+from molmo_jax import api, cli, io, points
 from molmo_jax.eval import runner
 from molmo_jax.formatting import Formatter
 
@@ -25,7 +25,7 @@ FAST = dict(n=1, batch_size=4, max_new_tokens=8, show=False)  # 3 pointing promp
 
 @functools.lru_cache(maxsize=None)
 def fixture_cfg():
-    return api.load_config(FIXTURE)
+    return io.load_config(FIXTURE)
 
 
 @functools.lru_cache(maxsize=None)

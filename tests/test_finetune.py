@@ -19,7 +19,7 @@ import molmo_jax
 from data_pipelines import user_data
 from experiments import finetune as finetune_experiment
 from fixture_cases import ROOT
-from molmo_jax import api, cli, formatting, lora, sharding
+from molmo_jax import cli, formatting, io, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import finetune, optim, trainer
@@ -155,7 +155,7 @@ def fixed_batch(cfg) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def forward():
     """Jitted logits of the reference model (float32, deterministic): (params, batch) -> float32[B, T, V]."""
-    apply = jax.jit(Molmo(api.load_config(CHECKPOINT)).apply)
+    apply = jax.jit(Molmo(io.load_config(CHECKPOINT)).apply)
     return lambda params, batch: np.asarray(apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS}))
 
 
@@ -188,7 +188,7 @@ def assert_identical(a: dict, b: dict):
 def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp_path, data_file, forward):
     cfg = tiny_config(data_file, tmp_path, lora_rank=4, lr=3e-3)
     mesh = one_device()
-    base = finetune.load_base(cfg, mesh)
+    base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
     state, exports = finetune.run(cfg, tmp_path / "run", mesh)
 
@@ -213,7 +213,7 @@ def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, 
     cfg.optim.steps = 3
     cfg.export = ()
     mesh = one_device()
-    base = finetune.load_base(cfg, mesh)
+    base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
     state, _ = finetune.run(cfg, tmp_path / "run", mesh)
 

@@ -29,7 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from molmo_jax import checkpoints, distributed, sharding
+from molmo_jax import distributed, io, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
 from molmo_jax.train import checkpointing, metrics_log, optim
 from molmo_jax.train.loss import cross_entropy
@@ -162,19 +162,22 @@ def shardings_of(tree) -> Any:
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def initial_params(cfg, rng: jax.Array, mesh: Mesh, target) -> Any:
-    """Random init, or the params of `cfg.init_from`: a training / params-only Orbax checkpoint (stage 2
-    from stage 1) or an official native / HF release directory."""
+def initial_params(cfg, rng: jax.Array, mesh: Mesh) -> Any:
+    """Random init, or the params of `cfg.init_from` for `cfg.model`: any `io.FORMATS` directory (a training
+    run for stage 2 from stage 1, an export, an official native or HF release directory)."""
     if not cfg.init_from:
         return init_params(cfg.model, rng, mesh)
-    if checkpointing.is_orbax(cfg.init_from):
-        return checkpointing.restore_params(cfg.init_from, target)
-    return checkpoints.load(cfg.init_from, cfg.model, mesh)[1]
+    return io.load_params(cfg.init_from, cfg.model, mesh)
+
+
+def completed(cfg, state: dict) -> bool:
+    """Whether `state` (as `train` returned it) reached cfg.optim.steps, rather than stopping early."""
+    return int(state["step"]) >= cfg.optim.steps
 
 
 def initial_state(cfg, opt: optim.Optimizer, mesh: Mesh, target: dict) -> dict:
     params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = initial_params(cfg, params_rng, mesh, target["params"])
+    params = initial_params(cfg, params_rng, mesh)
     make = jax.jit(lambda p, r: new_state(p, opt, r), out_shardings=shardings_of(target), donate_argnums=0)
     return make(params, jax.device_put(dropout_rng, target["rng"].sharding))
 
