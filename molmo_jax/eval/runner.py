@@ -54,7 +54,7 @@ from tqdm import tqdm
 from data_pipelines import eval_sets, synthetic
 from molmo_jax import cli, points
 from molmo_jax.eval.metrics import score
-from molmo_jax.eval.tasks import KINDS, TASKS, EvalTask, resolve_task  # noqa: F401 (runner.TASKS etc.)
+from molmo_jax.eval.tasks import KINDS, PAPER_TASKS, TASKS, EvalTask, resolve_task  # noqa: F401 (runner.TASKS etc.)
 from molmo_jax.eval.vqa import extract_short_answer
 from molmo_jax.formatting import Formatter
 from molmo_jax.preprocess import ImageError, Preprocessor, load_image
