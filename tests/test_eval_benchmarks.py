@@ -14,6 +14,7 @@ from PIL import Image
 
 import molmo_jax
 from data_pipelines import academic, eval_sets
+import eval_set_writers
 from eval_set_writers import write_all
 from fixture_cases import ROOT
 from molmo_jax import api, cli, points
@@ -199,6 +200,16 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(data_dir, tmp_path):
         runner.evaluate(counting, "vqa_v2", out_dir=tmp_path / "cut", **dict(options, max_new_tokens=5))
 
 
+def test_generation_sharded_over_the_mesh_answers_as_on_one_device(data_dir):
+    """8 simulated devices, one batch of 8 (3 prompts padded) split over them: the same answers."""
+    options = dict(data_dir=data_dir, max_new_tokens=4, max_crops=4, show=False)
+    sharded = molmo_jax.load(FIXTURE, mesh=runner.data_parallel_mesh(8))
+    assert sharded.mesh is not None and sharded.mesh.devices.size == 8
+    on_mesh = runner.evaluate(sharded, "vqa_v2", batch_size=8, **options)
+    single = runner.evaluate(fixture_bundle(), "vqa_v2", batch_size=1, **options)
+    assert [p["prediction"] for p in on_mesh["predictions"]] == [p["prediction"] for p in single["predictions"]]
+
+
 def test_cli_paper_table_of_the_fixture_model(data_dir, tmp_path, capsys):
     argv = ["eval", "--checkpoint", FIXTURE, "--task", "paper", "--data-dir", data_dir, "--out", tmp_path, "--n", 1,
             "--batch-size", 1, "--max-new-tokens", 4, "--max-crops", 4]
@@ -234,6 +245,15 @@ def test_missing_files_name_the_dataset_the_path_and_where_to_get_it(name, datas
     message = str(error.value)
     assert message.startswith(tasks.TASKS[name].dataset) and str(tmp_path / dataset) in message
     assert "huggingface-cli download" in message or "Download" in message
+
+
+def test_cli_interrupted_run_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "evaluate", killed)
+    argv = ["eval", "--checkpoint", str(FIXTURE), "--task", "synthetic_count", "--out", str(tmp_path)]
+    assert cli.main(argv) == 130
+    assert "interrupted; the answers so far are in" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -286,3 +306,20 @@ def test_cli_elo_from_a_preference_file(tmp_path, capsys):
     prefs.write_text(json.dumps(dict(model_a="a", model_b="b", winner="c")) + "\n")
     assert cli.main(["elo", "--preferences", str(prefs)]) == 1
     assert "winner 'c' is not model_a, model_b or tie" in capsys.readouterr().err
+
+
+def test_readers_follow_the_official_dataset_classes():
+    """MMMU drops the image when several options are images; RealWorldQA cuts the instruction of short
+    answers only; MathVista keeps the bare question."""
+    image_options = dict(question_type=["multiple-choice"], options=[str(["<img='a.png'>", "<img='b.png'>"])],
+                         question=["Which?"], answer=["A"], id=["x"], image_1=[{"bytes": b"png"}])
+    assert eval_sets._mmmu_image(image_options) is None
+    assert eval_sets._mmmu_image(dict(image_options, options=[str(["<img='a.png'>", "cat"])])) == b"png"
+    short, mc = ({k: [v] for k, v in row.items()} for row in eval_set_writers.RWQA_ROWS)
+    assert eval_sets.real_world_qa_example(short)["question"] == "How many cars are there?"
+    assert eval_sets.real_world_qa_example(mc)["question"] == mc["question"][0]
+    with pytest.raises(ValueError, match="without either official instruction"):
+        eval_sets.real_world_qa_example(dict(mc, question=["Which way?\nA. left"]))
+    vista = dict(question=["Hint: Answer with a letter.\nQuestion: Which is red?"], pid=["1"], answer=["A"],
+                 precision=[None], choices=[["x", "y"]], question_type=["multi_choice"], answer_type=["text"])
+    assert eval_sets.math_vista_example(vista)["question"] == "Which is red?"

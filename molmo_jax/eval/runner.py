@@ -43,6 +43,7 @@ import copy
 import dataclasses
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -53,6 +54,7 @@ from tqdm import tqdm
 
 from data_pipelines import eval_sets, synthetic
 from molmo_jax import cli, points
+from molmo_jax.api import Prediction
 from molmo_jax.eval.metrics import score
 from molmo_jax.eval.tasks import KINDS, PAPER_TASKS, TASKS, EvalTask, resolve_task  # noqa: F401 (runner.TASKS etc.)
 from molmo_jax.eval.vqa import extract_short_answer
@@ -249,8 +251,9 @@ def _chunks(items: Iterable[EvalItem], size: int) -> Iterator[list[EvalItem]]:
 
 def answer_items(bundle, items: Iterable[EvalItem], batch_size: int, max_new_tokens: int):
     """(item, Prediction) pairs, `batch_size` prompts per `predict_batch` call. A short last batch after
-    full ones is padded with copies of its last item to reuse the compiled program of the full ones."""
-    padded = False
+    full ones, and every short batch of a bundle on a mesh (whose batch is split over its devices), is
+    padded with copies of its last item to `batch_size` (reusing the compiled program of the full ones)."""
+    padded = getattr(bundle, "mesh", None) is not None
     for batch in _chunks(items, batch_size):
         run = batch + batch[-1:] * (batch_size - len(batch)) if padded else batch
         padded = True
@@ -363,7 +366,6 @@ def _record(item: EvalItem, prediction) -> dict[str, Any]:
 
 def _stored(records: Sequence[Mapping[str, Any]], items: Iterator[EvalItem], path: Path):
     """(item, Prediction) of the prompts answered before, checked against the items read now."""
-    from molmo_jax.api import Prediction
     for k, (record, item) in enumerate(zip(records, items)):
         if (record["example"], record["prompt"]) != (item.example, item.prompt):
             raise ValueError(f"{path}: prompt {k} was {record['prompt']!r} of example {record['example']}, the "
@@ -530,7 +532,8 @@ def _eval_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--data-dir", type=Path, help="the eval sets' files (data_pipelines/eval_sets.py)")
     parser.add_argument("--image-dir", type=Path, help="PixMo image cache (default <data-dir>/images)")
     parser.add_argument("--n", type=int, help="number of examples (default: all)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="prompts per step; split over all devices when they divide it")
     parser.add_argument("--out", type=Path, help="directory for predictions.jsonl (resumed), <task>.json, "
                                                  "submission files, pointing drawings, the paper table")
     parser.add_argument("--draw", type=int, default=4, help="pointing drawings to write (gold | predicted)")
@@ -539,8 +542,29 @@ def _eval_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the examples' formatting rngs")
 
 
+def data_parallel_mesh(batch_size: int):
+    """A mesh splitting each batch over all devices (data parallel), or None for one device or a batch
+    size they do not divide."""
+    import jax
+
+    from molmo_jax import sharding
+    n = jax.device_count()
+    return sharding.make_mesh((n, 1, 1)) if n > 1 and batch_size % n == 0 else None
+
+
 def _eval(args) -> int:
+    """Runs `_eval_tasks`; an interrupted run says where its answers are kept and how to resume."""
+    try:
+        return _eval_tasks(args)
+    except KeyboardInterrupt:
+        kept = f"the answers so far are in {args.out}/**/{PREDICTIONS_FILE}; " if args.out else "nothing kept (no --out); "
+        print(f"molmo-jax eval: interrupted; {kept}run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _eval_tasks(args) -> int:
     import molmo_jax
+    mesh = data_parallel_mesh(args.batch_size)
     vision = json.loads(args.vision_json.read_text()) if args.vision_json else None
     names = [p.name for p in args.checkpoint]
     if len(set(names)) < len(names):
@@ -550,7 +574,7 @@ def _eval(args) -> int:
     if args.task == "paper":
         if args.split:
             raise ValueError("--task paper runs each benchmark's own split; drop --split")
-        bundles = {name: molmo_jax.load(path, vision=vision, progress=True) for name, path in
+        bundles = {name: molmo_jax.load(path, mesh=mesh, vision=vision, progress=True) for name, path in
                    zip(names, args.checkpoint)}
         evaluate_paper(bundles, args.data_dir, args.out, **options)
         if args.out:
@@ -559,7 +583,7 @@ def _eval(args) -> int:
     open_dataset(TASKS[args.task], args.split, args.data_dir, args.image_dir)  # fail before loading a model
     for name, path in zip(names, args.checkpoint):
         out = args.out if args.out is None or len(names) == 1 else args.out / name
-        evaluate(molmo_jax.load(path, vision=vision, progress=True), args.task, out_dir=out, draw=args.draw,
+        evaluate(molmo_jax.load(path, mesh=mesh, vision=vision, progress=True), args.task, out_dir=out, draw=args.draw,
                  split=args.split, data_dir=args.data_dir, **options)
         if out:
             print(f"wrote {out / args.task}.json")
