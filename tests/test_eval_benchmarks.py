@@ -178,14 +178,15 @@ def test_server_scored_test_splits_write_submission_files(name, key, ids, data_d
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(data_dir, tmp_path):
     """Real fixture model, one prompt per batch: killed after the first batch (plus a torn line), run again
-    it answers only the rest and its predictions and metrics equal an uninterrupted run's. (4 crops, the
-    fixture's own: at vqa_v2's 36 one answer takes 12 s on CPU.)"""
+    it answers only the rest and its predictions and metrics equal an uninterrupted run's; other settings
+    (another checkpoint) are refused, and `resume=False` starts afresh."""
     bundle = fixture_bundle()
-    options = dict(data_dir=data_dir, batch_size=1, max_new_tokens=4, max_crops=4, show=False)  # 36: 12 s a call
+    options = dict(data_dir=data_dir, batch_size=1, max_new_tokens=4, max_crops=4, show=False, resume=True,
+                   checkpoint="fixture")  # 4 crops: at vqa_v2's 36 one answer takes 12 s on CPU
     whole = runner.evaluate(bundle, "vqa_v2", out_dir=tmp_path / "whole", **options)
     with pytest.raises(KeyboardInterrupt):
         runner.evaluate(Interrupted(bundle, kill_after=1), "vqa_v2", out_dir=tmp_path / "cut", **options)
-    log = tmp_path / "cut" / runner.PREDICTIONS_FILE
+    log = runner.predictions_file(tmp_path / "cut", "vqa_v2")
     assert len(log.read_text().splitlines()) == 2  # settings + one answer
     with open(log, "a") as f:
         f.write('{"example": 0, "prom')  # killed while writing
@@ -194,10 +195,13 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(data_dir, tmp_path):
     assert whole["prompts"] == 3 and counting.calls == 2
     strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "files")}  # noqa: E731
     assert strip(resumed) == strip(whole)
-    written = [(d / runner.PREDICTIONS_FILE).read_text() for d in (tmp_path / "whole", tmp_path / "cut")]
+    written = [runner.predictions_file(d, "vqa_v2").read_text() for d in (tmp_path / "whole", tmp_path / "cut")]
     assert written[0] == written[1]
-    with pytest.raises(ValueError, match="other settings"):
-        runner.evaluate(counting, "vqa_v2", out_dir=tmp_path / "cut", **dict(options, max_new_tokens=5))
+    for other in (dict(max_new_tokens=5), dict(checkpoint="another")):
+        with pytest.raises(ValueError, match="other settings"):
+            runner.evaluate(counting, "vqa_v2", out_dir=tmp_path / "cut", **dict(options, **other))
+    fresh = runner.evaluate(counting, "vqa_v2", out_dir=tmp_path / "cut", **dict(options, resume=False))
+    assert counting.calls == 2 + 3 and strip(fresh) == strip(whole)  # without resume: answered afresh
 
 
 def test_generation_sharded_over_the_mesh_answers_as_on_one_device(data_dir):
@@ -223,8 +227,9 @@ def test_cli_paper_table_of_the_fixture_model(data_dir, tmp_path, capsys):
     with Image.open(tmp_path / "paper.png") as png:
         assert png.format == "PNG"
     for name in tasks.PAPER_TASKS:
-        settings, *answers = (tmp_path / "qwen2_7b_d" / name / runner.PREDICTIONS_FILE).read_text().splitlines()
-        assert json.loads(settings)["settings"]["max_crops"] == 4 and answers
+        settings, *answers = runner.predictions_file(tmp_path / "qwen2_7b_d", name).read_text().splitlines()
+        settings = json.loads(settings)["settings"]
+        assert settings["max_crops"] == 4 and settings["checkpoint"] == str(FIXTURE.resolve()) and answers
 
 
 def test_paper_average_needs_all_eleven():

@@ -126,7 +126,7 @@ def test_fixture_checkpoint_run_is_well_formed(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
     assert all(set(p) == PREDICTION_KEYS and "masks" not in p["reference"] for p in result["predictions"])
     json_file, *drawings, predictions = result["files"]
-    assert predictions == str(tmp_path / "predictions.jsonl")
+    assert predictions == str(tmp_path / "synthetic_points.predictions.jsonl")
     assert json.loads((tmp_path / "synthetic_points.json").read_text()) == result and json_file.endswith(".json")
     assert [d.rsplit("/", 1)[1] for d in drawings] == ["synthetic_points_000.png", "synthetic_points_001.png"]
     with Image.open(drawings[0]) as png:

@@ -29,9 +29,10 @@ redraw the example's image exactly); else a distance fallback ("disc"): a disc o
 the image's short side around each gold point, so a matched point within that distance is a hit, unlike
 the official mask test. The result's "mask_source" says which were used.
 
-With `out_dir`, every answer is appended to `out_dir/predictions.jsonl` as its batch finishes (its first
-line the run's settings): a run started again with the same settings answers only the prompts after the
-last one written, and a file written with other settings is refused. Examples whose image cannot be read
+With `out_dir`, every answer is appended to `out_dir/<task>.predictions.jsonl` as its batch finishes (its
+first line the run's settings, the checkpoint included). With `resume` (the CLI's way) a run started again
+with the same settings answers only the prompts after the last one written, and a file written with other
+settings is refused; without it the file is started afresh. Examples whose image cannot be read
 are dropped and counted ("dropped"). Test splits scored by a server (VQA v2, DocVQA, InfographicVQA)
 get `out_dir/<task>_test_submission.json` in the server's format instead of metrics.
 """
@@ -66,7 +67,7 @@ HELD_OUT_SIZE = 1000  # examples of a held-out PixMo-lite set
 DISC_RADIUS = 0.05  # fallback pointing "mask": this fraction of the image's short side around a gold point
 DRAW_MIN_SIDE = 448  # drawings of smaller images are upscaled (nearest) to about this short side
 ANSWER_FIELDS = ("answer", "answers", "answer_idx", "options")  # message fields the official scorers read
-PREDICTIONS_FILE = "predictions.jsonl"
+PREDICTIONS_SUFFIX = ".predictions.jsonl"  # out_dir/<task>.predictions.jsonl
 
 
 @dataclasses.dataclass
@@ -336,11 +337,15 @@ def with_max_crops(bundle, max_crops: int | None):
 
 # ----------------------------------------------------------------------------- streamed predictions
 
-def resume_predictions(path: Path, settings: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The records already in `path` (a predictions.jsonl) after its settings line, which must equal
-    `settings`; a torn last line (a run killed while writing) is cut off. A new file gets the settings line."""
+def predictions_file(out_dir, task: str) -> Path:
+    return Path(out_dir) / f"{task}{PREDICTIONS_SUFFIX}"
+
+
+def resume_predictions(path: Path, settings: Mapping[str, Any], resume: bool = True) -> list[dict[str, Any]]:
+    """The records already in `path` after its settings line, which must equal `settings`; a torn last line
+    (a run killed while writing) is cut off. A new file (any file, without `resume`) gets the settings line."""
     settings = json.loads(json.dumps(settings))
-    if not path.exists():
+    if not path.exists() or not resume:
         path.write_text(json.dumps({"settings": settings}) + "\n")
         return []
     lines = path.read_text().splitlines()
@@ -374,10 +379,10 @@ def _stored(records: Sequence[Mapping[str, Any]], items: Iterator[EvalItem], pat
 
 
 def answer_all(bundle, items: Iterator[EvalItem], batch_size: int, max_new_tokens: int, path: Path | None,
-               settings: Mapping[str, Any], desc: str) -> list:
-    """(item, Prediction) of every item: those stored in `path` first, then new answers, each appended to
-    `path` as its batch finishes."""
-    records = resume_predictions(path, settings) if path is not None else []
+               settings: Mapping[str, Any], desc: str, resume: bool = True) -> list:
+    """(item, Prediction) of every item: those stored in `path` first (with `resume`), then new answers,
+    each appended to `path` as its batch finishes."""
+    records = resume_predictions(path, settings, resume) if path is not None else []
     answered = list(_stored(records, items, path))
     if records and len(answered) < len(records):
         raise ValueError(f"{path} holds {len(records)} answers, more than the {len(answered)} prompts of this run")
@@ -397,16 +402,18 @@ def answer_all(bundle, items: Iterator[EvalItem], batch_size: int, max_new_token
 def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None = None, batch_size: int = 8,
              out_dir: str | Path | None = None, draw: int = 4, *, max_new_tokens: int | None = None,
              seed: int = 0, scoring: Mapping[str, Any] | None = None, show: bool = True, split: str | None = None,
-             data_dir=None, image_dir=None, max_crops: int | None = None) -> dict[str, Any]:
+             data_dir=None, image_dir=None, max_crops: int | None = None, resume: bool = False,
+             checkpoint: str | None = None) -> dict[str, Any]:
     """Answers the prompts of the first `n` examples (default: all) of `dataset` and scores them.
 
     bundle: anything with `cfg` (its formatting settings) and `predict_batch` (a `MolmoBundle`).
     dataset: a `pixmo.Source`, or a `TASKS` name: its eval set read from `data_dir` (`split`, `image_dir`:
       see `open_dataset`) or its held-out PixMo-lite set.
     task: a `TASKS` name or an `EvalTask` (default: the dataset's name).
-    out_dir: where to stream `predictions.jsonl` (resumed, see the module docstring) and write `<task>.json`
-      (this result), a test-server file, and for pointing tasks the first `draw` prompts' gold-vs-predicted
-      drawings `<task>_<k>.png`.
+    out_dir: where to stream `<task>.predictions.jsonl` (resumed with `resume`, see the module docstring)
+      and write `<task>.json` (this result), a test-server file, and for pointing tasks the first `draw`
+      prompts' gold-vs-predicted drawings `<task>_<k>.png`.
+    checkpoint: names the model in the settings of the predictions file (the CLI: its directory).
     max_new_tokens / max_crops: default the task's; seed: of the examples' rngs; scoring: `ScoringOptions`
       fields (default official); show: print the metrics table.
 
@@ -428,15 +435,15 @@ def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None 
     max_new_tokens = max_new_tokens or task.max_new_tokens
     max_crops = max_crops or task.max_crops
     bundle = with_max_crops(bundle, max_crops)
-    settings = dict(task=task.name, split=split, examples=n, seed=seed, max_new_tokens=max_new_tokens,
-                    max_crops=max_crops)
+    settings = dict(checkpoint=checkpoint, task=task.name, split=split, examples=n, seed=seed,
+                    max_new_tokens=max_new_tokens, max_crops=max_crops)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
     dropped = []
     items = eval_items(dataset, task, n, prompt_formatter(bundle.cfg), seed, dropped)
-    answered = answer_all(bundle, items, batch_size, max_new_tokens, out_dir and out_dir / PREDICTIONS_FILE,
-                          settings, task.name)
+    answered = answer_all(bundle, items, batch_size, max_new_tokens,
+                          out_dir and predictions_file(out_dir, task.name), settings, task.name, resume)
     texts, references = [p.text for _, p in answered], [it.reference for it, _ in answered]
     server_scored = task.submission is not None and split == "test"
     scoring = dict(scoring or {})
@@ -456,7 +463,7 @@ def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None 
         result["files"] = [str(out_dir / f"{task.name}.json")] + write_drawings(drawn, out_dir, task.name)
         if server_scored:
             result["files"].append(write_submission(task, answered, out_dir))
-        result["files"].append(str(out_dir / PREDICTIONS_FILE))
+        result["files"].append(str(predictions_file(out_dir, task.name)))
     result["seconds"] = time.perf_counter() - start
     result = _jsonable(result)
     if out_dir is not None:
@@ -499,18 +506,20 @@ def write_submission(task: EvalTask, answered: Sequence, out_dir: Path) -> str:
 # ----------------------------------------------------------------------------- the paper's table
 
 def evaluate_paper(bundles: Mapping[str, Any], data_dir, out_dir=None, image_dir=None, show: bool = True,
-                   **kwargs) -> list[dict[str, Any]]:
+                   paths: Mapping[str, str] | None = None, **kwargs) -> list[dict[str, Any]]:
     """Each bundle (name -> bundle) on the 11 benchmarks of the paper's table (`tasks.PAPER_TASKS`) with
     their default splits and settings; `kwargs` go to `evaluate`. Every dataset is opened before any
-    model runs, so a missing one fails at once. With `out_dir`, each run goes to `out_dir/<name>/<task>/`
-    and the table to `out_dir/paper.{md,json,png}`. Returns `report.paper_rows`."""
+    model runs, so a missing one fails at once. With `out_dir`, each run goes to `out_dir/<name>/` and the
+    table to `out_dir/paper.{md,json,png}`; `paths` (name -> checkpoint directory) name the checkpoints in
+    the predictions files. Returns `report.paper_rows`."""
     from molmo_jax.eval import report
     datasets = {name: open_dataset(TASKS[name], None, data_dir, image_dir) for name in PAPER_TASKS}
     results = {}
     for checkpoint, bundle in bundles.items():
         results[checkpoint] = {
             name: evaluate(bundle, dataset, name, split=TASKS[name].split, show=show,
-                           out_dir=None if out_dir is None else Path(out_dir, checkpoint, name), **kwargs)
+                           out_dir=None if out_dir is None else Path(out_dir, checkpoint),
+                           checkpoint=(paths or {}).get(checkpoint, checkpoint), **kwargs)
             for name, dataset in datasets.items()}
     rows = report.paper_rows(results)
     if out_dir is not None:
@@ -534,7 +543,7 @@ def _eval_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--n", type=int, help="number of examples (default: all)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="prompts per step; split over all devices when they divide it")
-    parser.add_argument("--out", type=Path, help="directory for predictions.jsonl (resumed), <task>.json, "
+    parser.add_argument("--out", type=Path, help="directory for <task>.predictions.jsonl (resumed), <task>.json, "
                                                  "submission files, pointing drawings, the paper table")
     parser.add_argument("--draw", type=int, default=4, help="pointing drawings to write (gold | predicted)")
     parser.add_argument("--max-new-tokens", type=int, help="default: the task's (12; 192 pointing/counting)")
@@ -557,7 +566,8 @@ def _eval(args) -> int:
     try:
         return _eval_tasks(args)
     except KeyboardInterrupt:
-        kept = f"the answers so far are in {args.out}/**/{PREDICTIONS_FILE}; " if args.out else "nothing kept (no --out); "
+        kept = (f"the answers so far are in {args.out}/**/*{PREDICTIONS_SUFFIX}; " if args.out else
+                "nothing kept (no --out); ")
         print(f"molmo-jax eval: interrupted; {kept}run the same command again to resume", file=sys.stderr)
         return 130
 
@@ -570,21 +580,22 @@ def _eval_tasks(args) -> int:
     if len(set(names)) < len(names):
         raise ValueError(f"--checkpoint directories need distinct names, got {names}")
     options = dict(n=args.n, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                   max_crops=args.max_crops, seed=args.seed, image_dir=args.image_dir)
+                   max_crops=args.max_crops, seed=args.seed, image_dir=args.image_dir, resume=True)
     if args.task == "paper":
         if args.split:
             raise ValueError("--task paper runs each benchmark's own split; drop --split")
         bundles = {name: molmo_jax.load(path, mesh=mesh, vision=vision, progress=True) for name, path in
                    zip(names, args.checkpoint)}
-        evaluate_paper(bundles, args.data_dir, args.out, **options)
+        paths = {name: str(path.resolve()) for name, path in zip(names, args.checkpoint)}
+        evaluate_paper(bundles, args.data_dir, args.out, paths=paths, **options)
         if args.out:
             print(f"wrote {args.out / 'paper.md'}, paper.json, paper.png")
         return 0
     open_dataset(TASKS[args.task], args.split, args.data_dir, args.image_dir)  # fail before loading a model
     for name, path in zip(names, args.checkpoint):
         out = args.out if args.out is None or len(names) == 1 else args.out / name
-        evaluate(molmo_jax.load(path, mesh=mesh, vision=vision, progress=True), args.task, out_dir=out, draw=args.draw,
-                 split=args.split, data_dir=args.data_dir, **options)
+        evaluate(molmo_jax.load(path, mesh=mesh, vision=vision, progress=True), args.task, out_dir=out,
+                 draw=args.draw, split=args.split, data_dir=args.data_dir, checkpoint=str(path.resolve()), **options)
         if out:
             print(f"wrote {out / args.task}.json")
     return 0
