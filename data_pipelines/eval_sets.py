@@ -12,6 +12,8 @@ Each reads the files a user downloads, in their public layout under one data dir
   pixmo_count_counting  <data_dir>/pixmo-count/data/<split>-*.parquet, images in <image_dir>
   pixmo_points_eval     <data_dir>/pixmo-points-eval/data/test-*.parquet, images in <image_dir>
                     (`image_dir`: the PixMo downloader's cache, default <data_dir>/images)
+  android_control_<ll|hl|hl_ll>  <data_dir>/android_control/: the TFRecord shards and split files
+                    (`data_pipelines.android_control`)
 
 Examples are built as the official dataset classes build them (`olmo/data/academic_datasets.py`:
 `RealWorldQa(mode="no_instruction")`, `MMMU`, `MathVista`, `CountBenchQa`; `pixmo_datasets.py:
@@ -36,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from data_pipelines import academic, pixmo
+from data_pipelines import academic, android_control, pixmo
 from data_pipelines.pixmo import Example, Rows
 
 MMMU_SUBJECTS = (
@@ -265,6 +267,8 @@ def load(name: str, data_dir, split: str, image_dir=None) -> pixmo.Source:
         _files(name, pixmo.hub_files(data_dir, "pixmo-count", split), _hub_get("allenai/pixmo-count") +
                " and download its images (data_pipelines.download)")
         return pixmo.load(name, data_dir, image_dir, split)
+    if name.startswith("android_control_") and name[len("android_control_"):] in android_control.MODES:
+        return android_control.load(data_dir, split, name[len("android_control_"):])
     if name in academic.LOADERS:
         return academic_set(name, data_dir, split)
     raise KeyError(f"no evaluation reader for {name!r}; known: "

@@ -5,8 +5,10 @@ test_data_academic (raw files in <data_dir>/<builder>) and the eval-only hub set
 """
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from data_pipelines import eval_sets, pixmo
+from data_pipelines import android_control, eval_sets, pixmo
 from data_pipelines.download import image_file
 from test_data_academic import WRITERS
 
@@ -102,7 +104,59 @@ def write_pixmo_points_eval(d: Path):
     _cache(d / "images", "http://p/0.jpg")
 
 
-EVAL_ONLY = (write_real_world_qa, write_mmmu, write_math_vista, write_countbench, write_pixmo_count,
+def _example(**features) -> bytes:
+    """A tf.train.Example of int lists and byte-string lists."""
+    m = android_control.MESSAGES
+    example = m["tensorflow.Example"]()
+    for key, values in features.items():
+        entry = example.features.feature.add(key=key)
+        if isinstance(values[0], int):
+            entry.value.int64_list.value.extend(values)
+        else:
+            entry.value.bytes_list.value.extend(v if isinstance(v, bytes) else v.encode() for v in values)
+    return example.SerializeToString()
+
+
+def _forest(nodes: list[dict]) -> bytes:
+    m = android_control.MESSAGES
+    forest = m["android_env.AndroidAccessibilityForest"]()
+    tree = forest.windows.add().tree
+    for n in nodes:
+        node = tree.nodes.add(**{k: v for k, v in n.items() if k != "box"})
+        node.bounds_in_screen.CopyFrom(m["android_env.ProtoRect"](**dict(zip(("left", "top", "right", "bottom"),
+                                                                              n["box"]))))
+    return forest.SerializeToString()
+
+
+ANDROID_SCREEN = (200, 100)
+ANDROID_STEPS = [  # (action, step instruction, screen nodes)
+    (dict(action_type="click", x=50, y=50), "Tap the search bar",
+     [dict(box=(0, 0, 200, 100), is_visible_to_user=True), dict(box=(40, 40, 60, 60), is_visible_to_user=True,
+                                                               text="Search"),
+      dict(box=(45, 45, 55, 55), is_visible_to_user=False)]),
+    (dict(action_type="open_app", app_name="gmail"), "Open gmail",
+     [dict(box=(100, 20, 140, 60), is_visible_to_user=True, text="Gmail inbox", package_name="launcher")]),
+    (dict(action_type="wait"), "Wait", []),
+]
+
+
+def write_android_control(d: Path):
+    """Shard 0: episode 7 (validation: 2 steps; its last screenshot has no step) and 8 (train); 19 empty shards."""
+    home = d / "android_control"
+    home.mkdir(parents=True, exist_ok=True)
+    episodes = [_example(episode_id=[e], goal=["Find my mail"], screenshots=[png(ANDROID_SCREEN)] * 3,
+                         actions=[json.dumps(a) for a, _, _ in ANDROID_STEPS],
+                         step_instructions=[i for _, i, _ in ANDROID_STEPS],
+                         accessibility_trees=[_forest(n) for _, _, n in ANDROID_STEPS]) for e in (7, 8)]
+    for k, shard in enumerate(android_control.SHARDS):
+        with gzip.open(home / shard, "wb") as f:
+            for record in episodes if k == 0 else ():
+                f.write(struct.pack("<Q", len(record)) + b"\0" * 4 + record + b"\0" * 4)
+    (home / "splits.json").write_text(json.dumps(dict(train=[8], validation=[7], test=[])))
+    (home / "test_subsplits.json").write_text(json.dumps(dict(IDD=[])))
+
+
+EVAL_ONLY = (write_android_control, write_real_world_qa, write_mmmu, write_math_vista, write_countbench, write_pixmo_count,
              write_pixmo_points_eval)
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import molmo_jax
-from data_pipelines import academic, eval_sets
+from data_pipelines import academic, android_control as android_data, eval_sets
 import eval_set_writers
 from eval_set_writers import write_all
 from fixture_cases import ROOT
@@ -41,6 +41,7 @@ SPEC = {
                     (192, 12)),
     "pointing_eval": ("Point to red square\nPlease say 'This isn't in the image.' if it is not in the image.",
                       (192, 12)),
+    "android_control": ("low_level: Tap the search bar", (16, 12)),
     "okvqa": ("okvqa: What sport?", HIGH),
     "a_okvqa_mc": ("a_okvqa_mc: Why 0?\nA: a\nB: b\nC: c\nD: d\n", HIGH),
     "a_okvqa_da": ("a_okvqa_da: Why 0?", HIGH),
@@ -294,6 +295,22 @@ def test_android_control_step_accuracy_follows_the_official_rules():
     refs = [dict(target_action=t, target_box=b) for t, b in zip(targets, boxes)]
     assert molmo_jax.eval.metrics.score("android_control_ll", predictions, refs) == {
         "accuracy": pytest.approx(np.mean(correct))}
+
+
+def test_android_control_steps_from_the_tfrecord_release(data_dir):
+    """Episode 7's two steps (its last screenshot has none): click coordinates and the smallest visible box
+    around them in percent of the 200 x 100 screen; "Open App gmail" boxed by the node whose text starts
+    with it; the train episode left out."""
+    source = eval_sets.load("android_control_ll", data_dir, "validation")
+    assert len(source) == 2
+    first, second = (source.get(i)["metadata"] for i in range(2))
+    assert (first["target_action"], first["target_box"]) == ("Click(25.0, 50.0)", "[20.0, 40.0, 30.0, 60.0]")
+    assert (second["target_action"], second["target_box"]) == ("Open App gmail", "[50.0, 20.0, 70.0, 60.0]")
+    assert source.get(1)["prompt"] == "low_level: Open gmail" and first["hl_instruction"] == "Find my mail"
+    assert android_data.app_box({"windows": [{"tree": {"nodes": [
+        {"text": "Gmail", "isVisibleToUser": True, "boundsInScreen": {"right": 10, "bottom": 10}}]}}]}, "Gmail") is None
+    with pytest.raises(FileNotFoundError, match="android_control: .*splits.json not found; get it from gs://"):
+        eval_sets.load("android_control_ll", data_dir / "nowhere", "validation")
 
 
 def test_cli_elo_from_a_preference_file(tmp_path, capsys):

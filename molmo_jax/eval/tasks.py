@@ -1,9 +1,9 @@
 """The eval tasks: which data, split, scorer and official inference settings each benchmark uses.
 
 Settings follow the official evaluation (`launch_scripts/eval_downstream.py`, `launch_scripts/utils.py:
-get_evaluation`): greedy decoding; 12 new tokens, 192 for pointing / counting; "high-res"
-(`--high_res`: 36 crops) for the document, chart and VQA sets, "low-res" (12 crops, the released
-checkpoints' own) for counting and pointing. The prompt style is the dataset
+get_evaluation`): greedy decoding; 12 new tokens, 192 for pointing / counting, 16 for AndroidControl;
+"high-res" (`--high_res`: 36 crops) for the document, chart and VQA sets, "low-res" (12 crops, the
+released checkpoints' own) for counting, pointing and AndroidControl. The prompt style is the dataset
 reader's (`data_pipelines.eval_sets`), formatted by the model's `Formatter(for_inference=True)`.
 
     name            data (eval_sets.load)           split       scorer (metrics.score)  tokens crops headline
@@ -19,6 +19,7 @@ reader's (`data_pipelines.eval_sets`), formatted by the model's `Formatter(for_i
     countbench_qa   countbench_qa                   test        countbench_qa           192    12   correct
     pixmo_count     pixmo_count_counting            test        pixmo_count             192    12   correct
     pointing_eval   pixmo_points_eval               test        pointing_eval           192    12   f1
+    android_control android_control_ll              validation  android_control         16     12   accuracy
 and the validation splits of the other academic training sets (okvqa, a_okvqa_mc / _da, science_qa,
 tab_mwp, st_qa, tally_qa (test: it has no validation split), dv_qa, figure_qa, plot_qa; high-res, 12
 tokens). VQA v2, DocVQA and InfographicVQA are scored by their test servers in the paper: `--split test`
@@ -27,9 +28,6 @@ writes the server's submission file (`submission`) instead of scores.
 Decisions where the official settings are a slip (override with flags): PixMo-Count gets 192 tokens, not
 the official 12 (`get_evaluation` gives 192 only to names containing "countbench_qa"; a point_count answer
 does not fit 12 tokens); the tasks with no official scorer (TabMWP, DVQA, FigureQA, PlotQA) use exact match.
-
-AndroidControl has its scorer (`metrics.score("android_control", ...)`, step-wise accuracy; 16 tokens, low-res)
-but no task yet: its data ships as TFRecords of android_env accessibility-tree protos, which have no reader here.
 """
 from __future__ import annotations
 
@@ -97,6 +95,8 @@ PAPER = (
 OTHER = (
     EvalTask("pointing_eval", "pointing", "pointing_eval", 192, "pixmo_points_eval", "test", ("test",), LOW_RES,
              "f1"),
+    EvalTask("android_control", "fields", "android_control", 16, "android_control_ll", "validation",
+             ("validation", "test"), LOW_RES, "accuracy"),
     _academic("okvqa", "okvqa", "okvqa", "vqa_score", splits=("validation",)),
     _academic("a_okvqa_mc", "a_okvqa_mc", "a_okvqa_mc", "mc"),
     _academic("a_okvqa_da", "a_okvqa_da", "a_okvqa_da", "a_okvqa_score"),
