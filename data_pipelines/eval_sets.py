@@ -31,15 +31,18 @@ import io
 import json
 import logging
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from data_pipelines import academic, android_control, pixmo
+from data_pipelines import android_control, pixmo
 from data_pipelines.pixmo import Example, Rows
+
+if TYPE_CHECKING:
+    from data_pipelines import academic
 
 MMMU_SUBJECTS = (
     "Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory", "Basic_Medical_Science",
@@ -229,6 +232,7 @@ class AcademicEvalSource:
         return len(self.source)
 
     def get(self, index: int, rng=None) -> Example:
+        from data_pipelines import academic
         example = self.source.get(index, rng)
         questions = academic.decode_record(self.source.records[int(self.source.rows[index])])["messages"]
         fields = [{k: q[k] for k in QUESTION_FIELDS if k in q} for q in questions]
@@ -241,6 +245,9 @@ class AcademicEvalSource:
 
 
 def academic_set(name: str, data_dir, split: str) -> AcademicEvalSource:
+    """An academic set's `split`, built from its raw files on first use (needs tensorflow-datasets, the
+    `data` extra)."""
+    from data_pipelines import academic
     builder = academic.LOADERS[name].builder
     manual = os.path.join(data_dir, builder)
     if not os.path.isdir(manual) and not os.path.isdir(os.path.join(data_dir, "tfds", builder)):
@@ -269,6 +276,7 @@ def load(name: str, data_dir, split: str, image_dir=None) -> pixmo.Source:
         return pixmo.load(name, data_dir, image_dir, split)
     if name.startswith("android_control_") and name[len("android_control_"):] in android_control.MODES:
         return android_control.load(data_dir, split, name[len("android_control_"):])
+    from data_pipelines import academic
     if name in academic.LOADERS:
         return academic_set(name, data_dir, split)
     raise KeyError(f"no evaluation reader for {name!r}; known: "
