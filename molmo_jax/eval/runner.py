@@ -39,7 +39,6 @@ get `out_dir/<task>_test_submission.json` in the server's format instead of metr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import json
@@ -47,18 +46,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from data_pipelines import eval_sets, synthetic
 from molmo_jax import cli, points
-from molmo_jax.api import Prediction
+from molmo_jax.eval.answers import PREDICTIONS_SUFFIX, answer_all, predictions_file, write_submission
 from molmo_jax.eval.metrics import score
-from molmo_jax.eval.tasks import KINDS, PAPER_TASKS, TASKS, EvalTask, resolve_task  # noqa: F401 (runner.TASKS etc.)
-from molmo_jax.eval.vqa import extract_short_answer
+from molmo_jax.eval.tasks import PAPER_TASKS, TASKS, EvalTask, resolve_task
 from molmo_jax.formatting import Formatter
 from molmo_jax.preprocess import ImageError, Preprocessor, load_image
 
@@ -67,7 +64,6 @@ HELD_OUT_SIZE = 1000  # examples of a held-out PixMo-lite set
 DISC_RADIUS = 0.05  # fallback pointing "mask": this fraction of the image's short side around a gold point
 DRAW_MIN_SIDE = 448  # drawings of smaller images are upscaled (nearest) to about this short side
 ANSWER_FIELDS = ("answer", "answers", "answer_idx", "options")  # message fields the official scorers read
-PREDICTIONS_SUFFIX = ".predictions.jsonl"  # out_dir/<task>.predictions.jsonl
 
 
 @dataclasses.dataclass
@@ -239,30 +235,6 @@ def eval_items(dataset, task: EvalTask, n: int, formatter: Formatter, seed: int 
                            metadata.get("question_id"))
 
 
-def _chunks(items: Iterable[EvalItem], size: int) -> Iterator[list[EvalItem]]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def answer_items(bundle, items: Iterable[EvalItem], batch_size: int, max_new_tokens: int):
-    """(item, Prediction) pairs, `batch_size` prompts per `predict_batch` call. A short last batch after
-    full ones, and every short batch of a bundle on a mesh (whose batch is split over its devices), is
-    padded with copies of its last item to `batch_size` (reusing the compiled program of the full ones)."""
-    padded = getattr(bundle, "mesh", None) is not None
-    for batch in _chunks(items, batch_size):
-        run = batch + batch[-1:] * (batch_size - len(batch)) if padded else batch
-        padded = True
-        predictions = bundle.predict_batch([it.image for it in run], [it.prompt for it in run],
-                                           max_new_tokens=max_new_tokens)
-        yield from zip(batch, predictions)
-
-
 # ----------------------------------------------------------------------------- outputs
 
 def draw_comparison(image: np.ndarray, gold: np.ndarray, predicted: np.ndarray) -> Image.Image:
@@ -333,68 +305,6 @@ def with_max_crops(bundle, max_crops: int | None):
     cfg = copy.deepcopy(bundle.cfg)
     cfg.preprocess.max_crops = max_crops
     return dataclasses.replace(bundle, cfg=cfg, preprocessor=Preprocessor(cfg, bundle.tokenizer))
-
-
-# ----------------------------------------------------------------------------- streamed predictions
-
-def predictions_file(out_dir, task: str) -> Path:
-    return Path(out_dir) / f"{task}{PREDICTIONS_SUFFIX}"
-
-
-def resume_predictions(path: Path, settings: Mapping[str, Any], resume: bool = True) -> list[dict[str, Any]]:
-    """The records already in `path` after its settings line, which must equal `settings`; a torn last line
-    (a run killed while writing) is cut off. A new file (any file, without `resume`) gets the settings line."""
-    settings = json.loads(json.dumps(settings))
-    if not path.exists() or not resume:
-        path.write_text(json.dumps({"settings": settings}) + "\n")
-        return []
-    lines = path.read_text().splitlines()
-    head = json.loads(lines[0]) if lines else {}
-    if head.get("settings") != settings:
-        raise ValueError(f"{path} holds a run with other settings ({head.get('settings')}, now {settings}); "
-                         "use another --out or delete the file")
-    records = []
-    for line in lines[1:]:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    if len(records) < len(lines) - 1:
-        path.write_text("".join(json.dumps(r) + "\n" for r in [head, *records]))
-    return records
-
-
-def _record(item: EvalItem, prediction) -> dict[str, Any]:
-    return dict(example=item.example, prompt=item.prompt, prediction=prediction.text,
-                points=np.asarray(prediction.points).tolist())
-
-
-def _stored(records: Sequence[Mapping[str, Any]], items: Iterator[EvalItem], path: Path):
-    """(item, Prediction) of the prompts answered before, checked against the items read now."""
-    for k, (record, item) in enumerate(zip(records, items)):
-        if (record["example"], record["prompt"]) != (item.example, item.prompt):
-            raise ValueError(f"{path}: prompt {k} was {record['prompt']!r} of example {record['example']}, the "
-                             f"data now gives {item.prompt!r} of example {item.example}; use another --out")
-        yield item, Prediction(record["prediction"], np.asarray(record["points"], np.float64).reshape(-1, 2))
-
-
-def answer_all(bundle, items: Iterator[EvalItem], batch_size: int, max_new_tokens: int, path: Path | None,
-               settings: Mapping[str, Any], desc: str, resume: bool = True) -> list:
-    """(item, Prediction) of every item: those stored in `path` first (with `resume`), then new answers,
-    each appended to `path` as its batch finishes."""
-    records = resume_predictions(path, settings, resume) if path is not None else []
-    answered = list(_stored(records, items, path))
-    if records and len(answered) < len(records):
-        raise ValueError(f"{path} holds {len(records)} answers, more than the {len(answered)} prompts of this run")
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(open(path, "a")) if path is not None else None
-        for item, prediction in tqdm(answer_items(bundle, items, batch_size, max_new_tokens), desc=desc,
-                                     unit="prompt", disable=None, leave=False, initial=len(answered)):
-            answered.append((item, prediction))
-            if log is not None:
-                log.write(json.dumps(_record(item, prediction)) + "\n")
-                log.flush()
-    return answered
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -480,27 +390,6 @@ def write_drawings(answered: Sequence, out_dir: Path, name: str) -> list[str]:
         paths.append(str(out_dir / f"{name}_{k:03d}.png"))
         draw_comparison(item.image, item.reference["points"], prediction.points).save(paths[-1], format="PNG")
     return paths
-
-
-SUBMISSION_ID_KEYS = {"vqa_v2": "question_id", "docvqa": "questionId"}  # the servers' result-file id field
-
-
-def submission(task: EvalTask, answered: Sequence) -> list[dict[str, Any]]:
-    """The test server's results: [{<id key>: question id, "answer": the short answer `VqaEval` scores}]."""
-    key = SUBMISSION_ID_KEYS[task.submission]
-    out = []
-    for item, prediction in answered:
-        if item.question_id is None:
-            raise ValueError(f"{task.name}: prompt of example {item.example} has no question_id for the submission")
-        qid = int(item.question_id) if item.question_id.isdigit() else item.question_id
-        out.append({key: qid, "answer": extract_short_answer(prediction.text)})
-    return out
-
-
-def write_submission(task: EvalTask, answered: Sequence, out_dir: Path) -> str:
-    path = out_dir / f"{task.name}_test_submission.json"
-    path.write_text(json.dumps(submission(task, answered)))
-    return str(path)
 
 
 # ----------------------------------------------------------------------------- the paper's table
