@@ -204,6 +204,17 @@ def countbench_qa(data_dir, split: str = "test") -> pixmo.TableSource:
     return _table_source(table, countbench_example, _cell_image("image"), keep)
 
 
+def _with_images(name: str, source: pixmo.TableSource, rows: int, image_dir: str) -> pixmo.TableSource:
+    """`source` (whose examples without a cached image are already dropped), refused when none is left,
+    the dropped ones counted in the log."""
+    if rows and not len(source):
+        raise MissingDataError(f"{name}: none of the {rows} images is in {image_dir}; download them with "
+                               "data_pipelines.download (the PixMo downloader's cache)")
+    if len(source) < rows:
+        logging.warning("%s: %d of %d examples dropped: image not in %s", name, rows - len(source), rows, image_dir)
+    return source
+
+
 def points_eval_example(rows: Rows, rng=None) -> Example:
     """`PixMoPointsEval`: point to `label` (style pointing), percent points, the released object masks."""
     points = pixmo.xy_array(rows["points"][0])
@@ -215,7 +226,8 @@ def pixmo_points_eval(data_dir, image_dir, split: str = "test") -> pixmo.TableSo
     files = _files("pixmo_points_eval", pixmo.hub_files(data_dir, "pixmo-points-eval", split),
                    _hub_get("allenai/pixmo-points-eval") + " and download its images (data_pipelines.download)")
     table = pixmo.read_table(files, "pixmo-points-eval")
-    return pixmo.url_source(table, pixmo.single_rows(len(table)), points_eval_example, image_dir)
+    source = pixmo.url_source(table, pixmo.single_rows(len(table)), points_eval_example, image_dir)
+    return _with_images("pixmo_points_eval", source, len(table), image_dir)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,9 +283,10 @@ def load(name: str, data_dir, split: str, image_dir=None) -> pixmo.Source:
     if name == "pixmo_points_eval":
         return pixmo_points_eval(data_dir, image_dir, split)
     if name == "pixmo_count_counting":
-        _files(name, pixmo.hub_files(data_dir, "pixmo-count", split), _hub_get("allenai/pixmo-count") +
-               " and download its images (data_pipelines.download)")
-        return pixmo.load(name, data_dir, image_dir, split)
+        files = _files(name, pixmo.hub_files(data_dir, "pixmo-count", split), _hub_get("allenai/pixmo-count") +
+                       " and download its images (data_pipelines.download)")
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return _with_images(name, pixmo.load(name, data_dir, image_dir, split), rows, image_dir)
     if name.startswith("android_control_") and name[len("android_control_"):] in android_control.MODES:
         return android_control.load(data_dir, split, name[len("android_control_"):])
     from data_pipelines import academic

@@ -253,6 +253,13 @@ def test_missing_files_name_the_dataset_the_path_and_where_to_get_it(name, datas
     assert "huggingface-cli download" in message or "Download" in message
 
 
+def test_pixmo_eval_sets_need_their_downloaded_images(data_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"pixmo_points_eval: none of the 1 images is in .*data_pipelines.download"):
+        eval_sets.load("pixmo_points_eval", data_dir, "test", image_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="pixmo_count_counting: none of the 2 images"):
+        eval_sets.load("pixmo_count_counting", data_dir, "test", image_dir=tmp_path)
+
+
 def test_cli_interrupted_run_says_how_to_resume(tmp_path, capsys, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
