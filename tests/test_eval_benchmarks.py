@@ -275,6 +275,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "\n" not in err and err.startswith("molmo-jax eval: error: mmmu: no validation parquet")
     assert cli.main(["eval", "--checkpoint", str(FIXTURE), "--task", "mmmu", "--split", "train"]) == 1
     assert "no split 'train'" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", "not/loaded", "--task", "paper", "--data-dir", str(tmp_path)]) == 1
+    assert "error: ai2_diagram_v2_mix_transparent: " in capsys.readouterr().err  # data checked before any model
 
 
 def test_android_control_step_accuracy_follows_the_official_rules():

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -396,15 +397,16 @@ def write_drawings(answered: Sequence, out_dir: Path, name: str) -> list[str]:
 
 def evaluate_paper(bundles: Mapping[str, Any], data_dir, out_dir=None, image_dir=None, show: bool = True,
                    paths: Mapping[str, str] | None = None, **kwargs) -> list[dict[str, Any]]:
-    """Each bundle (name -> bundle) on the 11 benchmarks of the paper's table (`tasks.PAPER_TASKS`) with
-    their default splits and settings; `kwargs` go to `evaluate`. Every dataset is opened before any
-    model runs, so a missing one fails at once. With `out_dir`, each run goes to `out_dir/<name>/` and the
+    """Each bundle (name -> bundle, or a function loading it: one checkpoint in memory at a time) on the
+    11 benchmarks of the paper's table (`tasks.PAPER_TASKS`) with their default splits and settings;
+    `kwargs` go to `evaluate`. Every dataset is opened before any model loads, so a missing one fails at once. With `out_dir`, each run goes to `out_dir/<name>/` and the
     table to `out_dir/paper.{md,json,png}`; `paths` (name -> checkpoint directory) name the checkpoints in
     the predictions files. Returns `report.paper_rows`."""
     from molmo_jax.eval import report
     datasets = {name: open_dataset(TASKS[name], None, data_dir, image_dir) for name in PAPER_TASKS}
     results = {}
     for checkpoint, bundle in bundles.items():
+        bundle = bundle() if callable(bundle) else bundle
         results[checkpoint] = {
             name: evaluate(bundle, dataset, name, split=TASKS[name].split, show=show,
                            out_dir=None if out_dir is None else Path(out_dir, checkpoint),
@@ -473,8 +475,8 @@ def _eval_tasks(args) -> int:
     if args.task == "paper":
         if args.split:
             raise ValueError("--task paper runs each benchmark's own split; drop --split")
-        bundles = {name: molmo_jax.load(path, mesh=mesh, vision=vision, progress=True) for name, path in
-                   zip(names, args.checkpoint)}
+        bundles = {name: functools.partial(molmo_jax.load, path, mesh=mesh, vision=vision, progress=True)
+                   for name, path in zip(names, args.checkpoint)}
         paths = {name: str(path.resolve()) for name, path in zip(names, args.checkpoint)}
         evaluate_paper(bundles, args.data_dir, args.out, paths=paths, **options)
         if args.out:
