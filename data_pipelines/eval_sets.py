@@ -226,7 +226,8 @@ def pixmo_points_eval(data_dir, image_dir, split: str = "test") -> pixmo.TableSo
     files = _files("pixmo_points_eval", pixmo.hub_files(data_dir, "pixmo-points-eval", split),
                    _hub_get("allenai/pixmo-points-eval") + " and download its images (data_pipelines.download)")
     table = pixmo.read_table(files, "pixmo-points-eval")
-    source = pixmo.url_source(table, pixmo.single_rows(len(table)), points_eval_example, image_dir)
+    source = pixmo.url_source(table, pixmo.single_rows(len(table)), points_eval_example, image_dir,
+                              pixmo.ReadStats(rows=len(table)))
     return _with_images("pixmo_points_eval", source, len(table), image_dir)
 
 

@@ -6,6 +6,7 @@ test_data_academic (raw files in <data_dir>/<builder>) and the eval-only hub set
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import struct
@@ -27,6 +28,9 @@ def png(size=SIZE, mode="RGB", color=(200, 30, 30)) -> bytes:
     out = io.BytesIO()
     Image.new(mode, size, color if mode == "RGB" else 128).save(out, format="PNG")
     return out.getvalue()
+
+
+PNG_SHA256 = hashlib.sha256(png()).hexdigest()  # the rows' image_sha256 of the cached png()
 
 
 def hub(path: Path, rows: list[dict], schema: pa.Schema | None = None):
@@ -79,13 +83,14 @@ def write_countbench(d: Path):
 
 
 def _cache(image_dir: Path, url: str, size=SIZE):
+    """Writes png(size) as the downloader's cache file of `url` (rows name it with PNG_SHA256)."""
     image_dir.mkdir(parents=True, exist_ok=True)
     Path(image_file(image_dir, url)).write_bytes(png(size))
 
 
 def write_pixmo_count(d: Path):
     for split in ("validation", "test"):
-        rows = [dict(image_url=f"http://c/{split}{k}.jpg", image_sha256="0" * 64, count=k + 2, points=None,
+        rows = [dict(image_url=f"http://c/{split}{k}.jpg", image_sha256=PNG_SHA256, count=k + 2, points=None,
                      label=label) for k, label in enumerate(("boats", "birds"))]
         hub(d / "pixmo-count" / "data" / f"{split}-00000-of-00001.parquet", rows, pixmo.SCHEMAS["pixmo-count"])
         for r in rows:
@@ -97,7 +102,7 @@ def write_pixmo_points_eval(d: Path):
     masks = np.zeros((2, h, w), bool)
     masks[0, 2:6, 2:8] = True
     masks[1, 8:14, 14:22] = True
-    rows = [dict(image_url="http://p/0.jpg", image_sha256="0" * 64, label="red square",
+    rows = [dict(image_url="http://p/0.jpg", image_sha256=PNG_SHA256, label="red square",
                  points=[dict(x=100 * 5 / w, y=100 * 4 / h), dict(x=100 * 18 / w, y=100 * 11 / h)],
                  masks=masks.tolist())]
     hub(d / "pixmo-points-eval" / "data" / "test-00000-of-00001.parquet", rows, pixmo.SCHEMAS["pixmo-points-eval"])

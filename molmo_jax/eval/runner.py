@@ -214,11 +214,12 @@ def training_answer(formatter: Formatter, message: Mapping[str, Any]) -> str | N
 def eval_items(dataset, task: EvalTask, n: int, formatter: Formatter, seed: int = 0,
                dropped: list | None = None) -> Iterator[EvalItem]:
     """The prompts of examples 0..n-1 in order, with their gold answers and references. Examples whose
-    image cannot be read are skipped; (index, reason) is appended to `dropped`."""
+    image cannot be read, or that the reader rejects (a ValueError such as a hash mismatch), are skipped;
+    (index, reason) is appended to `dropped`."""
     for index in range(n):
         rng = np.random.RandomState(seed + index)
-        example = dataset.get(index, rng)
         try:
+            example = dataset.get(index, rng)
             image = None if example.get("image") is None else load_image(example["image"])
         except (ImageError, OSError, ValueError) as e:
             logging.warning("%s: example %d dropped: %s", task.name, index, e)
