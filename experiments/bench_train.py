@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import stage1
+from experiments import provenance, stage1
 from molmo_jax import distributed, lora
 from molmo_jax.models.molmo import Molmo, param_count
 from molmo_jax.train import finetune, optim, trainer
@@ -255,7 +255,8 @@ def main():
     lora_row = lora_memory_row()
     print(lora_table(lora_row))
     result = {"device": jax.devices()[0].device_kind, "matmul_peak_flops_per_s": peak, "iters": iters,
-              "rows": rows, "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row}
+              "rows": rows, "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row,
+              **provenance.describe()}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
