@@ -32,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from experiments import lite, provenance
+from molmo_jax import entry_points
 from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import Molmo, init_params
@@ -158,7 +159,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/main")
     parser.add_argument("--arg", default="quick", choices=("quick", "long", "smoke"))
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    with entry_points.one_line_errors("experiments.main", args.debug):
+        run(args)
+
+
+def run(args):
     logging.set_verbosity(logging.WARNING)
     start = time.perf_counter()
     workdir = Path(args.workdir)
