@@ -73,8 +73,7 @@ def pad_rows(batch, multiple: int):
     last row (a real example, so padded rows compute nothing out of range); drop rows >= the original
     size from the results."""
     def pad(x):
-        x = np.asarray(x)
-        extra = -len(x) % multiple
+        extra = -np.shape(x)[0] % multiple
         return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
     return jax.tree.map(pad, batch)
 
