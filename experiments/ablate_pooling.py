@@ -35,7 +35,7 @@ from absl import logging
 from experiments import ablations, lite
 from experiments import main as main_lib
 from molmo_jax import config as config_lib
-from molmo_jax import sharding
+from molmo_jax import entry_points, sharding
 from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import abstract_params
@@ -298,7 +298,13 @@ def main(argv=None):
     parser.add_argument("--workdir", default=None, help="default runs/ablate_pooling_<arg>")
     parser.add_argument("--out", default=None, help="output prefix; default experiments/results/ablate_pooling_<arg>")
     parser.add_argument("--only", nargs="*", default=(), help="variant names to run (default all)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    with entry_points.one_line_errors("experiments.ablate_pooling", args.debug):
+        run(args, argv)
+
+
+def run(args, argv=None):
     logging.set_verbosity(logging.WARNING)
     command = "python -m experiments.ablate_pooling " + " ".join(shlex.quote(a) for a in
                                                                  (sys.argv[1:] if argv is None else argv))

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import jax
 from etils import epath
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments import provenance
 
 
 def arg_parser(doc: str) -> argparse.ArgumentParser:
@@ -60,40 +56,9 @@ def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int) -> di
     return {name: (statistics.median(times[name]), outputs[name]) for name in calls}
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def provenance(command: str) -> dict:
-    """The commit (with "+dirty" for uncommitted changes), the command and the machine."""
-    commit = _git("rev-parse", "HEAD") or "unknown"
-    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
-        commit += "+dirty"
-    devices = jax.devices()
-    return {"commit": commit,
-            "command": command,
-            "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
-                        "device": devices[0].device_kind, "device_count": len(devices),
-                        "python": platform.python_version(), "jax": jax.__version__}}
-
-
 def finish(result: dict, args: argparse.Namespace, speedup_label: str) -> dict:
     """Adds provenance and the mode, prints the speedup line and writes `--out`; returns the result."""
-    result = {**provenance(args.command), "mode": args.mode, **result}
+    result = {**provenance.describe(args.command), "mode": args.mode, **result}
     print(f"speedup ({speedup_label}): {result['speedup']:.2f}")
     if args.out:
         epath.Path(args.out).write_text(json.dumps(result, indent=1))

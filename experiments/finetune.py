@@ -13,6 +13,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from molmo_jax import entry_points
 from molmo_jax.train import finetune
 
 
@@ -25,7 +26,8 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    _, exports = finetune.run(flags.FLAGS.config, flags.FLAGS.workdir)
+    with entry_points.one_line_errors("experiments.finetune", flags.FLAGS.debug):
+        _, exports = finetune.run(flags.FLAGS.config, flags.FLAGS.workdir)
     for fmt, path in exports.items():
         print(f"wrote {fmt} checkpoint to {path}")
 
@@ -34,4 +36,5 @@ if __name__ == "__main__":  # flags only here: config_flags imports this file ag
     config_flags.DEFINE_config_file("config", None, "experiments/finetune.py:<checkpoint>[,lora=R]",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Checkpoints, metrics and exports go here.", required=True)
+    flags.DEFINE_bool("debug", False, "Show the full traceback of an error (default: one line).")
     app.run(main)

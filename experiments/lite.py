@@ -46,8 +46,9 @@ def model_config(image_size: int = 112, vocab_size: int = 512) -> ml_collections
 
 
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
-    """arg "quick" (the main job: about 9 minutes on 2 idle CPU cores) or "long" (4x the steps)."""
-    scale = {"quick": 1, "long": 4}[arg]
+    """arg "quick" (the main job: about 9 minutes on 2 idle CPU cores), "long" (4x the steps) or "smoke"
+    (2 steps per stage, 4 held-out examples per task: checks that the job runs, learns nothing)."""
+    scale = {"quick": 1, "long": 4, "smoke": 0}[arg]
     c = ml_collections.ConfigDict()
     c.model = model_config()
     c.image_size = 112
@@ -57,8 +58,10 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     c.batch = 8  # rows of seq_len tokens; packed, about 18 examples per step
     c.seq_len = 192
     c.pack_crops = 3  # pack examples into rows, at most 3 images per row (0: one example per row)
-    c.stage1_steps = 250 * scale
-    c.stage2_steps = 1500 * scale
+    c.stage1_steps = 250 * scale or 2
+    c.stage2_steps = 1500 * scale or 2
+    if arg == "smoke":
+        c.eval_examples = 4
     c.lr = 5e-4  # the LLM's peak learning rate
     c.image_lr = 5e-4  # the ViT's and connector's (2x was not clearly better: see the README)
     c.seed = 0

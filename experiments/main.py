@@ -2,6 +2,7 @@
 
     bash experiments/run_main.sh                 # = python -m experiments.main --workdir runs/main
     python -m experiments.main --arg long        # 4x the steps
+    python -m experiments.main --arg smoke       # 2 steps per stage: checks that it runs (tests/test_readme.py)
 
 1. trains a byte-level BPE on the synthetic text (Molmo's image tokens appended),
 2. stage 1: dense captioning (PixMo-lite captions + transcripts), stage 2: the multitask mixture
@@ -10,7 +11,10 @@
 3. evaluates on held-out synthetic examples (another seed) with KV-cache generation and the official
    scorers, next to the same prompts with the images swapped between examples (what survives the swap does
    not come from the image), the most common gold answer overall and per question type, and the held-out
-   caption loss before and after stage 1; writes <workdir>/summary.json and pointing PNGs under <workdir>/eval.
+   caption loss before and after stage 1; writes <workdir>/summary.json (with the commit, command and
+   machine), the README's results table <workdir>/results.md (`results_table`) and pointing PNGs under
+   <workdir>/eval. The README's table is `tools/readme_tables.py` applied to a copy of summary.json in
+   experiments/results/main_job.json.
 The trained model is exported (config, weights, tokenizer) to <workdir>/stage2/export/orbax (stage 1's to
 <workdir>/stage1/export/orbax): `molmo-jax predict --checkpoint runs/main/stage2/export/orbax ...`.
 """
@@ -29,7 +33,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import lite
+from experiments import lite, provenance
+from molmo_jax import entry_points
 from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import Molmo, init_params
@@ -126,11 +131,43 @@ def print_summary(summary: dict):
     print(f"total time {summary['seconds'] / 60:.1f} min; outputs in {summary['workdir']}")
 
 
+# The README's results table: (task, metric, row label, baselines shown in the row).
+TABLE_ROWS = (
+    ("synthetic_clocks", "hour_correct", "clock reading, hour correct (chance 1/12)", ()),
+    ("synthetic_clocks", "all_correct", "clock reading, hour and minute exact", ("majority_baseline",)),
+    ("synthetic_count", "correct", "counting (points + count), exact", ("majority_baseline", "question_prior")),
+    ("synthetic_count", "close", "counting, within one", ()),
+    ("synthetic_docs_charts", "relaxed_correctness", "chart values (relaxed)",
+     ("majority_baseline", "question_prior")),
+    ("synthetic_cap_qa", "em", "CapQA (counts, colours)", ("majority_baseline", "question_prior")),
+    ("synthetic_points", "f1", "pointing F1", ()),
+)
+
+
+def results_table(summary: dict) -> str:
+    """The markdown table of TABLE_ROWS: trained, images swapped, majority, question-type prior."""
+    n = summary["config"]["eval_examples"]
+    lines = [f"| held-out task ({n} examples each) | trained | images swapped | majority | question-type prior |",
+             "|---|---|---|---|---|"]
+    for task, metric, label, baselines in TABLE_ROWS:
+        r = summary["eval"][task]
+        cells = [r["metrics"][metric], (r["swapped_images"] or {}).get(metric)]
+        cells += [r[b] if b in baselines else None for b in ("majority_baseline", "question_prior")]
+        lines.append(f"| {label} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/main")
-    parser.add_argument("--arg", default="quick", choices=("quick", "long"))
+    parser.add_argument("--arg", default="quick", choices=("quick", "long", "smoke"))
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    with entry_points.one_line_errors("experiments.main", args.debug):
+        run(args)
+
+
+def run(args):
     logging.set_verbosity(logging.WARNING)
     start = time.perf_counter()
     workdir = Path(args.workdir)
@@ -144,8 +181,9 @@ def main(argv=None):
     summary = {"workdir": str(workdir), "config": cfg.to_dict(),
                "caption_loss": {"init": loss_init, "after_stage1": loss_stage1},
                "eval": evaluate(cfg, stage2_state["params"], tokenizer, workdir / "eval"),
-               "seconds": time.perf_counter() - start}
+               "seconds": time.perf_counter() - start, **provenance.describe()}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (workdir / "results.md").write_text(results_table(summary) + "\n")
     print_summary(summary)
 
 

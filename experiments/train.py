@@ -8,6 +8,8 @@
 
 The batches are those the config's data section names (experiments/stage1.py documents it; built by
 experiments/data.py): random token batches, PixMo-lite or PixMo (+ academic sets in stage 2).
+`--import MODULE` (repeatable) imports a user module first, e.g. one registering a pooling for
+`--config.model.connector.pooling`. Errors print one line (`--debug`: the traceback).
 Re-running with the same workdir resumes from its latest checkpoint (params, optimizer, step, RNG and
 data position). SIGTERM saves a checkpoint and exits. A run that completes exports its model (config,
 weights and the data.tokenizer) to <workdir>/export/<format> (`--export`, default orbax); a run without a
@@ -19,7 +21,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.data import make_data
-from molmo_jax import distributed, io
+from molmo_jax import config as config_lib
+from molmo_jax import distributed, entry_points, io
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import trainer
 
@@ -29,14 +32,24 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, tb/
                                required=True)
 _EXPORT = flags.DEFINE_multi_enum("export", ["orbax"], list(io.EXPORT_FORMATS),
                                   "Model exports written to <workdir>/export/<format> when the run completes.")
+_IMPORTS = flags.DEFINE_multi_string("import", [], "Module (name or .py file) imported first, e.g. one that "
+                                     "registers a pooling.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of an error.")
 
 
 def main(argv):
     del argv
+    with entry_points.one_line_errors("experiments.train", _DEBUG.value):
+        run()
+
+
+def run():
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    distributed.initialize_from_env()
+    entry_points.import_extensions(_IMPORTS.value)
     cfg = _CONFIG.value
+    config_lib.validate(cfg.model)
+    distributed.initialize_from_env()
     tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.llm.vocab_size) if cfg.data.tokenizer else None
     io.save_run_files(_WORKDIR.value, cfg.model, tokenizer)
     state = trainer.train(cfg, make_data(cfg, tokenizer), _WORKDIR.value)

@@ -6,7 +6,8 @@
 
 Other modules add subcommands with `register(Command(...))` and list themselves in `EXTENSIONS`.
 Errors print one line `molmo-jax <command>: error: ...` on stderr and exit with status 1; `--debug`
-shows the traceback instead.
+(before or after the subcommand) shows the traceback instead; `--import MODULE` loads a user module (e.g.
+one registering a pooling) first. Both are `molmo_jax.entry_points`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
+
+from molmo_jax import entry_points
 
 # Modules that register more subcommands when imported.
 EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli", "molmo_jax.plan",
@@ -47,7 +50,8 @@ def register(command: Command) -> Command:
 def _add_checkpoint_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint directory (local or gs://): native, HF release, Orbax export or a "
-                             "training run (its workdir, checkpoints/ or one step)")
+                             "training run (its workdir, checkpoints/ or one step); a released model is the HF hub "
+                             "repo allenai/<name>, e.g. allenai/Molmo-7B-D-0924")
     parser.add_argument("--vision-json", type=Path,
                         help="JSON of official ViT fields (e.g. {\"image_emb_dim\": 1024}) for an HF release whose "
                              "vision tower is not the released CLIP")
@@ -59,6 +63,7 @@ def _vision(args) -> dict | None:
 
 def _load_bundle(args):
     from molmo_jax import api
+    entry_points.check_release_dir(args.checkpoint)
     return api.load(args.checkpoint, vision=_vision(args), progress=True)
 
 
@@ -134,12 +139,24 @@ register(Command("convert", "convert a checkpoint between the native, HF release
 
 # ----------------------------------------------------------------------------- entry point
 
+def _add_common_arguments(parser: argparse.ArgumentParser, default):
+    """--debug and --import, accepted before and after the subcommand (`default` is SUPPRESS on the
+    subcommand's parser, so it does not overwrite what was given before it)."""
+    parser.add_argument("--debug", action="store_true", default=default(False),
+                        help="show the full traceback of an error")
+    parser.add_argument("--import", dest="imports", action="append", default=default([]), metavar="MODULE",
+                        help="import this module (name, or .py file) first, e.g. one that registers a pooling "
+                             "(repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in EXTENSIONS:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="molmo-jax", description="Molmo vision-language models in JAX")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _add_common_arguments(parser, lambda value: value)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    _add_common_arguments(common, lambda value: argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
         command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help,
@@ -147,25 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("molmo-jax")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one subcommand; returns its exit status (0 ok, 1 error, 2 bad usage)."""
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command].run(args) or 0
-    except Exception as e:  # one line per error; the traceback only on request
-        if args.debug:
-            raise
-        print(f"molmo-jax {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
-
-
-def _one_line(error: Exception, limit: int = 2000) -> str:
-    """The error message on one line (at most `limit` characters); the type too unless it is a plain
-    ValueError / OSError subclass, whose messages already name the problem."""
-    text = " ".join(str(error).split()) or "(no message)"
-    if not isinstance(error, (ValueError, OSError)):
-        text = f"{type(error).__name__}: {text}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+        with entry_points.one_line_errors(f"molmo-jax {args.command}", args.debug):
+            entry_points.import_extensions(args.imports)
+            return COMMANDS[args.command].run(args) or 0
+    except SystemExit as e:
+        return e.code
 
 
 if __name__ == "__main__":  # run as `python -m molmo_jax.cli`: extensions register in molmo_jax.cli

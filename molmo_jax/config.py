@@ -291,7 +291,8 @@ def validate(cfg) -> ml_collections.ConfigDict:
 
     _require(con.padding_embed in PADDING_EMBED_TYPES, "connector.padding_embed", con.padding_embed,
              f"allowed: {PADDING_EMBED_TYPES}")
-    _require(con.pooling in POOLING_TYPES, "connector.pooling", con.pooling, f"allowed: {POOLING_TYPES}")
+    _require(con.pooling in POOLING_TYPES, "connector.pooling", con.pooling,
+             f"allowed: {POOLING_TYPES} (add one with connector.register_pooling in a module given to --import)")
     _require(con.projector in PROJECTOR_TYPES, "connector.projector", con.projector,
              f"allowed: {PROJECTOR_TYPES}")
     if con.pooling == "none":

@@ -122,7 +122,8 @@ def generate(cfg, params, inputs: Mapping[str, np.ndarray], sampling: Sampling =
 
     inputs: {"input_ids": int[B, S] (-1 padded), optional "images", "image_masks", "image_input_idx"}.
     Returns int32[B, max_new_tokens]: generated ids, the stop token included, -1 after it.
-    With `mesh`, params must already be sharded on it; the batch is sharded over data x fsdp.
+    With `mesh`, params must already be sharded on it; the batch is sharded over data x fsdp x expert,
+    padded to a multiple of their size (any B works; the padding rows are dropped).
     """
     inputs = pad_prompts(inputs, length_multiple)
     rng = jax.random.key(0) if rng is None else rng
@@ -130,7 +131,7 @@ def generate(cfg, params, inputs: Mapping[str, np.ndarray], sampling: Sampling =
     if mesh is None:
         return np.asarray(fn(params, inputs, rng))
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        return np.asarray(fn(params, sharding.shard_batch(inputs, mesh), rng))
+        return np.asarray(fn(params, sharding.shard_batch(inputs, mesh), rng))[:len(inputs["input_ids"])]
 
 
 def trim(tokens: np.ndarray, stop_ids: tuple[int, ...] = ()) -> list[list[int]]:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from molmo_jax import entry_points
 from molmo_jax.cli import Command, register
 
 COMPONENTS = ("connector", "vit", "llm")
@@ -64,7 +65,8 @@ def _validate_with_model(cfg):
 
 def _finetune_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="checkpoint to start from: native, HF release, Orbax export or training run directory")
+                        help="checkpoint to start from: native, HF release, Orbax export or training run directory "
+                             "(a released model is the HF hub repo allenai/<name>, e.g. allenai/Molmo-7B-D-0924)")
     parser.add_argument("--data", required=True, type=Path, help="JSONL file in the user data format")
     parser.add_argument("--workdir", required=True, type=Path,
                         help="checkpoints, metrics and export/{hf_release,orbax}; rerunning resumes")
@@ -109,6 +111,7 @@ def _config(args):
 def _finetune(args) -> int:
     from data_pipelines import user_data
     from molmo_jax.train import finetune
+    entry_points.check_release_dir(args.checkpoint)
     cfg = _config(args)
     _fetch_urls(user_data.UserData(args.data, args.image_dir, args.allow_outside_images))
     report = _validate_with_model(cfg)

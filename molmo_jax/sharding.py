@@ -62,6 +62,27 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways `batch_sharding` splits the leading dimension (the product of the batch axes)."""
+    axes = dict(LOGICAL_RULES)["batch"]
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def pad_rows(batch, multiple: int):
+    """Pads the leading dimension of every array in `batch` to a multiple of `multiple` by repeating its
+    last row (a real example, so padded rows compute nothing out of range); drop rows >= the original
+    size from the results."""
+    def pad(x):
+        extra = -np.shape(x)[0] % multiple
+        return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
+    return jax.tree.map(pad, batch)
+
+
 def shard_batch(batch, mesh: Mesh):
-    """Places every array of a host batch dict on the mesh, batch-sharded."""
+    """Places every array of a host batch dict on the mesh, batch-sharded.
+
+    A batch that does not split evenly over the batch axes (e.g. one prompt on fsdp=8) is padded with
+    copies of its last row (`pad_rows`); the caller keeps the first len(batch) rows of the outputs.
+    """
+    batch = pad_rows(batch, batch_shards(mesh))
     return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), batch)

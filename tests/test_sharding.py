@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
+import molmo_jax
+from fixture_cases import ROOT
 from molmo_jax import config, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, dummy_inputs, init_params
 
@@ -106,3 +108,17 @@ def test_full_size_model_never_materialises_on_one_device():
     per_device = sum(int(np.prod(s.shard_shape(x.shape))) for x, s in zip(leaves, jax.tree.leaves(shardings)))
     assert total == 73_308_285_952
     assert per_device < total / 7.9
+
+
+def test_generate_on_a_mesh_pads_any_batch_size():
+    """The fixture model on fsdp=8 answers batches of 1, 3 and 8 (padded to 8, padding dropped) exactly as
+    unsharded; rows mix image and text-only prompts."""
+    fixture = ROOT / "qwen2_7b_d"
+    cases = [fixture / "cases" / c for c in ("pointing", "text_only")]
+    images = [(c / "image.png") if (c / "image.png").exists() else None for c in cases] * 4
+    prompts = [(c / "prompt.txt").read_text() for c in cases] * 4
+    prompts = [p + " " * i for i, p in enumerate(prompts)]  # every row its own prompt
+    expected = molmo_jax.load(fixture).generate_batch(images, prompts, max_new_tokens=6)
+    on_mesh = molmo_jax.load(fixture, mesh=sharding.make_mesh((1, 8, 1)))
+    for n in (1, 3, 8):
+        assert on_mesh.generate_batch(images[:n], prompts[:n], max_new_tokens=6) == expected[:n]

@@ -1,0 +1,47 @@
+"""Where a stored result comes from: commit, command and machine, written into every result JSON.
+
+    result = {"rows": ..., **provenance.describe()}
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+
+
+def commit() -> str:
+    """The checkout's commit (short hash, "+dirty" with uncommitted changes), or "unknown" outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def machine() -> str:
+    """e.g. "AMD EPYC 9R14, 2 CPU cores; jax cpu x1" or "...; jax NVIDIA H200 x1"."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    devices = jax.devices()
+    return f"{cpu}, {os.cpu_count()} CPU cores; jax {devices[0].device_kind} x{len(devices)}"
+
+
+def describe(command: str | None = None) -> dict[str, str]:
+    """{"commit", "command", "machine"}; `command` defaults to this process's (`python -m <module> <args>`)."""
+    if command is None:
+        module = sys.modules["__main__"].__spec__
+        program = f"python -m {module.name}" if module else f"python {sys.argv[0]}"
+        command = " ".join([program, *sys.argv[1:]])
+    return {"commit": commit(), "command": command, "machine": machine()}

@@ -1,0 +1,134 @@
+"""Writes the README's generated tables between their markers, from stored results and the planner.
+
+    python tools/readme_tables.py           # rewrite README.md in place
+    python tools/readme_tables.py --check   # exit 1 naming the stale tables (tests/test_readme.py runs it)
+
+A generated block in README.md reads
+
+    <!-- generated: NAME (tools/readme_tables.py) -->
+    ...
+    <!-- end generated: NAME -->
+
+and NAME is a key of `TABLES`:
+- main_job: `experiments.main.results_table` of experiments/results/main_job.json (the main job's
+  runs/main/summary.json, copied after a run),
+- plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
+- speed_h200, speed_cpu: experiments/results/bench_train_*.json (`python -m experiments.bench_train --out`).
+Each stored result names its commit, command and machine, and the table says them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) \(tools/readme_tables.py\) -->\n)(?P<body>.*?)"
+                   r"(<!-- end generated: (?P=name) -->)", re.S)
+
+# (mesh, label) of the plan table's rows for each model; batch = one sequence per batch shard.
+PLAN_MESHES = (("fsdp=256", "v5p-256"), ("fsdp=8", "8xH100"), ("fsdp=16,tensor=4", "v4-128"))
+PLAN_MODELS = ("MolmoE-1B-0924", "Molmo-7B-O-0924", "Molmo-7B-D-0924", "Molmo-72B-0924")
+PLAN_SEQ = 2304
+PLAN_ACCELERATORS = ("TPU v5e", "TPU v4", "H100")
+
+
+def _source(result: dict) -> str:
+    return f"commit {result['commit']}, `{result['command']}`, {result['machine']}"
+
+
+def main_job_table() -> str:
+    from experiments import main
+    summary = json.loads((RESULTS / "main_job.json").read_text())
+    c = summary["caption_loss"]
+    return (main.results_table(summary) + "\n\n"
+            f"Held-out caption loss {c['init']:.2f} at init, {c['after_stage1']:.2f} after stage 1; "
+            f"{summary['seconds'] / 60:.1f} minutes in all ({_source(summary)}).\n")
+
+
+def plan_table() -> str:
+    from molmo_jax import config, plan
+    plans = []
+    for name in PLAN_MODELS:
+        cfg = config.get_config(name)
+        cfg.dtype = "bfloat16"
+        for mesh, _ in PLAN_MESHES:
+            shards = math.prod(plan.parse_mesh(mesh)[a] for a in plan.BATCH_AXES)
+            plans.append(plan.plan(cfg, mesh, shards, PLAN_SEQ))
+    return (plan.table(plans, PLAN_ACCELERATORS) + "\n\n"
+            f"Meshes: {', '.join(f'{m} ({label})' for m, label in PLAN_MESHES)}; bf16 compute, f32 params and "
+            f"AdamW, seq {PLAN_SEQ}, the config's crops, one sequence per batch shard "
+            "(`molmo-jax plan --config NAME --mesh MESH --batch SHARDS --seq 2304`).\n")
+
+
+def speed_table(name: str) -> str:
+    result = json.loads((RESULTS / f"{name}.json").read_text())
+    peak = result["matmul_peak_flops_per_s"]
+    lines = ["| config (batch x tokens) | dtype | ours tok/s | torch tok/s | ours / torch | ours / f32 matmul peak "
+             "| torch / f32 matmul peak |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['config']} ({r['batch']} x {r['seq_len']}) | {r['dtype']} | "
+                     f"{_si(r['ours_tokens_per_s'])} | {_si(r['torch_tokens_per_s'])} | {r['speedup']:.2f} | "
+                     f"{_percent(r['ours_fraction_of_peak'])} | {_percent(r['torch_fraction_of_peak'])} |")
+    return ("\n".join(lines) + "\n\n"
+            f"f32 matmul peak {peak / 1e9:,.0f} GFLOP/s (jitted n^3 matmul), "
+            f"{result['iters']} timed steps; {_source(result)}.\n")
+
+
+def _si(x: float) -> str:
+    return f"{x / 1e3:.1f}k" if x < 1e5 else f"{x / 1e3:.0f}k"
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.1f}%" if x < 0.1 else f"{100 * x:.0f}%"
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "main_job": main_job_table,
+    "plan": plan_table,
+    "speed_h200": lambda: speed_table("bench_train_h200"),
+    "speed_cpu": lambda: speed_table("bench_train_cpu"),
+}
+
+
+def render(text: str) -> str:
+    """`text` with every generated block's body regenerated; raises ValueError on an unknown name."""
+    def body(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise ValueError(f"README block {name!r} is not one of {sorted(TABLES)}")
+        return match.group(1) + TABLES[name]() + match.group(4)
+    return BLOCK.sub(body, text)
+
+
+def stale(text: str) -> list[str]:
+    """Names of the blocks whose body differs from what `render` writes."""
+    new = {m["name"]: m["body"] for m in BLOCK.finditer(render(text))}
+    return [m["name"] for m in BLOCK.finditer(text) if m["body"] != new[m["name"]]]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if a table is stale")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    if args.check:
+        if names := stale(text):
+            print(f"{args.readme}: stale generated tables {names}; run python tools/readme_tables.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(render(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
