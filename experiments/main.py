@@ -44,7 +44,7 @@ def caption_loss(cfg, params, tokenizer, batches: int = 4) -> float:
     held_out.update(seed=cfg.eval_seed, model=cfg.model)
     data = lite.data(held_out, "stage1", tokenizer)
     forward = jax.jit(lambda p, b: cross_entropy(Molmo(cfg.model).apply(
-        {"params": p}, b["input_ids"], images=b["images"], image_masks=b["image_masks"],
+        {"params": p}, b["input_ids"], images=b["images"], image_masks=b.get("image_masks"),
         image_input_idx=b["image_input_idx"], position_ids=b["position_ids"],
         subsegment_ids=b["subsegment_ids"]), b["labels"], b["loss_masks"]))
     total = weight = 0.0
