@@ -60,8 +60,8 @@ class Molmo(nn.Module):
     deterministic: bool = True
 
     def setup(self):
-        self.vit = VisionTransformer(self.cfg)
-        self.connector = Connector(self.cfg)
+        self.vit = VisionTransformer(self.cfg, self.deterministic)
+        self.connector = Connector(self.cfg, self.deterministic)
         self.llm = Decoder(self.cfg, self.deterministic)
 
     def encode_images(self, images: jax.Array, image_masks: jax.Array | None) -> jax.Array:
