@@ -6,7 +6,8 @@
 1. trains a byte-level BPE on the synthetic text (Molmo's image tokens appended),
 2. stage 1: dense captioning (PixMo-lite captions + transcripts), stage 2: the multitask mixture
    (clocks, counting, pointing, captions QA, charts, tables), both with the official trainer and Orbax
-   checkpoints (rerunning resumes), curves in <workdir>/stage*/curves.png,
+   checkpoints (rerunning resumes; SIGTERM / SIGINT checkpoint, print "stopped at step N of M", skip
+   the rest and exit 143 / 130), curves in <workdir>/stage*/curves.png,
 3. evaluates on held-out synthetic examples (another seed) with KV-cache generation and the official
    scorers, next to the same prompts with the images swapped between examples (what survives the swap does
    not come from the image), the most common gold answer overall and per question type, and the held-out
@@ -19,6 +20,7 @@ import collections
 import dataclasses
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +34,7 @@ from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.preprocess import Preprocessor
+from molmo_jax.train import trainer
 from molmo_jax.train.loss import cross_entropy
 
 EVAL_TASKS = ("synthetic_count", "synthetic_clocks", "synthetic_cap_qa", "synthetic_docs_charts",
@@ -136,9 +139,13 @@ def main(argv=None):
     tokenizer = lite.build_tokenizer(cfg, workdir)
     init = init_params(cfg.model, jax.random.key(cfg.seed))
     loss_init = caption_loss(cfg, init, tokenizer)
-    stage1_state, stage1_dir = lite.run_stage(cfg, "stage1", tokenizer, workdir)
-    loss_stage1 = caption_loss(cfg, stage1_state["params"], tokenizer)
-    stage2_state, _ = lite.run_stage(cfg, "stage2", tokenizer, workdir, init_from=stage1_dir)
+    try:
+        stage1_state, stage1_dir = lite.run_stage(cfg, "stage1", tokenizer, workdir)
+        loss_stage1 = caption_loss(cfg, stage1_state["params"], tokenizer)
+        stage2_state, _ = lite.run_stage(cfg, "stage2", tokenizer, workdir, init_from=stage1_dir)
+    except trainer.TrainingStopped as stopped:  # checkpointed; no evaluation, no summary
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
     summary = {"workdir": str(workdir), "config": cfg.to_dict(),
                "caption_loss": {"init": loss_init, "after_stage1": loss_stage1},
                "eval": evaluate(cfg, stage2_state["params"], tokenizer, workdir / "eval"),

@@ -9,9 +9,14 @@
 The batches are those the config's data section names (experiments/stage1.py documents it; built by
 experiments/data.py): random token batches, PixMo-lite or PixMo (+ academic sets in stage 2).
 Re-running with the same workdir resumes from its latest checkpoint (params, optimizer, step, RNG and
-data position). SIGTERM saves a checkpoint and exits.
+data position) if the model / optimizer settings are those the workdir was started with. Checkpoints:
+every --config.checkpoint.every steps and / or --config.checkpoint.every_minutes minutes. SIGTERM or
+SIGINT saves a checkpoint, prints "stopped at step N of M; rerun the same command to resume", writes no
+export and exits with 128 + the signal number (143 / 130).
 """
 from __future__ import annotations
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -34,7 +39,11 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_env()
     cfg = _CONFIG.value
-    state = trainer.train(cfg, make_data(cfg), _WORKDIR.value)
+    try:
+        state = trainer.train(cfg, make_data(cfg), _WORKDIR.value)
+    except trainer.TrainingStopped as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
     for fmt in _EXPORT.value:
         out = f"{_WORKDIR.value}/export/{fmt}"
         if fmt == "orbax":

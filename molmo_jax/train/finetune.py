@@ -46,6 +46,11 @@ def _per_component(value) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({c: value for c in optim.COMPONENTS})
 
 
+def default_checkpoint_every(steps: int) -> int:
+    """Ten checkpoints a run, at most 100 steps apart: a crash loses little of a short run."""
+    return max(1, min(100, steps // 10))
+
+
 def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_collections.ConfigDict:
     """Fine-tuning recipe for the checkpoint directory `checkpoint` (native, HF release or Orbax export).
 
@@ -84,7 +89,8 @@ def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_col
     c.mesh = (1, -1, 1)
     c.seed = 6198
     k = c.checkpoint = ml_collections.ConfigDict()
-    k.every = 500
+    k.every = default_checkpoint_every(steps)
+    k.every_minutes = 0.0  # also checkpoint once this many minutes passed since the last save (0: off)
     k.max_to_keep = 1
     k.async_save = True
     c.log_every = 10
