@@ -264,8 +264,7 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
     """
     workdir = Path(workdir)
     mesh = mesh or make_mesh(cfg.mesh)
-    ckpt_dir = workdir / "checkpoints"
-    ckpt = checkpointing.Checkpointer(ckpt_dir, cfg.checkpoint.every, cfg.checkpoint.max_to_keep,
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.max_to_keep,
                                       cfg.checkpoint.async_save, cfg.checkpoint.get("every_minutes", 0.0))
     main = jax.process_index() == 0
     log = None
