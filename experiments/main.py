@@ -34,7 +34,7 @@ from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.preprocess import Preprocessor
-from molmo_jax.train import trainer
+from molmo_jax.train import checkpointing, trainer
 from molmo_jax.train.loss import cross_entropy
 
 EVAL_TASKS = ("synthetic_count", "synthetic_clocks", "synthetic_cap_qa", "synthetic_docs_charts",
@@ -146,6 +146,8 @@ def main(argv=None):
     except trainer.TrainingStopped as stopped:  # checkpointed; no evaluation, no summary
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except checkpointing.ResumeMismatch as mismatch:  # e.g. --arg long on a quick run's workdir
+        sys.exit(f"error: {mismatch}")
     summary = {"workdir": str(workdir), "config": cfg.to_dict(),
                "caption_loss": {"init": loss_init, "after_stage1": loss_stage1},
                "eval": evaluate(cfg, stage2_state["params"], tokenizer, workdir / "eval"),

@@ -44,6 +44,8 @@ def main(argv):
     except trainer.TrainingStopped as stopped:
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except checkpointing.ResumeMismatch as mismatch:  # one line, not a traceback
+        sys.exit(f"error: {mismatch}")
     for fmt in _EXPORT.value:
         out = f"{_WORKDIR.value}/export/{fmt}"
         if fmt == "orbax":
