@@ -122,7 +122,6 @@ def run_stage(cfg, stage: str, tokenizer: MolmoTokenizer, workdir: str | Path, i
     tcfg = trainer_config(cfg, stage)
     tcfg.init_from = str(init_from)
     io.save_run_files(out, tcfg.model, tokenizer)
-    state = trainer.train(tcfg, data(cfg, stage, tokenizer), out)
-    if trainer.completed(tcfg, state):
-        io.export_run(out, state["params"], tcfg.model, tokenizer)
+    state = trainer.train(tcfg, data(cfg, stage, tokenizer), out)  # raises TrainingStopped when stopped
+    io.export_run(out, state["params"], tcfg.model, tokenizer)
     return state, out

@@ -7,7 +7,8 @@
 1. trains a byte-level BPE on the synthetic text (Molmo's image tokens appended),
 2. stage 1: dense captioning (PixMo-lite captions + transcripts), stage 2: the multitask mixture
    (clocks, counting, pointing, captions QA, charts, tables), both with the official trainer and Orbax
-   checkpoints (rerunning resumes), curves in <workdir>/stage*/curves.png,
+   checkpoints (rerunning resumes; SIGTERM / SIGINT checkpoint, print "stopped at step N of M", skip
+   the rest and exit 143 / 130), curves in <workdir>/stage*/curves.png,
 3. evaluates on held-out synthetic examples (another seed) with KV-cache generation and the official
    scorers, next to the same prompts with the images swapped between examples (what survives the swap does
    not come from the image), the most common gold answer overall and per question type, and the held-out
@@ -25,6 +26,7 @@ import collections
 import dataclasses
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +41,7 @@ from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.preprocess import Preprocessor
+from molmo_jax.train import checkpointing, trainer
 from molmo_jax.train.loss import cross_entropy
 
 EVAL_TASKS = ("synthetic_count", "synthetic_clocks", "synthetic_cap_qa", "synthetic_docs_charts",
@@ -51,7 +54,7 @@ def caption_loss(cfg, params, tokenizer, batches: int = 4) -> float:
     held_out.update(seed=cfg.eval_seed, model=cfg.model)
     data = lite.data(held_out, "stage1", tokenizer)
     forward = jax.jit(lambda p, b: cross_entropy(Molmo(cfg.model).apply(
-        {"params": p}, b["input_ids"], images=b["images"], image_masks=b["image_masks"],
+        {"params": p}, b["input_ids"], images=b["images"], image_masks=b.get("image_masks"),
         image_input_idx=b["image_input_idx"], position_ids=b["position_ids"],
         subsegment_ids=b["subsegment_ids"]), b["labels"], b["loss_masks"]))
     total = weight = 0.0
@@ -175,9 +178,15 @@ def run(args):
     tokenizer = lite.build_tokenizer(cfg, workdir)
     init = init_params(cfg.model, jax.random.key(cfg.seed))
     loss_init = caption_loss(cfg, init, tokenizer)
-    stage1_state, stage1_dir = lite.run_stage(cfg, "stage1", tokenizer, workdir)
-    loss_stage1 = caption_loss(cfg, stage1_state["params"], tokenizer)
-    stage2_state, _ = lite.run_stage(cfg, "stage2", tokenizer, workdir, init_from=stage1_dir)
+    try:
+        stage1_state, stage1_dir = lite.run_stage(cfg, "stage1", tokenizer, workdir)
+        loss_stage1 = caption_loss(cfg, stage1_state["params"], tokenizer)
+        stage2_state, _ = lite.run_stage(cfg, "stage2", tokenizer, workdir, init_from=stage1_dir)
+    except trainer.TrainingStopped as stopped:  # checkpointed; no evaluation, no summary
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except checkpointing.ResumeMismatch as mismatch:  # e.g. --arg long on a quick run's workdir
+        sys.exit(f"error: {mismatch}")
     summary = {"workdir": str(workdir), "config": cfg.to_dict(),
                "caption_loss": {"init": loss_init, "after_stage1": loss_stage1},
                "eval": evaluate(cfg, stage2_state["params"], tokenizer, workdir / "eval"),

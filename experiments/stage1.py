@@ -84,7 +84,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.init_from = ""  # "" = random init; or any checkpoint directory (molmo_jax.io.FORMATS, a training run too)
 
     k = c.checkpoint = ml_collections.ConfigDict()
-    k.every = 25 if tiny else 1000
+    k.every = 25 if tiny else 1000  # steps between checkpoints (0: none by step count)
+    k.every_minutes = 0.0  # also checkpoint once this many minutes passed since the last save (0: off)
     k.max_to_keep = 3
     k.async_save = True
     c.log_every = 1 if tiny else 10

@@ -11,11 +11,17 @@ experiments/data.py): random token batches, PixMo-lite or PixMo (+ academic sets
 `--import MODULE` (repeatable) imports a user module first, e.g. one registering a pooling for
 `--config.model.connector.pooling`. Errors print one line (`--debug`: the traceback).
 Re-running with the same workdir resumes from its latest checkpoint (params, optimizer, step, RNG and
-data position). SIGTERM saves a checkpoint and exits. A run that completes exports its model (config,
-weights and the data.tokenizer) to <workdir>/export/<format> (`--export`, default orbax); a run without a
-tokenizer (random token batches and no data.tokenizer) records only its config and exports nothing.
+data position) if the model / optimizer settings are those the workdir was started with. Checkpoints:
+every --config.checkpoint.every steps and / or --config.checkpoint.every_minutes minutes. SIGTERM or
+SIGINT saves a checkpoint, prints "stopped at step N of M; rerun the same command to resume", writes no
+export and exits with 128 + the signal number (143 / 130).
+A run that completes exports its model (config, weights and the data.tokenizer) to
+<workdir>/export/<format> (`--export`, default orbax); a run without a tokenizer (random token batches and
+no data.tokenizer) records only its config and exports nothing.
 """
 from __future__ import annotations
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -52,12 +58,16 @@ def run():
     distributed.initialize_from_env()
     tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.llm.vocab_size) if cfg.data.tokenizer else None
     io.save_run_files(_WORKDIR.value, cfg.model, tokenizer)
-    state = trainer.train(cfg, make_data(cfg, tokenizer), _WORKDIR.value)
+    try:
+        state = trainer.train(cfg, make_data(cfg, tokenizer), _WORKDIR.value)
+    except trainer.TrainingStopped as stopped:  # checkpointed; nothing exported
+        print(stopped, file=sys.stderr)
+        raise SystemExit(stopped.exit_code) from None
     if tokenizer is None:
         print(f"no export: the run has no tokenizer (set data.tokenizer); its config is in {_WORKDIR.value}")
-    elif trainer.completed(cfg, state):
-        for fmt, path in io.export_run(_WORKDIR.value, state["params"], cfg.model, tokenizer, _EXPORT.value).items():
-            print(f"exported {fmt} model to {path}")
+        return
+    for fmt, path in io.export_run(_WORKDIR.value, state["params"], cfg.model, tokenizer, _EXPORT.value).items():
+        print(f"exported {fmt} model to {path}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def vit_config(kind: str = "openai") -> ml_collections.ConfigDict:
     c.activation = "quick_gelu"
     c.norm_eps = 1e-5
     c.num_pos = 577  # positional-embedding rows (incl. the class position when there is one)
-    c.dropout = 0.0
+    c.dropout = 0.0  # training: attention outputs of the ViT and of an attention pooling (official residual_dropout)
     c.init = "normal"  # random init of its Dense kernels (INIT_SCHEMES); released weights replace it
     return c
 
@@ -374,6 +374,9 @@ def from_official(d: Mapping[str, Any], name: str = "official") -> ml_collection
         if k in d and d[k] not in allowed:
             raise ConfigError(f"official config field {k}={d[k]!r} is not supported; supported: {allowed}")
     vb = d["vision_backbone"]
+    if vb.get("attention_dropout", 0.0):
+        raise ConfigError(f"official config field vision_backbone.attention_dropout={vb['attention_dropout']!r} "
+                          "is not supported; supported: 0.0")
     block_type = d.get("block_type", "sequential")
     d_model, n_heads = d["d_model"], d["n_heads"]
     mlp_hidden = (d.get("mlp_hidden_size") or d["mlp_ratio"] * d_model) // 2

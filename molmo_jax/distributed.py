@@ -17,6 +17,7 @@ import os
 from typing import Mapping
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh
 
@@ -71,3 +72,10 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
     `rows * process_count` rows."""
     return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.ndim(v)), v)
             for k, v in local.items()}
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is true on any one (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))

@@ -79,6 +79,10 @@ def _finetune_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--mix-pixmo-lite", type=float, default=0.0,
                         help="fraction of each batch drawn from PixMo-lite (default 0)")
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--checkpoint-every", type=int,
+                        help="steps between checkpoints (default: steps / 10, at most 100; 0: by time only)")
+    parser.add_argument("--checkpoint-every-minutes", type=float, default=0.0,
+                        help="also checkpoint once this many minutes passed since the last one (default 0: off)")
     parser.add_argument("--lr", type=float, help="peak learning rate of every component (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 16)")
 
@@ -105,12 +109,17 @@ def _config(args):
         cfg.optim.lr.update({c: args.lr for c in COMPONENTS})
     if args.batch_size is not None:
         cfg.data.global_batch = args.batch_size
+    if args.checkpoint_every is not None:
+        cfg.checkpoint.every = args.checkpoint_every
+    cfg.checkpoint.every_minutes = args.checkpoint_every_minutes
     return cfg
 
 
 def _finetune(args) -> int:
+    """Exit status 0 when finished and exported; 128 + signal number (143 SIGTERM, 130 SIGINT) when a
+    signal stopped it (checkpointed, nothing exported: rerunning resumes)."""
     from data_pipelines import user_data
-    from molmo_jax.train import finetune
+    from molmo_jax.train import finetune, trainer
     entry_points.check_release_dir(args.checkpoint)
     cfg = _config(args)
     _fetch_urls(user_data.UserData(args.data, args.image_dir, args.allow_outside_images))
@@ -118,7 +127,11 @@ def _finetune(args) -> int:
     if not report.ok:
         print(report.summary(), file=sys.stderr)
         raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")
-    _, exports = finetune.run(cfg, args.workdir)
+    try:
+        _, exports = finetune.run(cfg, args.workdir)
+    except trainer.TrainingStopped as stopped:
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
     for fmt, path in exports.items():
         print(f"wrote {fmt} checkpoint to {path}")
     return 0

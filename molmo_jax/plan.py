@@ -306,8 +306,9 @@ def batch_shapes(cfg, batch: int, seq_len: int, crops: int) -> dict[str, tuple[t
     if crops:
         patches = math.prod(config_lib.patch_grid(cfg))
         out.update(images=((batch, crops, patches, 3 * cfg.vit.patch_size ** 2), np.float32),
-                   image_masks=((batch, crops, patches), np.float32),
                    image_input_idx=((batch, crops, math.prod(config_lib.pooled_grid(cfg))), np.int32))
+        if cfg.connector.padding_embed:
+            out["image_masks"] = ((batch, crops, patches), np.float32)
     return {k: (shape, np.dtype(dt)) for k, (shape, dt) in out.items()}
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -19,10 +22,10 @@ import molmo_jax
 from data_pipelines import user_data
 from experiments import finetune as finetune_experiment
 from fixture_cases import ROOT
-from molmo_jax import cli, formatting, io, lora, sharding
+from molmo_jax import cli, finetune_cli, formatting, io, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.tokenizer import load_tokenizer
-from molmo_jax.train import finetune, optim, trainer
+from molmo_jax.train import checkpointing, finetune, optim, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "qwen2_7b_d"
@@ -145,6 +148,7 @@ def tiny_config(data_file: Path, tmp_path: Path, lora_rank: int, lr: float):
     cfg.optim.lr.update({c: lr for c in optim.COMPONENTS})
     cfg.optim.warmup.update({c: 1 for c in optim.COMPONENTS})
     cfg.log_every = 1
+    cfg.checkpoint.every = 0  # the final checkpoint only
     return cfg
 
 
@@ -206,6 +210,21 @@ def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp
         jax.tree.map(np.testing.assert_array_equal, loaded.params, merged)
         np.testing.assert_allclose(forward(loaded.params, batch), unmerged, atol=1e-5, rtol=1e-5)
 
+    # the workdir now resumes only with its own settings: one line naming each differing field
+    other = tiny_config(data_file, tmp_path, lora_rank=8, lr=3e-3)
+    other.freeze = ("connector", "llm")
+    with pytest.raises(checkpointing.ResumeMismatch) as error:
+        finetune.run(other, tmp_path / "run", mesh)
+    message = str(error.value)
+    assert "\n" not in message and "lora.rank: 4 -> 8" in message
+    assert "freeze: ['connector', 'vit', 'llm'] -> ['connector', 'llm']" in message
+    assert message.count("->") == 2
+    # a workdir without the record (an older run): the restore itself fails, in one line
+    (tmp_path / "run" / checkpointing.SETTINGS_FILE).unlink()
+    with pytest.raises(checkpointing.ResumeMismatch, match=r"step 4 does not fit this run's train state") as error:
+        finetune.run(other, tmp_path / "run", mesh)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 600
+
 
 def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, data_file, forward):
     cfg = tiny_config(data_file, tmp_path, lora_rank=0, lr=1e-3)
@@ -225,6 +244,35 @@ def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, 
         changed = {k: not np.array_equal(after[component][k], before[component][k]) for k in before[component]}
         assert all(changed.values()), [k for k, c in changed.items() if not c]
     assert mean_loss(forward(trained, batch), batch) < mean_loss(forward(base, batch), batch) - 1e-3
+
+
+def test_sigterm_stops_finetune_with_a_checkpoint_and_no_export(tmp_path, data_file, capsys):
+    """A real SIGTERM (sent to this process once a step is logged) during `molmo-jax finetune`."""
+    workdir = tmp_path / "run"
+
+    def terminate_after_first_step():
+        while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_after_first_step, daemon=True).start()
+    code = cli.main(["finetune", "--checkpoint", str(CHECKPOINT), "--data", str(data_file), "--workdir",
+                     str(workdir), "--lora-rank", "4", "--steps", "50", "--batch-size", "8", "--seq-len", "448",  # 8 test devices
+                     "--checkpoint-every", "0"])
+    step = checkpointing.Checkpointer(workdir / "checkpoints", every=0).latest_step()
+    assert code == 128 + signal.SIGTERM and 1 <= step < 50
+    assert capsys.readouterr().err.splitlines()[-1] == f"stopped at step {step} of 50; rerun the same command to resume"
+    assert not (workdir / "export").exists()
+
+
+def test_checkpoint_interval_defaults_and_flags():
+    assert finetune.get_config(str(CHECKPOINT), steps=1000).checkpoint.every == 100
+    assert finetune.get_config(str(CHECKPOINT), steps=50).checkpoint.every == 5
+    args = cli.build_parser().parse_args(["finetune", "--checkpoint", str(CHECKPOINT), "--data", "x.jsonl",
+                                          "--workdir", "w", "--checkpoint-every", "7",
+                                          "--checkpoint-every-minutes", "30"])
+    cfg = finetune_cli._config(args)
+    assert (cfg.checkpoint.every, cfg.checkpoint.every_minutes) == (7, 30.0)
 
 
 # ------------------------------------------------------------------------------------------ README example

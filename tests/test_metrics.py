@@ -18,8 +18,9 @@ from molmo_jax.eval.counting import count_example_scores, parse_count
 from molmo_jax.eval.math_vista import math_vista_score
 from molmo_jax.eval.mmmu import mmmu_score, parse_multi_choice_response
 from molmo_jax.eval.pointing import f1_score, is_valid_point_format, pointing_example_scores
-from molmo_jax.eval.vqa import (a_okvqa_score, anls, anls_score, extract_short_answer, normalize_vqa_answer,
-                                real_world_qa_score, relaxed_correctness, select_mc_option, vqa_score)
+from molmo_jax.eval.vqa import (a_okvqa_score, anls, anls_score, exact_match, extract_short_answer,
+                                normalize_vqa_answer, real_world_qa_score, relaxed_correctness,
+                                relaxed_score, select_mc_option, vqa_score)
 from molmo_jax.formatting import count_text, points_to_text
 
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "official_scores.json").read_text())
@@ -563,3 +564,39 @@ def test_select_mc_option_finds_exact_option(options, data):
 def test_parse_count_reads_counting_answers(n):
     assert parse_count(str(n)) == n
     assert parse_count(count_text('<point x="1.0" y="1.0" alt="a">a</point>', n)) == n
+
+
+@pytest.mark.parametrize("scorer, gold, prediction, expected", [
+    (vqa_score, "cat", "the cat", 1.0),  # the official single-target case: normalised prediction == gold
+    (vqa_score, "cat", "dog", 0.0),
+    (a_okvqa_score, "cat", "Cat ", 1 / 3),  # one answer of the three needed
+    (anls_score, "cat", "cats", 0.75),
+    (relaxed_score, "10", "10.4", 1.0),
+    (exact_match, "Cat", "cat", 1.0),
+    (exact_match, "cat", "c", 0.0),  # not a character of the gold
+])
+def test_plain_string_gold_is_one_reference(scorer, gold, prediction, expected):
+    assert scorer(gold, prediction) == pytest.approx(expected)
+    if scorer is not vqa_score:
+        assert scorer(gold, prediction) == scorer([gold], prediction)
+
+
+@pytest.mark.parametrize("scorer", [vqa_score, a_okvqa_score, anls_score, relaxed_score, exact_match])
+def test_gold_that_is_no_string_sequence_is_a_type_error(scorer):
+    with pytest.raises(TypeError, match="gold answers"):
+        scorer(3, "3")
+
+
+def test_mmmu_default_fallback_is_the_official_process_stream():
+    """The official module seeds the global `random` once: consecutive fallbacks draw from one stream."""
+    import molmo_jax.eval.mmmu as mmmu
+    options = ["x", "y", "z", "w"]
+    state = mmmu.OFFICIAL_FALLBACK_RNG.getstate()
+    try:
+        mmmu.OFFICIAL_FALLBACK_RNG.seed(mmmu.MMMU_SEED)
+        got = [mmmu_score(["A"], "zzz", "multiple-choice", options) for _ in range(20)]
+    finally:
+        mmmu.OFFICIAL_FALLBACK_RNG.setstate(state)
+    rng = random.Random(42)
+    assert got == [float(rng.choice("ABCD") == "A") for _ in range(20)]
+    assert 0 < sum(got) < 20

@@ -12,9 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from fixture_cases import ROOT, case_id, cases, load_arrays
-from molmo_jax import io
-from molmo_jax.models.molmo import Molmo
+from fixture_cases import ROOT, case_id, cases, load_arrays, no_mask_variant
+from molmo_jax import io, plan
+from molmo_jax.models.molmo import Molmo, dummy_inputs
+from molmo_jax.preprocess import Preprocessor
+from molmo_jax.tokenizer import load_tokenizer
+from molmo_jax.train.synthetic import make_batch
 from molmo_jax.train.loss import cross_entropy
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -35,8 +38,9 @@ def load_model(fixture: str):
 def model_inputs(arrays: dict[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
     kw = {"input_ids": arrays[f"{prefix}input_tokens"][None].astype(np.int32)}
     if "images" in arrays:
-        kw.update(images=arrays["images"][None], image_masks=arrays["image_masks"][None],
-                  image_input_idx=arrays[f"{prefix}image_input_idx"][None])
+        kw.update(images=arrays["images"][None], image_input_idx=arrays[f"{prefix}image_input_idx"][None])
+    if "image_masks" in arrays:  # a model without a padding embedding has none
+        kw["image_masks"] = arrays["image_masks"][None]
     return kw
 
 
@@ -130,3 +134,41 @@ def test_logits_padded_batch(pair):
                                 images=batch_images(pair[0], arrays), image_masks=arrays["image_masks"],
                                 image_input_idx=arrays["image_input_idx"]))
     np.testing.assert_allclose(np.asarray(logits), arrays["logits"], **TOL)
+
+
+@pytest.fixture(scope="module")
+def no_mask_fixture(tmp_path_factory):
+    return no_mask_variant("qwen2_7b_d", tmp_path_factory.mktemp("no_mask") / "qwen2_7b_d_no_pad_embed")
+
+
+def test_model_without_image_masks(no_mask_fixture):
+    """`image_padding_embed = None`: the preprocessor emits no image masks and every consumer runs without
+    them. ViT features stay the official ones; the rest equals the fixture model with a zero pad_embed
+    (the official connector then adds nothing), which differs from the official logits with it."""
+    cfg, params = io.load(no_mask_fixture)
+    assert cfg.connector.padding_embed is None and "pad_embed" not in params["connector"]
+    with np.load(no_mask_fixture / "cases" / "pointing" / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    assert "image_masks" not in arrays
+    tok = load_tokenizer(str(no_mask_fixture / "tokenizer.json"), cfg.llm.vocab_size)
+    case = no_mask_fixture / "cases" / "pointing"
+    ours = Preprocessor(cfg, tok)(str(case / "image.png"), (case / "prompt.txt").read_text())
+    assert "image_masks" not in ours
+    for key in ("input_tokens", "image_input_idx"):
+        np.testing.assert_array_equal(ours[key], arrays[key])
+
+    logits, state = jax.jit(lambda p, kw: Molmo(cfg).apply({"params": p}, **kw, mutable=["intermediates"]))(
+        params, model_inputs(arrays))
+    for i, layer in enumerate(cfg.vit_layers):
+        np.testing.assert_allclose(state["intermediates"]["vit_features"][0][i],
+                                   arrays[f"vit_hidden_layer{layer % cfg.vit.num_layers}"], **TOL)
+    _, base_params, fn = load_model("qwen2_7b_d")
+    zero_pad = {**base_params, "connector": {**base_params["connector"],
+                                             "pad_embed": np.zeros_like(base_params["connector"]["pad_embed"])}}
+    expected, _ = fn(zero_pad, model_inputs(load_arrays("qwen2_7b_d", "pointing")))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), **TOL)
+    assert not np.allclose(np.asarray(expected[0]), load_arrays("qwen2_7b_d", "pointing")["logits"], **TOL)
+
+    batch = make_batch(cfg, np.random.default_rng(0), 2, 32, crops=1)
+    assert "image_masks" not in batch and "image_masks" not in dummy_inputs(cfg)
+    assert "image_masks" not in plan.batch_shapes(cfg, 2, 32, 1)

@@ -1,5 +1,5 @@
-"""Trainer: optimizer and schedule parity with the official recipe, exact resume after SIGKILL / SIGTERM,
-crash-safe async checkpoints, restore onto another mesh, and the training loss on the official fixtures."""
+"""Trainer: optimizer and schedule parity with the official recipe, exact resume after SIGKILL (during
+saves) / SIGTERM, crash-safe async checkpoints, restore onto another mesh, and the training loss on the official fixtures."""
 from __future__ import annotations
 
 import json
@@ -235,17 +235,58 @@ def test_kill_during_async_save_keeps_previous_checkpoint(tmp_path):
     assert data.get_state() == {"next_index": 1}
 
 
+def test_time_based_checkpoints(tmp_path):
+    ckpt = checkpointing.Checkpointer(tmp_path, every=0, every_minutes=0.2 / 60)
+    state = {"w": jnp.arange(4.0)}
+    assert not ckpt.save(1, state)  # 0.2 s have not passed since the start
+    time.sleep(0.25)
+    assert ckpt.save(2, state) and not ckpt.save(3, state)  # the clock restarts at each save
+    ckpt.wait()
+    assert ckpt.manager.all_steps() == [2]
+    ckpt.close()
+
+
+def test_resume_check_names_each_differing_field_and_allows_runtime_changes(tmp_path):
+    cfg = stage1.get_config("tiny")
+    checkpointing.check_resume(tmp_path, checkpointing.run_settings(cfg), resuming=False)
+    runtime = stage1.get_config("tiny")
+    runtime.mesh = (2, -1, 1)  # another mesh reshards on restore
+    runtime.model.llm.remat_policy, runtime.optim.grad_accum, runtime.checkpoint.every = "none", 2, 1
+    checkpointing.check_resume(tmp_path, checkpointing.run_settings(runtime), resuming=True)
+    other = stage1.get_config("tiny")
+    other.model.llm.n_layers, other.optim.lr.llm = 3, 1.0
+    with pytest.raises(checkpointing.ResumeMismatch) as error:
+        checkpointing.check_resume(tmp_path, checkpointing.run_settings(other), resuming=True)
+    message = str(error.value)
+    assert "\n" not in message and message.count("->") == 2
+    assert f"model.llm.n_layers: {cfg.model.llm.n_layers} -> 3" in message
+    assert f"optim.lr.llm: {cfg.optim.lr.llm} -> 1.0" in message
+
+
 # ------------------------------------------------------------------------------------------ exact resume
 
 
+def saving(checkpoints: Path) -> list[Path]:
+    """The directories of saves in progress (Orbax renames one to its step when committed)."""
+    return [p for p in checkpoints.glob("*.orbax-checkpoint-tmp*")] if checkpoints.exists() else []
+
+
+# Moments of an async save at which a run gets SIGKILLed: just begun, some arrays written.
+SAVE_MOMENTS = {
+    "begun": lambda ckpts: bool(saving(ckpts)),
+    "arrays_written": lambda ckpts: any(f.is_file() for d in saving(ckpts) for f in (d / "state").rglob("*")),
+}
+
+
 def run_training(workdir: Path, cache: Path, steps: int, stop_after: int | None = None,
-                 sig: int = signal.SIGKILL) -> int:
-    """experiments/train.py on the tiny config (2 devices, text-only, checkpoints every 3 steps, the fixture's
-    tokenizer for the export); with `stop_after`, sends `sig` once this run has logged that many steps.
-    Returns the exit code."""
+                 sig: int = signal.SIGKILL, kill_at=None, every: int = 3):
+    """experiments/train.py on the tiny config (2 devices, text-only, checkpoints every `every` steps, the
+    fixture's tokenizer for the Orbax export when finished); with `stop_after`, sends `sig` once this run has
+    logged that many steps (SIGTERM: then SIGINT during the save it causes); with `kill_at` (a
+    `SAVE_MOMENTS` value), SIGKILLs it at that moment of its first save. Returns (exit code, stderr)."""
     cmd = [sys.executable, "-m", "experiments.train", "--config", "experiments/stage1.py:tiny",
-           f"--workdir={workdir}", f"--config.optim.steps={steps}", "--config.checkpoint.every=3",
-           "--config.data.crops=0", "--config.data.seq_len=32", "--config.log_every=1",
+           f"--workdir={workdir}", f"--config.optim.steps={steps}", f"--config.checkpoint.every={every}",
+           "--config.data.crops=0", "--config.data.seq_len=32", "--config.log_every=1", "--export=orbax",
            f"--config.data.tokenizer={TOKENIZER}"]
     xla_flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"  # fast compiles
     env = {**os.environ, "XLA_FLAGS": xla_flags,
@@ -254,39 +295,56 @@ def run_training(workdir: Path, cache: Path, steps: int, stop_after: int | None 
     log = workdir / "metrics.jsonl"
     logged = lambda: len(log.read_text().splitlines()) if log.exists() else 0
     stop_at = None if stop_after is None else logged() + stop_after
-    while stop_at is not None and child.poll() is None:
-        if logged() >= stop_at:
-            child.send_signal(sig)
+    while (stop_at is not None or kill_at is not None) and child.poll() is None:
+        if kill_at is not None and kill_at(workdir / "checkpoints"):
+            child.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.02)
+        if stop_at is not None and logged() >= stop_at:
+            stale = set(saving(workdir / "checkpoints"))  # left by killed runs
+            child.send_signal(sig)
+            if sig == signal.SIGTERM:  # a second signal while the save it causes runs
+                while child.poll() is None and not set(saving(workdir / "checkpoints")) - stale:
+                    time.sleep(0.001)
+                child.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.001)
     _, err = child.communicate(timeout=300)
-    if stop_after is None or sig == signal.SIGTERM:
-        assert child.returncode == 0, err.decode()[-3000:]
-    return child.returncode
+    err = err.decode()
+    if stop_after is None and kill_at is None:
+        assert child.returncode == 0, err[-3000:]
+    return child.returncode, err
 
 
 def losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in metrics_log.read(workdir / "metrics.jsonl")}
 
 
-def test_resume_after_sigkill_and_sigterm_is_bit_identical(tmp_path):
+def test_resume_after_sigkill_during_saves_and_sigterm_is_bit_identical(tmp_path):
+    """SIGKILL at several moments of an async save, then SIGTERM (+ SIGINT during its save), then a
+    rerun: every restart restores the last complete checkpoint and the losses are the uninterrupted run's."""
     steps = 12
     cache = tmp_path / "jax_cache"
     run_training(tmp_path / "ref", cache, steps)
     reference = losses(tmp_path / "ref")
     assert sorted(reference) == list(range(1, steps + 1))
     assert (tmp_path / "ref" / "curves.png").exists() and list((tmp_path / "ref" / "tb").iterdir())
+    assert (tmp_path / "ref" / "export" / "orbax").is_dir()
 
     work = tmp_path / "resumed"
-    kill_at = int(np.random.default_rng().integers(2, 8))
-    assert run_training(work, cache, steps, stop_after=kill_at) == -signal.SIGKILL
-    run_training(work, cache, steps, stop_after=2, sig=signal.SIGTERM)  # saves its last step, exits 0
+    for moment in SAVE_MOMENTS.values():  # checkpoints every step: the kill lands in the first save it sees
+        code, _ = run_training(work, cache, steps, kill_at=moment, every=1)
+        assert code == -signal.SIGKILL
+        committed = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+        assert checkpointing.Checkpointer(work / "checkpoints", every=1).latest_step() == (committed or [None])[-1]
+    assert saving(work / "checkpoints")  # the kills left unfinished saves behind
+    code, err = run_training(work, cache, steps, stop_after=2, sig=signal.SIGTERM)
     last_logged = json.loads((work / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert f"stopped at step {last_logged} of {steps}; rerun the same command to resume" in err
+    assert not (work / "export").exists()  # a stopped run is not exported as if finished
     assert checkpointing.Checkpointer(work / "checkpoints", every=3).latest_step() == last_logged
-    assert not (work / "export").exists()  # a stopped run never looks finished
     run_training(work, cache, steps)
-    resumed = losses(work)
-    assert resumed == reference, f"killed at step {kill_at}"
+    assert losses(work) == reference
     # the completed run's export is its last checkpoint's model, with the config and the data's tokenizer
     exported = molmo_jax.load(work / "export" / "orbax")
     cfg, params = io.load(work)

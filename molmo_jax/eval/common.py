@@ -1,7 +1,17 @@
 """Helpers shared by the scorers."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
+
+
+def as_references(answers: str | Sequence[str]) -> list[str]:
+    """Gold answers as a list: a plain string is one reference (as the official `VqaEval` reads it),
+    never a sequence of one-character references."""
+    if isinstance(answers, str):
+        return [answers]
+    if isinstance(answers, (bytes, Mapping)) or not isinstance(answers, Iterable):
+        raise TypeError(f"gold answers must be a string or a sequence of strings, got {type(answers).__name__}")
+    return list(answers)
 
 
 def mean(values: Sequence[float]) -> float:

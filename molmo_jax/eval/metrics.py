@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from molmo_jax.eval.android_control import step_accuracy
 from molmo_jax.eval.clocks import clock_scores
-from molmo_jax.eval.common import mean
+from molmo_jax.eval.common import as_references, mean
 from molmo_jax.eval.counting import count_scores
 from molmo_jax.eval.math_vista import math_vista_score
 from molmo_jax.eval.mmmu import MMMU_SEED, mmmu_score
@@ -62,8 +62,7 @@ ExampleScorer = Callable[[str, Reference, ScoringOptions], float]
 
 def _answers(ref: Reference) -> list[str]:
     """Gold answers as `VqaEval` reads them: "answer" before "answers", a string as a 1-list."""
-    answers = ref["answer"] if "answer" in ref else ref["answers"]
-    return [answers] if isinstance(answers, str) else list(answers)
+    return as_references(ref["answer"] if "answer" in ref else ref["answers"])
 
 
 SHORT_ANSWER_METRICS: dict[str, ExampleScorer] = {

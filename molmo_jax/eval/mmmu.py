@@ -3,8 +3,9 @@ benchmark's `main_parse_and_eval.py`): parse an option letter or an open answer 
 
 Random fallback: when no option letter can be found the official code guesses with Python's global
 `random`, seeded once with 42 when the module is imported, so the guesses depend on how many
-fallbacks came before in the process. `mmmu_score(..., rng=random.Random(42))` called on the
-examples in order reproduces a fresh official run; `rng=None` scores such answers as wrong instead.
+fallbacks came before in the process. `mmmu_score`'s default is the same: one process-wide stream
+seeded with 42 (`OFFICIAL_FALLBACK_RNG`); `rng=random.Random(42)` called on the examples in order
+reproduces a fresh official run whatever ran before; `rng=None` scores such answers as wrong instead.
 """
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import re
 import string
 from typing import Sequence
 
+from molmo_jax.eval.common import as_references
+
 MMMU_SEED = 42
+# The official module's `random.seed(42)` on import: one stream for every fallback in the process.
+OFFICIAL_FALLBACK_RNG = random.Random(MMMU_SEED)
 _STRIP_CHARS = (",", ".", "!", "?", ";", ":", "'")
 _KEY_INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
 _TRIVIAL_RESPONSES = (":", ",", ".", "!", "?", ";", "'")
@@ -118,8 +123,7 @@ def parse_open_response(response: str) -> list:
 
 def eval_open(answers: str | Sequence[str], candidates: Sequence) -> bool:
     """A float candidate equal to a numeric answer, or a string candidate containing a text answer."""
-    answers = [answers] if isinstance(answers, str) else answers
-    gold = [g for a in answers for g in normalize_str(a)]
+    gold = [g for a in as_references(answers) for g in normalize_str(a)]
     for candidate in candidates:
         if isinstance(candidate, str):
             if any(isinstance(g, str) and g in candidate for g in gold):
@@ -130,14 +134,14 @@ def eval_open(answers: str | Sequence[str], candidates: Sequence) -> bool:
 
 
 def mmmu_score(answers: str | Sequence[str], response: str, question_type: str,
-               options: Sequence[str] = (), rng: random.Random | None = None) -> float:
+               options: Sequence[str] = (), rng: random.Random | None = OFFICIAL_FALLBACK_RNG) -> float:
     """1.0 if the response answers an MMMU question correctly.
 
     question_type "multiple-choice": `options` (empty ones dropped) are lettered A, B, ...; the parsed
     letter must equal an answer. Any other type is scored as an open question.
     rng: the random fallback for unparseable multiple-choice answers (see the module docstring).
     """
-    answers = [answers] if isinstance(answers, str) else list(answers)
+    answers = as_references(answers)
     if question_type != "multiple-choice":
         return float(eval_open(answers, parse_open_response(response)))
     options = [o for o in options if len(o) > 0]

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from typing import Sequence
 
-from molmo_jax.eval.common import edit_distance
+from molmo_jax.eval.common import as_references, edit_distance
 
 # Normalisation tables of the official VQA evaluation (data, copied verbatim; entries with capitals
 # can never match because answers are lower-cased first, as in the official code).
@@ -100,25 +100,31 @@ def normalize_vqa_answer(answer: str, official_periods: bool = True) -> str:
     return _map_words(_strip_punctuation(text, official_periods))
 
 
-def vqa_score(answers: Sequence[str], prediction: str, *, official_periods: bool = True,
+def vqa_score(answers: str | Sequence[str], prediction: str, *, official_periods: bool = True,
               leave_one_out: bool = False) -> float:
     """VQA accuracy of `prediction` against the human `answers`, after VQA normalisation.
 
     Default (official Molmo code): min(#answers equal to the prediction / 3, 1).
     leave_one_out: the VQA v2 server's average over the 10 subsets of 9 answers of
       min(#matches in the subset / 3, 1).
+    A plain-string `answers` is the official `vqa_score`'s single-target case: 1.0 if the normalised
+    prediction equals it as given (the gold is not normalised), else 0.0. (`VqaEval`, and so `score`,
+    wraps a string gold in a list first: one reference of three needed.)
     """
     prediction = normalize_vqa_answer(prediction, official_periods)
-    matches = [normalize_vqa_answer(a, official_periods) == prediction for a in answers]
+    if isinstance(answers, str):
+        return float(prediction == answers)
+    matches = [normalize_vqa_answer(a, official_periods) == prediction for a in as_references(answers)]
     n = sum(matches)
     if not leave_one_out or not matches:
         return min(n / 3.0, 1.0)
     return sum(min((n - m) / 3.0, 1.0) for m in matches) / len(matches)
 
 
-def a_okvqa_score(answers: Sequence[str], prediction: str) -> float:
-    """A-OKVQA direct-answer score: min(#equal answers / 3, 1) after lower() and strip() only."""
-    counts = Counter(a.lower().strip() for a in answers)
+def a_okvqa_score(answers: str | Sequence[str], prediction: str) -> float:
+    """A-OKVQA direct-answer score: min(#equal answers / 3, 1) after lower() and strip() only; a
+    plain-string `answers` is one answer (the official function would count its characters)."""
+    counts = Counter(a.lower().strip() for a in as_references(answers))
     return min(counts[prediction.lower().strip()] / 3.0, 1.0)
 
 
@@ -136,9 +142,9 @@ def anls(target: str, prediction: str, theta: float = 0.5) -> float:
     return 1.0 - distance if distance < theta else 0.0
 
 
-def anls_score(answers: Sequence[str], prediction: str, theta: float = 0.5) -> float:
-    """ANLS against several references: the best single-reference ANLS."""
-    return max(anls(a, prediction, theta) for a in answers)
+def anls_score(answers: str | Sequence[str], prediction: str, theta: float = 0.5) -> float:
+    """ANLS against several references (a plain string is one): the best single-reference ANLS."""
+    return max(anls(a, prediction, theta) for a in as_references(answers))
 
 
 def _to_float(text: str) -> float | None:
@@ -161,14 +167,15 @@ def relaxed_correctness(target: str, prediction: str, max_relative_change: float
     return prediction.lower() == target.lower()
 
 
-def relaxed_score(answers: Sequence[str], prediction: str) -> float:
-    """Relaxed correctness against several references (any)."""
-    return float(any(relaxed_correctness(a, prediction) for a in answers))
+def relaxed_score(answers: str | Sequence[str], prediction: str) -> float:
+    """Relaxed correctness against several references (any; a plain string is one)."""
+    return float(any(relaxed_correctness(a, prediction) for a in as_references(answers)))
 
 
-def exact_match(answers: Sequence[str], prediction: str) -> float:
-    """1.0 if the prediction equals one of the answers ignoring case (no stripping)."""
-    return float(prediction.lower() in [a.lower() for a in answers])
+def exact_match(answers: str | Sequence[str], prediction: str) -> float:
+    """1.0 if the prediction equals one of the answers (a plain string is one) ignoring case (no
+    stripping)."""
+    return float(prediction.lower() in [a.lower() for a in as_references(answers)])
 
 
 def select_mc_option(prediction: str, options: Sequence[str]) -> int:

@@ -101,8 +101,15 @@ def add_padding_embedding(module: nn.Module, cfg, features: jax.Array, masks: ja
     return features + pad[0] * all_pad + pad[1] * partial
 
 
+ATTENTION_POOLINGS = ("attention_meanq", "attention", "attention_2wide")
+
+
 class Connector(nn.Module):
+    """Training drops (official `MolmoVisionBackbone`): the padded ViT features at rate
+    `connector.feature_dropout` (`image_feature_dropout`), and an attention pooling's output at rate
+    `vit.dropout` (the pooling is a `ViTMultiHeadDotProductAttention` with the vision residual dropout)."""
     cfg: object
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, features: jax.Array, image_masks: jax.Array | None) -> jax.Array:
@@ -111,12 +118,16 @@ class Connector(nn.Module):
         b, t = features.shape[:2]
         if cfg.connector.padding_embed:
             features = add_padding_embedding(self, cfg, features, image_masks)
+        features = nn.Dropout(cfg.connector.feature_dropout, name="feature_dropout")(
+            features, deterministic=self.deterministic)
         gh, gw = config_lib.patch_grid(cfg)
         ph, pw = cfg.connector.pooling_h, cfg.connector.pooling_w
         grid = features.reshape(b, t, gh, gw, -1)
         grid = jnp.pad(grid, ((0, 0), (0, 0), (0, -gh % ph), (0, -gw % pw), (0, 0)))
         windows = einops.rearrange(grid, "b t (h dh) (w dw) c -> (b t h w) (dh dw) c", dh=ph, dw=pw)
         pooled = POOLINGS[cfg.connector.pooling](cfg, name="pooling")(windows)
+        if cfg.connector.pooling in ATTENTION_POOLINGS:
+            pooled = nn.Dropout(cfg.vit.dropout, name="pooling_dropout")(pooled, deterministic=self.deterministic)
         pooled = pooled.reshape(b, t, -1, pooled.shape[-1])
         self.sow("intermediates", "pooled_features", pooled)
         return Projector(cfg, name="projector")(pooled)

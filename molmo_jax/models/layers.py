@@ -181,6 +181,12 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     init_scheme: str = "normal"
+    # Training-only inverted dropout, as the official modules apply it: on the attention probabilities
+    # (the LLM's `attention_dropout`, torch SDPA's dropout_p) and on the output after the projection
+    # (the vision `residual_dropout` of `ViTMultiHeadDotProductAttention`).
+    probs_dropout: float = 0.0
+    out_dropout: float = 0.0
+    deterministic: bool = True
 
     def _proj(self, heads: int, heads_axis: str, name: str, bias: bool) -> Dense:
         return Dense((heads, self.head_dim), ("embed",), (heads_axis, "head_dim"), bias, self.dtype,
@@ -211,16 +217,22 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
             cache = {"k": k, "v": v, "index": cache["index"]}
-        out = dot_product_attention(q, k, v, mask)
+        drop_probs = None
+        if self.probs_dropout and not self.deterministic:
+            drop_probs = lambda p: nn.Dropout(self.probs_dropout, name="probs_dropout")(p, deterministic=False)
+        out = dot_product_attention(q, k, v, mask, drop_probs)
         out = Dense((self.out_dim,), ("heads", "head_dim"), ("embed",), self.out_bias, self.dtype,
                     self.param_dtype, self.init_scheme, name="out")(out)
+        out = nn.Dropout(self.out_dropout, name="out_dropout")(out, deterministic=self.deterministic)
         return out if cache is None else (out, cache)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                          drop_probs: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(D) + bias) v with float32 scores; masked keys get a finfo.min bias as in the
     official model. q: [B,T,H,D], k/v: [B,S,K,D] -> [B,T,H,D]. Heads-major layout: kv heads are repeated
-    to H (XLA's CPU backend runs the grouped 5-D einsum 1.3-3x slower)."""
+    to H (XLA's CPU backend runs the grouped 5-D einsum 1.3-3x slower). `drop_probs` (training) is
+    applied to the probabilities float32[B,H,T,S]."""
     h, d = q.shape[2], q.shape[3]
     if k.shape[2] != h:
         k = jnp.repeat(k, h // k.shape[2], axis=2)
@@ -229,7 +241,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     scores = jnp.einsum("bthd,bshd->bhts", q, k.astype(jnp.float32))
     if mask is not None:
         scores = scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if drop_probs is not None:
+        probs = drop_probs(probs)
+    probs = probs.astype(v.dtype)
     return jnp.einsum("bhts,bshd->bthd", probs, v)
 
 

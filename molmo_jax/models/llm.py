@@ -55,7 +55,8 @@ class DecoderBlock(nn.Module):
         self.sow("intermediates", "block_input", x)
         attention = Attention(llm.n_heads, llm.n_kv_heads, llm.head_dim, llm.d_model, qkv_bias=llm.qkv_bias,
                               qk_norm_eps=llm.norm_eps if llm.qk_norm else None, rope_theta=llm.rope_theta,
-                              dtype=dtype, param_dtype=pdtype, name="attention")
+                              dtype=dtype, param_dtype=pdtype, probs_dropout=llm.attention_dropout,
+                              deterministic=self.deterministic, name="attention")
         if llm.block_type == "moe":
             ffn = MoeMlp(cfg, name="moe")
         else:

@@ -60,8 +60,8 @@ class Molmo(nn.Module):
     deterministic: bool = True
 
     def setup(self):
-        self.vit = VisionTransformer(self.cfg)
-        self.connector = Connector(self.cfg)
+        self.vit = VisionTransformer(self.cfg, self.deterministic)
+        self.connector = Connector(self.cfg, self.deterministic)
         self.llm = Decoder(self.cfg, self.deterministic)
 
     def encode_images(self, images: jax.Array, image_masks: jax.Array | None) -> jax.Array:
@@ -138,7 +138,8 @@ def dummy_inputs(cfg, batch: int = 1, seq_len: int = 16, with_images: bool = Tru
         patches = int(np.prod(config_lib.patch_grid(cfg)))
         n_tokens = int(np.prod(config_lib.pooled_grid(cfg)))
         inputs["images"] = np.zeros((batch, crops, patches, cfg.vit.patch_size ** 2 * 3), np.float32)
-        inputs["image_masks"] = np.ones((batch, crops, patches), np.float32)
+        if cfg.connector.padding_embed:
+            inputs["image_masks"] = np.ones((batch, crops, patches), np.float32)
         inputs["image_input_idx"] = np.full((batch, crops, n_tokens), -1, np.int32)
     return inputs
 

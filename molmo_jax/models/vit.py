@@ -17,8 +17,12 @@ from molmo_jax.models.layers import (Attention, Dense, LayerNorm, Mlp, dtype_of,
                                      scanned)
 
 class VitBlock(nn.Module):
-    """x += attn(LN(x)); x += mlp(LN(x)), with DINOv2 layer scales. Carry: (x, selected, layer)."""
+    """x += attn(LN(x)); x += mlp(LN(x)), with DINOv2 layer scales. Carry: (x, selected, layer).
+
+    Training drops the attention output at rate `vit.dropout` (the official vision `residual_dropout`;
+    the MLP branch has none)."""
     cfg: object
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, carry, selected_layers: jax.Array):
@@ -26,7 +30,8 @@ class VitBlock(nn.Module):
         v = self.cfg.vit
         dtype, pdtype = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         h = Attention(v.num_heads, v.num_kv_heads, v.head_dim, v.width, qkv_bias=True, out_bias=True,
-                      dtype=dtype, param_dtype=pdtype, init_scheme=v.init, name="attention")(
+                      dtype=dtype, param_dtype=pdtype, init_scheme=v.init, out_dropout=v.dropout,
+                      deterministic=self.deterministic, name="attention")(
             LayerNorm(v.norm_eps, name="attention_norm")(x))
         if v.kind == "dino":
             h = h * param_with_axes(self, "lambda1", nn.initializers.ones, (v.width,), ("embed",), pdtype)
@@ -51,6 +56,7 @@ def resize_positions(pos: jax.Array, grid: tuple[int, int]) -> jax.Array:
 
 class VisionTransformer(nn.Module):
     cfg: object
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, patches: jax.Array) -> jax.Array:
@@ -73,6 +79,6 @@ class VisionTransformer(nn.Module):
         layers = jnp.asarray([i % v.num_layers for i in self.cfg.vit_layers], jnp.int32)
         selected = jnp.zeros((len(self.cfg.vit_layers),) + x.shape, x.dtype)
         blocks = scanned(VitBlock, v.num_layers, self.cfg.llm.remat_policy, n_broadcast=1,
-                         unroll=self.cfg.llm.scan_unroll)(self.cfg, name="blocks")
+                         unroll=self.cfg.llm.scan_unroll)(self.cfg, self.deterministic, name="blocks")
         (_, selected, _), _ = blocks((x, selected, jnp.int32(0)), layers)
         return selected

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import grain
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from molmo_jax import distributed
 
 
 class _IteratorState:
@@ -55,13 +58,17 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
 class Checkpointer:
     """Periodic async checkpoints of the train state and the data position.
 
-    every: save when step % every == 0 (and whenever `save(..., force=True)`);
-    max_to_keep: older checkpoints are deleted once a newer one is committed.
+    every: save when step % every == 0 (0: never by step count); every_minutes: also save the first
+    step at least that many minutes after the last save (0: never by time; every process agrees on
+    it); both besides `save(..., force=True)`. max_to_keep: older checkpoints are deleted once a newer
+    one is committed.
     """
 
     def __init__(self, directory: str | os.PathLike, every: int, max_to_keep: int = 3,
-                 async_save: bool = True):
-        self.every = every
+                 async_save: bool = True, every_minutes: float = 0.0):
+        self.directory = directory
+        self.every, self.every_minutes = every, every_minutes
+        self._last_save = time.monotonic()
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
         state_handler = _state_handler()
         registry.add("state", ocp.args.PyTreeSave, state_handler)
@@ -82,8 +89,12 @@ class Checkpointer:
         Returns at once with async saving; the arrays are copied before the next train step may
         donate them. A step that is already saved is skipped.
         """
-        if not (force or step % self.every == 0) or step in self.manager.all_steps():
+        due = force or (self.every > 0 and step % self.every == 0)
+        if self.every_minutes > 0:  # a collective when several processes run: evaluated on every step
+            due = distributed.any_process(time.monotonic() - self._last_save >= 60 * self.every_minutes) or due
+        if not due or step in self.manager.all_steps():
             return False
+        self._last_save = time.monotonic()
         args = {"state": ocp.args.PyTreeSave(state)}
         if data is not None and has_state(data):
             args["data"] = grain.checkpoint.CheckpointSave(_IteratorState(data))
@@ -104,3 +115,46 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+
+# ----------------------------------------------------------------------------------- resume checks
+
+SETTINGS_FILE = "run_settings.json"
+# How a run executes rather than what it trains: these may change between a run and its resumption.
+RUNTIME_FIELDS = ("model.llm.remat_policy", "model.llm.scan_unroll", "optim.grad_accum")
+_UNSET = "<unset>"
+
+
+class ResumeMismatch(ValueError):
+    """A workdir's checkpoints come from a run with other settings than this one."""
+
+
+def run_settings(cfg) -> dict[str, Any]:
+    """What the train state depends on: the model, optimizer, LoRA and frozen-component settings of a
+    training config, as {dotted name: JSON value} (`RUNTIME_FIELDS` and the mesh left out)."""
+    tree = json.loads(json.dumps({k: cfg[k] for k in ("model", "optim", "lora", "freeze") if k in cfg},
+                                 default=lambda v: v.to_dict() if hasattr(v, "to_dict") else str(v)))
+
+    def flat(value, prefix):
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: value}
+
+    return {k: v for k, v in flat(tree, "").items() if k not in RUNTIME_FIELDS}
+
+
+def check_resume(workdir: str | os.PathLike, settings: dict[str, Any], resuming: bool):
+    """Records `settings` in `workdir` when a run starts; when it resumes, raises ResumeMismatch naming
+    every field that differs from the recorded ones (one line)."""
+    path = epath.Path(workdir) / SETTINGS_FILE
+    if resuming and path.exists():
+        recorded = json.loads(path.read_text())
+        diffs = [f"{k}: {recorded.get(k, _UNSET)!r} -> {settings.get(k, _UNSET)!r}"
+                 for k in sorted(set(recorded) | set(settings)) if recorded.get(k, _UNSET) != settings.get(k, _UNSET)]
+        if diffs:
+            raise ResumeMismatch(f"{workdir} holds checkpoints of a run with other settings ({'; '.join(diffs)}); "
+                                 "rerun with the recorded settings or use a new workdir")
+    elif jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+

@@ -44,6 +44,11 @@ def _per_component(value) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({c: value for c in optim.COMPONENTS})
 
 
+def default_checkpoint_every(steps: int) -> int:
+    """Ten checkpoints a run, at most 100 steps apart: a crash loses little of a short run."""
+    return max(1, min(100, steps // 10))
+
+
 def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_collections.ConfigDict:
     """Fine-tuning recipe for the checkpoint directory `checkpoint` (any `io.FORMATS`).
 
@@ -83,7 +88,8 @@ def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_col
     c.mesh = (1, -1, 1)
     c.seed = 6198
     k = c.checkpoint = ml_collections.ConfigDict()
-    k.every = 500
+    k.every = default_checkpoint_every(steps)
+    k.every_minutes = 0.0  # also checkpoint once this many minutes passed since the last save (0: off)
     k.max_to_keep = 1
     k.async_save = True
     c.log_every = 10
@@ -239,7 +245,8 @@ def validate_data(cfg, tokenizer) -> user_data.Report:
 
 
 def run(cfg, workdir: str | Path, mesh: Mesh | None = None) -> tuple[dict, dict[str, Path]]:
-    """Fine-tunes (resuming from `workdir`) and exports to workdir/export/<format>.
+    """Fine-tunes (resuming from `workdir`) and exports to workdir/export/<format>; a run stopped by a
+    signal raises `trainer.TrainingStopped` and exports nothing.
 
     Returns (final train state, {format: export directory}).
     """
@@ -248,6 +255,4 @@ def run(cfg, workdir: str | Path, mesh: Mesh | None = None) -> tuple[dict, dict[
     tokenizer = io.load_tokenizer(cfg.init_from, model_cfg)
     io.save_run_files(workdir, model_cfg, tokenizer)
     state = trainer.train(cfg, make_data(cfg, tokenizer), workdir, mesh, program(cfg, mesh))
-    if not trainer.completed(cfg, state):
-        return state, {}
     return state, io.export_run(workdir, trained_params(state, cfg), model_cfg, tokenizer, cfg.export)

@@ -15,8 +15,8 @@ from molmo_jax import config as config_lib
 
 def make_batch(cfg, rng: np.random.Generator, batch_size: int, seq_len: int, crops: int) -> dict[str, np.ndarray]:
     """One batch in the collator's layout: input_ids / labels / position_ids int32[B, T], loss_masks
-    float32[B, T]; with crops > 0 images float32[B, C, P, 588], image_masks float32[B, C, P],
-    image_input_idx int32[B, C, N]."""
+    float32[B, T]; with crops > 0 images float32[B, C, P, 588], image_input_idx int32[B, C, N] and,
+    for a model with a padding embedding, image_masks float32[B, C, P]."""
     vocab = cfg.llm.vocab_size
     start = rng.integers(0, vocab, (batch_size, 1))
     stride = rng.integers(1, 8, (batch_size, 1))
@@ -39,8 +39,9 @@ def make_batch(cfg, rng: np.random.Generator, batch_size: int, seq_len: int, cro
         idx[:, 0, :used] = 1 + np.arange(used)
         batch.update(
             images=rng.uniform(-1, 1, (batch_size, crops, patches, 3 * cfg.vit.patch_size ** 2)).astype(np.float32),
-            image_masks=np.ones((batch_size, crops, patches), np.float32),
             image_input_idx=idx)
+        if cfg.connector.padding_embed:  # the preprocessor emits no masks for a model without padding embed
+            batch["image_masks"] = np.ones((batch_size, crops, patches), np.float32)
     return batch
 
 

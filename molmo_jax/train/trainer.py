@@ -170,11 +170,6 @@ def initial_params(cfg, rng: jax.Array, mesh: Mesh) -> Any:
     return io.load_params(cfg.init_from, cfg.model, mesh)
 
 
-def completed(cfg, state: dict) -> bool:
-    """Whether `state` (as `train` returned it) reached cfg.optim.steps, rather than stopping early."""
-    return int(state["step"]) >= cfg.optim.steps
-
-
 def initial_state(cfg, opt: optim.Optimizer, mesh: Mesh, target: dict) -> dict:
     params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = initial_params(cfg, params_rng, mesh)
@@ -203,19 +198,36 @@ def standard_program(cfg, mesh: Mesh) -> Program:
 # ------------------------------------------------------------------------------------------- the loop
 
 
-class StopOnSigterm:
-    """While active, SIGTERM sets `requested` (the loop then checkpoints and returns) instead of killing."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingStopped(RuntimeError):
+    """`train` was stopped by a signal before its last step; the state of `step` is checkpointed.
+
+    Entry points print the message and exit with `exit_code`: 128 + the signal number, the shell's
+    convention (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, step: int, total: int, signum: int):
+        super().__init__(f"stopped at step {step} of {total}; rerun the same command to resume")
+        self.step, self.total, self.signum = step, total, signum
+        self.exit_code = 128 + signum
+
+
+class StopOnSignals:
+    """While active, SIGTERM / SIGINT record `signum` (the loop then checkpoints and stops) instead of
+    killing; more signals during that save are recorded too and change nothing."""
 
     def __enter__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.signum = None
+        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = self.signum or signum
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data) -> dict[str, float]:
@@ -243,41 +255,77 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
     ({reason: count}) and `drops` ({"dataset/reason": count}) dicts, as data_pipelines.mixtures reports
     them, are logged. `program`: what to train
     (default `standard_program`; e.g. molmo_jax.train.finetune's frozen / LoRA programs). Writes
-    workdir/{checkpoints/, metrics.jsonl, tb/, curves.png}. Returns the final train state.
+    workdir/{checkpoints/, metrics.jsonl, tb/, curves.png, run_settings.json}. Checkpoints every
+    cfg.checkpoint.every steps and / or every_minutes minutes. Returns the final train state.
+
+    A workdir holding checkpoints resumes only with the settings it was started with
+    (`checkpointing.ResumeMismatch` names the differing fields; another mesh is fine). SIGTERM / SIGINT
+    checkpoint the current step and raise `TrainingStopped` (nothing after `train` runs).
     """
     workdir = Path(workdir)
     mesh = mesh or make_mesh(cfg.mesh)
-    program = program or standard_program(cfg, mesh)
-    target = program.target
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.max_to_keep,
-                                      cfg.checkpoint.async_save)
+                                      cfg.checkpoint.async_save, cfg.checkpoint.get("every_minutes", 0.0))
     main = jax.process_index() == 0
-    log = metrics_log.MetricsLog(workdir, enabled=main)
-    step_fn = jax.jit(program.step, out_shardings=(shardings_of(target), NamedSharding(mesh, PartitionSpec())),
-                      donate_argnums=0)
-    # outside the mesh context: unboxing abstract params under a global mesh adds sharding constraints
-    state = ckpt.restore(target, data) if ckpt.latest_step() is not None else program.init()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES), StopOnSigterm() as stop:
-        start = int(state["step"])
-        pending, t0 = [], time.perf_counter()
-        bar = tqdm(total=cfg.optim.steps, initial=start, disable=not main, desc="train")
-        for step in range(start + 1, cfg.optim.steps + 1):
-            batch = host_batch(next(data))
-            state, metrics = step_fn(state, distributed.global_batch(batch, mesh))
-            pending.append((step, metrics, int((batch["input_ids"] != -1).sum()) * jax.process_count()))
-            if step % cfg.log_every == 0 or step == cfg.optim.steps or stop.requested:
-                row = _flush(log, pending, t0, data)
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-                t0 = time.perf_counter()
-            ckpt.save(step, state, data)
-            bar.update()
-            if stop.requested:
-                break
-        bar.close()
-        ckpt.save(int(state["step"]), state, data, force=True)
-        ckpt.wait()
-    ckpt.close()
-    log.close()
+    log = None
+    try:
+        with StopOnSignals() as stop:
+            latest = ckpt.latest_step()
+            checkpointing.check_resume(workdir, checkpointing.run_settings(cfg), resuming=latest is not None)
+            program = program or standard_program(cfg, mesh)
+            target = program.target
+            step_fn = jax.jit(program.step, donate_argnums=0,
+                              out_shardings=(shardings_of(target), NamedSharding(mesh, PartitionSpec())))
+            # outside the mesh context: unboxing abstract params under a global mesh adds sharding constraints
+            state = program.init() if latest is None else _restore(ckpt, latest, target, data)
+            log = metrics_log.MetricsLog(workdir, enabled=main)
+            with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+                state, stopped = _loop(cfg, state, step_fn, data, mesh, ckpt, log, stop)
+            ckpt.save(int(state["step"]), state, data, force=True)
+            ckpt.wait()  # still under StopOnSignals: a signal now cannot cut the save short
+    finally:
+        ckpt.close()
+        if log is not None:
+            log.close()
     if main and log.path.exists():
         metrics_log.plot(metrics_log.read(log.path), workdir / "curves.png")
+    if stopped:
+        raise TrainingStopped(int(state["step"]), cfg.optim.steps, stop.signum or signal.SIGTERM)
     return state
+
+
+def _restore(ckpt: checkpointing.Checkpointer, step: int, target: dict, data) -> dict:
+    """The checkpoint of `step`; one line when it does not fit this run (the library's report is the
+    exception's cause, shown with --debug)."""
+    try:
+        return ckpt.restore(target, data, step)
+    except Exception as e:  # Orbax / TensorStore report a tree mismatch in pages of text
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
+        raise checkpointing.ResumeMismatch(
+            f"{ckpt.directory}: step {step} does not fit this run's train state ({first}); rerun with the "
+            "settings it was made with or use a new workdir") from e
+
+
+def _loop(cfg, state: dict, step_fn, data, mesh: Mesh, ckpt: checkpointing.Checkpointer,
+          log: metrics_log.MetricsLog, stop: StopOnSignals) -> tuple[dict, bool]:
+    """Steps from the state's step to cfg.optim.steps -> (state, False), or until a stop signal reached
+    any process -> (state, True), every process stopping after the same step."""
+    start, stopped = int(state["step"]), False
+    pending, t0 = [], time.perf_counter()
+    bar = tqdm(total=cfg.optim.steps, initial=start, disable=jax.process_index() != 0, desc="train")
+    for step in range(start + 1, cfg.optim.steps + 1):
+        if distributed.any_process(stop.signum is not None):
+            stopped = True
+            break
+        batch = host_batch(next(data))
+        state, metrics = step_fn(state, distributed.global_batch(batch, mesh))
+        pending.append((step, metrics, int((batch["input_ids"] != -1).sum()) * jax.process_count()))
+        if step % cfg.log_every == 0 or step == cfg.optim.steps or stop.signum is not None:
+            row = _flush(log, pending, t0, data)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            t0 = time.perf_counter()
+        ckpt.save(step, state, data)
+        bar.update()
+    _flush(log, pending, t0, data)
+    bar.close()
+    return state, stopped
