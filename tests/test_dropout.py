@@ -8,7 +8,6 @@ import functools
 import flax.linen as nn
 import jax
 import numpy as np
-import pytest
 
 from molmo_jax import config
 from molmo_jax.models.connector import Connector
@@ -27,12 +26,13 @@ def _dropped(train: np.ndarray, full: np.ndarray, rate: float = RATE) -> np.ndar
 
 
 def _attention(**kw) -> Attention:
-    return Attention(num_heads=2, num_kv_heads=2, head_dim=8, out_dim=16, qkv_bias=True, init="fan_in", **kw)
+    return Attention(num_heads=2, num_kv_heads=2, head_dim=8, out_dim=16, qkv_bias=True, init_scheme="fan_in",
+                     **kw)
 
 
 def _attention_params():
     x = np.random.default_rng(0).normal(size=(3, 6, 16)).astype(np.float32)
-    params = nn.Module.init(_attention(), jax.random.key(0), x)["params"]  # the `init` field shadows the method
+    params = _attention().init(jax.random.key(0), x)["params"]
     return nn.meta.unbox(params), x
 
 
