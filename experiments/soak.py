@@ -6,7 +6,7 @@ watching for leaks.
 
 Trains the tiny Qwen2-family config (text-only synthetic batches, 1 device) with `trainer.train`:
 metrics.jsonl + TensorBoard every `log_every` steps, async Orbax checkpoints every `checkpoint_every`
-steps. Every `eval_every` steps the latest committed checkpoint is restored (`restore_params`, as an
+steps. Every `eval_every` steps the latest committed checkpoint is restored (`io.load_params`, as an
 evaluation job reads them) and scored on held-out batches (mean loss). Every `sample_every` steps it
 samples host RSS (/proc/self/statm), device memory (the device's bytes in use; on a CPU, which reports
 none, the bytes of live jax arrays) and open file descriptors (/proc/self/fd).
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -34,10 +33,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import stage1
-from molmo_jax import sharding
+from experiments import provenance, stage1
+from molmo_jax import io, sharding
 from molmo_jax.models.molmo import Molmo
-from molmo_jax.train import checkpointing, optim, synthetic, trainer
+from molmo_jax.train import synthetic, trainer
 from molmo_jax.train.loss import cross_entropy
 
 MODES = {  # steps, checkpoint_every, eval_every, sample_every, log_every
@@ -81,7 +80,7 @@ class Probe:
         self.data = synthetic.SyntheticBatches(cfg.model, cfg.data.global_batch, cfg.data.seq_len, 0, cfg.data.seed)
         self.sample_every, self.eval_every = sample_every, eval_every
         self.checkpoints = workdir / "checkpoints"
-        self.target = trainer.abstract_state(cfg.model, optim.make(cfg.optim), mesh)["params"]
+        self.model_cfg, self.mesh = cfg.model, mesh
         held_out = synthetic.SyntheticBatches(cfg.model, cfg.data.global_batch, cfg.data.seq_len, 0, cfg.seed + 1)
         self.held_out = [trainer.host_batch(next(held_out)) for _ in range(2)]
         model = Molmo(cfg.model)
@@ -104,7 +103,7 @@ class Probe:
         """Mean held-out loss of the latest committed checkpoint (None before the first)."""
         if not any(p.name.isdigit() for p in self.checkpoints.glob("*")):
             return None
-        params = checkpointing.restore_params(self.checkpoints, self.target)
+        params = io.load_params(self.checkpoints, self.model_cfg, self.mesh)
         sums = [jax.device_get(self.loss(params, b)) for b in self.held_out]
         return float(sum(s[0].sum() for s in sums) / sum(s[1] for s in sums))
 
@@ -147,7 +146,7 @@ def run(cfg, workdir: Path, eval_every: int, sample_every: int, mode: str = "cus
         else "live jax arrays",
         "open_fds_start": fds_start, "open_fds_end": open_fds(),
         "evals": probe.evals, "samples": probe.samples,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} {jax.default_backend()}",
+        **provenance.describe(),
         "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),  # glibc's default: 8 arenas per core
     }
 

@@ -192,7 +192,10 @@ def _target(cfg, mesh) -> Any:
     mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     boxed = abstract_params(cfg)
     dtype = jax.numpy.dtype(cfg.param_dtype)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s), nn.meta.unbox(boxed),
+    # unboxed without sharding constraints, which fail on ShapeDtypeStructs under a caller's mesh context
+    values = jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed,
+                          is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s), values,
                         sharding.param_shardings(boxed, mesh))
 
 
