@@ -3,7 +3,6 @@ pooling reaches config validation, `molmo-jax convert` and `experiments.train`),
 --debug before or after the subcommand, --version, and where a released model comes from."""
 from __future__ import annotations
 
-import shutil
 
 import flax.linen as nn
 import jax
@@ -13,7 +12,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from fixture_cases import ROOT
-from molmo_jax import checkpoints, cli, config, entry_points
+from molmo_jax import cli, config, entry_points, io
 from molmo_jax.models import connector
 from molmo_jax.models.molmo import abstract_params
 
@@ -97,8 +96,7 @@ def test_registered_pooling_reaches_convert_only_with_import(tmp_path, user_modu
     cfg = config.validate(cfg)
     ckpt = tmp_path / "max_ckpt"
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), nn.unbox(abstract_params(cfg)))
-    checkpoints.save_native(zeros, cfg, ckpt)
-    shutil.copy(ROOT / "qwen2_7b_d" / "tokenizer.json", ckpt / "tokenizer.json")
+    io.save(zeros, cfg, io.load_tokenizer(ROOT / "qwen2_7b_d", cfg), ckpt, "native")
     forget_max_pooling()
     convert = ["convert", "--checkpoint", ckpt, "--to", "orbax"]
     rc, _, err = run(convert + ["--out", tmp_path / "a"], capsys)
