@@ -15,14 +15,15 @@ import dataclasses
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
 import jax
+import ml_dtypes
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
+import safetensors
+import safetensors.numpy
+from etils import epath
 
 from molmo_jax import config as config_lib
 from molmo_jax import sharding
@@ -348,7 +349,8 @@ def native_to_release(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.nd
 
 # ----------------------------------------------------------------------------- files
 
-def safetensor_files(path: Path) -> list[Path]:
+def safetensor_files(path: epath.PathLike) -> list[epath.Path]:
+    path = epath.Path(path)
     index = path / "model.safetensors.index.json"
     if index.exists():
         return sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
@@ -358,18 +360,27 @@ def safetensor_files(path: Path) -> list[Path]:
     return files
 
 
-def read_safetensors(files: Iterable[Path]) -> dict[str, np.ndarray]:
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                       "BOOL": np.bool_}
+
+
+def read_safetensors(files: Iterable[epath.PathLike]) -> dict[str, np.ndarray]:
+    """{name: array} of safetensors files, local or gs://; bfloat16 tensors (base LLMs) stay bfloat16."""
     out = {}
     for f in files:
-        with safe_open(str(f), framework="numpy") as st:
-            for k in st.keys():
-                out[k] = st.get_tensor(k)
+        for name, t in safetensors.deserialize(epath.Path(f).read_bytes()):
+            out[name] = np.frombuffer(t["data"], _SAFETENSORS_DTYPES[t["dtype"]]).reshape(t["shape"])
     return out
+
+
+def _write_safetensors(tensors: Mapping[str, np.ndarray], path: epath.Path, metadata=None):
+    path.write_bytes(safetensors.numpy.save(dict(tensors), metadata=metadata))
 
 
 def detect_format(path: str | os.PathLike) -> str:
     """"native" (config.json is an official ModelConfig + weights.safetensors) or "hf_release"."""
-    path = Path(path)
+    path = epath.Path(path)
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json")
     return "native" if (path / "weights.safetensors").exists() else "hf_release"
@@ -377,7 +388,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def load_config(path: str | os.PathLike, vision: Mapping[str, Any] | None = None):
     """The model config stored with a checkpoint directory (either format)."""
-    path = Path(path)
+    path = epath.Path(path)
     d = json.loads((path / "config.json").read_text())
     if detect_format(path) == "native":
         return config_lib.from_official(d, name=path.name)
@@ -395,13 +406,13 @@ def place(params_np: Mapping[str, Any], cfg, mesh=None) -> Any:
     return jax.tree.map(put, params_np, shardings)
 
 
-def load(path: str | os.PathLike, cfg=None, mesh=None, vision: Mapping[str, Any] | None = None):
+def load(path: epath.PathLike, cfg=None, mesh=None, vision: Mapping[str, Any] | None = None):
     """Loads a checkpoint directory of either format -> (cfg, params sharded over `mesh`).
 
     `vision` overrides ViT sizes for an HF release whose vision tower is not the released CLIP-L
     (the release config.json does not describe it).
     """
-    path = Path(path)
+    path = epath.Path(path)
     fmt = detect_format(path)
     cfg = cfg or load_config(path, vision)
     if fmt == "native":
@@ -415,9 +426,9 @@ def load(path: str | os.PathLike, cfg=None, mesh=None, vision: Mapping[str, Any]
 
 def save_native(params, cfg, path: str | os.PathLike):
     """Writes the official native layout: weights.safetensors (official names) + config.json."""
-    path = Path(path)
+    path = epath.Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(params_to_native(params, cfg), str(path / "weights.safetensors"))
+    _write_safetensors(params_to_native(params, cfg), path / "weights.safetensors")
     (path / "config.json").write_text(json.dumps(config_lib.to_official(cfg), indent=1))
 
 
@@ -426,7 +437,7 @@ def save_hf_release(params, cfg, path: str | os.PathLike, max_shard_bytes: int =
 
     The remote modelling code files of the hub repos are not written (they are third-party code).
     """
-    path = Path(path)
+    path = epath.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = native_to_release(params_to_native(params, cfg), cfg)
     shards, current, size = [], {}, 0
@@ -440,7 +451,7 @@ def save_hf_release(params, cfg, path: str | os.PathLike, max_shard_bytes: int =
     weight_map = {}
     for i, shard in enumerate(shards):
         name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(path / name), metadata={"format": "pt"})
+        _write_safetensors(shard, path / name, metadata={"format": "pt"})
         weight_map.update({k: name for k in shard})
     total = sum(x.nbytes for x in tensors.values())
     (path / "model.safetensors.index.json").write_text(

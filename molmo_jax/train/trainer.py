@@ -29,7 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from molmo_jax import checkpoints, distributed, sharding
+from molmo_jax import checkpoints, convert_base, distributed, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
 from molmo_jax.train import checkpointing, metrics_log, optim
 from molmo_jax.train.loss import cross_entropy
@@ -164,7 +164,11 @@ def shardings_of(tree) -> Any:
 
 def initial_params(cfg, rng: jax.Array, mesh: Mesh, target) -> Any:
     """Random init, or the params of `cfg.init_from`: a training / params-only Orbax checkpoint (stage 2
-    from stage 1) or an official native / HF release directory."""
+    from stage 1) or an official native / HF release directory; or pretrained towers `cfg.init.vit` /
+    `cfg.init.llm` (transformers directories, stage 1) with the rest random."""
+    towers = cfg.get("init")
+    if towers and (towers.vit or towers.llm):
+        return convert_base.init_params_from_hf_dirs(cfg.model, rng, towers.vit, towers.llm, mesh)
     if not cfg.init_from:
         return init_params(cfg.model, rng, mesh)
     if checkpointing.is_orbax(cfg.init_from):
@@ -273,6 +277,7 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
         ckpt.wait()
     ckpt.close()
     log.close()
-    if main and log.path.exists():
-        metrics_log.plot(metrics_log.read(log.path), workdir / "curves.png")
+    rows = metrics_log.read(log.path) if main else []
+    if rows:
+        metrics_log.plot(rows, workdir / "curves.png")
     return state

@@ -1,0 +1,92 @@
+"""Stage 1 from pretrained towers: `init.vit` / `init.llm` name transformers directories.
+
+Tiny random CLIP and Qwen2 models (test_hf_parity's) are written with `save_pretrained`; a stage-1 run
+through `trainer.train` (zero steps: the state training starts from) must give ViT features and LLM
+logits equal to transformers' to 1e-5, with the connector randomly initialised as officially.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from experiments import stage1
+from experiments.data import make_data
+from molmo_jax import config, convert_base
+from molmo_jax.config import ConfigError
+from molmo_jax.models.molmo import Molmo, init_params
+from molmo_jax.models.vit import VisionTransformer
+from molmo_jax.train import trainer
+from test_hf_parity import hf_clip, hf_llm, patchify, token_batch
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory):
+    """(CLIP directory, Qwen2 directory) written by transformers."""
+    root = tmp_path_factory.mktemp("towers")
+    hf_clip().save_pretrained(root / "clip")
+    hf_llm("qwen2").save_pretrained(root / "qwen2")
+    return root / "clip", root / "qwen2"
+
+
+def stage1_config(vit, llm):
+    cfg = stage1.get_config("tiny")
+    cfg.model = convert_base.config_from_hf(hf_llm("qwen2").config, hf_clip().config, base=config.tiny("qwen2"),
+                                           vit_layers=(-1, -3))
+    cfg.init.update(vit=str(vit), llm=str(llm))
+    cfg.optim.steps = 0
+    return cfg
+
+
+def test_stage1_starts_from_the_pretrained_towers(towers, tmp_path):
+    cfg = stage1_config(*towers)
+    stage1.check_init(cfg)
+    params = trainer.train(cfg, make_data(cfg), tmp_path / "run")["params"]
+
+    pixels = np.random.default_rng(1).normal(size=(2, 3, 112, 112)).astype(np.float32)
+    with torch.no_grad():
+        hidden = hf_clip()(pixel_values=torch.tensor(pixels), output_hidden_states=True).hidden_states
+    features = np.asarray(jax.jit(VisionTransformer(cfg.model).apply)({"params": params["vit"]},
+                                                                      patchify(pixels, 14)))
+    for i, layer in enumerate(cfg.model.vit_layers):
+        np.testing.assert_allclose(features[i], hidden[layer % cfg.model.vit.num_layers + 1].numpy(), **TOL)
+
+    ids, valid = token_batch()
+    with torch.no_grad():
+        expected = hf_llm("qwen2")(input_ids=torch.tensor(np.maximum(ids, 0)),
+                                   attention_mask=torch.tensor(valid.astype(np.int64))).logits.numpy()
+    logits = np.asarray(jax.jit(Molmo(cfg.model).apply)({"params": {"llm": params["llm"]}}, ids))
+    np.testing.assert_allclose(logits[valid], expected[valid], **TOL)
+
+    params_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))[0]  # trainer.initial_state's init key
+    fresh = init_params(cfg.model, params_rng)["connector"]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(params["connector"]), jax.device_get(fresh))
+
+
+def test_released_stage1_configs_name_their_towers():
+    for name, llm in stage1.BASE_MODELS.items():
+        cfg = stage1.get_config(name)
+        assert (cfg.init.vit, cfg.init.llm) == (stage1.placeholder(stage1.VIT_BASE), stage1.placeholder(llm))
+        with pytest.raises(ValueError, match=r"^init\.vit is not set: pass --config\.init\.vit=DIR, a local or "
+                                             r"gs:// copy of openai/clip-vit-large-patch14-336"):
+            stage1.check_init(cfg)
+        cfg.init.vit = "/models/clip"
+        with pytest.raises(ValueError, match=f"init.llm is not set: .* copy of {llm} "):
+            stage1.check_init(cfg)
+    assert stage1.get_config("tiny").init.to_dict() == dict(vit="", llm="")
+
+
+def test_towers_that_do_not_fit_the_config(towers, tmp_path):
+    clip, qwen2 = towers
+    cfg = stage1_config(clip, qwen2)
+    cfg.model.vit.num_heads = cfg.model.vit.num_kv_heads = 2
+    cfg.model.vit.head_dim = 32
+    with pytest.raises(ConfigError, match=r"does not match the HF CLIP vision tower: vit\.num_heads=2 \(HF: 4\)"):
+        convert_base.init_params_from_hf_dirs(cfg.model, jax.random.key(0), vit=clip)
+    with pytest.raises(ConfigError, match=r"model_type 'qwen2' is not a CLIP vision tower"):
+        convert_base.init_params_from_hf_dirs(cfg.model, jax.random.key(0), vit=qwen2)
+    with pytest.raises(ValueError, match=f"{tmp_path}: no config.json, not a Hugging Face model directory"):
+        convert_base.init_params_from_hf_dirs(cfg.model, jax.random.key(0), llm=tmp_path)
