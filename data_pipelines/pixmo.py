@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import os
 import re
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -33,8 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from etils import epath
 
 from data_pipelines.download import image_file
+from molmo_jax import paths
 
 Rows = Mapping[str, list]  # column -> values over the rows of one example
 Example = dict[str, Any]
@@ -255,7 +256,7 @@ class TableSource:
 def parquet_files(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Sorted files of a glob pattern, a file, or a list of them; raises FileNotFoundError on none."""
     patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
-    files = sorted({f for p in patterns for f in glob.glob(os.fspath(p))})
+    files = sorted({f for p in patterns for f in paths.glob(p)})
     if not files:
         raise FileNotFoundError(f"no parquet files match {patterns}")
     return files
@@ -266,11 +267,12 @@ def read_table(files, schema_name: str) -> pa.Table:
     schema = SCHEMAS[schema_name]
     tables = []
     for path in parquet_files(files):
-        names = pq.read_schema(path).names
-        missing = [c for c in schema.names if c not in names]
-        if missing:
-            raise ValueError(f"{path}: not a {schema_name} file, it lacks the column(s) {missing}")
-        tables.append(pq.read_table(path, columns=schema.names))
+        with epath.Path(path).open("rb") as f:
+            parquet = pq.ParquetFile(f)
+            missing = [c for c in schema.names if c not in parquet.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{path}: not a {schema_name} file, it lacks the column(s) {missing}")
+            tables.append(parquet.read(columns=schema.names))
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -312,7 +314,8 @@ def carve_split(groups: Sequence[np.ndarray], split: str, n_val: int | None) -> 
 def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir) -> TableSource:
     """A source whose images are cached downloads of `image_url`; groups without a cached image are dropped."""
     urls = table.column("image_url")
-    kept = [g for g in groups if os.path.exists(image_file(image_dir, urls[int(g[0])].as_py()))]
+    cached = paths.names(image_dir)
+    kept = [g for g in groups if os.path.basename(image_file(image_dir, urls[int(g[0])].as_py())) in cached]
     return TableSource(table, kept, convert, _CachedImage(os.fspath(image_dir)))
 
 
@@ -410,9 +413,9 @@ def pixmo_clocks(files, image_dir) -> TableSource:
     """PixMo-Clocks. The hub ships metadata only; renderings must be `<image_dir>/<example_id>.png`
     (rows without one are dropped). `synthetic.ClockSource` draws its own clocks instead."""
     table = read_table(files, "pixmo-clocks")
-    path = lambda i: os.path.join(os.fspath(image_dir), f"{i}.png")  # noqa: E731
+    rendered = paths.names(image_dir)
     ids = table.column("example_id").to_pylist()
-    groups = [np.array([r]) for r, i in enumerate(ids) if os.path.exists(path(i))]
+    groups = [np.array([r]) for r, i in enumerate(ids) if f"{i}.png" in rendered]
     return TableSource(table, groups, functools.partial(clocks_example), _ClockImage(os.fspath(image_dir)))
 
 
@@ -442,7 +445,7 @@ def hub_files(data_dir, repo: str, split: str, config: str | None = None) -> str
 
 def _eval_urls(data_dir) -> list[str]:
     pattern = hub_files(data_dir, "pixmo-points-eval", "test")
-    return read_table(pattern, "pixmo-points-eval").column("image_url").to_pylist() if glob.glob(pattern) else []
+    return read_table(pattern, "pixmo-points-eval").column("image_url").to_pylist() if paths.glob(pattern) else []
 
 
 def load(name: str, data_dir, image_dir, split: str = "train") -> TableSource:

@@ -30,13 +30,13 @@ import dataclasses
 import json
 import os
 import urllib.parse
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from etils import epath
 
 from data_pipelines import download
-from molmo_jax import preprocess
+from molmo_jax import paths, preprocess
 
 FIELDS = ("image", "conversations", "points", "label", "style")
 DEFAULT_STYLE = "demo"
@@ -66,17 +66,17 @@ def is_url(image: str) -> bool:
     return urllib.parse.urlparse(image).scheme in download.SCHEMES
 
 
-def default_image_dir(path: str | os.PathLike) -> Path:
+def default_image_dir(path: epath.PathLike) -> epath.Path:
     """Where URL images of a JSONL file are cached unless told otherwise: `<its directory>/.image_cache`."""
-    return Path(path).absolute().parent / ".image_cache"
+    return paths.absolute(path).parent / ".image_cache"
 
 
-def lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if text.strip():
-                yield number, text
+def lines(path: epath.PathLike) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of every non-blank line (local or gs://)."""
+    paths.require_bucket(path, "data file")
+    for number, text in enumerate(epath.Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if text.strip():
+            yield number, text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def parse(text: str, line: int, base_dir: str | os.PathLike, image_dir: str | os
         problems.append("style must be a non-empty string")
     if problems:
         raise RowError(line, problems)
-    path = download.image_file(image_dir, image) if is_url(image) else os.path.join(base_dir, image)
+    path = download.image_file(image_dir, image) if is_url(image) else os.fspath(epath.Path(base_dir) / image)
     return Row(line, path, turns, points, row.get("label"), style)
 
 
@@ -184,8 +184,8 @@ class UserData:
     """
 
     def __init__(self, path: str | os.PathLike, image_dir: str | os.PathLike | None = None):
-        self.path = Path(path)
-        self.image_dir = Path(image_dir) if image_dir is not None else default_image_dir(path)
+        self.path = epath.Path(path)
+        self.image_dir = epath.Path(image_dir) if image_dir is not None else default_image_dir(path)
         self.rows = list(lines(self.path))
 
     def __len__(self) -> int:
@@ -193,7 +193,7 @@ class UserData:
 
     def row(self, index: int) -> Row:
         line, text = self.rows[index]
-        return parse(text, line, self.path.absolute().parent, self.image_dir)
+        return parse(text, line, paths.absolute(self.path).parent, self.image_dir)
 
     def get(self, index: int, rng=None) -> dict[str, Any]:
         row = self.row(index)

@@ -20,12 +20,12 @@ import dataclasses
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from experiments import lite
 from molmo_jax.api import MolmoBundle
@@ -90,7 +90,7 @@ class SwappedImages:
         return example
 
 
-def evaluate(cfg, params, tokenizer, out_dir: Path) -> dict:
+def evaluate(cfg, params, tokenizer, out_dir: epath.Path) -> dict:
     """Each EVAL_TASKS metric on the held-out split, its baselines, and (but pointing) the same prompts with
     the images swapped between examples."""
     model_cfg = cfg.model
@@ -131,7 +131,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     start = time.perf_counter()
-    workdir = Path(args.workdir)
+    workdir = epath.Path(args.workdir)
     cfg = lite.get_config(args.arg)
     tokenizer = lite.build_tokenizer(cfg, workdir)
     init = init_params(cfg.model, jax.random.key(cfg.seed))

@@ -37,7 +37,7 @@ _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error inste
 def run(cfg, workdir: str, exports: list[str]):
     stage1.check_init(cfg)
     state = trainer.train(cfg, make_data(cfg), workdir)
-    for fmt in exports:
+    for fmt in exports if trainer.finished(cfg, state) else ():
         out = f"{workdir}/export/{fmt}"
         if fmt == "orbax":
             orbax_params.save(state["params"], out)

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
-from safetensors import safe_open
+from etils import epath
 from tqdm import tqdm
 
 from molmo_jax import checkpoints
@@ -150,34 +148,33 @@ def generate(bundle: MolmoBundle, image: ImageInput | None, prompt: str, **kwarg
 
 # ----------------------------------------------------------------------------- loading
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: epath.PathLike) -> str:
     """"orbax" (our export: config.json + params/), else `checkpoints.detect_format`."""
-    path = Path(path)
+    path = epath.Path(path)
     if (path / ORBAX_DIR).is_dir() and (path / "config.json").exists():
         return "orbax"
     return checkpoints.detect_format(path)
 
 
-def _read_tensors(files: Sequence[Path], progress: bool) -> dict[str, np.ndarray]:
+def _read_tensors(files: Sequence[epath.Path], progress: bool) -> dict[str, np.ndarray]:
     """All tensors of the safetensors `files`, with a progress bar in bytes."""
     out = {}
-    with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="loading weights",
+    for f in files:
+        if not f.exists():
+            raise checkpoints.CheckpointError(f"{f}: weight file missing")
+    with tqdm(total=sum(f.stat().length for f in files), unit="B", unit_scale=True, desc="loading weights",
               disable=None if progress else True, leave=False) as bar:
         for f in files:
-            if not f.exists():
-                raise checkpoints.CheckpointError(f"{f}: weight file missing")
-            with safe_open(str(f), framework="numpy") as st:
-                for k in st.keys():
-                    out[k] = st.get_tensor(k)
-                    bar.update(out[k].nbytes)
+            out.update(checkpoints.read_safetensors([f]))
+            bar.update(f.stat().length)
     return out
 
 
-def _weight_files(path: Path, fmt: str) -> list[Path]:
+def _weight_files(path: epath.Path, fmt: str) -> list[epath.Path]:
     return [path / "weights.safetensors"] if fmt == "native" else checkpoints.safetensor_files(path)
 
 
-def _load_params(path: Path, fmt: str, cfg, mesh, progress: bool):
+def _load_params(path: epath.Path, fmt: str, cfg, mesh, progress: bool):
     if fmt == "orbax":
         return orbax_params.restore(path / ORBAX_DIR, cfg, mesh)
     tensors = _read_tensors(_weight_files(path, fmt), progress)
@@ -186,12 +183,12 @@ def _load_params(path: Path, fmt: str, cfg, mesh, progress: bool):
     return checkpoints.place(checkpoints.native_to_params(tensors.__getitem__, tensors.keys(), cfg), cfg, mesh)
 
 
-def load_config(path: str | os.PathLike, vision: Mapping[str, Any] | None = None):
+def load_config(path: epath.PathLike, vision: Mapping[str, Any] | None = None):
     """The model config of a checkpoint directory of any of `FORMATS`.
 
     vision: official ViT field overrides for an HF release (default: the directory's vision.json if any).
     """
-    path = Path(path)
+    path = epath.Path(path)
     fmt = detect_format(path)
     if fmt == "orbax":
         return config_lib.from_official(json.loads((path / "config.json").read_text()), name=path.name)
@@ -200,14 +197,14 @@ def load_config(path: str | os.PathLike, vision: Mapping[str, Any] | None = None
     return checkpoints.load_config(path, vision)
 
 
-def load(path: str | os.PathLike, mesh=None, vision: Mapping[str, Any] | None = None,
+def load(path: epath.PathLike, mesh=None, vision: Mapping[str, Any] | None = None,
          progress: bool = False) -> MolmoBundle:
     """Loads a checkpoint directory (native, HF release or Orbax export) -> MolmoBundle.
 
     The config and tokenizer are checked before any weight is read. Raises CheckpointError (files
     missing, tensors missing/unexpected/mis-shaped), TokenizerError or ConfigError naming the problem.
     """
-    path = Path(path)
+    path = epath.Path(path)
     if not path.is_dir():
         raise checkpoints.CheckpointError(f"{path}: not a checkpoint directory")
     cfg = load_config(path, vision)
@@ -218,16 +215,16 @@ def load(path: str | os.PathLike, mesh=None, vision: Mapping[str, Any] | None = 
 
 # ----------------------------------------------------------------------------- saving
 
-def save_tokenizer(tokenizer: MolmoTokenizer, path: str | os.PathLike):
+def save_tokenizer(tokenizer: MolmoTokenizer, path: epath.PathLike):
     """tokenizer.json (Molmo tokens included) + tokenizer_config.json naming its EOS / BOS."""
-    path = Path(path)
-    tokenizer.tokenizer.save(str(path / "tokenizer.json"))
+    path = epath.Path(path)
+    (path / "tokenizer.json").write_text(tokenizer.tokenizer.to_str(pretty=True))
     names = {k: tokenizer.tokenizer.id_to_token(i) for k, i in (("eos_token", tokenizer.eos_id),
                                                                  ("bos_token", tokenizer.bos_id))}
     (path / "tokenizer_config.json").write_text(json.dumps(names, indent=1))
 
 
-def save_orbax(bundle_or_params: MolmoBundle | Any, path: str | os.PathLike):
+def save_orbax(bundle_or_params: MolmoBundle | Any, path: epath.PathLike):
     """Orbax export: a bundle gives a directory `load` reads (params/, config.json, tokenizer files);
     a bare param tree gives only the Orbax checkpoint at `path` (read it with `orbax_params.restore`)."""
     if isinstance(bundle_or_params, MolmoBundle):
@@ -236,11 +233,11 @@ def save_orbax(bundle_or_params: MolmoBundle | Any, path: str | os.PathLike):
         orbax_params.save(bundle_or_params, path)
 
 
-def save(bundle: MolmoBundle, path: str | os.PathLike, fmt: str):
+def save(bundle: MolmoBundle, path: epath.PathLike, fmt: str):
     """Writes the bundle's model to the new or empty directory `path` in `fmt` (one of FORMATS)."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {FORMATS}")
-    path = Path(path)
+    path = epath.Path(path)
     if path.exists() and any(path.iterdir()):
         raise checkpoints.CheckpointError(f"{path}: exists and is not empty")
     path.mkdir(parents=True, exist_ok=True)

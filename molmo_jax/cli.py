@@ -14,8 +14,9 @@ import dataclasses
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
+
+from etils import epath
 
 # Modules that register more subcommands when imported.
 EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli", "molmo_jax.plan")
@@ -43,10 +44,10 @@ def register(command: Command) -> Command:
 # ----------------------------------------------------------------------------- shared pieces
 
 def _add_checkpoint_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--checkpoint", required=True, type=Path,
+    parser.add_argument("--checkpoint", required=True, type=epath.Path,
                         help="checkpoint directory: native, HF release or Orbax export (config.json, weights, "
                              "tokenizer.json)")
-    parser.add_argument("--vision-json", type=Path,
+    parser.add_argument("--vision-json", type=epath.Path,
                         help="JSON of official ViT fields (e.g. {\"image_emb_dim\": 1024}) for an HF release whose "
                              "vision tower is not the released CLIP")
 
@@ -61,7 +62,7 @@ def _load_bundle(args):
 
 def _predict_arguments(parser: argparse.ArgumentParser):
     _add_checkpoint_arguments(parser)
-    parser.add_argument("--image", type=Path, help="image file (omit for a text-only prompt)")
+    parser.add_argument("--image", type=epath.Path, help="image file (omit for a text-only prompt)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, help="default: the config's default_inference_len")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
@@ -69,10 +70,10 @@ def _predict_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    parser.add_argument("--draw", type=Path, help="write the image with the answer's points to this PNG")
+    parser.add_argument("--draw", type=epath.Path, help="write the image with the answer's points to this PNG")
 
 
-def _read_image(path: Path):
+def _read_image(path: epath.Path):
     """`preprocess.load_image`, with PIL's own errors on corrupt files (which may not name the file)
     turned into an ImageError naming it."""
     from molmo_jax.preprocess import ImageError, load_image
@@ -107,7 +108,7 @@ def _convert_arguments(parser: argparse.ArgumentParser):
     from molmo_jax.api import FORMATS
     _add_checkpoint_arguments(parser)
     parser.add_argument("--to", required=True, choices=FORMATS, help="output format")
-    parser.add_argument("--out", required=True, type=Path, help="new (or empty) output directory")
+    parser.add_argument("--out", required=True, type=epath.Path, help="new (or empty) output directory")
 
 
 def _convert(args) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from etils import epath
 
 from molmo_jax.cli import Command, register
 
@@ -17,14 +18,14 @@ COMPONENTS = ("connector", "vit", "llm")
 
 
 def _data_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--image-dir", type=Path,
+    parser.add_argument("--image-dir", type=epath.Path,
                         help="download cache of the file's URL images (default: .image_cache next to the file)")
 
 
 # ----------------------------------------------------------------------------- validate-data
 
 def _validate_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("file", type=Path, help="JSONL file in the user data format (data_pipelines/user_data.py)")
+    parser.add_argument("file", type=epath.Path, help="JSONL file in the user data format (data_pipelines/user_data.py)")
     _data_arguments(parser)
     parser.add_argument("--download", action="store_true", help="fetch URL images missing from the cache first")
 
@@ -47,10 +48,10 @@ def _validate(args) -> int:
 # ----------------------------------------------------------------------------- finetune
 
 def _finetune_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--checkpoint", required=True, type=Path,
+    parser.add_argument("--checkpoint", required=True, type=epath.Path,
                         help="checkpoint to start from: native, HF release or Orbax export directory")
-    parser.add_argument("--data", required=True, type=Path, help="JSONL file in the user data format")
-    parser.add_argument("--workdir", required=True, type=Path,
+    parser.add_argument("--data", required=True, type=epath.Path, help="JSONL file in the user data format")
+    parser.add_argument("--workdir", required=True, type=epath.Path,
                         help="checkpoints, metrics and export/{hf_release,orbax}; rerunning resumes")
     _data_arguments(parser)
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (default 0: full fine-tuning)")

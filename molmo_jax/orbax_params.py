@@ -6,23 +6,22 @@ config.json and tokenizer files next to it, which makes the export loadable by `
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from molmo_jax import sharding
+from molmo_jax import paths, sharding
 from molmo_jax.checkpoints import CheckpointError
 from molmo_jax.models.molmo import abstract_params
 
 
-def save(params: Any, path: str | os.PathLike):
+def save(params: Any, path: epath.PathLike):
     """Writes `params` (boxed or not, any sharding) to the new directory `path`."""
-    path = Path(path).absolute()
+    path = paths.absolute(path)
     if path.exists():
         raise CheckpointError(f"{path}: already exists; Orbax params are written to a new directory")
     with ocp.StandardCheckpointer() as checkpointer:
@@ -30,12 +29,12 @@ def save(params: Any, path: str | os.PathLike):
         checkpointer.wait_until_finished()
 
 
-def restore(path: str | os.PathLike, cfg, mesh=None) -> Any:
+def restore(path: epath.PathLike, cfg, mesh=None) -> Any:
     """Params of `cfg` read from `path`, placed with the logical-axis shardings on `mesh` (default: 1 device).
 
     Raises CheckpointError when the stored tree does not have the model's params and shapes.
     """
-    path = Path(path).absolute()
+    path = paths.absolute(path)
     mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     boxed = abstract_params(cfg)
     dtype = jax.numpy.bfloat16 if cfg.param_dtype == "bfloat16" else np.dtype(cfg.param_dtype)

@@ -37,10 +37,11 @@ import warnings
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageFile, ImageOps
 
 from molmo_jax import config as config_lib
-from molmo_jax import formatting
+from molmo_jax import formatting, paths
 from molmo_jax.tokenizer import MolmoTokenizer
 
 # PIL refuses images above 2 * Image.MAX_IMAGE_PIXELS by default; keep ours at that size so PIL's own
@@ -137,7 +138,7 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """Loads an image as the official `load_image`: uint8[H, W, 3] RGB after EXIF transpose.
 
     Args:
-      source: a path, the encoded bytes, a PIL image or an uint8[H, W, 3] array (used as is).
+      source: a path (local or gs://), the encoded bytes, a PIL image or an uint8[H, W, 3] array (used as is).
       max_pixels: refuse larger images (None: no limit, the official behaviour).
       allow_truncated: decode truncated files with the missing rows filled grey, as the official code
         does through `ImageFile.LOAD_TRUNCATED_IMAGES = True`; False raises ImageError instead.
@@ -157,14 +158,14 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             raise ImageError(f"{name}: empty image data")
         with _open(io.BytesIO(source), name, max_pixels) as image:
             return _decode(image, name, allow_truncated)
-    name = os.fspath(source)
-    if not os.path.exists(name):
+    name, path = os.fspath(source), epath.Path(source)
+    if not path.exists():
         raise ImageError(f"{name}: file not found")
-    if os.path.isdir(name):
+    if path.is_dir():
         raise ImageError(f"{name}: is a directory, not an image file")
-    if os.path.getsize(name) == 0:
+    if path.stat().length == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    with _open(name, name, max_pixels) as image:
+    with _open(io.BytesIO(path.read_bytes()) if paths.is_remote(name) else name, name, max_pixels) as image:
         return _decode(image, name, allow_truncated)
 
 

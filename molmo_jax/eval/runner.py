@@ -30,10 +30,10 @@ import argparse
 import dataclasses
 import json
 import time
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -295,7 +295,7 @@ def print_table(result: Mapping[str, Any]):
 # ----------------------------------------------------------------------------- evaluate
 
 def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None = None, batch_size: int = 8,
-             out_dir: str | Path | None = None, draw: int = 4, *, max_new_tokens: int | None = None,
+             out_dir: epath.PathLike | None = None, draw: int = 4, *, max_new_tokens: int | None = None,
              seed: int = 0, scoring: Mapping[str, Any] | None = None, show: bool = True) -> dict[str, Any]:
     """Answers the prompts of the first `n` examples (default: all) of `dataset` and scores them.
 
@@ -333,25 +333,26 @@ def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None 
                                   points=p.points, reference=it.reference) for it, p in answered]
     result["files"] = []
     if out_dir is not None:
-        out_dir = Path(out_dir)
+        out_dir = epath.Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         drawn = answered[:draw] if task.kind == "pointing" else []
         result["files"] = [str(out_dir / f"{task.name}.json")] + write_drawings(drawn, out_dir, task.name)
     result["seconds"] = time.perf_counter() - start
     result = _jsonable(result)
     if out_dir is not None:
-        Path(result["files"][0]).write_text(json.dumps(result, indent=1))
+        epath.Path(result["files"][0]).write_text(json.dumps(result, indent=1))
     if show:
         print_table(result)
     return result
 
 
-def write_drawings(answered: Sequence, out_dir: Path, name: str) -> list[str]:
+def write_drawings(answered: Sequence, out_dir: epath.Path, name: str) -> list[str]:
     """Writes `draw_comparison` of each (item, prediction) to `out_dir/<name>_<k>.png`; returns the paths."""
     paths = []
     for k, (item, prediction) in enumerate(answered):
         paths.append(str(out_dir / f"{name}_{k:03d}.png"))
-        draw_comparison(item.image, item.reference["points"], prediction.points).save(paths[-1], format="PNG")
+        with epath.Path(paths[-1]).open("wb") as f:
+            draw_comparison(item.image, item.reference["points"], prediction.points).save(f, format="PNG")
     return paths
 
 
@@ -362,7 +363,7 @@ def _eval_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="held-out PixMo-lite set to score")
     parser.add_argument("--n", type=int, help=f"number of examples (default: all {HELD_OUT_SIZE})")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", type=Path, help="directory for <task>.json and pointing drawings")
+    parser.add_argument("--out", type=epath.Path, help="directory for <task>.json and pointing drawings")
     parser.add_argument("--draw", type=int, default=4, help="pointing drawings to write (gold | predicted)")
     parser.add_argument("--max-new-tokens", type=int, help="default: the task's (12, 192 for pointing/counting)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the examples' formatting rngs")

@@ -14,15 +14,14 @@ reads it too) and `export_release` (official native or HF release safetensors vi
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from molmo_jax import checkpoints
+from molmo_jax import checkpoints, paths
 
 
 class _IteratorState:
@@ -61,7 +60,7 @@ class Checkpointer:
     max_to_keep: older checkpoints are deleted once a newer one is committed.
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int, max_to_keep: int = 3,
+    def __init__(self, directory: epath.PathLike, every: int, max_to_keep: int = 3,
                  async_save: bool = True):
         self.every = every
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
@@ -71,7 +70,7 @@ class Checkpointer:
         registry.add("data", grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointHandler)
         registry.add("data", grain.checkpoint.CheckpointRestore, grain.checkpoint.CheckpointHandler)
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), handler_registry=registry,
+            paths.absolute(directory), handler_registry=registry,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                  enable_async_checkpointing=async_save))
 
@@ -108,18 +107,18 @@ class Checkpointer:
         self.manager.close()
 
 
-def is_orbax(path: str | os.PathLike) -> bool:
+def is_orbax(path: epath.PathLike) -> bool:
     """Whether `restore_params` reads `path`: a Checkpointer directory, one step of it, or an export."""
-    path = Path(path)
+    path = epath.Path(path)
     return ((path / "_METADATA").exists() or (path / "state").is_dir()
             or any(p.name.isdigit() and (p / "state").is_dir() for p in path.iterdir()))
 
 
-def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
+def restore_params(path: epath.PathLike, abstract_params: Any) -> Any:
     """Params only, from a Checkpointer directory (its latest step), one step of it, or a params-only
     export (`molmo_jax.orbax_params.save`), laid out as `abstract_params` (ShapeDtypeStructs with
     shardings)."""
-    path = Path(path).absolute()
+    path = paths.absolute(path)
     if (path / "_METADATA").exists():  # params-only export: the param tree is the root
         target = abstract_params
     else:  # train state: restore its "params" subtree, skip opt_state, step and rng
@@ -133,7 +132,7 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
     return restored if target is abstract_params else restored["params"]
 
 
-def export_release(params: Any, cfg, path: str | os.PathLike, fmt: str = "native"):
+def export_release(params: Any, cfg, path: epath.PathLike, fmt: str = "native"):
     """Official native (`weights.safetensors` + config.json) or HF release safetensors."""
     host = jax.tree.map(lambda x: jax.device_get(x), params)
     if fmt == "native":

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
-from pathlib import Path
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import ml_collections
+from etils import epath
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -184,7 +183,7 @@ def abstract_state(cfg, opt: optim.Optimizer, mesh: Mesh) -> dict:
 
 def load_base(cfg, mesh: Mesh) -> dict:
     """The params of the checkpoint `cfg.init_from` (any `api.FORMATS`) laid out for `cfg.model` on `mesh`."""
-    path = Path(cfg.init_from)
+    path = epath.Path(cfg.init_from)
     if api.detect_format(path) == "orbax":
         return orbax_params.restore(path / api.ORBAX_DIR, cfg.model, mesh)
     return checkpoints.load(path, cfg.model, mesh)[1]
@@ -238,20 +237,20 @@ def make_data(cfg, tokenizer):
     return iter(mixtures.pipeline(mixtures.mixture(sources, rates, process, d.seed), cfg.model, options))
 
 
-def run(cfg, workdir: str | Path, mesh: Mesh | None = None) -> tuple[dict, dict[str, Path]]:
-    """Fine-tunes (resuming from `workdir`) and exports to workdir/export/<format>.
+def run(cfg, workdir: epath.PathLike, mesh: Mesh | None = None) -> tuple[dict, dict[str, epath.Path]]:
+    """Fine-tunes (resuming from `workdir`) and exports to workdir/export/<format> once finished.
 
-    Returns (final train state, {format: export directory}).
+    Returns (final train state, {format: export directory}; empty when the run was stopped).
     """
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     mesh = mesh or trainer.make_mesh(cfg.mesh)
     tokenizer = load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size)
     state = trainer.train(cfg, make_data(cfg, tokenizer), workdir, mesh, program(cfg, mesh))
     model_cfg = api.load_config(cfg.init_from)
     bundle = api.MolmoBundle(model_cfg, trained_params(state, cfg), tokenizer, Preprocessor(model_cfg, tokenizer), mesh)
     exports = {}
-    for fmt in cfg.export:
+    for fmt in cfg.export if trainer.finished(cfg, state) else ():
         exports[fmt] = workdir / "export" / fmt
-        shutil.rmtree(exports[fmt], ignore_errors=True)
+        exports[fmt].rmtree(missing_ok=True)
         api.save(bundle, exports[fmt], fmt)
     return state, exports

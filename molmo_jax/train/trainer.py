@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 import signal
+import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import flax.linen as nn
@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from molmo_jax import checkpoints, convert_base, distributed, sharding
+from molmo_jax import checkpoints, convert_base, distributed, paths, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
 from molmo_jax.train import checkpointing, metrics_log, optim
 from molmo_jax.train.loss import cross_entropy
@@ -234,7 +235,12 @@ def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data) -> di
     return rows[-1][1] if rows else {}
 
 
-def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = None,
+def finished(cfg, state: dict) -> bool:
+    """Whether `state` reached cfg.optim.steps (a SIGTERM-stopped run did not: exports wait for the end)."""
+    return int(state["step"]) >= cfg.optim.steps
+
+
+def train(cfg, data: Iterator[Batch], workdir: epath.PathLike, mesh: Mesh | None = None,
           program: Program | None = None) -> dict:
     """Trains to cfg.optim.steps updates, resuming from the latest checkpoint in `workdir`.
 
@@ -242,9 +248,11 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
     global batch); with `get_state`/`set_state` its position is checkpointed too, and its `skipped`
     dict ({reason: count}, as data_pipelines.mixtures reports them) is logged. `program`: what to train
     (default `standard_program`; e.g. molmo_jax.train.finetune's frozen / LoRA programs). Writes
-    workdir/{checkpoints/, metrics.jsonl, tb/, curves.png}. Returns the final train state.
+    workdir/{checkpoints/, metrics.jsonl, tb/, curves.png}; `workdir` may be a gs:// path. Returns the
+    final train state.
     """
-    workdir = Path(workdir)
+    paths.require_bucket(workdir, "workdir")
+    workdir = epath.Path(workdir)
     mesh = mesh or make_mesh(cfg.mesh)
     program = program or standard_program(cfg, mesh)
     target = program.target
@@ -275,6 +283,9 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
         bar.close()
         ckpt.save(int(state["step"]), state, data, force=True)
         ckpt.wait()
+        if stop.requested:
+            print(f"stopped at step {int(state['step'])} of {cfg.optim.steps} (checkpointed in {workdir}); "
+                  "run the same command again to resume", file=sys.stderr)
     ckpt.close()
     log.close()
     rows = metrics_log.read(log.path) if main else []
