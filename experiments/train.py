@@ -34,7 +34,8 @@ _EXPORT = flags.DEFINE_multi_enum("export", [], ["orbax", "native", "hf"],
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of one line.")
 
 
-def run(cfg, workdir: str, exports: list[str]):
+def run(cfg, workdir: str, exports: list[str]) -> dict:
+    """Trains (resuming), then writes the exports if the run reached its last step; returns the state."""
     stage1.check_init(cfg)
     state = trainer.train(cfg, make_data(cfg), workdir)
     for fmt in exports if trainer.finished(cfg, state) else ():
@@ -43,6 +44,7 @@ def run(cfg, workdir: str, exports: list[str]):
             orbax_params.save(state["params"], out)
         else:
             checkpointing.export_release(state["params"], cfg.model, out, fmt)
+    return state
 
 
 def main(argv):

@@ -1,8 +1,9 @@
 """Stage 1 from pretrained towers: `init.vit` / `init.llm` name transformers directories.
 
 Tiny random CLIP and Qwen2 models (test_hf_parity's) are written with `save_pretrained`; a stage-1 run
-through `trainer.train` (zero steps: the state training starts from) must give ViT features and LLM
-logits equal to transformers' to 1e-5, with the connector randomly initialised as officially.
+through `experiments/train.py` (zero steps: the state training starts from, exported) must give ViT
+features and LLM logits equal to transformers' to 1e-5, with the connector randomly initialised as
+officially.
 """
 from __future__ import annotations
 
@@ -11,14 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import stage1
-from experiments.data import make_data
-from molmo_jax import config, convert_base
+from experiments import stage1, train
+from molmo_jax import checkpoints, config, convert_base
 from molmo_jax.config import ConfigError
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.models.vit import VisionTransformer
-from molmo_jax.train import trainer
-from test_finetune import one_device
 from test_hf_parity import hf_clip, hf_llm, patchify, token_batch
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -45,7 +43,8 @@ def stage1_config(vit, llm):
 def test_stage1_starts_from_the_pretrained_towers(towers, tmp_path):
     cfg = stage1_config(*towers)
     stage1.check_init(cfg)
-    params = trainer.train(cfg, make_data(cfg), tmp_path / "run", one_device())["params"]
+    cfg.mesh = (-1, 1, 1)  # data parallel over the test devices: the params stay whole
+    params = train.run(cfg, str(tmp_path / "run"), ["native"])["params"]
 
     pixels = np.random.default_rng(1).normal(size=(2, 3, 112, 112)).astype(np.float32)
     with torch.no_grad():
@@ -61,6 +60,9 @@ def test_stage1_starts_from_the_pretrained_towers(towers, tmp_path):
                                    attention_mask=torch.tensor(valid.astype(np.int64))).logits.numpy()
     logits = np.asarray(jax.jit(Molmo(cfg.model).apply)({"params": {"llm": params["llm"]}}, ids))
     np.testing.assert_allclose(logits[valid], expected[valid], **TOL)
+
+    exported = checkpoints.load(tmp_path / "run" / "export" / "native", cfg.model)[1]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(exported), jax.device_get(params))
 
     params_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))[0]  # trainer.initial_state's init key
     fresh = init_params(cfg.model, params_rng)["connector"]
