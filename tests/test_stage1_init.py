@@ -80,6 +80,9 @@ def test_released_stage1_configs_name_their_towers():
         with pytest.raises(ValueError, match=f"init.llm is not set: .* copy of {llm} "):
             stage1.check_init(cfg)
     assert stage1.get_config("tiny").init.to_dict() == dict(vit="", llm="")
+    cfg.init.llm, cfg.init_from = "/models/Qwen2-7B", "/runs/s1/checkpoints"
+    with pytest.raises(ValueError, match=r"^init_from='/runs/s1/checkpoints' and init.vit / init.llm are both set"):
+        stage1.check_init(cfg)
 
 
 def test_towers_that_do_not_fit_the_config(towers, tmp_path):
