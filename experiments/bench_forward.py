@@ -46,6 +46,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from etils import epath  # noqa: E402
 
 from molmo_jax import checkpoints, config, convert_base  # noqa: E402
 from molmo_jax.models.molmo import Molmo  # noqa: E402
@@ -207,7 +208,7 @@ def main():
                   transformers=transformers.__version__, rows=rows)
     print(f"speedup (min over rows, ours / reference throughput): {result['speedup']:.2f}")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        epath.Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from etils import epath
 from transformers import OlmoeConfig
 from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
 
@@ -163,8 +164,7 @@ def main(argv=None):
               "torch_threads": torch.get_num_threads()}
     print(f"speedup (worst ours / torch): {result['speedup']:.2f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        epath.Path(args.out).write_text(json.dumps(result, indent=1))
     return result
 
 

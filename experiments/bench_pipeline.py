@@ -21,6 +21,7 @@ import time
 import jax
 import numpy as np
 from absl import flags
+from etils import epath
 
 from experiments import bench_train, lite
 from experiments import data as data_lib
@@ -83,8 +84,7 @@ def main(argv=None):
     print(table(result["rows"]))
     print(f"speedup (min pipeline / train-step examples/s): {result['speedup']:.2f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        epath.Path(args.out).write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -30,6 +30,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from etils import epath  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from molmo_jax import config as config_lib  # noqa: E402
@@ -179,8 +180,7 @@ def main():
                   threads=1, speedup=min(r["speedup"] for r in rows), rows=rows)
     print(f"speedup (worst row, ours / {ref_name}): {result['speedup']:.2f}x")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        epath.Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from experiments import stage1
 from molmo_jax import distributed, lora
@@ -257,8 +258,7 @@ def main():
     result = {"device": jax.devices()[0].device_kind, "matmul_peak_flops_per_s": peak, "iters": iters,
               "rows": rows, "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row}
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        epath.Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
