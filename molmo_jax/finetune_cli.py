@@ -25,7 +25,8 @@ def _data_arguments(parser: argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- validate-data
 
 def _validate_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("file", type=epath.Path, help="JSONL file in the user data format (data_pipelines/user_data.py)")
+    parser.add_argument("file", type=epath.Path,
+                        help="JSONL file in the user data format (data_pipelines/user_data.py)")
     _data_arguments(parser)
     parser.add_argument("--download", action="store_true", help="fetch URL images missing from the cache first")
 

@@ -1,15 +1,20 @@
 """Paths that may be local or in object storage (gs://), through `etils.epath` (gcsfs serves gs://).
 
 Objects cannot be appended to: `AppendFile` appends to a local file in place and rewrites a remote one
-whole on `flush`. A missing bucket surfaces from gcsfs as e.g. `FileNotFoundError: b/bucket/o`;
-`require_bucket` names the path instead.
+whole on `flush` (at most every `REWRITE_INTERVAL_S`) and on `close`. A missing bucket surfaces from
+gcsfs as e.g. `FileNotFoundError: b/bucket/o`; `require_bucket` names the path instead.
 """
 from __future__ import annotations
 
 import glob as globlib
 import os
+import time
 
 from etils import epath
+
+# A remote AppendFile is rewritten whole at most this often (a long run's metrics.jsonl grows to megabytes).
+# Rows lost to a kill between rewrites are logged again: the resumed run restarts from an earlier checkpoint.
+REWRITE_INTERVAL_S = 30.0
 
 
 def is_remote(path: epath.PathLike) -> bool:
@@ -44,6 +49,8 @@ class AppendFile:
     A remote file keeps what it held before (e.g. the metrics of a run that is resumed).
     """
 
+    _written_at = -float("inf")  # time.monotonic() of the last rewrite of a remote file
+
     def __init__(self, path: epath.PathLike):
         self.path = epath.Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,14 +66,15 @@ class AppendFile:
         else:
             self._file.write(data)
 
-    def flush(self):
-        if self._file is None:
-            self.path.write_bytes(bytes(self._content))
-        else:
+    def flush(self, force: bool = False):
+        if self._file is not None:
             self._file.flush()
+        elif force or time.monotonic() - self._written_at >= REWRITE_INTERVAL_S:
+            self.path.write_bytes(bytes(self._content))
+            self._written_at = time.monotonic()
 
     def close(self):
-        self.flush()
+        self.flush(force=True)
         if self._file is not None:
             self._file.close()
 

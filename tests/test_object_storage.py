@@ -215,5 +215,10 @@ def test_appending_to_an_object_keeps_what_it_held(bucket):
     for text in (b"one\n", b"two\n"):
         f = paths.AppendFile(path)
         f.write(text)
+        f.flush()  # the first flush rewrites the object; later ones wait REWRITE_INTERVAL_S
+        assert epath.Path(path).read_bytes().endswith(text)
+        f.write(b"more\n")
+        f.flush()
+        assert epath.Path(path).read_bytes().endswith(text)
         f.close()
-    assert epath.Path(path).read_bytes() == b"one\ntwo\n"
+    assert epath.Path(path).read_bytes() == b"one\nmore\ntwo\nmore\n"
