@@ -12,8 +12,8 @@ import time
 
 from etils import epath
 
-# A remote AppendFile is rewritten whole at most this often (a long run's metrics.jsonl grows to megabytes).
-# Rows lost to a kill between rewrites are logged again: the resumed run restarts from an earlier checkpoint.
+# A remote AppendFile is rewritten whole at most this often unless forced (a long run's metrics.jsonl grows
+# to megabytes); the trainer forces it at each checkpoint, so a kill loses only rows a resume logs again.
 REWRITE_INTERVAL_S = 30.0
 
 

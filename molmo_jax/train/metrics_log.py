@@ -89,8 +89,8 @@ class EventWriter:
     def add_scalars(self, step: int, scalars: Mapping[str, float]):
         self._file.write(record(_event(step, summary=_scalar_summary(scalars))))
 
-    def flush(self):
-        self._file.flush()
+    def flush(self, force: bool = False):
+        self._file.flush(force)
 
     def close(self):
         self._file.close()
@@ -105,7 +105,7 @@ class _TensorboardX:
         for tag, v in scalars.items():
             self._writer.add_scalar(tag, v, step)
 
-    def flush(self):
+    def flush(self, force: bool = False):
         self._writer.flush()
 
     def close(self):
@@ -144,10 +144,12 @@ class MetricsLog:
         self._jsonl.write((json.dumps({"step": step, **metrics}) + "\n").encode())
         self._tb.add_scalars(step, metrics)
 
-    def flush(self):
+    def flush(self, force: bool = False):
+        """Writes the buffered lines; a remote log is rewritten at most every `paths.REWRITE_INTERVAL_S`
+        unless `force`."""
         if self.enabled:
-            self._jsonl.flush()
-            self._tb.flush()
+            self._jsonl.flush(force)
+            self._tb.flush(force)
 
     def close(self):
         if self.enabled:

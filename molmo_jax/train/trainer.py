@@ -220,9 +220,9 @@ class StopOnSigterm:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data) -> dict[str, float]:
+def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data, force: bool) -> dict[str, float]:
     """Writes the buffered (step, device metrics, tokens) of the interval that began at `since`
-    (perf_counter); returns the last row. Tokens/s counts the interval up to the last step's completion
+    (perf_counter), into remote logs too when `force`; returns the last row. Tokens/s counts the interval up to the last step's completion
     (dispatch is asynchronous: the metrics are fetched before the clock is read)."""
     rows = [(step, {k: float(v) for k, v in jax.device_get(metrics).items()}) for step, metrics, _ in pending]
     tokens_per_s = sum(n for _, _, n in pending) / max(time.perf_counter() - since, 1e-9)
@@ -230,7 +230,7 @@ def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data) -> di
     for step, row in rows:
         row.update(tokens_per_s=tokens_per_s, **skipped)
         log.write(step, row)
-    log.flush()
+    log.flush(force)
     pending.clear()
     return rows[-1][1] if rows else {}
 
@@ -272,8 +272,9 @@ def train(cfg, data: Iterator[Batch], workdir: epath.PathLike, mesh: Mesh | None
             batch = host_batch(next(data))
             state, metrics = step_fn(state, distributed.global_batch(batch, mesh))
             pending.append((step, metrics, int((batch["input_ids"] != -1).sum()) * jax.process_count()))
-            if step % cfg.log_every == 0 or step == cfg.optim.steps or stop.requested:
-                row = _flush(log, pending, t0, data)
+            checkpointed = step % cfg.checkpoint.every == 0  # its rows reach a remote log before it is saved
+            if step % cfg.log_every == 0 or checkpointed or step == cfg.optim.steps or stop.requested:
+                row = _flush(log, pending, t0, data, force=checkpointed)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 t0 = time.perf_counter()
             ckpt.save(step, state, data)
