@@ -2,7 +2,8 @@
 
 Molmo initialises its LLM from Qwen2 (7B-D, 72B), OLMo-7B-1024 (7B-O, the `Olmo2ForCausalLM` architecture)
 or OLMoE-1B-7B (MolmoE-1B), and its ViT from OpenAI CLIP ViT-L/14-336. This module maps those state dicts
-to the official native names (../shared/spec/MOLMO.md section 10, "Init conversion"), so that
+to the official native names (as allenai/molmo scripts/convert_hf_to_molmo.py: convert_state_dict_qwen2,
+_olmo_1024_preview, _olmoe, _clip), so that
 `checkpoints.native_to_params` loads them like any native checkpoint:
 
   Qwen2    att_proj = cat(q, k, v) (weights and biases), ff_proj = cat(up, gate), ff_out = down,

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from experiments import stage1, train
 from molmo_jax import checkpoints, config, convert_base
@@ -96,3 +97,33 @@ def test_towers_that_do_not_fit_the_config(towers, tmp_path):
         convert_base.init_params_from_hf_dirs(cfg.model, jax.random.key(0), vit=qwen2)
     with pytest.raises(ValueError, match=f"{tmp_path}: no config.json, not a Hugging Face model directory"):
         convert_base.init_params_from_hf_dirs(cfg.model, jax.random.key(0), llm=tmp_path)
+
+
+# The released base models' architectures: the config.json values of their hub repos (Qwen/Qwen2-7B, ...).
+RELEASED_TOWERS = {
+    "Molmo-7B-D-0924": (transformers.Qwen2Config, dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, rms_norm_eps=1e-6, rope_theta=1e6, vocab_size=152064)),
+    "Molmo-72B-0924": (transformers.Qwen2Config, dict(
+        hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=1e6, vocab_size=152064)),
+    "Molmo-7B-O-0924": (transformers.Olmo2Config, dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, rms_norm_eps=1e-6, rope_theta=5e5, vocab_size=100352)),
+    "MolmoE-1B-0924": (transformers.OlmoeConfig, dict(
+        hidden_size=2048, intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, rms_norm_eps=1e-5, rope_theta=1e4, vocab_size=50304, num_experts=64,
+        num_experts_per_tok=8, norm_topk_prob=False)),
+}
+CLIP_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                  image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+
+
+@pytest.mark.parametrize("name", list(RELEASED_TOWERS))
+def test_released_configs_fit_their_base_towers(name):
+    """`init_params_from_hf_dirs` would accept the real towers: every released model's config agrees with
+    CLIP ViT-L/14-336 and its base LLM's architecture (configs only, no weights)."""
+    cls, fields = RELEASED_TOWERS[name]
+    model = stage1.get_config(name).model
+    convert_base.check_llm_config(model, cls(**fields, tie_word_embeddings=False))
+    convert_base.check_vit_config(model, transformers.CLIPVisionConfig(**CLIP_L_336))
