@@ -19,6 +19,7 @@ from molmo_jax import config as config_lib
 
 COMPONENTS = ("connector", "vit", "llm")
 VIT_BASE = "openai/clip-vit-large-patch14-336"  # every release's ViT (23 of its 24 layers kept)
+# The base LLM each release started from (MolmoE-1B officially from the "fp32" revision of its repo).
 BASE_MODELS = {"Molmo-7B-D-0924": "Qwen/Qwen2-7B", "Molmo-72B-0924": "Qwen/Qwen2-72B",
                "Molmo-7B-O-0924": "allenai/OLMo-7B-1024-preview", "MolmoE-1B-0924": "allenai/OLMoE-1B-7B-0924"}
 
