@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "numpy>=2.0,<3",
     "pillow>=11",
+    "protobuf>=5",  # AndroidControl TFRecords and accessibility trees (data_pipelines/android_control.py)
     "safetensors>=0.6",
     "tokenizers>=0.22",
     "tqdm>=4.66",

@@ -3,6 +3,8 @@
 Modules, one job each:
 
   pixmo       readers of the eight PixMo datasets (local hub parquet files) -> formatter example dicts
+  pixmo_checks  the row checks of those readers: what is dropped, and under which reason
+  hub         a PixMo hub copy as a whole: `check-data` (usable / dropped per dataset), `download`
   academic    the academic datasets of the stage-2 mixture: tfds builders (ArrayRecord) + their sources
   synthetic   PixMo-lite: an offline, seeded generator of the same datasets (clocks, shapes, charts)
   mixtures    grain pipelines: stage-1 captioning and the stage-2 mixture -> fixed-shape numpy batches

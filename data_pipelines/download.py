@@ -1,4 +1,4 @@
-"""PixMo image downloader: concurrent, rate-limited, resumable, hash-checked (MOLMO.md 8.2).
+"""PixMo image downloader: concurrent, rate-limited, resumable, hash-checked (official `olmo/data/download_urls.py`).
 
     report = download(pixmo.image_items(files, "pixmo-points"), image_dir)
     print(report.summary())
@@ -10,8 +10,11 @@ skips every file already there and valid. Differences from the official download
 only http/https URLs (and redirects) are followed; the response size is capped; retries cover timeouts,
 connection errors, 429 and 5xx with exponential backoff; requests to one host are rate-limited.
 
-Validity: with an expected sha256 the bytes must hash to it; without, PIL must open them as an image of
-non-zero size (official `check_sha=False`).
+Validity: with expected sha256 hashes the bytes must hash to one of them (rows of one URL may carry
+different hashes; which row trains with the bytes is decided when the example is read,
+`pixmo_checks.matching_rows`, so neither file order nor cache state picks a hash); without, PIL must open
+them as an image of non-zero size (official `check_sha=False`). `Report.outcomes` sorts every URL into
+fetched / already there / 404 / hash mismatch / other.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Iterable
+from typing import Collection, Iterable
 
 import tqdm
 from etils import epath
@@ -67,12 +70,22 @@ class Report:
     bytes: int = 0
     seconds: float = 0.0
 
+    def outcomes(self) -> dict[str, int]:
+        """URLs per outcome: fetched, already there, 404, hash mismatch, other (failures)."""
+        kinds = collections.Counter(_outcome(r) for r in self.failed.values())
+        return {"fetched": len(self.downloaded), "already there": len(self.cached), "404": kinds["404"],
+                "hash mismatch": kinds["hash mismatch"], "other": kinds["other"]}
+
     def summary(self) -> str:
         reasons = collections.Counter(r.split(":")[0] for r in self.failed.values())
         total = len(self.downloaded) + len(self.cached) + len(self.failed)
         text = (f"{total} images: {len(self.downloaded)} downloaded ({self.bytes / 1e6:.1f} MB), "
                 f"{len(self.cached)} already cached, {len(self.failed)} failed in {self.seconds:.1f} s")
         return text + "".join(f"\n  {n} x {r}" for r, n in reasons.most_common())
+
+
+def _outcome(reason: str) -> str:
+    return {"http 404": "404", "sha256 mismatch": "hash mismatch"}.get(reason, "other")
 
 
 class DownloadError(Exception):
@@ -114,10 +127,15 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_SafeRedirects)
 
 
-def check_bytes(data: bytes, sha256: str | None) -> None:
-    """Raises DownloadError unless `data` hashes to `sha256` (when given) or else is a decodable image."""
+Hashes = str | Collection[str] | None  # the expected sha256 (hex) of an image, several, or None
+
+
+def check_bytes(data: bytes, sha256: Hashes) -> None:
+    """Raises DownloadError unless `data` hashes to `sha256` (one of them, when several are given) or,
+    without a hash, is a decodable image."""
     if sha256 is not None:
-        if hashlib.sha256(data).hexdigest() != sha256.lower():
+        expected = {sha256.lower()} if isinstance(sha256, str) else {h.lower() for h in sha256}
+        if hashlib.sha256(data).hexdigest() not in expected:
             raise DownloadError("sha256 mismatch")
         return
     try:
@@ -170,7 +188,7 @@ def _write_atomic(path: str, data: bytes) -> None:
             os.remove(tmp)
 
 
-def _is_cached(path: str, sha256: str | None) -> bool:
+def _is_cached(path: str, sha256: Hashes) -> bool:
     path = epath.Path(path)
     if not path.is_file():
         return False
@@ -182,7 +200,7 @@ def _is_cached(path: str, sha256: str | None) -> bool:
     return True
 
 
-def download_one(url: str, sha256: str | None, image_dir: str, options: DownloadOptions,
+def download_one(url: str, sha256: Hashes, image_dir: str, options: DownloadOptions,
                  limiter: _HostRateLimiter) -> tuple[str, int]:
     """("cached" | "downloaded", bytes written) for one URL; raises DownloadError on failure."""
     parts = urllib.parse.urlsplit(url)
@@ -205,27 +223,32 @@ def download_one(url: str, sha256: str | None, image_dir: str, options: Download
     return "downloaded", len(data)
 
 
-def download(items: Iterable[tuple[str, str | None]], image_dir: str | os.PathLike,
-             options: DownloadOptions = DownloadOptions()) -> Report:
-    """Fetches every (url, sha256 or None) into `image_dir`; returns the `Report` (never raises per URL)."""
+def download(items: Iterable[tuple[str, Hashes]], image_dir: str | os.PathLike,
+             options: DownloadOptions = DownloadOptions(), desc: str | None = None) -> Report:
+    """Fetches every (url, sha256 hash(es) or None) into `image_dir`; returns the `Report` (never raises
+    per URL); `desc` labels the progress bar."""
     image_dir = os.fspath(image_dir)
     epath.Path(image_dir).mkdir(parents=True, exist_ok=True)
     unique = dict(items)  # one fetch per URL
     report, start = Report(), time.monotonic()
     limiter = _HostRateLimiter(options.per_host_rate)
     with concurrent.futures.ThreadPoolExecutor(max(1, options.workers)) as pool, \
-            tqdm.tqdm(total=len(unique), disable=not options.progress, unit="img") as bar:
+            tqdm.tqdm(total=len(unique), disable=not options.progress, unit="img", desc=desc) as bar:
         futures = {pool.submit(download_one, url, sha, image_dir, options, limiter): url
                    for url, sha in unique.items()}
-        for future in concurrent.futures.as_completed(futures):
-            url = futures[future]
-            try:
-                status, size = future.result()
-            except DownloadError as e:
-                report.failed[url] = str(e)
-            else:
-                (report.downloaded if status == "downloaded" else report.cached).append(url)
-                report.bytes += size
-            bar.update()
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                url = futures[future]
+                try:
+                    status, size = future.result()
+                except DownloadError as e:
+                    report.failed[url] = str(e)
+                else:
+                    (report.downloaded if status == "downloaded" else report.cached).append(url)
+                    report.bytes += size
+                bar.update()
+        except KeyboardInterrupt:  # stop now: only the fetches under way finish (each file is whole or absent)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     report.seconds = time.monotonic() - start
     return report

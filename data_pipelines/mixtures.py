@@ -8,8 +8,9 @@
     batch = next(it)                       # dict of numpy arrays, see `collate`
     state = it.get_state(); it.set_state(state)   # exact resume (JSON-able dict)
     it.skipped                             # {"bad_image": 3, "too_long": 1, ...} since the start
+    it.drops                               # {"pixmo_count/points_outside_image": 2, ...} per dataset
 
-What the official recipe does and what this does (MOLMO.md 7.2, 7.3):
+What the official recipe does (`olmo/data/` loaders, `launch_scripts/train_multitask_model.py`) and this:
   * each dataset is walked through a fresh permutation every epoch; example rng =
     RandomState(seed + index + len * epoch) drives both the reader and the formatter (official
     `DeterministicDataset`); multi-conversation examples have their conversations shuffled (stage 2);
@@ -19,8 +20,11 @@ What the official recipe does and what this does (MOLMO.md 7.2, 7.3):
     pipeline random-access, i.e. parallel over threads and cheap to checkpoint;
   * host h of H takes global examples h, h + H, h + 2H, ... (disjoint, together complete) and makes
     batches of batch_size / H;
-  * an example that cannot be used (undecodable image, empty annotation, too long, malformed row) is
-    skipped and counted by reason in `iterator.skipped` (part of the checkpointed state);
+  * an example that cannot be used (undecodable image, empty annotation, too long, an image that matches
+    none of its rows' sha256, pixel points outside the image, malformed row) is skipped and counted per
+    dataset and reason in `iterator.drops` ("<dataset>/<reason>" -> examples; `iterator.skipped` sums
+    them per reason), part of the checkpointed state and of the trainer's metrics; the same table holds
+    the hub rows each reader dropped ("<dataset>/reader/<reason>" -> rows, `pixmo.TableSource.drops`);
   * not official, off by default: `pack_crops` packs several examples into each row (sequence packing;
     attention and positions stay per example, so the loss is that of the unpacked examples).
 
@@ -41,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 import grain
 import numpy as np
 
-from data_pipelines import pixmo
+from data_pipelines import pixmo, pixmo_checks
 from molmo_jax import config as config_lib
 from molmo_jax import preprocess
 from molmo_jax.tokenizer import MolmoTokenizer
@@ -85,7 +89,7 @@ STAGE2_FORMATTING = dict(prompt_type="uber_model", message_formatting="role", sy
 STAGE1_SEED, STAGE2_SEED = 95818, 50189  # official data seeds
 EPOCH_SHUFFLE_SALT = 1771  # official: permutation seed of epoch e = seed + e * 1771
 
-SKIP_REASONS = ("bad_image", "empty_annotation", "too_long", "error")
+SKIP_REASONS = ("bad_image", "empty_annotation", "too_long", "error")  # always in `skipped`; readers add more
 
 
 def mixture_rates(sizes: Mapping[str, int], groups: Sequence[Group] = STAGE2_MIXTURE) -> dict[str, float]:
@@ -124,15 +128,16 @@ def with_formatting(cfg, formatting: Mapping[str, Any]):
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-    """Placeholder for an example that could not be used; `SkipAndBatch` drops and counts it."""
+    """Placeholder for an example of `dataset` that could not be used; `SkipAndBatch` drops and counts it."""
+    dataset: str
     reason: str
 
 
 def _skip_reason(error: Exception) -> str:
+    if isinstance(error, pixmo_checks.BadExample):
+        return error.reason
     if isinstance(error, (preprocess.ImageError, OSError)):
         return "bad_image"
-    if isinstance(error, pixmo.EmptyAnnotationError):
-        return "empty_annotation"
     if isinstance(error, preprocess.SequenceLengthError):
         return "too_long"
     return "error"
@@ -193,13 +198,17 @@ class _Load:
             reason = _skip_reason(e)
             if reason == "error":
                 logging.warning("skipping example %d of %s: %s: %s", index, self.name, type(e).__name__, e)
-            return Skipped(reason)
+            return Skipped(self.name, reason)
 
 
 def source_stream(name: str, source: pixmo.Source, process, seed: int) -> grain.MapDataset:
     """Endless random-access stream of one dataset: a new permutation every epoch, then `process`."""
+    drops = getattr(source, "drops", None)
+    if drops and any(drops.values()):
+        logging.info("%s: %d examples; the reader dropped %s", name, len(source),
+                     ", ".join(f"{n} rows {r}" for r, n in sorted(drops.items()) if n))
     if len(source) == 0:
-        raise ValueError(f"dataset {name} is empty")
+        raise ValueError(f"dataset {name} is empty (reader drops: {drops or 'none'})")
     return (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
             .map_with_index(_EpochIndex(len(source))).map(_Load(name, source, process, seed)))
 
@@ -245,15 +254,33 @@ def _crops(example: Mapping[str, np.ndarray]) -> int:
     return len(example["images"]) if "images" in example else 0
 
 
+def reader_drops(sources: Mapping[str, pixmo.Source]) -> dict[str, int]:
+    """"<dataset>/reader/<reason>" -> hub rows its reader dropped (sources with a `drops` table)."""
+    return {f"{name}/reader/{reason}": n for name, source in sorted(sources.items())
+            for reason, n in sorted(getattr(source, "drops", {}).items()) if n}
+
+
 class _BatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, rows: int, budget: RowBudget, batch_fn):
+    def __init__(self, parent: grain.DatasetIterator, rows: int, budget: RowBudget, batch_fn,
+                 reader: Mapping[str, int]):
         super().__init__(parent)
-        self._rows, self._budget, self._batch_fn = rows, budget, batch_fn
-        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self._rows, self._budget, self._batch_fn, self._reader = rows, budget, batch_fn, dict(reader)
+        self.drops: dict[str, int] = dict(reader)  # "<dataset>/<reason>" -> examples skipped, + reader rows
         self._pending = None  # (example, resume state) read but left for the next batch
 
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Examples skipped per reason, over all datasets (the readers' row drops left out)."""
+        out = dict.fromkeys(SKIP_REASONS, 0)
+        for key, n in self.drops.items():
+            if key in self._reader:
+                continue
+            reason = key.rsplit("/", 1)[-1]
+            out[reason] = out.get(reason, 0) + n
+        return out
+
     def _state(self) -> dict[str, Any]:
-        return {"parent": self._parent.get_state(), "skipped": dict(self.skipped)}
+        return {"parent": self._parent.get_state(), "drops": dict(self.drops)}
 
     def _read(self) -> tuple[Mapping[str, np.ndarray], dict[str, Any] | None]:
         """The next usable example and (when packing) the state from which it is read again."""
@@ -265,7 +292,8 @@ class _BatchIterator(grain.DatasetIterator):
             item = next(self._parent)
             if not isinstance(item, Skipped):
                 return item, resume
-            self.skipped[item.reason] += 1
+            key = f"{item.dataset}/{item.reason}"
+            self.drops[key] = self.drops.get(key, 0) + 1
 
     def __next__(self):
         rows: list[list] = [[] for _ in range(self._rows)]
@@ -283,20 +311,22 @@ class _BatchIterator(grain.DatasetIterator):
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self._parent.set_state(state["parent"])
-        self.skipped = dict(state["skipped"])
+        self.drops = {**self._reader, **state["drops"]}
         self._pending = None
 
 
 class SkipAndBatch(grain.IterDataset):
-    """Drops `Skipped` items (counting them in `iterator.skipped`) and fills `rows` rows per batch with
-    the rest, first fit under `budget`; `batch_fn` turns the rows (lists of examples) into a batch."""
+    """Drops `Skipped` items (counting them in `iterator.drops`, which starts from `reader`, the readers'
+    drop table) and fills `rows` rows per batch with the rest, first fit under `budget`; `batch_fn` turns
+    the rows (lists of examples) into a batch."""
 
-    def __init__(self, parent: grain.IterDataset, rows: int, budget: RowBudget, batch_fn: Callable[[list], Any]):
+    def __init__(self, parent: grain.IterDataset, rows: int, budget: RowBudget, batch_fn: Callable[[list], Any],
+                 reader: Mapping[str, int] | None = None):
         super().__init__(parent)
-        self._rows, self._budget, self._batch_fn = rows, budget, batch_fn
+        self._rows, self._budget, self._batch_fn, self._reader = rows, budget, batch_fn, dict(reader or {})
 
     def __iter__(self) -> _BatchIterator:
-        return _BatchIterator(self._parent.__iter__(), self._rows, self._budget, self._batch_fn)
+        return _BatchIterator(self._parent.__iter__(), self._rows, self._budget, self._batch_fn, self._reader)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,8 +375,10 @@ class PipelineOptions:
             raise ValueError(f"pack_crops={self.pack_crops} must be >= 0 (0: no packing)")
 
 
-def pipeline(examples: grain.MapDataset, cfg, options: PipelineOptions) -> grain.IterDataset:
-    """Global example stream -> this host's slice -> threads / workers -> skip, (pack) and batch."""
+def pipeline(examples: grain.MapDataset, cfg, options: PipelineOptions,
+             reader: Mapping[str, int] | None = None) -> grain.IterDataset:
+    """Global example stream -> this host's slice -> threads / workers -> skip, (pack) and batch;
+    `reader`: the readers' drop table (`reader_drops`), the start of the iterator's `drops`."""
     ds = examples[options.process_index::options.process_count]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=options.num_threads,
                                               prefetch_buffer_size=options.prefetch_buffer_size))
@@ -358,7 +390,7 @@ def pipeline(examples: grain.MapDataset, cfg, options: PipelineOptions) -> grain
     budget = (RowBudget(options.seq_len, options.pack_crops, examples=options.seq_len) if options.pack_crops
               else RowBudget(options.seq_len, crops))
     return SkipAndBatch(ds, options.batch_size // options.process_count, budget,
-                        Collate(options.seq_len, budget.crops))
+                        Collate(options.seq_len, budget.crops), reader)
 
 
 def example_processor(cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
@@ -373,7 +405,7 @@ def stage1(source: pixmo.Source, cfg, tokenizer: MolmoTokenizer, options: Pipeli
     cfg = with_formatting(cfg, STAGE1_FORMATTING)
     seed = STAGE1_SEED if options.seed is None else options.seed
     process = example_processor(cfg, tokenizer, options, shuffle_messages=False)
-    return pipeline(source_stream("stage1", source, process, seed), cfg, options)
+    return pipeline(source_stream("stage1", source, process, seed), cfg, options, reader_drops({"stage1": source}))
 
 
 def stage2(sources: Mapping[str, pixmo.Source], cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
@@ -384,4 +416,4 @@ def stage2(sources: Mapping[str, pixmo.Source], cfg, tokenizer: MolmoTokenizer, 
     rates = mixture_rates({n: len(s) for n, s in sources.items()}, groups)
     logging.info("mixture rates: %s", ", ".join(f"{n} {100 * r:.2f}%" for n, r in rates.items()))
     process = example_processor(cfg, tokenizer, options, shuffle_messages=True)
-    return pipeline(mixture(sources, rates, process, seed), cfg, options)
+    return pipeline(mixture(sources, rates, process, seed), cfg, options, reader_drops(sources))

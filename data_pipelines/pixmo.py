@@ -3,12 +3,17 @@
 Each dataset becomes a `Source`: `len(source)` examples and `source.get(index, rng)` -> one example dict
 in the input format of `molmo_jax.formatting.Formatter`, built as the official `olmo/data/pixmo_datasets.py`
 builds it: rows of one image are grouped into one example whose `message_list` holds one conversation
-per annotation (Cap, Count and Docs are one row per image). Schemas: shared/spec/PIXMO_SCHEMAS.md.
+per annotation (Cap, Count and Docs are one row per image). Schemas: the hub cards' `dataset_info.features`
+(`SCHEMAS`).
 
 Files are read from a local copy of the hub repos (`huggingface-cli download allenai/pixmo-cap
 --repo-type dataset --local-dir <data_dir>/pixmo-cap`); URL images from the downloader's cache
-(`download.image_file(image_dir, url)`). Examples whose image is not in the cache are dropped, as the
-official code drops failed downloads.
+(`download.image_file(image_dir, url)`). Rows are checked by `pixmo_checks` (units, ranges, placeholders,
+clock fields, count vs points, nulls); a bad row drops that annotation only. Examples whose image is not
+in the cache are dropped, as the official code drops failed downloads. Each source's `stats` count the hub
+rows it read, what it dropped (`drops`: reason -> rows) and the distinct images present / missing.
+Rows with an `image_sha256` are read with the image's bytes and keep only the rows whose hash they match
+(`pixmo_checks.matching_rows`); pixel points (pixmo-count) are checked against the image size then.
 
 Two official bugs are fixed by default, each with a named option restoring the official behaviour:
   * PixMo-Points: the official reader inverts its `counting` flag (`counting=True` -> style "pointing");
@@ -16,14 +21,19 @@ Two official bugs are fixed by default, each with a named option restoring the o
   * PixMo-CapQA: the official "no pointing" prefix replaces a matching user turn with prefix + the FIRST
     turn; here the prefix goes on the matching turn unless `official_prefix_bug=True`.
 Local validation splits (sets with only a hub `train` split) are carved with a seeded permutation
-(seed 96817, the official seed) of all image groups, before images missing from the cache are dropped, so
-a split does not move when more images download; the official `datasets.train_test_split` runs after the
-download filter and picks different examples.
+(seed 96817, the official seed) of all image groups, before bad rows and images missing from the cache
+are dropped, so a split does not move when more images download; the official `datasets.train_test_split`
+runs after the download filter and picks different examples. `n_val` (official: 2048, 1024 for
+point-explanations) is capped at a tenth of the groups (at least one when there are two), so a small copy
+keeps a train split.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import io
+import logging
 import os
 import re
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -33,8 +43,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from etils import epath
+from PIL import Image
 
+from data_pipelines import pixmo_checks
 from data_pipelines.download import image_file
+from data_pipelines.pixmo_checks import BadExample
 from molmo_jax import paths
 
 Rows = Mapping[str, list]  # column -> values over the rows of one example
@@ -61,7 +74,7 @@ NO_POINT_PREFIX = (
 
 _XY = pa.struct([("x", pa.float64()), ("y", pa.float64())])
 
-# Arrow schemas of the hub files (`datasets` features -> Arrow, PIXMO_SCHEMAS.md section 0.1).
+# Arrow schemas of the hub files (the `datasets` features of the hub cards as Arrow types).
 SCHEMAS: dict[str, pa.Schema] = {
     "pixmo-cap": pa.schema([("image_url", pa.string()), ("caption", pa.string()),
                             ("transcripts", pa.list_(pa.string()))]),
@@ -95,8 +108,11 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
-class EmptyAnnotationError(ValueError):
+class EmptyAnnotationError(BadExample):
     """The rows of an example hold nothing to train on (no caption / transcript / question)."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__("empty_annotation", detail)
 
 
 class Source(Protocol):
@@ -128,7 +144,8 @@ def xy_array(points) -> np.ndarray:
 
 def cap_example(rows: Rows, rng, mode: str = "transcript_and_caption") -> Example:
     """PixMo-Cap: the caption (style long_caption) and/or transcripts (style transcript)."""
-    caption, transcripts = rows["caption"][0], list(rows["transcripts"][0] or ())
+    caption = rows["caption"][0]
+    transcripts = [t for t in rows["transcripts"][0] or () if pixmo_checks.is_text(t)]
     messages = []
     if mode != "transcripts":
         if not caption:
@@ -190,16 +207,19 @@ def point_explanations_example(rows: Rows, rng=None) -> Example:
 
 def docs_example(rows: Rows, rng=None, doc_type: str = "charts") -> Example:
     """PixMo-Docs: every question/answer pair of the document, style pixmo_docs_<type>."""
-    qas = rows["questions"][0]
-    return dict(message_list=[dict(question=q, answer=a, style=f"pixmo_docs_{doc_type}")
-                              for q, a in zip(qas["question"], qas["answer"])],
+    pairs = pixmo_checks.good_pairs(rows["questions"][0])
+    if not pairs:
+        raise EmptyAnnotationError("no question with an answer")
+    return dict(message_list=[dict(question=q, answer=a, style=f"pixmo_docs_{doc_type}") for q, a in pairs],
                 metadata=dict(image_id=rows["image_id"][0]))
 
 
 def clock_time(rows: Rows) -> dict[str, int]:
     """The time a PixMo-Clocks row shows, as the official `ClockEval` metadata: "hour", "minute", "second"
     of `watch_time` ("HH:MM:SS"), each -1 when its `*_visible` flag is 0."""
-    values = [int(v) for v in rows["watch_time"][0].split(":")]
+    values = pixmo_checks.clock_fields(rows["watch_time"][0])
+    if values is None:
+        raise BadExample("bad_clock_time", repr(rows["watch_time"][0]))
     return {name: value if rows[f"{name}_visible"][0] else -1
             for name, value in zip(("hour", "minute", "second"), values, strict=True)}
 
@@ -231,34 +251,85 @@ class TableSource:
     """Examples made of row groups of an Arrow table (see `Source`).
 
     table: the hub rows; groups: row ids of each example; convert: (rows, rng) -> example without image;
-    image: rows -> what `Preprocessor.load` accepts (a path, bytes).
+    image: rows -> the image's bytes or file (read here, so examples hold encoded bytes); stats: what
+    the reader read and dropped; pixel_points: check the example's points (pixels) against the image size
+    when it is read.
     """
     table: pa.Table
     groups: Sequence[np.ndarray]
     convert: Callable[[Rows, Any], Example]
     image: Callable[[Rows], Any]
+    stats: ReadStats = dataclasses.field(default_factory=lambda: ReadStats())
+    pixel_points: bool = False
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """The reader's drop table: reason -> hub rows (or Q/A pairs, transcripts: `pixmo_checks.PARTIAL`)."""
+        return dict(self.stats.drops)
 
     def rows(self, index: int) -> dict[str, list]:
         return self.table.take(pa.array(self.groups[index])).to_pydict()
 
     def get(self, index: int, rng) -> Example:
+        """Example `index`; raises BadExample when its image matches none of its rows' hashes or its
+        pixel points fall outside the image."""
+        return self.read(index, rng)[0]
+
+    def read(self, index: int, rng) -> tuple[Example, int]:
+        """(example `index`, how many of its rows were left out because the image bytes are not their hash)."""
         rows = self.rows(index)
+        image = self.image(rows)
+        image = image if isinstance(image, bytes) else read_bytes(image)  # local or gs:// cache
+        n_rows = len(self.groups[index])
+        if "image_sha256" in rows:
+            rows = pixmo_checks.matching_rows(rows, image)
         example = self.convert(rows, rng)
-        example["image"] = self.image(rows)
+        if self.pixel_points and "points" in example:
+            pixmo_checks.check_inside(example["points"], *image_size(image))
+        example["image"] = image
         if "image_url" in rows:
             example.setdefault("metadata", {})["image_url"] = rows["image_url"][0]
-        return example
+        return example, n_rows - len(next(iter(rows.values())))
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """What a reader saw: hub rows of its split (and kind), drops (reason -> rows, `pixmo_checks`), and the
+    distinct images "present" / "missing" in the cache."""
+    rows: int = 0
+    drops: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    images: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def read_bytes(path) -> bytes:
+    """The bytes of an image file; BadExample("image_missing") if it is gone."""
+    try:
+        return epath.Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise BadExample("image_missing", str(path)) from e
+
+
+def image_size(image: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image as displayed (EXIF rotation applied), from its header only."""
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            w, h = im.size
+            rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF Orientation: a quarter turn
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadExample("bad_image", str(e)) from e
+    return (h, w) if rotated else (w, h)
 
 
 def parquet_files(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Sorted files of a glob pattern, a file, or a list of them; raises FileNotFoundError on none."""
+    """Sorted files of a glob pattern (wildcards in the file name only), a file, or a list of them, local
+    or gs://; raises FileNotFoundError on none."""
     patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
     files = sorted({f for p in patterns for f in paths.glob(p)})
     if not files:
-        raise FileNotFoundError(f"no parquet files match {patterns}")
+        raise FileNotFoundError(f"no parquet files match {[os.fspath(p) for p in patterns]}")
     return files
 
 
@@ -268,26 +339,41 @@ def read_table(files, schema_name: str) -> pa.Table:
     tables = []
     for path in parquet_files(files):
         with epath.Path(path).open("rb") as f:
-            parquet = pq.ParquetFile(f)
-            missing = [c for c in schema.names if c not in parquet.schema_arrow.names]
-            if missing:
-                raise ValueError(f"{path}: not a {schema_name} file, it lacks the column(s) {missing}")
-            tables.append(parquet.read(columns=schema.names))
-    return pa.concat_tables(tables, promote_options="permissive")
+            try:
+                parquet = pq.ParquetFile(f)
+                missing = [c for c in schema.names if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise ValueError(f"{path}: not a {schema_name} file, it lacks the column(s) {missing}")
+                tables.append(parquet.read(columns=schema.names))
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{path}: not a readable parquet file ({e})") from e
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException as e:
+        raise ValueError(f"{schema_name} files {files}: their column types disagree ({e})") from e
 
 
-def image_items(files, schema_name: str, check_sha: bool = True) -> list[tuple[str, str | None]]:
-    """Unique (image_url, image_sha256 or None) pairs of a URL dataset's files, for `download.download`."""
+def image_items(files, schema_name: str, check_sha: bool = True) -> list[tuple[str, tuple[str, ...] | None]]:
+    """Unique (image_url, its rows' distinct sha256 hashes or None) of a URL dataset's files, for
+    `download.download`, in the order of first occurrence; rows without a usable URL are left out."""
     table = read_table(files, schema_name)
     urls = table.column("image_url").to_pylist()
     with_sha = check_sha and "image_sha256" in table.column_names
     shas = table.column("image_sha256").to_pylist() if with_sha else [None] * len(urls)
-    return list(dict(zip(urls, shas)).items())
+    items: dict[str, set[str] | None] = {}
+    for url, sha in zip(urls, shas):
+        if pixmo_checks.url_reasons({"image_url": url}):
+            continue
+        hashes = items.setdefault(url, set() if with_sha else None)
+        if with_sha and not pixmo_checks.sha_reasons({"image_sha256": sha}):
+            hashes.add(sha.lower())
+    return [(url, None if hashes is None else tuple(sorted(hashes))) for url, hashes in items.items()]
 
 
 def group_rows(keys: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
-    """Row ids of each distinct key, groups ordered by first occurrence (the official grouping by URL)."""
-    values = np.asarray(keys.to_pylist(), dtype=object)
+    """Row ids of each distinct key, groups ordered by first occurrence (the official grouping by URL);
+    null keys form one group (the row checks drop it)."""
+    values = np.asarray(["" if k is None else k for k in keys.to_pylist()], dtype=object)
     _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     groups = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
@@ -298,25 +384,73 @@ def single_rows(n: int) -> list[np.ndarray]:
     return [np.array([i]) for i in range(n)]
 
 
+def val_size(n_groups: int, n_val: int) -> int:
+    """Validation examples carved from `n_groups`: `n_val`, at most a tenth of them (at least one of two
+    or more), so the train split is never emptied."""
+    cap = max(n_groups // 10, 1 if n_groups > 1 else 0)
+    if n_val > cap:
+        logging.warning("n_val=%d of %d examples leaves too few to train on; carving %d", n_val, n_groups, cap)
+    return min(n_val, cap)
+
+
 def carve_split(groups: Sequence[np.ndarray], split: str, n_val: int | None) -> list[np.ndarray]:
-    """The local train / validation split of a hub train set: `n_val` examples by seeded permutation."""
+    """The local train / validation split of a hub train set: `val_size` examples by seeded permutation."""
     if split not in ("train", "validation"):
         raise ValueError(f"split={split!r}; this dataset has only 'train' and 'validation'")
     if not n_val:
         if split == "validation":
             raise ValueError("split='validation' needs n_val > 0")
         return list(groups)
+    n = val_size(len(groups), n_val)
     perm = np.random.RandomState(VAL_SPLIT_SEED).permutation(len(groups))
-    chosen = np.sort(perm[:n_val] if split == "validation" else perm[n_val:])
+    chosen = np.sort(perm[:n] if split == "validation" else perm[n:])
     return [groups[i] for i in chosen]
 
 
-def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir) -> TableSource:
-    """A source whose images are cached downloads of `image_url`; groups without a cached image are dropped."""
-    urls = table.column("image_url")
+def _check_table(table: pa.Table) -> pa.Table:
+    """The columns the row checks read; PixMo-Docs images reduced to whether they have bytes."""
+    if "image" not in table.column_names:
+        return table
+    has_bytes = pc.fill_null(pc.greater(pc.binary_length(pc.struct_field(table.column("image"), "bytes")), 0),
+                             False)
+    return table.drop_columns(["image"]).append_column("image", has_bytes)
+
+
+def check_groups(table: pa.Table, groups: Sequence[np.ndarray], check: Callable[[Rows], list[str]],
+                 stats: ReadStats) -> list[np.ndarray]:
+    """`groups` without the rows `check` rejects (groups left empty go), counting them and every reason
+    in `stats`."""
+    ids = np.concatenate(groups) if len(groups) else np.zeros(0, np.int64)
+    rows = dict(zip(ids.tolist(), _check_table(table.take(pa.array(ids))).to_pylist()))
+    out = []
+    for group in groups:
+        stats.rows += len(group)
+        kept = []
+        for r in group:
+            reasons = check(rows[int(r)])
+            stats.drops.update(reasons)
+            if pixmo_checks.PARTIAL.issuperset(reasons):
+                kept.append(r)
+        if kept:
+            out.append(np.asarray(kept))
+    return out
+
+
+def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir,
+               stats: ReadStats, pixel_points: bool = False) -> TableSource:
+    """A source whose images are cached downloads of `image_url`; groups without a cached image are dropped
+    (their rows counted as "image_missing")."""
+    urls = table.column("image_url").to_pylist()
     cached = paths.names(image_dir)
-    kept = [g for g in groups if os.path.basename(image_file(image_dir, urls[int(g[0])].as_py())) in cached]
-    return TableSource(table, kept, convert, _CachedImage(os.fspath(image_dir)))
+    present = {}
+    for g in groups:
+        url = urls[int(g[0])]
+        if url not in present:
+            present[url] = os.path.basename(image_file(image_dir, url)) in cached
+    kept = [g for g in groups if present[urls[int(g[0])]]]
+    stats.drops["image_missing"] += sum(len(g) for g in groups) - sum(len(g) for g in kept)
+    stats.images = dict(present=sum(present.values()), missing=len(present) - sum(present.values()))
+    return TableSource(table, kept, convert, _CachedImage(os.fspath(image_dir)), stats, pixel_points)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,27 +472,33 @@ def pixmo_cap(files, image_dir, split: str = "train", mode: str = "transcript_an
     if mode not in CAP_MODES:
         raise ValueError(f"mode={mode!r}; allowed {CAP_MODES}")
     table = read_table(files, "pixmo-cap")
-    groups = carve_split(single_rows(len(table)), split, n_val)
-    return url_source(table, groups, functools.partial(cap_example, mode=mode), image_dir)
+    check = functools.partial(pixmo_checks.cap, captions=mode != "transcripts", transcripts=mode != "captions")
+    stats = ReadStats()
+    groups = check_groups(table, carve_split(single_rows(len(table)), split, n_val), check, stats)
+    return url_source(table, groups, functools.partial(cap_example, mode=mode), image_dir, stats)
 
 
 def pixmo_ask_model_anything(files, image_dir, split: str = "train", prefix_how_many: bool = True,
                              n_val: int | None = 2048) -> TableSource:
     """PixMo-AskModelAnything, grouped per image."""
     table = read_table(files, "pixmo-ask-model-anything")
-    groups = carve_split(group_rows(table.column("image_url")), split, n_val)
+    stats = ReadStats()
+    groups = check_groups(table, carve_split(group_rows(table.column("image_url")), split, n_val),
+                          pixmo_checks.ask_model_anything, stats)
     return url_source(table, groups, functools.partial(ask_model_anything_example, prefix_how_many=prefix_how_many),
-                      image_dir)
+                      image_dir, stats)
 
 
 def pixmo_cap_qa(files, image_dir, split: str = "train", prefix_how_many: bool = True,
                  official_prefix_bug: bool = False, n_val: int | None = 2048) -> TableSource:
     """PixMo-CapQA (reads `messages`), grouped per image."""
     table = read_table(files, "pixmo-cap-qa")
-    groups = carve_split(group_rows(table.column("image_url")), split, n_val)
+    stats = ReadStats()
+    groups = check_groups(table, carve_split(group_rows(table.column("image_url")), split, n_val),
+                          pixmo_checks.cap_qa, stats)
     convert = functools.partial(cap_qa_example, prefix_how_many=prefix_how_many,
                                 official_prefix_bug=official_prefix_bug)
-    return url_source(table, groups, convert, image_dir)
+    return url_source(table, groups, convert, image_dir, stats)
 
 
 def pixmo_points(files, image_dir, split: str = "train", kind: str = "basic", counting: bool = False,
@@ -367,33 +507,45 @@ def pixmo_points(files, image_dir, split: str = "train", kind: str = "basic", co
     """PixMo-Points: kind "basic" (collection_method pointing), "high_frequency" (counting) or "both".
 
     Each collection method is grouped per image and split separately (the official local sets);
-    `exclude_urls` (the PixMo-Points-Eval images, see `load`) are removed first.
+    `exclude_urls` (the PixMo-Points-Eval images, see `load`) are removed first. Those rows, and rows of
+    no known collection method (they belong to no kind), are counted by the train split of every kind.
     """
     if kind not in POINT_KINDS:
         raise ValueError(f"kind={kind!r}; allowed {POINT_KINDS}")
     table = read_table(files, "pixmo-points")
+    stats = ReadStats()
     if exclude_urls:
-        table = table.filter(pc.invert(pc.is_in(table.column("image_url"), pa.array(list(exclude_urls)))))
+        held_out = pc.fill_null(pc.is_in(table.column("image_url"), pa.array(list(exclude_urls))), False)
+        if split == "train":
+            stats.rows = stats.drops["held_out_for_eval"] = pc.sum(held_out).as_py() or 0
+        table = table.filter(pc.invert(held_out))
     methods = {"basic": ["pointing"], "high_frequency": ["counting"], "both": ["counting", "pointing"]}[kind]
+    column = table.column("collection_method").to_numpy(zero_copy_only=False)
+    if split == "train":
+        stats.drops["bad_collection_method"] = int(np.sum(~np.isin(column, pixmo_checks.POINT_METHODS)))
+        stats.rows += stats.drops["bad_collection_method"]
     groups = []
     for method in methods:
-        rows = np.flatnonzero(table.column("collection_method").to_numpy(zero_copy_only=False) == method)
+        rows = np.flatnonzero(column == method)
         subset = group_rows(table.column("image_url").take(pa.array(rows)))
         groups += carve_split([rows[g] for g in subset], split, n_val)
+    groups = check_groups(table, groups, pixmo_checks.points, stats)
     convert = functools.partial(points_example, counting=counting, official_counting_flag=official_counting_flag)
-    return url_source(table, groups, convert, image_dir)
+    return url_source(table, groups, convert, image_dir, stats)
 
 
 def pixmo_point_explanations(files, image_dir, split: str = "train", split_groups: bool = True,
                              n_val: int | None = 1024) -> TableSource:
-    """PixMo-Point-Explanations without rows lacking `parsed_response`; with `split_groups` an image's
-    conversations are split into two examples (first ceil(n/2), then the rest), as the official code."""
+    """PixMo-Point-Explanations (rows lacking `parsed_response` are dropped, as officially); with
+    `split_groups` an image's conversations are split into two examples (first ceil(n/2), then the rest),
+    as the official code."""
     table = read_table(files, "pixmo-point-explanations")
-    table = table.filter(pc.is_valid(table.column("parsed_response")))
-    groups = carve_split(group_rows(table.column("image_url")), split, n_val)
+    stats = ReadStats()
+    groups = check_groups(table, carve_split(group_rows(table.column("image_url")), split, n_val),
+                          pixmo_checks.point_explanations, stats)
     if split_groups:
         groups = [half for g in groups for half in ((g,) if len(g) < 2 else np.split(g, [(len(g) + 1) // 2]))]
-    return url_source(table, groups, functools.partial(point_explanations_example), image_dir)
+    return url_source(table, groups, functools.partial(point_explanations_example), image_dir, stats)
 
 
 def _embedded_image(rows: Rows) -> bytes:
@@ -405,18 +557,23 @@ def pixmo_docs(files, doc_type: str) -> TableSource:
     if doc_type not in DOC_TYPES:
         raise ValueError(f"doc_type={doc_type!r}; allowed {DOC_TYPES}")
     table = read_table(files, "pixmo-docs")
+    stats = ReadStats()
+    groups = check_groups(table, single_rows(len(table)), pixmo_checks.docs, stats)
     convert = functools.partial(docs_example, doc_type=doc_type)
-    return TableSource(table, single_rows(len(table)), convert, _embedded_image)
+    return TableSource(table, groups, convert, _embedded_image, stats)
 
 
 def pixmo_clocks(files, image_dir) -> TableSource:
     """PixMo-Clocks. The hub ships metadata only; renderings must be `<image_dir>/<example_id>.png`
     (rows without one are dropped). `synthetic.ClockSource` draws its own clocks instead."""
     table = read_table(files, "pixmo-clocks")
-    rendered = paths.names(image_dir)
-    ids = table.column("example_id").to_pylist()
-    groups = [np.array([r]) for r, i in enumerate(ids) if f"{i}.png" in rendered]
-    return TableSource(table, groups, functools.partial(clocks_example), _ClockImage(os.fspath(image_dir)))
+    stats = ReadStats()
+    groups = check_groups(table, single_rows(len(table)), pixmo_checks.clocks, stats)
+    ids, rendered = table.column("example_id").to_pylist(), paths.names(image_dir)
+    kept = [g for g in groups if f"{ids[g[0]]}.png" in rendered]
+    stats.drops["image_missing"] += len(groups) - len(kept)
+    stats.images = dict(present=len(kept), missing=len(groups) - len(kept))
+    return TableSource(table, kept, functools.partial(clocks_example), _ClockImage(os.fspath(image_dir)), stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,14 +581,17 @@ class _ClockImage:
     image_dir: str
 
     def __call__(self, rows: Rows) -> str:
-        return os.path.join(self.image_dir, f"{rows['example_id'][0]}.png")
+        return os.fspath(epath.Path(self.image_dir) / f"{rows['example_id'][0]}.png")
 
 
 def pixmo_count(files, image_dir, counting: bool = False, with_points: bool = True) -> TableSource:
     """PixMo-Count, one hub split; pass `with_points=False` for validation/test (no points there)."""
     table = read_table(files, "pixmo-count")
+    stats = ReadStats()
+    groups = check_groups(table, single_rows(len(table)),
+                          functools.partial(pixmo_checks.count, with_points=with_points), stats)
     convert = functools.partial(count_example, counting=counting, with_points=with_points)
-    return url_source(table, single_rows(len(table)), convert, image_dir)
+    return url_source(table, groups, convert, image_dir, stats, pixel_points=with_points)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -440,38 +600,61 @@ def pixmo_count(files, image_dir, counting: bool = False, with_points: bool = Tr
 
 def hub_files(data_dir, repo: str, split: str, config: str | None = None) -> str:
     """Glob of a hub split inside `<data_dir>/<repo>` (the hub layout: data/<split>-*.parquet)."""
-    return os.path.join(os.fspath(data_dir), repo, config or "data", f"{split}-*.parquet")
+    return os.fspath(epath.Path(data_dir) / repo / (config or "data") / f"{split}-*.parquet")
 
 
 def _eval_urls(data_dir) -> list[str]:
-    pattern = hub_files(data_dir, "pixmo-points-eval", "test")
-    return read_table(pattern, "pixmo-points-eval").column("image_url").to_pylist() if paths.glob(pattern) else []
+    try:
+        table = read_table(hub_files(data_dir, "pixmo-points-eval", "test"), "pixmo-points-eval")
+    except FileNotFoundError:
+        return []
+    return [u for u in table.column("image_url").to_pylist() if u]
 
 
-def load(name: str, data_dir, image_dir, split: str = "train") -> TableSource:
-    """A PixMo dataset by its official mixture name (`olmo/data/__init__.py:get_dataset_by_name`)."""
+# Official mixture name -> the hub repo it reads (pixmo_docs_<type>: pixmo-docs, config <type>).
+HUB_REPOS = {
+    "pixmo_cap_with_transcripts": "pixmo-cap", "pixmo_cap": "pixmo-cap",
+    "pixmo_ask_model_anything": "pixmo-ask-model-anything", "pixmo_cap_qa": "pixmo-cap-qa",
+    "pixmo_points": "pixmo-points", "pixmo_points_counting": "pixmo-points",
+    "pixmo_points_high_freq": "pixmo-points", "pixmo_points_high_freq_counting": "pixmo-points",
+    "pixmo_pointing_explanations": "pixmo-point-explanations",
+    "pixmo_count": "pixmo-count", "pixmo_count_counting": "pixmo-count", "pixmo_clocks": "pixmo-clocks",
+    **{f"pixmo_docs_{t}": "pixmo-docs" for t in DOC_TYPES},
+}
+# Hub repos whose images are URLs (`download`), with the sha256 column or not.
+URL_REPOS = ("pixmo-cap", "pixmo-ask-model-anything", "pixmo-cap-qa", "pixmo-points",
+             "pixmo-point-explanations", "pixmo-count", "pixmo-points-eval")
+
+
+def load(name: str, data_dir, image_dir, split: str = "train", n_val: int | None = None) -> TableSource:
+    """A PixMo dataset by its official mixture name (`olmo/data/__init__.py:get_dataset_by_name`).
+
+    n_val: examples carved into the local validation split of sets with only a hub train split (None:
+    the official 2048, or 1024 for point explanations; capped by `val_size`)."""
     f = lambda repo, hub_split="train", config=None: hub_files(data_dir, repo, hub_split, config)  # noqa: E731
+    val = {} if n_val is None else dict(n_val=n_val)
     points = lambda **kw: pixmo_points(f("pixmo-points"), image_dir, split,  # noqa: E731
-                                       exclude_urls=_eval_urls(data_dir), **kw)
-    if name.startswith("pixmo_docs_"):
+                                       exclude_urls=_eval_urls(data_dir), **kw, **val)
+    if name.startswith("pixmo_docs_") and name in HUB_REPOS:
         doc_type = name[len("pixmo_docs_"):]
         return pixmo_docs(f("pixmo-docs", split, doc_type), doc_type)
     builders = {
-        "pixmo_cap_with_transcripts": lambda: pixmo_cap(f("pixmo-cap"), image_dir, split, "transcript_and_caption"),
-        "pixmo_cap": lambda: pixmo_cap(f("pixmo-cap"), image_dir, split, "captions"),
-        "pixmo_ask_model_anything": lambda: pixmo_ask_model_anything(f("pixmo-ask-model-anything"), image_dir, split),
-        "pixmo_cap_qa": lambda: pixmo_cap_qa(f("pixmo-cap-qa"), image_dir, split),
+        "pixmo_cap_with_transcripts": lambda: pixmo_cap(f("pixmo-cap"), image_dir, split, "transcript_and_caption",
+                                                        **val),
+        "pixmo_cap": lambda: pixmo_cap(f("pixmo-cap"), image_dir, split, "captions", **val),
+        "pixmo_ask_model_anything": lambda: pixmo_ask_model_anything(f("pixmo-ask-model-anything"), image_dir,
+                                                                     split, **val),
+        "pixmo_cap_qa": lambda: pixmo_cap_qa(f("pixmo-cap-qa"), image_dir, split, **val),
         "pixmo_points": lambda: points(kind="basic", counting=False),
         "pixmo_points_counting": lambda: points(kind="basic", counting=True),
         "pixmo_points_high_freq": lambda: points(kind="high_frequency", counting=False),
         "pixmo_points_high_freq_counting": lambda: points(kind="high_frequency", counting=True),
         "pixmo_pointing_explanations": lambda: pixmo_point_explanations(f("pixmo-point-explanations"),
-                                                                        image_dir, split),
+                                                                        image_dir, split, **val),
         "pixmo_count": lambda: pixmo_count(f("pixmo-count", split), image_dir, False, split == "train"),
         "pixmo_count_counting": lambda: pixmo_count(f("pixmo-count", split), image_dir, True, split == "train"),
         "pixmo_clocks": lambda: pixmo_clocks(f("pixmo-clocks", split), image_dir),
     }
     if name not in builders:
-        raise KeyError(f"unknown PixMo dataset {name!r}; known: {sorted(builders)} and "
-                       f"{['pixmo_docs_' + t for t in DOC_TYPES]}")
+        raise KeyError(f"unknown PixMo dataset {name!r}; known: {sorted(HUB_REPOS)}")
     return builders[name]()

@@ -18,19 +18,28 @@ Fields:
                  (default "demo", the style `molmo_jax.predict` uses, which adds no prefix)
 A row needs a dialogue, points, or both. Blank lines are ignored.
 
+Image paths must stay inside the JSONL file's folder (`allow_outside_images=True`, the CLI's
+--allow-outside-images, allows others), so a shared file cannot make training read arbitrary files.
+
 Each row becomes one official-format example `{"image": ..., "message_list": [dialogue, points question]}`:
 the dialogue as a `messages` conversation, the points as a pointing / point_count example with
 `point_scale` (width / 100, height / 100), i.e. exactly the text the official formatter makes of pixel
 points. `validate(path)` checks every row as the training pipeline would read it and reports each
-problem with its line number.
+problem with its line number, then goes on with the next row: lines that are not UTF-8 or not JSON,
+wrong types (named as such: a number given as a string, a boolean as a coordinate), URL images not yet
+downloaded (named by URL), images that do not decode completely (truncated files are refused here,
+though training would fill them grey), points outside the image and, given the model's `process` and
+`seq_len`, rows whose first answer token lies beyond the sequence length (nothing to learn from).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import pathlib
+import posixpath
 import urllib.parse
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from etils import epath
@@ -60,6 +69,7 @@ class Row:
     points: np.ndarray | None
     label: str | None
     style: str
+    url: str | None = None  # the image's URL when `image` is its download cache file
 
 
 def is_url(image: str) -> bool:
@@ -71,12 +81,18 @@ def default_image_dir(path: epath.PathLike) -> epath.Path:
     return paths.absolute(path).parent / ".image_cache"
 
 
-def lines(path: epath.PathLike) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line (local or gs://)."""
+def lines(path: epath.PathLike) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes) of every non-blank line (decoded by `parse`, so one line that is
+    not UTF-8 does not hide the others); local or gs://."""
     paths.require_bucket(path, "data file")
-    for number, text in enumerate(epath.Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if text.strip():
-            yield number, text
+    for number, raw in enumerate(epath.Path(path).read_bytes().split(b"\n"), start=1):
+        if raw.strip():
+            yield number, raw
+
+
+def _type(value) -> str:
+    return {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,18 +101,36 @@ def lines(path: epath.PathLike) -> Iterator[tuple[int, str]]:
 
 def _turns(conversations: Any, problems: list[str]) -> tuple[tuple[str, str], ...]:
     if not isinstance(conversations, list):
-        problems.append(f"conversations must be a list of turns, got {type(conversations).__name__}")
+        problems.append(f"conversations must be a list of turns, got {_type(conversations)}")
         return ()
     turns = []
     for i, turn in enumerate(conversations, start=1):
         if not isinstance(turn, dict) or set(turn) != {"user", "assistant"}:
-            problems.append(f"turn {i}: must be an object with exactly the keys user and assistant")
+            got = f"an object with the keys {sorted(turn)}" if isinstance(turn, dict) else _type(turn)
+            problems.append(f"turn {i}: must be an object with exactly the keys user and assistant, got {got}")
             continue
-        empty = [k for k in ("user", "assistant") if not isinstance(turn[k], str) or not turn[k].strip()]
+        wrong = [f"{k} must be a string, got {_type(turn[k])}" for k in ("user", "assistant")
+                 if not isinstance(turn[k], str)]
+        empty = [k for k in ("user", "assistant") if isinstance(turn[k], str) and not turn[k].strip()]
+        problems += [f"turn {i}: {w}" for w in wrong]
         if empty:
             problems.append(f"turn {i}: empty {' and '.join(empty)} text")
         turns.append((turn["user"], turn["assistant"]))
     return tuple(turns)
+
+
+def _coordinate_problems(i: int, point: Any) -> list[str]:
+    if not isinstance(point, list) or len(point) != 2:
+        got = f"a list of {len(point)}" if isinstance(point, list) else _type(point)
+        return [f"point {i}: must be [x, y], got {got}"]
+    out = []
+    for name, v in zip("xy", point):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            shown = f" ({json.dumps(v)})" if isinstance(v, str) else ""
+            out.append(f"point {i}: {name} is {_type(v)}{shown}, not a number")
+        elif not np.isfinite(v):
+            out.append(f"point {i}: {name} is not finite")
+    return out
 
 
 def _points(row: dict, problems: list[str]) -> np.ndarray | None:
@@ -104,41 +138,73 @@ def _points(row: dict, problems: list[str]) -> np.ndarray | None:
         if "label" in row:
             problems.append("label given without points")
         return None
-    try:
-        points = np.asarray(row["points"], np.float64).reshape(-1, 2)
-        if len(points) != len(row["points"]) or not np.isfinite(points).all():
-            raise ValueError
-    except (TypeError, ValueError):
-        problems.append("points must be a list of [x, y] pixel coordinates")
+    if not isinstance(row["points"], list):
+        problems.append(f"points must be a list of [x, y] pixel coordinates, got {_type(row['points'])}")
         return None
-    if not isinstance(row.get("label"), str) or not row["label"].strip():
-        problems.append("points need a non-empty label (what they point at)")
-    return points
+    found = [p for i, point in enumerate(row["points"], start=1) for p in _coordinate_problems(i, point)]
+    label = row.get("label")
+    if label is None:
+        found.append("points need a label (what they point at)")
+    elif not isinstance(label, str):
+        found.append(f"label must be a string, got {_type(label)}")
+    elif not label.strip():
+        found.append("empty label")
+    problems += found
+    return None if found else np.asarray(row["points"], np.float64).reshape(-1, 2)
 
 
-def parse(text: str, line: int, base_dir: str | os.PathLike, image_dir: str | os.PathLike) -> Row:
+def _image_problems(image: Any, base_dir, allow_outside: bool) -> list[str]:
+    if image is None:
+        return ["missing image (a path or an http(s) URL)"]
+    if not isinstance(image, str):
+        return [f"image must be a string (a path or an http(s) URL), got {_type(image)}"]
+    if not image.strip():
+        return ["empty image (a path or an http(s) URL)"]
+    if is_url(image) or allow_outside:
+        return []
+    if paths.is_remote(base_dir):  # no symlinks in a bucket: the normalised path decides
+        folder = os.fspath(base_dir).rstrip("/")
+        inside = posixpath.normpath(f"{folder}/{image}").startswith(f"{folder}/")
+    else:
+        folder = pathlib.Path(base_dir).resolve()
+        inside = (folder / image).resolve().is_relative_to(folder)
+    if not inside:
+        return [f"image {image} is outside the data file's folder {folder} (allow it with "
+                f"--allow-outside-images / allow_outside_images=True)"]
+    return []
+
+
+def parse(raw: bytes | str, line: int, base_dir: str | os.PathLike, image_dir: str | os.PathLike,
+          allow_outside_images: bool = False) -> Row:
     """One JSONL line -> Row; raises RowError listing every structural problem (the image is not read)."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as e:
+        raise RowError(line, [f"not UTF-8 text (byte {e.start + 1} of the line is {raw[e.start:e.start + 1]!r})"]
+                       ) from None
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
         raise RowError(line, [f"bad JSON: {e}"]) from None
     if not isinstance(row, dict):
-        raise RowError(line, [f"a row must be a JSON object, got {type(row).__name__}"])
+        raise RowError(line, [f"a row must be a JSON object, got {_type(row)}"])
     problems = [f"unknown field {k!r} (fields: {', '.join(FIELDS)})" for k in row if k not in FIELDS]
     image = row.get("image")
-    if not isinstance(image, str) or not image.strip():
-        problems.append("missing image (a path or an http(s) URL)")
+    problems += _image_problems(image, base_dir, allow_outside_images)
     turns = _turns(row.get("conversations", []), problems)
     points = _points(row, problems)
-    if not turns and points is None:
+    if not turns and points is None and "points" not in row:
         problems.append("no conversations and no points: nothing to train on")
     style = row.get("style", DEFAULT_STYLE)
-    if not isinstance(style, str) or not style:
-        problems.append("style must be a non-empty string")
+    if not isinstance(style, str):
+        problems.append(f"style must be a string, got {_type(style)}")
+    elif not style:
+        problems.append("empty style")
     if problems:
         raise RowError(line, problems)
-    path = download.image_file(image_dir, image) if is_url(image) else os.fspath(epath.Path(base_dir) / image)
-    return Row(line, path, turns, points, row.get("label"), style)
+    url = image if is_url(image) else None
+    path = download.image_file(image_dir, image) if url else os.fspath(epath.Path(base_dir) / image)
+    return Row(line, path, turns, points, row.get("label"), style, url)
 
 
 def outside(points: np.ndarray, image: np.ndarray) -> list[str]:
@@ -164,12 +230,16 @@ def to_example(row: Row, image: np.ndarray) -> dict[str, Any]:
     return dict(image=image, message_list=conversations)
 
 
-def read_image(path: str, line: int) -> np.ndarray:
-    """The image as training loads it (`preprocess.load_image` defaults); RowError if it cannot."""
+def read_image(row: Row, strict: bool = False) -> np.ndarray:
+    """The row's image as training loads it (`preprocess.load_image` defaults; `strict`: a truncated file
+    is an error instead of being filled grey); RowError if it cannot."""
+    if row.url is not None and not epath.Path(row.image).exists():
+        raise RowError(row.line, [f"image {row.url} is not downloaded (run `molmo-jax validate-data --download "
+                                  f"FILE` to fetch the file's URL images)"])
     try:
-        return preprocess.load_image(path)
+        return preprocess.load_image(row.image, allow_truncated=not strict)
     except Exception as e:  # noqa: BLE001 -- PIL raises many types on corrupt data
-        raise RowError(line, [f"unreadable image: {e}"]) from e
+        raise RowError(row.line, [f"unreadable image: {e}"]) from e
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,17 +253,19 @@ class UserData:
     image ImageError; `validate` lists them all up front.
     """
 
-    def __init__(self, path: str | os.PathLike, image_dir: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike, image_dir: str | os.PathLike | None = None,
+                 allow_outside_images: bool = False):
         self.path = epath.Path(path)
         self.image_dir = epath.Path(image_dir) if image_dir is not None else default_image_dir(path)
+        self.allow_outside_images = allow_outside_images
         self.rows = list(lines(self.path))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def row(self, index: int) -> Row:
-        line, text = self.rows[index]
-        return parse(text, line, paths.absolute(self.path).parent, self.image_dir)
+        line, raw = self.rows[index]
+        return parse(raw, line, paths.absolute(self.path).parent, self.image_dir, self.allow_outside_images)
 
     def get(self, index: int, rng=None) -> dict[str, Any]:
         row = self.row(index)
@@ -202,10 +274,10 @@ class UserData:
     def urls(self) -> list[str]:
         """The distinct image URLs of the file (rows that are not valid JSON are left out)."""
         found = {}
-        for _, text in self.rows:
+        for _, raw in self.rows:
             try:
-                image = json.loads(text).get("image")
-            except (json.JSONDecodeError, AttributeError):
+                image = json.loads(raw).get("image")
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
                 continue
             if isinstance(image, str) and is_url(image):
                 found[image] = None
@@ -242,15 +314,34 @@ class Report:
         return "\n".join([head] + [f"  line {line}: {message}" for line, message in self.problems])
 
 
-def validate(path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> Report:
-    """Checks every row of a JSONL file as training reads it (structure, image, points inside the image);
-    never stops at the first bad row."""
-    data = UserData(path, image_dir)
+def answer_start(arrays: dict[str, np.ndarray]) -> int | None:
+    """Index of the first token with a loss of an encoded example (`preprocess` arrays), or None."""
+    hits = np.flatnonzero(arrays["loss_masks"] > 0)
+    return int(hits[0]) if len(hits) else None
+
+
+def validate(path: str | os.PathLike, image_dir: str | os.PathLike | None = None,
+             allow_outside_images: bool = False, process: Callable[[dict, Any], dict] | None = None,
+             seq_len: int | None = None) -> Report:
+    """Checks every row of a JSONL file as training reads it (structure, types, image decoded strictly,
+    points inside the image and, with `process` (e.g. a `mixtures.ExampleProcessor` that keeps long
+    examples) and `seq_len`, an answer token within the sequence length); never stops at a bad row."""
+    data = UserData(path, image_dir, allow_outside_images)
     problems = []
     for index in range(len(data)):
         try:
             row = data.row(index)
-            to_example(row, read_image(row.image, row.line))
+            example = to_example(row, read_image(row, strict=True))
+            if process is not None:
+                _check_length(row, process(example, np.random.RandomState(0)), seq_len)
         except RowError as e:
             problems += [(e.line, p) for p in e.problems]
     return Report(str(path), len(data), problems)
+
+
+def _check_length(row: Row, arrays: dict[str, np.ndarray], seq_len: int) -> None:
+    start, total = answer_start(arrays), len(arrays["input_tokens"])
+    if start is None or start >= seq_len:
+        raise RowError(row.line, [f"no answer token within the sequence length {seq_len}: the image and the "
+                                  f"first prompt take {start if start is not None else total} tokens "
+                                  f"(the whole example {total}); shorten the prompt or raise --seq-len"])

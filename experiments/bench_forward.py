@@ -14,7 +14,7 @@ difference| to its reference, so a throughput is only compared between models th
 JSON (--out): per-row numbers and top-level "speedup" = min over rows of ours / reference throughput.
 
 Run (text rows only; the project venv, transformers 5):
-  .venv/bin/python experiments/bench_forward.py --quick --out /tmp/bench_forward.json
+  .venv/bin/python -m experiments.bench_forward --quick --out /tmp/bench_forward.json
 Run with the official reference (needs transformers 4.46.3, so a venv of its own, NOT the project's):
   python3 -m venv /tmp/bench-venv
   /tmp/bench-venv/bin/pip install torch==2.13.0 transformers==4.46.3 'tokenizers<0.21' numpy einops \
@@ -23,19 +23,16 @@ Run with the official reference (needs transformers 4.46.3, so a venv of its own
   /tmp/bench-venv/bin/pip install --no-deps torchvision==0.28.0
   /tmp/bench-venv/bin/pip install --no-deps -e /work/main
   git clone https://github.com/allenai/molmo /tmp/molmo   # any checkout of allenai/molmo
-  HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python experiments/bench_forward.py --quick \
+  HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python -m experiments.bench_forward --quick \
       --official-src /tmp/molmo --out /tmp/bench_forward.json
 torchvision's compiled ops do not load beside this torch build; the official model never calls them, so
 `torchvision._meta_registrations` is stubbed before transformers imports torchvision.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Callable
@@ -46,8 +43,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from etils import epath  # noqa: E402
 
+from experiments import bench_common  # noqa: E402
 from molmo_jax import checkpoints, config, convert_base  # noqa: E402
 from molmo_jax.models.molmo import Molmo  # noqa: E402
 
@@ -124,21 +121,6 @@ def prefill_inputs(cfg, seed: int = 0) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- timing
 
-def interleaved_medians(calls: list[Callable[[], np.ndarray]], repeats: int) -> list[tuple[float, np.ndarray]]:
-    """(median wall time, logits) of each call, after one warm-up call each.
-
-    The calls take turns (A B A B ...), so a shared machine's changing load hits all of them alike.
-    """
-    outputs = [call() for call in calls]
-    times = [[] for _ in calls]
-    for _ in range(repeats):
-        for i, call in enumerate(calls):
-            start = time.perf_counter()
-            outputs[i] = call()
-            times[i].append(time.perf_counter() - start)
-    return [(statistics.median(t), out) for t, out in zip(times, outputs)]
-
-
 def ours_call(cfg, params, inputs: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
     """Our jitted forward on `inputs` (compiled by its first call)."""
     forward = jax.jit(Molmo(cfg).apply)
@@ -158,7 +140,8 @@ def torch_call(model, inputs: dict[str, np.ndarray], **fixed) -> Callable[[], np
 
 def row(name: str, workload: str, inputs, ours: Callable, ref: Callable, reference: str, repeats: int) -> dict:
     """Times ours against the reference on `inputs`; throughputs, ratio and max |logit difference|."""
-    (t_ours, logits_ours), (t_ref, logits_ref) = interleaved_medians([ours, ref], repeats)
+    timed = bench_common.interleaved_medians({"ours": ours, "reference": ref}, repeats)
+    (t_ours, logits_ours), (t_ref, logits_ref) = timed["ours"], timed["reference"]
     tokens = inputs["input_ids"].size
     images = inputs["input_ids"].shape[0] if workload == "image" else 0
     return dict(config=name, workload=workload, reference=reference, tokens=tokens,
@@ -192,23 +175,19 @@ def print_table(rows: list[dict]):
                   f"{r[f'{who}_images_per_s']:9.2f} {ratio:>6} {diff:>11}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 timed runs per row (< 3 minutes)")
+def main(argv=None) -> dict:
+    parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text prefill rows")
-    parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args()
+    args = bench_common.parse(parser, argv, __file__)
     threads = os.cpu_count()
     torch.set_num_threads(threads)
-    repeats = 5 if args.quick else 15
-    rows = [r for name in CONFIGS for r in bench_config(name, repeats, args.official_src)]
+    configs, repeats = {"smoke": (["tiny"], 1), "quick": (CONFIGS, 5), "full": (CONFIGS, 15)}[args.mode]
+    rows = [r for name in configs for r in bench_config(name, repeats, args.official_src)]
     print_table(rows)
-    result = dict(speedup=min(r["speedup"] for r in rows), quick=args.quick, threads=threads, repeats=repeats,
-                  official_src=args.official_src, torch=torch.__version__, jax=jax.__version__,
-                  transformers=transformers.__version__, rows=rows)
-    print(f"speedup (min over rows, ours / reference throughput): {result['speedup']:.2f}")
-    if args.out:
-        epath.Path(args.out).write_text(json.dumps(result, indent=1))
+    result = dict(speedup=min(r["speedup"] for r in rows), threads=threads, repeats=repeats,
+                  official_src=args.official_src, torch=torch.__version__, transformers=transformers.__version__,
+                  rows=rows)
+    return bench_common.finish(result, args, "min over rows, ours / reference throughput")
 
 
 if __name__ == "__main__":

@@ -6,39 +6,31 @@ batch 1 and 8, greedy decoding of N new tokens after a PROMPT-token prompt, no s
   image  one image (every crop of the config) + text, batch 1: ours vs the official allenai/molmo
          `Molmo.generate` (greedy beam search of width 1) holding our params; only with --official-src
 Per row: time to first token (a 1-token generation: prefill + first sample + transfer) and decode
-throughput B * (N - 1) / (t(N tokens) - t(1 token)), the medians of interleaved runs (bench_forward's
+throughput B * (N - 1) / (t(N tokens) - t(1 token)), the medians of interleaved runs (bench_common's
 `interleaved_medians`, after compilation / warm-up), and the fraction of generated tokens on which
 ours and the reference agree (random weights: a late float-rounding flip of a close argmax is possible).
 Also the end-to-end rate B * N / t(N tokens). JSON (--out): the rows and top-level "speedup" = min over rows
 of ours / reference decode tokens/s (rows whose decode time drowned in the machine's noise, "-", left out).
 
 Run (text rows; the project venv):
-  .venv/bin/python experiments/bench_generate.py --quick --out /tmp/bench_generate.json
+  .venv/bin/python -m experiments.bench_generate --quick --out /tmp/bench_generate.json
 With the official reference: the separate transformers-4.46.3 venv of bench_forward.py's docstring:
-  HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python experiments/bench_generate.py --quick \
+  HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python -m experiments.bench_generate --quick \
       --official-src /tmp/molmo --out /tmp/bench_generate.json
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments import bench_common, bench_forward  # bench_forward stubs torchvision before transformers loads
+from experiments.bench_forward import build_models, official_model, prefill_inputs
 
-from experiments import bench_forward  # noqa: E402  (stubs torchvision before transformers loads)
-from experiments.bench_forward import build_models, interleaved_medians, official_model, prefill_inputs  # noqa: E402
+import numpy as np
+import torch
+import transformers
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from etils import epath  # noqa: E402
-
-from molmo_jax.decoding import Sampling, generate  # noqa: E402
+from molmo_jax.decoding import Sampling, generate
 
 PROMPT = 64  # prompt tokens of the text rows (one length bucket: no padding)
 OFFICIAL_TOKENIZER = bench_forward.OFFICIAL_TEMPLATE.parent / "base_tokenizer"
@@ -73,8 +65,9 @@ def official(model, inputs: dict[str, np.ndarray]) -> Generator:
 def row(name: str, workload: str, inputs, mine: Generator, ref: Generator, reference: str, n: int,
         repeats: int) -> dict:
     """Times 1-token and n-token generations of both, interleaved; TTFT, decode tokens/s, agreement."""
-    calls = [lambda: mine(1), lambda: ref(1), lambda: mine(n), lambda: ref(n)]
-    (t1_ours, _), (t1_ref, _), (tn_ours, tok_ours), (tn_ref, tok_ref) = interleaved_medians(calls, repeats)
+    calls = {"ours_1": lambda: mine(1), "ref_1": lambda: ref(1), "ours_n": lambda: mine(n), "ref_n": lambda: ref(n)}
+    timed = bench_common.interleaved_medians(calls, repeats)
+    (t1_ours, _), (t1_ref, _), (tn_ours, tok_ours), (tn_ref, tok_ref) = (timed[k] for k in calls)
     b = inputs["input_ids"].shape[0]
     steps = min(tok_ours.shape[1], tok_ref.shape[1])
     r = dict(config=name, workload=workload, reference=reference, batch=b, prompt_tokens=inputs["input_ids"].shape[1],
@@ -96,12 +89,12 @@ def decode_rate(batch: int, t1: float, tn: float, count: int) -> float | None:
     return batch * (count - 1) / (tn - t1) if tn > t1 and count > 1 else None
 
 
-def bench_config(name: str, n: int, repeats: int, official_src: str | None) -> list[dict]:
+def bench_config(name: str, n: int, repeats: int, official_src: str | None, batches=(1, 8)) -> list[dict]:
     cfg = bench_forward.CONFIGS[name]()
     model, params = build_models(cfg)
     rng = np.random.default_rng(0)
     rows = []
-    for b in (1, 8):
+    for b in batches:
         text = {"input_ids": rng.integers(1, cfg.llm.vocab_size, (b, PROMPT), dtype=np.int32)}
         rows.append(row(name, "text", text, ours(cfg, params, text), hf(model, text),
                         f"transformers {transformers.__version__} Qwen2 generate", n, repeats))
@@ -126,23 +119,21 @@ def print_table(rows: list[dict]):
                   f"{ratio:>6} {agree:>6}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="32 new tokens, 3 timed runs per call (< 3 minutes)")
+def main(argv=None) -> dict:
+    parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text rows")
-    parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args()
+    args = bench_common.parse(parser, argv, __file__)
     threads = os.cpu_count()
     torch.set_num_threads(threads)
-    n, repeats = (32, 3) if args.quick else (128, 5)
-    rows = [r for name in bench_forward.CONFIGS for r in bench_config(name, n, repeats, args.official_src)]
+    configs, batches, n, repeats = {"smoke": (["tiny"], (2,), 4, 1), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3),
+                                    "full": (bench_forward.CONFIGS, (1, 8), 128, 5)}[args.mode]
+    rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches)]
     print_table(rows)
-    result = dict(speedup=min(r["speedup"] for r in rows if r["speedup"] is not None), quick=args.quick, threads=threads, repeats=repeats,
-                  new_tokens=n, official_src=args.official_src, torch=torch.__version__, jax=jax.__version__,
+    resolved = [r["speedup"] for r in rows if r["speedup"] is not None]
+    result = dict(speedup=min(resolved) if resolved else float("nan"), threads=threads, repeats=repeats,
+                  new_tokens=n, official_src=args.official_src, torch=torch.__version__,
                   transformers=transformers.__version__, rows=rows)
-    print(f"speedup (min over rows, ours / reference decode tokens/s): {result['speedup']:.2f}")
-    if args.out:
-        epath.Path(args.out).write_text(json.dumps(result, indent=1))
+    return bench_common.finish(result, args, "min over rows, ours / reference decode tokens/s")
 
 
 if __name__ == "__main__":

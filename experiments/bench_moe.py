@@ -14,15 +14,11 @@ E * d] buffer, hence the small MolmoE-size token count. GPU / TPU backends have 
 The outputs and input gradients of ours and torch are compared (max |diff| printed and stored).
 JSON (--out): the rows and top-level "speedup" = min over sizes and modes of ours / torch tokens/s.
 
-    .venv/bin/python experiments/bench_moe.py --quick --out /tmp/bench_moe.json
+    .venv/bin/python -m experiments.bench_moe --quick --out /tmp/bench_moe.json
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
-import time
 from typing import Callable
 
 import flax.linen as nn
@@ -30,16 +26,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from etils import epath
 from transformers import OlmoeConfig
 from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
 
+from experiments import bench_common
 from molmo_jax import config as config_lib
 from molmo_jax.models.layers import Mlp
 from molmo_jax.models.moe import MoeMlp
 
 # (name, d_model, experts, top_k, expert hidden, batch, length)
 SIZES = {
+    "tiny": ("tiny", 64, 4, 2, 32, 1, 16),
     "small": ("small", 512, 16, 4, 256, 4, 256),
     "molmoe": ("MolmoE-1B layer", 2048, 64, 8, 1024, 1, 256),
 }
@@ -99,19 +96,6 @@ def agreement(moe: nn.Module, params, block, x: np.ndarray, ct: np.ndarray) -> d
             "input_grad": float(np.abs(ours_dx - theirs["forward+backward"]().numpy()).max())}
 
 
-def time_turns(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, after one warm-up call each, taking turns."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def bench_size(size, repeats: int, seed: int = 0) -> list[dict]:
     name, d, experts, top_k, hidden, batch, length = size
     rng = np.random.default_rng(seed)
@@ -128,8 +112,8 @@ def bench_size(size, repeats: int, seed: int = 0) -> list[dict]:
              "torch": torch_fns(block, x, ct)}
     rows = []
     for mode in ("forward", "forward+backward"):
-        seconds = time_turns({k: fns[mode] for k, fns in impls.items()}, repeats)
-        tps = {k: batch * length / s for k, s in seconds.items()}
+        timed = bench_common.interleaved_medians({k: fns[mode] for k, fns in impls.items()}, repeats)
+        tps = {k: batch * length / seconds for k, (seconds, _) in timed.items()}
         rows.append({"size": name, "mode": mode, "d_model": d, "experts": experts, "top_k": top_k,
                      "expert_hidden": hidden, "tokens": batch * length,
                      **{f"{k}_tokens_per_s": v for k, v in tps.items()},
@@ -148,24 +132,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the small size only, fewer repeats (< 3 min)")
-    parser.add_argument("--repeats", type=int, help="timed calls per implementation (default 5, quick 3)")
-    parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args(argv)
+def main(argv=None) -> dict:
+    parser = bench_common.arg_parser(__doc__)
+    args = bench_common.parse(parser, argv, __file__)
     torch.set_num_threads(os.cpu_count())
-    sizes = [SIZES["small"]] if args.quick else list(SIZES.values())
-    repeats = args.repeats or (3 if args.quick else 5)
-    rows = [row for size in sizes for row in bench_size(size, repeats)]
+    sizes, repeats = {"smoke": (["tiny"], 1), "quick": (["small"], 3), "full": (["small", "molmoe"], 5)}[args.mode]
+    rows = [row for size in sizes for row in bench_size(SIZES[size], repeats)]
     print(table(rows))
-    result = {"rows": rows, "speedup": min(r["ours_vs_torch"] for r in rows),
-              "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
-              "torch_threads": torch.get_num_threads()}
-    print(f"speedup (worst ours / torch): {result['speedup']:.2f}")
-    if args.out:
-        epath.Path(args.out).write_text(json.dumps(result, indent=1))
-    return result
+    result = {"rows": rows, "speedup": min(r["ours_vs_torch"] for r in rows), "torch_threads": torch.get_num_threads()}
+    return bench_common.finish(result, args, "worst ours / torch")
 
 
 if __name__ == "__main__":

@@ -13,17 +13,12 @@ keeps up with that training step).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 
-import jax
-import numpy as np
 from absl import flags
-from etils import epath
 
-from experiments import bench_train, lite
+from experiments import bench_common, bench_train, lite
 from experiments import data as data_lib
 
 
@@ -45,9 +40,9 @@ def train_rate(size: str, iters: int) -> tuple[float, int]:
     cfg = bench_train.model_config(size, "float32")
     b, t = bench_train.SHAPES[size]
     step, _ = bench_train.ours(cfg, bench_train.random_batch(cfg, b, t))
-    step()  # compile and allocator warm-up
-    step()
-    return b / float(np.median([bench_train._timed(step) for _ in range(iters)])), b
+    step()  # compile; interleaved_medians warms up once more
+    (seconds, _), = bench_common.interleaved_medians({"step": step}, iters).values()
+    return b / seconds, b
 
 
 def table(rows: list[dict]) -> str:
@@ -65,27 +60,25 @@ def run(configs, workers, batches: int, warmup: int, iters: int, workdir: str) -
     rows = [{"config": c, "train_batch": train[c][1], "workers": w, "pipeline_examples_per_s": pipeline[w],
              "train_examples_per_s": train[c][0], "ratio": pipeline[w] / train[c][0]}
             for c in configs for w in workers]
-    return {"device": jax.devices()[0].device_kind, "pipeline_batch": cfg.batch, "batches": batches,
+    return {"pipeline_batch": cfg.batch, "batches": batches,
             "iters": iters, "rows": rows, "speedup": min(r["ratio"] for r in rows)}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few batches and steps (< 3 min on 2 CPU cores)")
-    parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--configs", nargs="+", default=["tiny", "small"], choices=sorted(bench_train.SHAPES))
-    parser.add_argument("--workers", nargs="+", type=int, default=[0, 2])
+    parser = bench_common.arg_parser(__doc__)
+    parser.add_argument("--configs", nargs="+", choices=sorted(bench_train.SHAPES),
+                        help="train-step configs (default tiny small; smoke: tiny)")
+    parser.add_argument("--workers", nargs="+", type=int, help="grain worker processes (default 0 2; smoke: 0)")
     parser.add_argument("--workdir", help="where the PixMo-lite tokenizer is trained (default: a temp dir)")
-    args = parser.parse_args(argv)
+    args = bench_common.parse(parser, argv, __file__)
     flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (defaults); this script has none
-    batches, warmup, iters = (24, 4, 3) if args.quick else (100, 10, 20)
+    configs = args.configs or (["tiny"] if args.smoke else ["tiny", "small"])
+    workers = args.workers or ([0] if args.smoke else [0, 2])
+    batches, warmup, iters = {"smoke": (2, 1, 1), "quick": (24, 4, 3), "full": (100, 10, 20)}[args.mode]
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.configs, args.workers, batches, warmup, iters, args.workdir or tmp)
+        result = run(configs, workers, batches, warmup, iters, args.workdir or tmp)
     print(table(result["rows"]))
-    print(f"speedup (min pipeline / train-step examples/s): {result['speedup']:.2f}")
-    if args.out:
-        epath.Path(args.out).write_text(json.dumps(result, indent=1))
-    return result
+    return bench_common.finish(result, args, "min pipeline / train-step examples/s")
 
 
 if __name__ == "__main__":

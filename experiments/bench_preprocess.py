@@ -12,11 +12,10 @@ convert_image_dtype, which run on torch.nn.functional.interpolate. If the offici
 imported, the reference falls back to torch_reference(): the official algorithm re-expressed with
 torch.nn.functional.interpolate (stated in the output as "reference=torch-fallback").
 
-    python experiments/bench_preprocess.py --official-src /tmp/molmo --quick --out bench.json
+    python -m experiments.bench_preprocess --official-src /tmp/molmo --quick --out bench.json
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -30,9 +29,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from etils import epath  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from experiments import bench_common  # noqa: E402
 from molmo_jax import config as config_lib  # noqa: E402
 from molmo_jax import preprocess, tokenizer  # noqa: E402
 
@@ -137,13 +135,11 @@ def throughput(fn, arg, min_time: float, min_reps: int) -> tuple[float, object]:
     return reps / (time.perf_counter() - start), out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> dict:
+    ap = bench_common.arg_parser(__doc__)
     ap.add_argument("--official-src", default="/tmp/molmo", help="checkout of allenai/molmo")
-    ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (< 3 minutes)")
     ap.add_argument("--max-crops", type=int, default=12, help="12 as the released models")
-    ap.add_argument("--out", help="write the results as JSON here")
-    args = ap.parse_args()
+    args = bench_common.parse(ap, argv, __file__)
     torch.set_num_threads(1)
 
     cfg = config_lib.from_official(json.load(open(os.path.join(FIXTURE, "config.json"))))
@@ -158,7 +154,8 @@ def main():
               "reference=torch-fallback (torch interpolate in our pipeline)")
         reference, ref_name = torch_reference(ours), "torch-fallback"
 
-    sizes, min_time, min_reps = (QUICK_SIZES, 1.5, 2) if args.quick else (SIZES, 4.0, 5)
+    sizes, min_time, min_reps = {"smoke": (QUICK_SIZES[:1], 0.0, 1), "quick": (QUICK_SIZES, 1.5, 2),
+                                 "full": (SIZES, 4.0, 5)}[args.mode]
     rows = []
     print(f"reference={ref_name}, max_crops={args.max_crops}, one thread, images/s from decoded uint8 arrays")
     print(f"{'h x w':>11} {'crops':>5} {'ours img/s':>11} {'ref img/s':>10} {'speedup':>8} {'max|dimg|':>10} {'ids equal':>9}")
@@ -176,11 +173,9 @@ def main():
         rows.append(row)
         print(f"{h:>5} x {w:<5} {row['crops']:>5} {ours_ips:>11.2f} {ref_ips:>10.2f} {row['speedup']:>7.2f}x "
               f"{row['max_abs_diff_images']:>10.2e} {str(row['input_tokens_equal'] and row['image_input_idx_equal']):>9}")
-    result = dict(reference=ref_name, official_src=args.official_src, quick=args.quick, max_crops=args.max_crops,
+    result = dict(reference=ref_name, official_src=args.official_src, max_crops=args.max_crops,
                   threads=1, speedup=min(r["speedup"] for r in rows), rows=rows)
-    print(f"speedup (worst row, ours / {ref_name}): {result['speedup']:.2f}x")
-    if args.out:
-        epath.Path(args.out).write_text(json.dumps(result, indent=1))
+    return bench_common.finish(result, args, f"worst row, ours / {ref_name}")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ the small config fully vs with LoRA rank 8 (`molmo_jax.train.finetune`), as LoRA
 """
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
 import time
 
@@ -31,10 +29,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
 
-from experiments import stage1
-from molmo_jax import distributed, lora
+from experiments import bench_common, stage1
+from molmo_jax import distributed, lora, sharding
 from molmo_jax.models.molmo import Molmo, param_count
 from molmo_jax.train import finetune, optim, trainer
 
@@ -95,7 +92,7 @@ def _timed(fn) -> float:
 
 def ours(cfg, batch):
     """(step() -> None, xla peak bytes) for our jitted train step on one device."""
-    mesh = trainer.make_mesh((1, 1, 1))
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     opt = optim.make(cfg.optim)
     target = trainer.abstract_state(cfg.model, opt, mesh)
     with jax.set_mesh(mesh):
@@ -166,14 +163,10 @@ def bench_row(size: str, dtype: str, iters: int, peak_flops: float) -> dict:
     batch = random_batch(cfg, b, t)
     ours_step, xla_peak = ours(cfg, batch)
     theirs = torch_step(cfg, batch, dtype, threads=os.cpu_count())
-    for step in (ours_step, theirs):  # warm-up (compile, allocator)
-        step()
-        step()
-    times = {"ours": [], "torch": []}
-    for _ in range(iters):
-        times["ours"].append(_timed(ours_step))
-        times["torch"].append(_timed(theirs))
-    sec = {k: float(np.median(v)) for k, v in times.items()}
+    ours_step()  # the allocator's warm-up; interleaved_medians warms up once more
+    theirs()
+    timed = bench_common.interleaved_medians({"ours": ours_step, "torch": theirs}, iters)
+    sec = {k: seconds for k, (seconds, _) in timed.items()}
     llm = cfg.model.llm
     flops = train_flops(llm, b, t)
     n_params = param_count(cfg.model)
@@ -201,7 +194,7 @@ def finetune_memory(size: str, lora_rank: int) -> dict:
     cfg = model_config(size, "float32")
     cfg.freeze = optim.COMPONENTS if lora_rank else ()
     cfg.lora = ml_collections.ConfigDict(dict(rank=lora_rank, alpha=16.0, targets=lora.DEFAULT_TARGETS))
-    mesh = trainer.make_mesh((1, 1, 1))
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     program = finetune.program(cfg, mesh)
     b, t = SHAPES[size]
     batch = distributed.global_batch(random_batch(cfg, b, t), mesh)
@@ -240,25 +233,23 @@ def table(rows: list[dict], peak: float) -> str:
     return "\n".join([head] + lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 timed steps per row (< 3 min on an idle 2-core CPU)")
-    parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--sizes", default="tiny,small", help=f"comma-separated, of {sorted(SHAPES)}")
-    args = parser.parse_args()
-    sizes = args.sizes.split(",")
+def main(argv=None) -> dict:
+    parser = bench_common.arg_parser(__doc__)
+    parser.add_argument("--sizes", help=f"comma-separated, of {sorted(SHAPES)} (default tiny,small; smoke: tiny)")
+    args = bench_common.parse(parser, argv, __file__)
+    sizes = (args.sizes or ("tiny" if args.smoke else "tiny,small")).split(",")
     if unknown := sorted(set(sizes) - set(SHAPES)):
         parser.error(f"--sizes: unknown {unknown}; known {sorted(SHAPES)}")
-    iters = 3 if args.quick else 20
-    peak = matmul_peak(2048 if jax.default_backend() == "cpu" else 8192)
-    rows = [bench_row(size, dtype, iters, peak) for size in sizes for dtype in ("float32", "bfloat16")]
+    iters = {"smoke": 1, "quick": 3, "full": 20}[args.mode]
+    peak = matmul_peak(256 if args.smoke else 2048 if jax.default_backend() == "cpu" else 8192)
+    dtypes = ("float32",) if args.smoke else ("float32", "bfloat16")
+    rows = [bench_row(size, dtype, iters, peak) for size in sizes for dtype in dtypes]
     print(table(rows, peak))
-    lora_row = lora_memory_row()
+    lora_row = lora_memory_row("tiny" if args.smoke else "small")
     print(lora_table(lora_row))
-    result = {"device": jax.devices()[0].device_kind, "matmul_peak_flops_per_s": peak, "iters": iters,
-              "rows": rows, "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row}
-    if args.out:
-        epath.Path(args.out).write_text(json.dumps(result, indent=1))
+    result = {"matmul_peak_flops_per_s": peak, "iters": iters, "rows": rows,
+              "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row}
+    return bench_common.finish(result, args, "worst row, ours / torch tokens/s")
 
 
 if __name__ == "__main__":

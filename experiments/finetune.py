@@ -3,7 +3,7 @@
     python -m experiments.finetune --config experiments/finetune.py:Molmo-7B-D-0924,lora=8 \
         --config.data.path=data.jsonl --config.data.mix_pixmo_lite=0.3 --workdir runs/ft
 
-`arg`: the checkpoint directory (native, HF release or Orbax export), optionally followed by ",lora=R"
+`arg`: the checkpoint directory (any molmo_jax.io format), optionally followed by ",lora=R"
 for the LoRA recipe (all components frozen, adapters at lr 2e-4); `molmo-jax finetune` builds the same
 config from its flags. The recipe itself is `molmo_jax.train.finetune.get_config`. Writes the
 checkpoints and metrics to the workdir and the fine-tuned model to <workdir>/export/{hf_release,orbax}.

@@ -20,6 +20,7 @@ from experiments import data as data_lib
 from experiments import stage1 as stage1_lib
 from experiments import stage2 as stage2_lib
 from molmo_jax import config as config_lib
+from molmo_jax import io
 from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer
 from molmo_jax.train import trainer
 
@@ -108,12 +109,16 @@ def data(cfg, stage: str, tokenizer: MolmoTokenizer):
 
 
 def run_stage(cfg, stage: str, tokenizer: MolmoTokenizer, workdir: epath.PathLike, init_from: str = ""):
-    """Trains one stage in workdir/<stage> (resuming if it was interrupted).
+    """Trains one stage in workdir/<stage> (resuming if it was interrupted); a stage that completes exports
+    its model to workdir/<stage>/export/orbax.
 
-    Returns (final train state, its checkpoint directory).
+    Returns (final train state, the stage's run directory: a checkpoint for the next stage's init_from).
     """
     out = epath.Path(workdir) / stage
     tcfg = trainer_config(cfg, stage)
     tcfg.init_from = str(init_from)
+    io.save_run_files(out, tcfg.model, tokenizer)
     state = trainer.train(tcfg, data(cfg, stage, tokenizer), out)
-    return state, out / "checkpoints"
+    if trainer.completed(tcfg, state):
+        io.export_run(out, state["params"], tcfg.model, tokenizer)
+    return state, out

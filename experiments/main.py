@@ -11,6 +11,8 @@
    scorers, next to the same prompts with the images swapped between examples (what survives the swap does
    not come from the image), the most common gold answer overall and per question type, and the held-out
    caption loss before and after stage 1; writes <workdir>/summary.json and pointing PNGs under <workdir>/eval.
+The trained model is exported (config, weights, tokenizer) to <workdir>/stage2/export/orbax (stage 1's to
+<workdir>/stage1/export/orbax): `molmo-jax predict --checkpoint runs/main/stage2/export/orbax ...`.
 """
 from __future__ import annotations
 

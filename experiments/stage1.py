@@ -107,7 +107,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
     c.seed = 6198
-    c.init_from = ""  # "" = random init; or an Orbax / native / HF release checkpoint directory
+    c.init_from = ""  # "" = random init; or any checkpoint directory (molmo_jax.io.FORMATS, a training run too)
     # Pretrained towers (transformers save_pretrained directories with safetensors, local or gs://), as the
     # official stage 1 starts: the connector and the image-token embedding rows start random. "" = random.
     c.init = ml_collections.ConfigDict()

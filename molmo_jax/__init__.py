@@ -10,7 +10,7 @@ Token-level generation on preprocessed batches is `molmo_jax.decoding.generate(c
 import importlib
 
 _EXPORTS = {
-    "load": "molmo_jax.api", "save": "molmo_jax.api", "save_orbax": "molmo_jax.api",
+    "load": "molmo_jax.api", "save": "molmo_jax.api",
     "MolmoBundle": "molmo_jax.api", "Prediction": "molmo_jax.api", "generate": "molmo_jax.api",
     "Sampling": "molmo_jax.decoding",
     "Preprocessor": "molmo_jax.preprocess", "collate": "molmo_jax.preprocess", "load_image": "molmo_jax.preprocess",
@@ -19,7 +19,7 @@ _EXPORTS = {
     "pixel_points": "molmo_jax.points", "draw_points": "molmo_jax.points",
 }
 _RENAMED = {"draw_points": "draw"}
-_SUBMODULES = ("api", "checkpoints", "cli", "config", "decoding", "formatting", "orbax_params", "points",
+_SUBMODULES = ("api", "checkpoints", "cli", "config", "decoding", "formatting", "io", "points",
                "preprocess", "sharding", "tokenizer")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

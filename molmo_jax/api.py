@@ -1,14 +1,13 @@
 """User API: load a checkpoint directory once, then ask questions about images.
 
-    bundle = molmo_jax.load("Molmo-7B-D-0924/")            # native, HF release or our Orbax export
+    bundle = molmo_jax.load("Molmo-7B-D-0924/")            # native, HF release, Orbax export or training run
     bundle.generate("cat.jpg", "Describe this image.")     # -> str
     pred = bundle.predict("cat.jpg", "Point to the cat.")  # -> Prediction(text, points in pixels)
     bundle.generate_batch(["a.jpg", None], ["Point to the dog.", "What is 2 + 2?"])
     molmo_jax.save(bundle, "export/", "orbax")             # or "native" / "hf_release"
 
-A checkpoint directory holds config.json, the weights (`weights.safetensors`, the release's sharded
-`model-*.safetensors`, or an Orbax `params/` directory) and the tokenizer (tokenizer.json, optionally
-tokenizer_config.json naming EOS/BOS). `save` writes all of them, so its output loads with `load`.
+A checkpoint directory holds config.json, the weights and the tokenizer (formats: `molmo_jax.io`).
+`save` writes all of them, so its output loads with `load`.
 
 Inference pads each batch to every crop of the config and the prompt to a multiple of 64 tokens, so one
 compiled program serves most prompts. Images whose aspect ratio the official preprocessor cannot fit
@@ -18,26 +17,19 @@ the original pixels either way.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
-from etils import epath
-from tqdm import tqdm
 
-from molmo_jax import checkpoints
 from molmo_jax import config as config_lib
-from molmo_jax import decoding
-from molmo_jax import orbax_params, points
+from molmo_jax import decoding, io, points
 from molmo_jax.decoding import Sampling
 from molmo_jax.preprocess import ImageInput, Preprocessor, SequenceLengthError, collate
-from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer
+from molmo_jax.tokenizer import MolmoTokenizer
 
-FORMATS = ("native", "hf_release", "orbax")
-ORBAX_DIR = "params"  # the Orbax params inside an export directory
 DEFAULT_MAX_NEW_TOKENS = 65  # when the config has no default_inference_len (the official default)
-VISION_FILE = "vision.json"  # ViT sizes of an HF-release export (its config.json cannot describe the ViT)
 
 PointMapper = Callable[[str], np.ndarray]  # answer text -> float64[n, 2] pixel points of the original image
 
@@ -146,107 +138,24 @@ def generate(bundle: MolmoBundle, image: ImageInput | None, prompt: str, **kwarg
     return bundle.generate(image, prompt, **kwargs)
 
 
-# ----------------------------------------------------------------------------- loading
+# ----------------------------------------------------------------------------- loading and saving
 
-def detect_format(path: epath.PathLike) -> str:
-    """"orbax" (our export: config.json + params/), else `checkpoints.detect_format`."""
-    path = epath.Path(path)
-    if (path / ORBAX_DIR).is_dir() and (path / "config.json").exists():
-        return "orbax"
-    return checkpoints.detect_format(path)
-
-
-def _read_tensors(files: Sequence[epath.Path], progress: bool) -> dict[str, np.ndarray]:
-    """All tensors of the safetensors `files`, with a progress bar in bytes."""
-    out = {}
-    for f in files:
-        if not f.exists():
-            raise checkpoints.CheckpointError(f"{f}: weight file missing")
-    with tqdm(total=sum(f.stat().length for f in files), unit="B", unit_scale=True, desc="loading weights",
-              disable=None if progress else True, leave=False) as bar:
-        for f in files:
-            out.update(checkpoints.read_safetensors([f]))
-            bar.update(f.stat().length)
-    return out
-
-
-def _weight_files(path: epath.Path, fmt: str) -> list[epath.Path]:
-    return [path / "weights.safetensors"] if fmt == "native" else checkpoints.safetensor_files(path)
-
-
-def _load_params(path: epath.Path, fmt: str, cfg, mesh, progress: bool):
-    if fmt == "orbax":
-        return orbax_params.restore(path / ORBAX_DIR, cfg, mesh)
-    tensors = _read_tensors(_weight_files(path, fmt), progress)
-    if fmt == "hf_release":
-        tensors = checkpoints.release_to_native(tensors, cfg)
-    return checkpoints.place(checkpoints.native_to_params(tensors.__getitem__, tensors.keys(), cfg), cfg, mesh)
-
-
-def load_config(path: epath.PathLike, vision: Mapping[str, Any] | None = None):
-    """The model config of a checkpoint directory of any of `FORMATS`.
-
-    vision: official ViT field overrides for an HF release (default: the directory's vision.json if any).
-    """
-    path = epath.Path(path)
-    fmt = detect_format(path)
-    if fmt == "orbax":
-        return config_lib.from_official(json.loads((path / "config.json").read_text()), name=path.name)
-    if vision is None and (path / VISION_FILE).exists():
-        vision = json.loads((path / VISION_FILE).read_text())
-    return checkpoints.load_config(path, vision)
-
-
-def load(path: epath.PathLike, mesh=None, vision: Mapping[str, Any] | None = None,
+def load(path: str | os.PathLike, mesh=None, vision: Mapping[str, Any] | None = None,
          progress: bool = False) -> MolmoBundle:
-    """Loads a checkpoint directory (native, HF release or Orbax export) -> MolmoBundle.
+    """Loads a checkpoint directory (any `io.FORMATS`: native, HF release, Orbax export, training run)
+    -> MolmoBundle.
 
-    The config and tokenizer are checked before any weight is read. Raises CheckpointError (files
-    missing, tensors missing/unexpected/mis-shaped), TokenizerError or ConfigError naming the problem.
+    The config and tokenizer are checked before any weight is read. Raises CheckpointError (not a
+    checkpoint, files missing, weights that contradict the config), TokenizerError or ConfigError
+    naming the problem.
     """
-    path = epath.Path(path)
-    if not path.is_dir():
-        raise checkpoints.CheckpointError(f"{path}: not a checkpoint directory")
-    cfg = load_config(path, vision)
-    tokenizer = load_tokenizer(path, cfg.llm.vocab_size)
-    params = _load_params(path, detect_format(path), cfg, mesh, progress)
+    cfg = io.load_config(path, vision)
+    tokenizer = io.load_tokenizer(path, cfg)
+    params = io.load_params(path, cfg, mesh, progress)
     return MolmoBundle(cfg, params, tokenizer, Preprocessor(cfg, tokenizer), mesh)
 
 
-# ----------------------------------------------------------------------------- saving
-
-def save_tokenizer(tokenizer: MolmoTokenizer, path: epath.PathLike):
-    """tokenizer.json (Molmo tokens included) + tokenizer_config.json naming its EOS / BOS."""
-    path = epath.Path(path)
-    (path / "tokenizer.json").write_text(tokenizer.tokenizer.to_str(pretty=True))
-    names = {k: tokenizer.tokenizer.id_to_token(i) for k, i in (("eos_token", tokenizer.eos_id),
-                                                                 ("bos_token", tokenizer.bos_id))}
-    (path / "tokenizer_config.json").write_text(json.dumps(names, indent=1))
-
-
-def save_orbax(bundle_or_params: MolmoBundle | Any, path: epath.PathLike):
-    """Orbax export: a bundle gives a directory `load` reads (params/, config.json, tokenizer files);
-    a bare param tree gives only the Orbax checkpoint at `path` (read it with `orbax_params.restore`)."""
-    if isinstance(bundle_or_params, MolmoBundle):
-        save(bundle_or_params, path, "orbax")
-    else:
-        orbax_params.save(bundle_or_params, path)
-
-
-def save(bundle: MolmoBundle, path: epath.PathLike, fmt: str):
-    """Writes the bundle's model to the new or empty directory `path` in `fmt` (one of FORMATS)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r} is not one of {FORMATS}")
-    path = epath.Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise checkpoints.CheckpointError(f"{path}: exists and is not empty")
-    path.mkdir(parents=True, exist_ok=True)
-    if fmt == "native":
-        checkpoints.save_native(bundle.params, bundle.cfg, path)
-    elif fmt == "hf_release":
-        checkpoints.save_hf_release(bundle.params, bundle.cfg, path)
-        (path / VISION_FILE).write_text(json.dumps(config_lib.to_official(bundle.cfg)["vision_backbone"], indent=1))
-    else:
-        orbax_params.save(bundle.params, path / ORBAX_DIR)
-        (path / "config.json").write_text(json.dumps(config_lib.to_official(bundle.cfg), indent=1))
-    save_tokenizer(bundle.tokenizer, path)
+def save(bundle: MolmoBundle, path: str | os.PathLike, fmt: str):
+    """Writes the bundle's model (config, weights, tokenizer) to the new or empty directory `path` in `fmt`
+    (one of `io.EXPORT_FORMATS`)."""
+    io.save(bundle.params, bundle.cfg, bundle.tokenizer, path, fmt)

@@ -1,4 +1,5 @@
-"""Checkpoint import/export: the official native format and the Hugging Face release format.
+"""The conversion tables between the official checkpoint formats and our params (reading and writing
+the files is `molmo_jax.io`).
 
 Native (allenai/molmo): `config.json` (an `olmo.config.ModelConfig` dict) + `weights.safetensors` with
 the official parameter names, torch Linear weights as (out, in).
@@ -12,21 +13,14 @@ export cannot drift apart. Loading names every missing, unexpected or mis-shaped
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
 import jax
-import ml_dtypes
 import numpy as np
-import safetensors
-import safetensors.numpy
-from etils import epath
 
 from molmo_jax import config as config_lib
-from molmo_jax import sharding
 from molmo_jax.models.molmo import abstract_params
 
 Arrays = list[np.ndarray]
@@ -345,115 +339,3 @@ def native_to_release(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.nd
         else:
             out[f"model.{key}"] = x
     return out
-
-
-# ----------------------------------------------------------------------------- files
-
-def safetensor_files(path: epath.PathLike) -> list[epath.Path]:
-    path = epath.Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        return sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no *.safetensors files and no model.safetensors.index.json")
-    return files
-
-
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-                       "BOOL": np.bool_}
-
-
-def read_safetensors(files: Iterable[epath.PathLike]) -> dict[str, np.ndarray]:
-    """{name: array} of safetensors files, local or gs://; bfloat16 tensors (base LLMs) stay bfloat16."""
-    out = {}
-    for f in files:
-        for name, t in safetensors.deserialize(epath.Path(f).read_bytes()):
-            out[name] = np.frombuffer(t["data"], _SAFETENSORS_DTYPES[t["dtype"]]).reshape(t["shape"])
-    return out
-
-
-def _write_safetensors(tensors: Mapping[str, np.ndarray], path: epath.Path, metadata=None):
-    path.write_bytes(safetensors.numpy.save(dict(tensors), metadata=metadata))
-
-
-def detect_format(path: str | os.PathLike) -> str:
-    """"native" (config.json is an official ModelConfig + weights.safetensors) or "hf_release"."""
-    path = epath.Path(path)
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path}: no config.json")
-    return "native" if (path / "weights.safetensors").exists() else "hf_release"
-
-
-def load_config(path: str | os.PathLike, vision: Mapping[str, Any] | None = None):
-    """The model config stored with a checkpoint directory (either format)."""
-    path = epath.Path(path)
-    d = json.loads((path / "config.json").read_text())
-    if detect_format(path) == "native":
-        return config_lib.from_official(d, name=path.name)
-    return config_lib.from_hf_release(d, vision=vision, name=path.name)
-
-
-def place(params_np: Mapping[str, Any], cfg, mesh=None) -> Any:
-    """Puts a numpy param tree onto `mesh` with the shardings of the logical-axis rules."""
-    mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    shardings = sharding.param_shardings(abstract_params(cfg), mesh)
-    dtype = jax.numpy.dtype(cfg.param_dtype)
-    def put(x, s):
-        x = np.asarray(x, dtype)
-        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
-    return jax.tree.map(put, params_np, shardings)
-
-
-def load(path: epath.PathLike, cfg=None, mesh=None, vision: Mapping[str, Any] | None = None):
-    """Loads a checkpoint directory of either format -> (cfg, params sharded over `mesh`).
-
-    `vision` overrides ViT sizes for an HF release whose vision tower is not the released CLIP-L
-    (the release config.json does not describe it).
-    """
-    path = epath.Path(path)
-    fmt = detect_format(path)
-    cfg = cfg or load_config(path, vision)
-    if fmt == "native":
-        files = [path / "weights.safetensors"]
-        tensors = read_safetensors(files)
-    else:
-        tensors = release_to_native(read_safetensors(safetensor_files(path)), cfg)
-    params = native_to_params(tensors.__getitem__, tensors.keys(), cfg)
-    return cfg, place(params, cfg, mesh)
-
-
-def save_native(params, cfg, path: str | os.PathLike):
-    """Writes the official native layout: weights.safetensors (official names) + config.json."""
-    path = epath.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(params_to_native(params, cfg), path / "weights.safetensors")
-    (path / "config.json").write_text(json.dumps(config_lib.to_official(cfg), indent=1))
-
-
-def save_hf_release(params, cfg, path: str | os.PathLike, max_shard_bytes: int = 5 << 30):
-    """Writes the HF release layout: sharded model-XXXXX-of-YYYYY.safetensors, index json, config.json.
-
-    The remote modelling code files of the hub repos are not written (they are third-party code).
-    """
-    path = epath.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = native_to_release(params_to_native(params, cfg), cfg)
-    shards, current, size = [], {}, 0
-    for k in tensors:
-        nbytes = tensors[k].nbytes
-        if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = {}, 0
-        current[k], size = tensors[k], size + nbytes
-    shards.append(current)
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _write_safetensors(shard, path / name, metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-    total = sum(x.nbytes for x in tensors.values())
-    (path / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (path / "config.json").write_text(json.dumps(config_lib.to_hf_release(cfg), indent=2))

@@ -2,6 +2,7 @@
 
     molmo-jax predict --checkpoint DIR --image cat.jpg --prompt "Point to the cat." --draw out.png
     molmo-jax convert --checkpoint DIR --to orbax --out EXPORT_DIR
+    molmo-jax export --checkpoint runs/s1 --to hf_release --out s1_hf     # a training run -> a model
 
 Other modules add subcommands with `register(Command(...))` and list themselves in `EXTENSIONS`.
 Errors print one line `molmo-jax <command>: error: ...` on stderr and exit with status 1; `--debug`
@@ -19,7 +20,8 @@ from typing import Callable, Sequence
 from etils import epath
 
 # Modules that register more subcommands when imported.
-EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli", "molmo_jax.plan")
+EXTENSIONS: tuple[str, ...] = ("molmo_jax.eval.runner", "molmo_jax.finetune_cli", "molmo_jax.plan",
+                               "molmo_jax.data_cli")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,18 +46,21 @@ def register(command: Command) -> Command:
 # ----------------------------------------------------------------------------- shared pieces
 
 def _add_checkpoint_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--checkpoint", required=True, type=epath.Path,
-                        help="checkpoint directory: native, HF release or Orbax export (config.json, weights, "
-                             "tokenizer.json)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint directory (local or gs://): native, HF release, Orbax export or a "
+                             "training run (its workdir, checkpoints/ or one step)")
     parser.add_argument("--vision-json", type=epath.Path,
                         help="JSON of official ViT fields (e.g. {\"image_emb_dim\": 1024}) for an HF release whose "
                              "vision tower is not the released CLIP")
 
 
+def _vision(args) -> dict | None:
+    return json.loads(args.vision_json.read_text()) if args.vision_json else None
+
+
 def _load_bundle(args):
     from molmo_jax import api
-    vision = json.loads(args.vision_json.read_text()) if args.vision_json else None
-    return api.load(args.checkpoint, vision=vision, progress=True)
+    return api.load(args.checkpoint, vision=_vision(args), progress=True)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -102,26 +107,30 @@ def _predict(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- convert
+# ----------------------------------------------------------------------------- export / convert
 
-def _convert_arguments(parser: argparse.ArgumentParser):
-    from molmo_jax.api import FORMATS
+EXPORT_FORMATS = ("native", "hf_release", "orbax")  # molmo_jax.io.EXPORT_FORMATS (not imported: keeps --help fast)
+
+
+def _export_arguments(parser: argparse.ArgumentParser):
     _add_checkpoint_arguments(parser)
-    parser.add_argument("--to", required=True, choices=FORMATS, help="output format")
-    parser.add_argument("--out", required=True, type=epath.Path, help="new (or empty) output directory")
+    parser.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="output format")
+    parser.add_argument("--out", required=True, help="new (or empty) output directory (local or gs://)")
 
 
-def _convert(args) -> int:
-    from molmo_jax import api
-    api.save(_load_bundle(args), args.out, args.to)
-    print(f"wrote {args.to} checkpoint to {args.out}")
+def _export(args) -> int:
+    from molmo_jax import io
+    out = io.export(args.checkpoint, args.out, args.to, vision=_vision(args))
+    print(f"wrote {args.to} model (config, weights, tokenizer) to {out}")
     return 0
 
 
 register(Command("predict", "answer a prompt about an image (prints the answer and its points)",
                  _predict_arguments, _predict))
-register(Command("convert", "convert a checkpoint between the native, HF release and Orbax formats",
-                 _convert_arguments, _convert))
+register(Command("export", "write the model of any checkpoint (a training run included) as a native, HF "
+                 "release or Orbax model directory", _export_arguments, _export))
+register(Command("convert", "convert a checkpoint between the native, HF release and Orbax formats (= export)",
+                 _export_arguments, _export))
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -367,7 +367,7 @@ def from_official(d: Mapping[str, Any], name: str = "official") -> ml_collection
         "clip_qkv": (None,), "include_bias": (False,), "weight_tying": (False,), "rope": (True,),
         "scale_logits": (False,), "normalize_input_embeds": (False,), "activation_type": ("swiglu",),
         "use_position_ids": (True,), "layer_norm_with_affine": (True,), "block_group_size": (1,),
-        "moe_shared_expert": (False, None), "head_dim": (None,),
+        "moe_shared_expert": (False, None), "head_dim": (None,), "rope_impl": ("llama",),
     }
     for k, allowed in unsupported.items():
         if k in d and d[k] not in allowed:
@@ -418,32 +418,43 @@ def from_official(d: Mapping[str, Any], name: str = "official") -> ml_collection
     return validate(cfg)
 
 
-def from_hf_release(d: Mapping[str, Any], vision: Mapping[str, Any] | None = None,
-                    name: str = "hf-release") -> ml_collections.ConfigDict:
-    """Builds a config from the config.json of a Hugging Face release (allenai/Molmo-*-0924).
+def from_hf_release(d: Mapping[str, Any], vision: Mapping[str, Any] | None = None, name: str = "hf-release",
+                    preprocessor: Mapping[str, Any] | None = None,
+                    full: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """Builds a config from the files of a Hugging Face release (allenai/Molmo-*-0924).
 
-    The dense release (model_type "molmo") only describes the LLM; the vision tower and connector are
-    hard-coded in its remote code to the released values, which this uses unless `vision` (official
-    `VisionBackboneConfig` field names, e.g. {"image_emb_dim": 64}) overrides them. MolmoE's release
-    config.json is a full official dict (its own `vision_backbone` wins over `vision`).
+    d: its config.json. The dense release (model_type "molmo") describes only the LLM there; its remote
+    code hard-codes the vision tower, connector and formatting to the released values, which this uses
+    unless `full` (the official config our exports add) gives them. MolmoE's config.json is a full
+    official dict. preprocessor: its preprocessor_config.json (crops, margins, input size), which wins
+    for those fields. vision: official `VisionBackboneConfig` fields (e.g. {"image_emb_dim": 64}) that
+    override the ViT last.
     """
     if "d_model" in d:  # MolmoE: OLMo-style dump of the native ModelConfig
-        return from_official(d, name=name)
-    cfg = molmo_7b_d()
-    cfg.name = name
-    hidden = d["intermediate_size"] // 2
-    n_heads = d["num_attention_heads"]
-    cfg.llm.update(
-        d_model=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=n_heads,
-        n_kv_heads=d.get("num_key_value_heads") or n_heads, head_dim=d["hidden_size"] // n_heads,
-        mlp_hidden=hidden, norm_type=d.get("layer_norm_type", "rms"), norm_eps=d["layer_norm_eps"],
-        norm_after=bool(d.get("norm_after", False)), qk_norm=bool(d.get("attention_layer_norm", False)),
-        qkv_bias=bool(d.get("qkv_bias", False)), rope_theta=float(d["rope_theta"]),
-        vocab_size=d["vocab_size"], embedding_size=d.get("embedding_size") or d["vocab_size"],
-        max_sequence_length=d.get("max_position_embeddings", 4096))
-    if d.get("clip_qkv") is not None:
-        raise ConfigError(f"release config field clip_qkv={d['clip_qkv']!r} is not supported; supported: None")
-    cfg.connector.projector_hidden = hidden
+        cfg = from_official(d, name=name)
+    else:
+        cfg = from_official(full, name=name) if full else molmo_7b_d()
+        cfg.name = name
+        if d.get("clip_qkv") is not None:
+            raise ConfigError(f"release config field clip_qkv={d['clip_qkv']!r} is not supported; supported: None")
+        hidden = d["intermediate_size"] // 2
+        n_heads = d["num_attention_heads"]
+        cfg.llm.update(
+            d_model=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=n_heads,
+            n_kv_heads=d.get("num_key_value_heads") or n_heads, head_dim=d["hidden_size"] // n_heads,
+            mlp_hidden=hidden, norm_type=d.get("layer_norm_type", "rms"), norm_eps=d["layer_norm_eps"],
+            norm_after=bool(d.get("norm_after", False)), qk_norm=bool(d.get("attention_layer_norm", False)),
+            qkv_bias=bool(d.get("qkv_bias", False)), rope_theta=float(d["rope_theta"]),
+            vocab_size=d["vocab_size"], embedding_size=d.get("embedding_size") or d["vocab_size"],
+            max_sequence_length=d.get("max_position_embeddings", 4096))
+        if not full:
+            cfg.connector.projector_hidden = hidden
+    if preprocessor:
+        p = preprocessor
+        cfg.preprocess.update(max_crops=p.get("max_crops", cfg.preprocess.max_crops),
+                              overlap_margins=tuple(p.get("overlap_margins", cfg.preprocess.overlap_margins)))
+        cfg.vit.update(image_size=tuple(p.get("base_image_input_size", cfg.vit.image_size)),
+                       patch_size=p.get("image_patch_size", cfg.vit.patch_size))
     if vision:
         cfg.vit.update(vit_fields_from_official(vision))
     return validate(cfg)
@@ -482,18 +493,36 @@ def to_official(cfg) -> dict[str, Any]:
     }
 
 
+# What MolmoE's release config.json states for settings the model does not vary (the remote
+# `config_molmoe.py` defaults differ for some, e.g. rope_impl "cockatoo").
+_MOLMOE_RELEASE_FIXED = {
+    "rope_impl": "llama", "rope_full_precision": True, "float32_attention": True, "attention_type": "sdpa",
+    "layer_norm_with_affine": True, "attention_layer_norm_with_affine": True, "bias_for_layer_norm": False,
+    "fix_image_input_idx": 2, "use_cls_feature": False, "unconditioned": False, "alibi": False,
+    "moe_dropless": True, "moe_mlp_impl": "sparse", "moe_shared_expert": False,
+}
+
+
 def to_hf_release(cfg) -> dict[str, Any]:
-    """The release config.json for cfg: HF-style fields for dense models, the official dict for MolmoE."""
-    if cfg.llm.block_type == "moe":
-        return to_official(cfg)
+    """The release config.json for cfg: HF-style fields (remote code `config_molmo.py`) for dense models,
+    the official dict in the remote code's spelling (`config_molmoe.py`) for MolmoE."""
     llm = cfg.llm
+    if llm.block_type == "moe":
+        d = to_official(cfg)
+        d["image_pooling_2d"] = {v: k for k, v in _LEGACY_NAMES.items()}.get(d["image_pooling_2d"],
+                                                                          d["image_pooling_2d"])
+        return {"architectures": ["MolmoForCausalLM"], "model_type": "molmo", **d, **_MOLMOE_RELEASE_FIXED, "auto_map": {
+            "AutoConfig": "config_molmoe.MolmoConfig", "AutoModelForCausalLM": "modeling_molmoe.MolmoForCausalLM"},
+            "torch_dtype": "float32", "use_cache": True}
     return {
-        "architectures": ["MolmoForCausalLM"], "model_type": "molmo", "hidden_size": llm.d_model,
-        "intermediate_size": 2 * llm.mlp_hidden, "num_attention_heads": llm.n_heads,
+        "architectures": ["MolmoForCausalLM"], "model_type": "molmo",
+        "auto_map": {"AutoConfig": "config_molmo.MolmoConfig",
+                     "AutoModelForCausalLM": "modeling_molmo.MolmoForCausalLM"},
+        "hidden_size": llm.d_model, "intermediate_size": 2 * llm.mlp_hidden, "num_attention_heads": llm.n_heads,
         "num_key_value_heads": llm.n_kv_heads, "num_hidden_layers": llm.n_layers,
         "layer_norm_eps": llm.norm_eps, "layer_norm_type": llm.norm_type, "rope_theta": llm.rope_theta,
         "qkv_bias": llm.qkv_bias, "attention_layer_norm": llm.qk_norm, "norm_after": llm.norm_after,
         "clip_qkv": None, "vocab_size": llm.vocab_size, "embedding_size": llm.embedding_size,
         "max_position_embeddings": llm.max_sequence_length, "use_position_ids": True, "weight_tying": False,
-        "tie_word_embeddings": False, "initializer_range": 0.02, "torch_dtype": "float32",
+        "tie_word_embeddings": False, "initializer_range": 0.02, "torch_dtype": "float32", "use_cache": True,
     }

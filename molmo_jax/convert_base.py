@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from molmo_jax import checkpoints
+from molmo_jax import checkpoints, io
 from molmo_jax import config as config_lib
 from molmo_jax.checkpoints import CheckpointError
 from molmo_jax.config import ConfigError
@@ -330,7 +330,7 @@ def init_params_from_hf(cfg, rng: jax.Array, llm: tuple[Mapping[str, Any], Any] 
     for tower, tensors in converted.items():
         _overlay(native, tensors, tower)
     params = checkpoints.native_to_params(native.__getitem__, native.keys(), cfg)
-    return checkpoints.place(params, cfg, mesh)
+    return io.place(params, cfg, mesh)
 
 
 def load_llm_from_hf(state_dict: Mapping[str, Any], hf_config, cfg, rng: jax.Array | None = None) -> Any:
@@ -355,7 +355,7 @@ def read_hf_directory(path: epath.PathLike) -> tuple[dict[str, np.ndarray], dict
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json, not a Hugging Face model directory")
     hf_config = json.loads((path / "config.json").read_text())
-    return checkpoints.read_safetensors(checkpoints.safetensor_files(path)), hf_config
+    return io.read_safetensors(io.safetensor_files(path)), hf_config
 
 
 def read_clip_directory(path: epath.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

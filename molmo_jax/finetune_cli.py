@@ -20,6 +20,9 @@ COMPONENTS = ("connector", "vit", "llm")
 def _data_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--image-dir", type=epath.Path,
                         help="download cache of the file's URL images (default: .image_cache next to the file)")
+    parser.add_argument("--allow-outside-images", action="store_true",
+                        help="accept image paths outside the data file's folder (refused by default)")
+    parser.add_argument("--seq-len", type=int, help="tokens per example, image tokens included (default 2304)")
 
 
 # ----------------------------------------------------------------------------- validate-data
@@ -29,6 +32,9 @@ def _validate_arguments(parser: argparse.ArgumentParser):
                         help="JSONL file in the user data format (data_pipelines/user_data.py)")
     _data_arguments(parser)
     parser.add_argument("--download", action="store_true", help="fetch URL images missing from the cache first")
+    parser.add_argument("--checkpoint", type=epath.Path,
+                        help="the checkpoint to fine-tune: also checks that every row has an answer token "
+                             "within --seq-len")
 
 
 def _fetch_urls(data) -> None:
@@ -41,16 +47,26 @@ def _validate(args) -> int:
     from data_pipelines import user_data
     if args.download:
         _fetch_urls(user_data.UserData(args.file, args.image_dir))
-    report = user_data.validate(args.file, args.image_dir)
+    if args.checkpoint:
+        from molmo_jax.train import finetune
+        report = _validate_with_model(_data_config(finetune.get_config(str(args.checkpoint)), args, args.file))
+    else:
+        report = user_data.validate(args.file, args.image_dir, args.allow_outside_images)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def _validate_with_model(cfg):
+    from molmo_jax.tokenizer import load_tokenizer
+    from molmo_jax.train import finetune
+    return finetune.validate_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
 
 
 # ----------------------------------------------------------------------------- finetune
 
 def _finetune_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--checkpoint", required=True, type=epath.Path,
-                        help="checkpoint to start from: native, HF release or Orbax export directory")
+                        help="checkpoint to start from: native, HF release, Orbax export or training run directory")
     parser.add_argument("--data", required=True, type=epath.Path, help="JSONL file in the user data format")
     parser.add_argument("--workdir", required=True, type=epath.Path,
                         help="checkpoints, metrics and export/{hf_release,orbax}; rerunning resumes")
@@ -65,14 +81,21 @@ def _finetune_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, help="peak learning rate of every component (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 16)")
-    parser.add_argument("--seq-len", type=int, help="tokens per example, image tokens included (default 2304)")
+
+
+def _data_config(cfg, args, path):
+    """`cfg` with the data flags shared by validate-data and finetune."""
+    cfg.data.path = str(path)
+    cfg.data.image_dir = str(args.image_dir or "")
+    cfg.data.allow_outside_images = args.allow_outside_images
+    if args.seq_len is not None:
+        cfg.data.seq_len = args.seq_len
+    return cfg
 
 
 def _config(args):
     from molmo_jax.train import finetune
-    cfg = finetune.get_config(str(args.checkpoint), args.lora_rank, args.steps)
-    cfg.data.path = str(args.data)
-    cfg.data.image_dir = str(args.image_dir or "")
+    cfg = _data_config(finetune.get_config(str(args.checkpoint), args.lora_rank, args.steps), args, args.data)
     cfg.data.mix_pixmo_lite = args.mix_pixmo_lite
     if args.lora_targets:
         cfg.lora.targets = args.lora_targets
@@ -82,8 +105,6 @@ def _config(args):
         cfg.optim.lr.update({c: args.lr for c in COMPONENTS})
     if args.batch_size is not None:
         cfg.data.global_batch = args.batch_size
-    if args.seq_len is not None:
-        cfg.data.seq_len = args.seq_len
     return cfg
 
 
@@ -91,8 +112,8 @@ def _finetune(args) -> int:
     from data_pipelines import user_data
     from molmo_jax.train import finetune
     cfg = _config(args)
-    _fetch_urls(user_data.UserData(args.data, args.image_dir))
-    report = user_data.validate(args.data, args.image_dir)
+    _fetch_urls(user_data.UserData(args.data, args.image_dir, args.allow_outside_images))
+    report = _validate_with_model(cfg)
     if not report.ok:
         print(report.summary(), file=sys.stderr)
         raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")

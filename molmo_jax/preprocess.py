@@ -369,7 +369,7 @@ _RESIZE_MODES: dict[str, Callable] = {
     "siglip": functools.partial(_squash_resize, method="bilinear", antialias=False),
 }
 
-_NORM_STATS = {"openai": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), "dino": (IMAGENET_MEAN, IMAGENET_STD)}
+NORM_STATS = {"openai": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), "dino": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 def normalize(pixels: np.ndarray, kind: str) -> np.ndarray:
@@ -379,7 +379,7 @@ def normalize(pixels: np.ndarray, kind: str) -> np.ndarray:
         flat *= np.float32(2)
         flat += np.float32(-1)
     else:
-        mean, std = _NORM_STATS[kind]
+        mean, std = NORM_STATS[kind]
         flat -= np.tile(np.float32(mean), pixels.shape[1])
         flat /= np.tile(np.float32(std), pixels.shape[1])
     return pixels

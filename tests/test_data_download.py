@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import download, pixmo
+from molmo_jax import cli
 
 
 def _png(color) -> bytes:
@@ -126,9 +127,65 @@ def test_per_host_rate_limit(server, tmp_path):
 
 
 def test_image_items_from_parquet(tmp_path):
-    rows = dict(image_url=["u1", "u2", "u1"], image_sha256=["a" * 64, "b" * 64, "a" * 64],
-                question=["q"] * 3, answer=["a"] * 3)
+    """Every hash of a URL is kept whatever the row order; null and non-http URLs are left out."""
+    u1, u2 = "http://h.test/1.png", "http://h.test/2.png"
+    rows = dict(image_url=[u1, u2, u1, None, "ftp://h.test/3.png"], image_sha256=["B" * 64, "c" * 64, "a" * 64,
+                                                                                "d" * 64, "e" * 64],
+                question=["q"] * 5, answer=["a"] * 5)
     path = tmp_path / "ama.parquet"
     pq.write_table(pa.Table.from_pydict(rows, schema=pixmo.SCHEMAS["pixmo-ask-model-anything"]), path)
-    assert pixmo.image_items(str(path), "pixmo-ask-model-anything") == [("u1", "a" * 64), ("u2", "b" * 64)]
-    assert pixmo.image_items(str(path), "pixmo-ask-model-anything", check_sha=False) == [("u1", None), ("u2", None)]
+    items = [(u1, ("a" * 64, "b" * 64)), (u2, ("c" * 64,))]
+    assert pixmo.image_items(str(path), "pixmo-ask-model-anything") == items
+    reversed_path = tmp_path / "reversed.parquet"
+    pq.write_table(pq.read_table(path).take(list(range(4, -1, -1))), reversed_path)
+    assert sorted(pixmo.image_items(str(reversed_path), "pixmo-ask-model-anything")) == items
+    assert pixmo.image_items(str(path), "pixmo-ask-model-anything", check_sha=False) == [(u1, None), (u2, None)]
+
+
+def test_download_command_reports_per_repo_and_usable_share(server, tmp_path, capsys):
+    base, _ = server
+    sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    data = tmp_path / "hub"
+    rows = dict(image_url=[f"{base}/good.png", f"{base}/good.png", f"{base}/missing.png", f"{base}/wrong-hash.png"],
+                image_sha256=[sha(OTHER), sha(GOOD), sha(GOOD), sha(OTHER)],  # good.png: one row's hash matches
+                points=[[{"x": 1.0, "y": 2.0}]] * 4, count=[1] * 4, label=["a", "b", "c", "d"],
+                collection_method=["pointing"] * 4)
+    (data / "pixmo-points" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pydict(rows, schema=pixmo.SCHEMAS["pixmo-points"]),
+                   data / "pixmo-points" / "data" / "train-00000-of-00001.parquet")
+    (data / "pixmo-cap" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pydict(dict(image_url=[f"{base}/corrupt.png", f"{base}/other.png"],
+                                             caption=["c", "c"], transcripts=[["t"], ["t"]]),
+                                        schema=pixmo.SCHEMAS["pixmo-cap"]),
+                   data / "pixmo-cap" / "data" / "train-00000-of-00001.parquet")
+    argv = ["download", "pixmo", "--data-dir", str(data), "--rate", "100"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["pixmo-cap: 2 images: 1 fetched, 0 already there, 0 404, 0 hash mismatch, 1 other",
+                       "pixmo-points: 3 images: 1 fetched, 0 already there, 1 404, 1 hash mismatch, 0 other"]
+    assert "pixmo_points: 25.0% of 4 rows usable" in out and "pixmo_cap: 50.0% of 2 rows usable" in out
+    assert cli.main(argv + ["--datasets", "pixmo-points"]) == 0  # resume: the good image is already there
+    assert capsys.readouterr().out.splitlines()[0] == \
+        "pixmo-points: 3 images: 0 fetched, 1 already there, 1 404, 1 hash mismatch, 0 other"
+
+
+def test_interrupted_download_stops_soon_and_says_how_to_resume(server, tmp_path, monkeypatch, capsys):
+    base, _ = server
+    (tmp_path / "pixmo-cap" / "data").mkdir(parents=True)
+    urls = [f"{base}/slow.png?{i}" for i in range(12)]  # 1 s each: 6 s on 2 workers if not interrupted
+    pq.write_table(pa.Table.from_pydict(dict(image_url=urls, caption=["c"] * 12, transcripts=[["t"]] * 12),
+                                        schema=pixmo.SCHEMAS["pixmo-cap"]),
+                   tmp_path / "pixmo-cap" / "data" / "train-00000-of-00001.parquet")
+
+    def interrupt(self, n=1):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download.tqdm.tqdm, "update", interrupt)  # Ctrl-C after the first image
+    cli.build_parser()  # the subcommands' imports, outside the clock
+    start = time.monotonic()
+    argv = ["download", "pixmo", "--data-dir", str(tmp_path), "--workers", "2", "--rate", "100"]
+    assert cli.main(argv) == 130
+    assert time.monotonic() - start < 4
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    images = os.listdir(tmp_path / "images")
+    assert 1 <= len(images) <= 4 and not [f for f in images if ".tmp" in f]  # whole files only

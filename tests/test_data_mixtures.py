@@ -165,7 +165,7 @@ def test_bad_examples_are_skipped_and_counted(cfg, tok):
     assert all(b["input_ids"].shape == (2, SEQ_LEN) for b in batches)
     assert all(it.skipped[r] > 0 for r in mixtures.SKIP_REASONS), it.skipped
     assert sum(it.skipped.values()) + 6 == it.get_state()["parent"]["next_index"]  # 6 good ones batched
-    assert it.get_state()["skipped"] == it.skipped
+    assert it.get_state()["drops"] == it.drops and set(it.drops) == {f"bad/{r}" for r in mixtures.SKIP_REASONS}
 
 
 def test_too_long_can_truncate_as_the_official_collator(cfg, tok):

@@ -1,4 +1,5 @@
-"""PixMo readers on tiny parquet files with the hub columns (PIXMO_SCHEMAS.md)."""
+"""PixMo readers on tiny parquet files with the hub columns."""
+import hashlib
 import io
 import os
 
@@ -19,6 +20,10 @@ def _png(color=(200, 10, 10), size=(40, 20)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
+
+
+SHA = hashlib.sha256(_png()).hexdigest()  # the hash of every image `_write` caches
+A, B = "http://img.test/a.png", "http://img.test/b.png"
 
 
 def _write(path, name, rows, image_dir=None, missing=()):
@@ -46,17 +51,20 @@ def test_schema_check_and_missing_files(tmp_path):
         pixmo.read_table(str(path), "pixmo-cap")
     with pytest.raises(FileNotFoundError):
         pixmo.parquet_files(str(tmp_path / "none-*.parquet"))
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(ValueError, match="cut.parquet: not a readable parquet file"):
+        pixmo.read_table(str(tmp_path / "cut.parquet"), "pixmo-cap")
 
 
 def test_cap_modes_dropped_downloads_and_val_split(tmp_path):
-    urls = [f"http://x/{i}.jpg" for i in range(6)]
+    urls = [f"http://x.test/{i}.jpg" for i in range(6)]
     path = _write(str(tmp_path / "cap.parquet"), "pixmo-cap",
                   dict(image_url=urls, caption=[f"caption {i}" for i in range(6)],
                        transcripts=[[f"t{i}a", f"t{i}b"] for i in range(6)]), tmp_path, missing=urls[5:])
     src = pixmo.pixmo_cap(path, tmp_path, mode="transcript_and_caption", n_val=None)
     assert len(src) == 5  # the failed download is dropped
     ex = src.get(0, _rng())
-    assert ex["image"] == image_file(tmp_path, urls[0]) and ex["metadata"]["image_url"] == urls[0]
+    assert ex["image"] == _png() and ex["metadata"]["image_url"] == urls[0]
     assert [m["style"] for m in ex["message_list"]] == ["long_caption", "transcript"]
     assert ex["message_list"][1]["text"] in ("t0a", "t0b")
     assert [m["text"] for m in pixmo.pixmo_cap(path, tmp_path, mode="transcripts", n_val=None)
@@ -69,7 +77,7 @@ def test_cap_modes_dropped_downloads_and_val_split(tmp_path):
 
 def test_ask_model_anything_groups_per_image_and_prefixes_how_many(tmp_path):
     path = _write(str(tmp_path / "ama.parquet"), "pixmo-ask-model-anything",
-                  dict(image_url=["b", "a", "b"], image_sha256=["0" * 64] * 3,
+                  dict(image_url=[B, A, B], image_sha256=[SHA] * 3,
                        question=["What is it?", "Why?", "How many cats are there?"], answer=["x", "y", "2"]),
                   tmp_path)
     src = pixmo.pixmo_ask_model_anything(path, tmp_path, n_val=None)
@@ -85,7 +93,7 @@ def test_ask_model_anything_groups_per_image_and_prefixes_how_many(tmp_path):
 def test_cap_qa_prefix_fixed_and_official_bug(tmp_path):
     msgs = ["Describe the sky.", "Blue.", "How many birds?", "3"]
     path = _write(str(tmp_path / "capqa.parquet"), "pixmo-cap-qa",
-                  dict(image_url=["a"], question=["q"], answer=["a"], messages=[msgs]), tmp_path)
+                  dict(image_url=[A], question=["q"], answer=["a"], messages=[msgs]), tmp_path)
     fixed = pixmo.pixmo_cap_qa(path, tmp_path, n_val=None).get(0, _rng())["message_list"][0]
     assert fixed["style"] == "synthetic_qa" and fixed["messages"][0] == "Describe the sky."
     prefix = fixed["messages"][2][:-len("How many birds?")]
@@ -97,7 +105,7 @@ def test_cap_qa_prefix_fixed_and_official_bug(tmp_path):
 def _points_table(tmp_path):
     pts = [[{"x": 10.0, "y": 20.0}, {"x": 5.0, "y": 50.0}], [], [{"x": 50.0, "y": 50.0}]]
     return _write(str(tmp_path / "points" / "train-0.parquet"), "pixmo-points",
-                  dict(image_url=["a", "a", "b"], image_sha256=["0" * 64] * 3, points=pts, count=[2, 0, 1],
+                  dict(image_url=[A, A, B], image_sha256=[SHA] * 3, points=pts, count=[2, 0, 1],
                        label=["Cat", "dog", "cup"], collection_method=["pointing", "pointing", "counting"]),
                   tmp_path)
 
@@ -119,15 +127,15 @@ def test_points_counting_flag_fixed_and_official(tmp_path):
     official = pixmo.pixmo_points(path, tmp_path, counting=False, official_counting_flag=True, n_val=None)
     assert official.get(0, _rng())["message_list"][0]["style"] == "point_count"
     both = pixmo.pixmo_points(path, tmp_path, kind="both", n_val=None)
-    assert [both.get(i, _rng())["metadata"]["image_url"] for i in range(2)] == ["b", "a"]  # counting first
-    held_out = pixmo.pixmo_points(path, tmp_path, kind="both", exclude_urls=["a"], n_val=None)
+    assert [both.get(i, _rng())["metadata"]["image_url"] for i in range(2)] == [B, A]  # counting first
+    held_out = pixmo.pixmo_points(path, tmp_path, kind="both", exclude_urls=[A], n_val=None)
     assert len(held_out) == 1
 
 
 def test_point_explanations_split_groups_and_inline_points(tmp_path):
     n = 3
     path = _write(str(tmp_path / "pe.parquet"), "pixmo-point-explanations", dict(
-        image_url=["a"] * n + ["b"], image_sha256=["0" * 64] * (n + 1), question=[f"q{i}" for i in range(n + 1)],
+        image_url=[A] * n + [B], image_sha256=[SHA] * (n + 1), question=[f"q{i}" for i in range(n + 1)],
         response=["r"] * (n + 1), parsed_response=["See <|POINT|>."] * n + [None],
         alt_text=[["a cat"]] * (n + 1), inline_text=[["cat"]] * (n + 1),
         points=[[[[10.0, 20.0]]]] * (n + 1)), tmp_path)
@@ -155,14 +163,14 @@ def test_docs_clocks_count(tmp_path):
         second_visible=[0] * 2, text=["3:25", "3:25"]))
     Image.new("RGB", (8, 8)).save(tmp_path / "c1.png")
     src = pixmo.pixmo_clocks(clocks, tmp_path)
-    assert len(src) == 1 and src.get(0, _rng())["image"].endswith("c1.png")
+    assert len(src) == 1 and src.get(0, _rng())["image"] == (tmp_path / "c1.png").read_bytes()
     assert src.get(0, _rng())["metadata"] == dict(example_id="c1", watch_time="03:25:00", hour=3, minute=25,
                                                   second=-1)  # seconds not visible
     assert STAGE2(src.get(0, _rng()), True, False, _rng())[0] == \
         [" User: clocks: What time is being shown? Assistant:", " 3:25"]
 
     count = _write(str(tmp_path / "count.parquet"), "pixmo-count", dict(
-        image_url=["a"], image_sha256=["0" * 64], count=[2], points=[{"x": [4.0, 20.0], "y": [10.0, 5.0]}],
+        image_url=[A], image_sha256=[SHA], count=[2], points=[{"x": [4.0, 20.0], "y": [10.0, 5.0]}],
         label=["cats"]), tmp_path)
     ex = pixmo.pixmo_count(count, tmp_path, counting=True).get(0, _rng())
     ex["image"] = np.zeros((20, 40, 3), np.uint8)  # the formatter scales pixel points by the image size
@@ -176,13 +184,13 @@ def test_load_by_official_name_from_hub_layout(tmp_path):
     images.mkdir()
     os.makedirs(data / "pixmo-points" / "data")
     _write(str(data / "pixmo-points" / "data" / "train-00000-of-00001.parquet"), "pixmo-points", dict(
-        image_url=["a", "b"], image_sha256=["0" * 64] * 2, points=[[], []], count=[0, 0], label=["x", "y"],
+        image_url=[A, B], image_sha256=[SHA] * 2, points=[[], []], count=[0, 0], label=["x", "y"],
         collection_method=["pointing", "counting"]), images)
     _write(str(data / "pixmo-points-eval" / "data" / "test-00000-of-00001.parquet"), "pixmo-points-eval", dict(
-        image_url=["b"], image_sha256=["0" * 64], label=["y"], points=[[]], masks=[[]]), images)
-    src = pixmo.load("pixmo_points", data, images)
-    # n_val=2048 carves every group into validation on such a tiny set; the train split is empty
-    assert len(src) == 0 and len(pixmo.load("pixmo_points", data, images, split="validation")) == 1
-    assert len(pixmo.load("pixmo_points_high_freq", data, images, split="validation")) == 0  # "b" held out
+        image_url=[B], image_sha256=[SHA], label=["y"], points=[[]], masks=[[]]), images)
+    # the official n_val=2048 is capped: one image stays in train, none is carved into validation
+    assert len(pixmo.load("pixmo_points", data, images)) == 1
+    assert len(pixmo.load("pixmo_points", data, images, split="validation")) == 0
+    assert len(pixmo.load("pixmo_points_high_freq", data, images)) == 0  # B held out
     with pytest.raises(KeyError, match="unknown PixMo dataset"):
         pixmo.load("pixmo_nope", data, images)

@@ -12,20 +12,20 @@ from PIL import Image
 
 import molmo_jax
 from fixture_cases import ROOT
-from molmo_jax import api, cli, points
-from molmo_jax.eval import runner
+from molmo_jax import api, cli, io, points
+from molmo_jax.eval import runner, tasks
 from molmo_jax.formatting import Formatter
 
 FIXTURE = ROOT / "qwen2_7b_d"
-RESULT_KEYS = {"task", "benchmark", "examples", "prompts", "max_new_tokens", "metrics", "seconds", "files",
-               "predictions"}
-PREDICTION_KEYS = {"example", "prompt", "answer", "prediction", "points", "reference"}
+RESULT_KEYS = {"task", "benchmark", "split", "examples", "prompts", "dropped", "max_new_tokens", "max_crops", "metrics",
+               "seconds", "files", "predictions"}
+PREDICTION_KEYS = {"example", "prompt", "answer", "prediction", "points", "reference", "scores"}
 FAST = dict(n=1, batch_size=4, max_new_tokens=8, show=False)  # 3 pointing prompts, one compiled program
 
 
 @functools.lru_cache(maxsize=None)
 def fixture_cfg():
-    return api.load_config(FIXTURE)
+    return io.load_config(FIXTURE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,7 +69,7 @@ def test_prompts_are_the_official_inference_prompts(name):
         assert items[0].prompt == "clocks: What time is being shown?"
 
 
-@pytest.mark.parametrize("name", sorted(runner.TASKS))
+@pytest.mark.parametrize("name", [t.name for t in tasks.SYNTHETIC])
 def test_gold_answers_score_one_on_every_task(name):
     n = 8
     scoring = {"count_none_is_zero": True}  # the official scorer calls the gold "There are none." invalid
@@ -125,7 +125,8 @@ def test_fixture_checkpoint_run_is_well_formed(tmp_path):
     assert set(result["metrics"]) == {"precision", "recall", "f1"}
     assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
     assert all(set(p) == PREDICTION_KEYS and "masks" not in p["reference"] for p in result["predictions"])
-    json_file, *drawings = result["files"]
+    json_file, *drawings, predictions = result["files"]
+    assert predictions == str(tmp_path / "synthetic_points.predictions.jsonl")
     assert json.loads((tmp_path / "synthetic_points.json").read_text()) == result and json_file.endswith(".json")
     assert [d.rsplit("/", 1)[1] for d in drawings] == ["synthetic_points_000.png", "synthetic_points_001.png"]
     with Image.open(drawings[0]) as png:
@@ -133,7 +134,7 @@ def test_fixture_checkpoint_run_is_well_formed(tmp_path):
 
 
 def test_eval_rejects_bad_arguments():
-    with pytest.raises(KeyError, match="unknown PixMo-lite set"):
+    with pytest.raises(KeyError, match="unknown eval task"):
         runner.evaluate(None, "synthetic_nope")
     with pytest.raises(ValueError, match="has 1000 examples"):
         runner.evaluate(None, "synthetic_clocks", n=1001)
@@ -148,4 +149,4 @@ def test_cli_eval_writes_the_result_and_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "precision" in out and "f1" in out and f"wrote {tmp_path}/synthetic_points.json" in out
     result = json.loads((tmp_path / "synthetic_points.json").read_text())
-    assert result["prompts"] == 3 and len(result["files"]) == 2 and (tmp_path / "synthetic_points_000.png").exists()
+    assert result["prompts"] == 3 and len(result["files"]) == 3 and (tmp_path / "synthetic_points_000.png").exists()

@@ -19,7 +19,7 @@ import molmo_jax
 from data_pipelines import user_data
 from experiments import finetune as finetune_experiment
 from fixture_cases import ROOT
-from molmo_jax import api, cli, formatting, lora, sharding
+from molmo_jax import cli, formatting, io, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import finetune, optim, trainer
@@ -93,7 +93,7 @@ def test_validate_reports_every_bad_row_with_its_line_number(tmp_path, data_file
     ]
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(rows) + "\n")
-    report = user_data.validate(path)
+    report = user_data.validate(path, allow_outside_images=True)  # rows 1 and 9 name the fixture's image
     assert report.rows == 8 and report.bad_lines == [2, 3, 4, 5, 7, 8]
     messages = dict(report.problems)
     assert "bad JSON" in messages[2] and "missing image" in messages[3]
@@ -101,7 +101,7 @@ def test_validate_reports_every_bad_row_with_its_line_number(tmp_path, data_file
     assert "turn 1: empty assistant" in messages[8]
     assert [m for line, m in report.problems if line == 7] == ["point 2 (70, 5) is outside the 64x48 image",
                                                                "point 3 (3, -1) is outside the 64x48 image"]
-    assert cli.main(["validate-data", str(path)]) == 1
+    assert cli.main(["validate-data", str(path), "--allow-outside-images"]) == 1
     out = capsys.readouterr().out
     assert all(f"line {n}:" in out for n in report.bad_lines) and "8 rows, 6 bad" in out
     assert cli.main(["validate-data", str(data_file)]) == 0
@@ -155,7 +155,7 @@ def fixed_batch(cfg) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def forward():
     """Jitted logits of the reference model (float32, deterministic): (params, batch) -> float32[B, T, V]."""
-    apply = jax.jit(Molmo(api.load_config(CHECKPOINT)).apply)
+    apply = jax.jit(Molmo(io.load_config(CHECKPOINT)).apply)
     return lambda params, batch: np.asarray(apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS}))
 
 
@@ -188,7 +188,7 @@ def assert_identical(a: dict, b: dict):
 def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp_path, data_file, forward):
     cfg = tiny_config(data_file, tmp_path, lora_rank=4, lr=3e-3)
     mesh = one_device()
-    base = finetune.load_base(cfg, mesh)
+    base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
     state, exports = finetune.run(cfg, tmp_path / "run", mesh)
 
@@ -213,7 +213,7 @@ def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, 
     cfg.optim.steps = 3
     cfg.export = ()
     mesh = one_device()
-    base = finetune.load_base(cfg, mesh)
+    base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
     state, _ = finetune.run(cfg, tmp_path / "run", mesh)
 
@@ -253,3 +253,53 @@ def test_experiment_config_arg():
     cfg = finetune_experiment.get_config(f"{CHECKPOINT},lora=8")
     assert cfg.lora.rank == 8 and cfg.freeze == tuple(optim.COMPONENTS) and cfg.init_from == str(CHECKPOINT)
     assert finetune_experiment.get_config(str(CHECKPOINT)).lora.rank == 0
+
+
+def test_validate_names_each_defect_class_and_goes_on(tmp_path, data_file):
+    """Truncated images, non-UTF-8 lines, paths leaving the folder, URL images not downloaded, numbers as
+    strings / booleans as points and wrong types: each named with its line; the rows after it are checked."""
+    directory = data_file.parent
+    png = (directory / "images" / "0.png").read_bytes()
+    (directory / "truncated.png").write_bytes(png[:len(png) // 2])
+    (tmp_path / "outside.png").write_bytes(png)
+    good = json.loads(data_file.read_text().splitlines()[0])
+    url = "http://127.0.0.1:9/never.png"
+    rows = [
+        json.dumps({**good, "image": "truncated.png"}),                            # 1
+        b"\xff\xfe not utf-8",                                                     # 2
+        json.dumps({**good, "image": os.path.relpath(tmp_path / "outside.png", directory)}),  # 3
+        json.dumps({**good, "image": url}),                                        # 4
+        json.dumps({**good, "points": [["12", 20], [True, 3]]}),                   # 5
+        json.dumps({**good, "image": 5, "label": 3, "conversations": "hi"}),       # 6
+        json.dumps(good),                                                          # 7 ok
+    ]
+    path = directory / "defects.jsonl"
+    path.write_bytes(b"\n".join(r if isinstance(r, bytes) else r.encode() for r in rows) + b"\n")
+    report = user_data.validate(path)
+    assert report.rows == 7 and report.bad_lines == [1, 2, 3, 4, 5, 6]
+    by_line = {n: [m for line, m in report.problems if line == n] for n in report.bad_lines}
+    assert "truncated" in by_line[1][0].lower()
+    assert by_line[2] == ["not UTF-8 text (byte 1 of the line is b'\\xff')"]
+    assert "outside the data file's folder" in by_line[3][0] and "--allow-outside-images" in by_line[3][0]
+    assert url in by_line[4][0] and "--download" in by_line[4][0]
+    assert by_line[5] == ['point 1: x is a string ("12"), not a number', "point 2: x is a boolean, not a number"]
+    assert by_line[6] == ["image must be a string (a path or an http(s) URL), got an integer",
+                          "conversations must be a list of turns, got a string",
+                          "label must be a string, got an integer"]
+    assert 3 not in user_data.validate(path, allow_outside_images=True).bad_lines
+
+
+def test_validate_with_the_model_names_rows_without_an_answer_token(tmp_path, data_file):
+    cfg = finetune.get_config(str(CHECKPOINT))
+    tok = load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size)
+    good = json.loads(data_file.read_text().splitlines()[0])
+    rows = [dict(good, points=[[1, 1]]), dict(good, conversations=[{"user": "why " * 300, "assistant": "Red."}])]
+    del rows[1]["points"], rows[1]["label"]
+    path = data_file.parent / "lengths.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg.data.path, cfg.data.seq_len = str(path), 100_000
+    assert finetune.validate_data(cfg, tok).ok
+    cfg.data.seq_len = 400
+    report = finetune.validate_data(cfg, tok)
+    assert report.bad_lines == [2], report.summary()
+    assert "no answer token within the sequence length 400" in report.problems[0][1]

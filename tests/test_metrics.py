@@ -1,5 +1,5 @@
 """Tests of molmo_jax.eval: official-scorer outputs (tests/data/official_scores.json, produced by
-experiments/make_official_scores.py running the official code), hand-computed cases and properties."""
+tools/make_official_scores.py running the official code), hand-computed cases and properties."""
 from __future__ import annotations
 
 import functools

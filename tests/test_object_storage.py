@@ -29,7 +29,7 @@ from PIL import Image
 from data_pipelines import academic, pixmo, sources
 from experiments import stage1, train
 from data_pipelines.download import image_file
-from molmo_jax import api, checkpoints, cli, convert_base, paths, preprocess
+from molmo_jax import api, cli, convert_base, io as model_io, paths, preprocess
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import checkpointing, finetune, metrics_log, optim, trainer
 from test_finetune import CHECKPOINT, one_device, tiny_config, write_user_data
@@ -125,7 +125,7 @@ def test_finetune_in_a_bucket_stops_resumes_and_exports(bucket, tmp_path, capsys
     batches = finetune.make_data(cfg, load_tokenizer(base, cfg.model.llm.vocab_size))
     stopped = trainer.train(cfg, StopAfter(batches, 2), workdir, mesh, program)
     clock["train 2 steps, stop"] = time.perf_counter() - t
-    assert int(stopped["step"]) == 2 and not trainer.finished(cfg, stopped)
+    assert int(stopped["step"]) == 2 and not trainer.completed(cfg, stopped)
     assert "stopped at step 2 of 4" in capsys.readouterr().err
     assert checkpointing.Checkpointer(f"{workdir}/checkpoints", every=2).latest_step() == 2
 
@@ -203,8 +203,8 @@ def test_missing_bucket_or_object_is_named_in_one_line(bucket, capsys):
     assert cli.main(["validate-data", "gs://no-such-bucket/train.jsonl"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gs://no-such-bucket/train.jsonl: bucket gs://no-such-bucket does not " in err
-    with pytest.raises(checkpoints.CheckpointError, match=f"{bucket}/nothing: no config.json"):
-        checkpoints.detect_format(f"{bucket}/nothing")
+    with pytest.raises(model_io.CheckpointError, match=f"{bucket}/nothing: no such checkpoint directory"):
+        model_io.detect_format(f"{bucket}/nothing")
     missing = f"{bucket}/nothing/tokenizer.json"
     with pytest.raises(ValueError, match=f"no tokenizer file at '{missing}'"):
         load_tokenizer(missing)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fixture_cases import ROOT, case_id, cases, load_arrays
-from molmo_jax import checkpoints
+from molmo_jax import io
 from molmo_jax.models.molmo import Molmo
 from molmo_jax.train.loss import cross_entropy
 
@@ -26,7 +26,7 @@ TRAIN_CASES = cases(lambda a: "train_input_tokens" in a)
 
 @functools.lru_cache(maxsize=None)
 def load_model(fixture: str):
-    cfg, params = checkpoints.load(ROOT / fixture)
+    cfg, params = io.load(ROOT / fixture)
     model = Molmo(cfg)
     fn = jax.jit(lambda p, kw: model.apply({"params": p}, **kw, mutable=["intermediates"]))
     return cfg, params, fn

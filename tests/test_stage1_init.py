@@ -1,7 +1,8 @@
 """Stage 1 from pretrained towers: `init.vit` / `init.llm` name transformers directories.
 
 Tiny random CLIP and Qwen2 models (test_hf_parity's) are written with `save_pretrained`; a stage-1 run
-through `experiments/train.py` (zero steps: the state training starts from, exported) must give ViT
+through `experiments/train.py` (zero steps: the state training starts from, exported with a small tokenizer
+written here) must give ViT
 features and LLM logits equal to transformers' to 1e-5, with the connector randomly initialised as
 officially.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+import tokenizers
 import torch
 import transformers
 
 from experiments import stage1, train
-from molmo_jax import checkpoints, config, convert_base
+from molmo_jax import config, convert_base, io
 from molmo_jax.config import ConfigError
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.models.vit import VisionTransformer
@@ -32,6 +34,14 @@ def towers(tmp_path_factory):
     return root / "clip", root / "qwen2"
 
 
+def write_tokenizer(path):
+    """A word-level tokenizer.json small enough for the tiny vocabulary (an export holds a tokenizer)."""
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"<|endoftext|>": 0, "a": 1}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(path))
+    return path
+
+
 def stage1_config(vit, llm):
     cfg = stage1.get_config("tiny")
     cfg.model = convert_base.config_from_hf(hf_llm("qwen2").config, hf_clip().config, base=config.tiny("qwen2"),
@@ -45,6 +55,7 @@ def test_stage1_starts_from_the_pretrained_towers(towers, tmp_path):
     cfg = stage1_config(*towers)
     stage1.check_init(cfg)
     cfg.mesh = (-1, 1, 1)  # data parallel over the test devices: the params stay whole
+    cfg.data.tokenizer = str(write_tokenizer(tmp_path / "tokenizer.json"))
     params = train.run(cfg, str(tmp_path / "run"), ["native"])["params"]
 
     pixels = np.random.default_rng(1).normal(size=(2, 3, 112, 112)).astype(np.float32)
@@ -62,7 +73,7 @@ def test_stage1_starts_from_the_pretrained_towers(towers, tmp_path):
     logits = np.asarray(jax.jit(Molmo(cfg.model).apply)({"params": {"llm": params["llm"]}}, ids))
     np.testing.assert_allclose(logits[valid], expected[valid], **TOL)
 
-    exported = checkpoints.load(tmp_path / "run" / "export" / "native", cfg.model)[1]
+    exported = io.load_params(tmp_path / "run" / "export" / "native", cfg.model)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(exported), jax.device_get(params))
 
     params_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))[0]  # trainer.initial_state's init key

@@ -20,12 +20,14 @@ import optax
 import pytest
 
 from experiments import stage1, stage2
-from molmo_jax import orbax_params, sharding
+import molmo_jax
+from molmo_jax import io, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.train import checkpointing, metrics_log, optim, synthetic, trainer
 from test_official_parity import TRAIN_CASES, case_id, load_arrays, load_model, model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = REPO / "tests" / "fixtures" / "molmo_ref" / "qwen2_7b_d" / "tokenizer.json"
 
 
 def optim_config(**overrides):
@@ -193,12 +195,11 @@ def test_restore_onto_another_mesh(tmp_path):
     for a, b, t in zip(jax.tree.leaves(state), jax.tree.leaves(restored), jax.tree.leaves(dst)):
         assert b.sharding == t.sharding
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # params only (stage 2 init) from the training checkpoint and from an inference export, on mesh 2
-    orbax_params.save(state["params"], tmp_path / "export")
-    for source in (tmp_path, tmp_path / "export"):
-        params = checkpointing.restore_params(source, dst["params"])
-        for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(params)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # params only (stage 2 init: `init_from`) from the training checkpoint, on mesh 2
+    params = io.load_params(tmp_path, cfg.model, sharding.make_mesh((2, 4, 1)))
+    for a, b, t in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(params), jax.tree.leaves(dst["params"])):
+        assert b.sharding == t.sharding
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 KILL_DURING_SAVE = textwrap.dedent("""
@@ -239,11 +240,13 @@ def test_kill_during_async_save_keeps_previous_checkpoint(tmp_path):
 
 def run_training(workdir: Path, cache: Path, steps: int, stop_after: int | None = None,
                  sig: int = signal.SIGKILL) -> int:
-    """experiments/train.py on the tiny config (2 devices, text-only, checkpoints every 3 steps); with
-    `stop_after`, sends `sig` once this run has logged that many steps. Returns the exit code."""
+    """experiments/train.py on the tiny config (2 devices, text-only, checkpoints every 3 steps, the fixture's
+    tokenizer for the export); with `stop_after`, sends `sig` once this run has logged that many steps.
+    Returns the exit code."""
     cmd = [sys.executable, "-m", "experiments.train", "--config", "experiments/stage1.py:tiny",
            f"--workdir={workdir}", f"--config.optim.steps={steps}", "--config.checkpoint.every=3",
-           "--config.data.crops=0", "--config.data.seq_len=32", "--config.log_every=1"]
+           "--config.data.crops=0", "--config.data.seq_len=32", "--config.log_every=1",
+           f"--config.data.tokenizer={TOKENIZER}"]
     xla_flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"  # fast compiles
     env = {**os.environ, "XLA_FLAGS": xla_flags,
            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
@@ -280,9 +283,15 @@ def test_resume_after_sigkill_and_sigterm_is_bit_identical(tmp_path):
     run_training(work, cache, steps, stop_after=2, sig=signal.SIGTERM)  # saves its last step, exits 0
     last_logged = json.loads((work / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     assert checkpointing.Checkpointer(work / "checkpoints", every=3).latest_step() == last_logged
+    assert not (work / "export").exists()  # a stopped run never looks finished
     run_training(work, cache, steps)
     resumed = losses(work)
     assert resumed == reference, f"killed at step {kill_at}"
+    # the completed run's export is its last checkpoint's model, with the config and the data's tokenizer
+    exported = molmo_jax.load(work / "export" / "orbax")
+    cfg, params = io.load(work)
+    assert exported.cfg.to_dict() | {"name": cfg.name} == cfg.to_dict() and exported.tokenizer.eos_id == 0
+    jax.tree.map(np.testing.assert_array_equal, exported.params, params)
 
 
 def test_metrics_log_and_event_file(tmp_path):

@@ -9,9 +9,13 @@ missing from a resample gets the base rating there).
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 from scipy.optimize import minimize
 from scipy.special import expit
 
@@ -95,3 +99,28 @@ def elo_ratings(model_a: Sequence[str], model_b: Sequence[str], outcome: Sequenc
     order = np.argsort(-ratings, kind="stable")
     return {str(models[i]): dict(rating=float(ratings[i]), ci_low=float(low[i]), ci_high=float(high[i]))
             for i in order}
+
+
+WINNER_OUTCOMES = {"model_a": 1.0, "a": 1.0, "model_b": 0.0, "b": 0.0}  # any "tie..." scores 0.5
+
+
+def read_preferences(path) -> tuple[list[str], list[str], list[float]]:
+    """(model_a, model_b, outcome) of a preference file: JSON lines or CSV with columns model_a, model_b,
+    winner ("model_a" / "a", "model_b" / "b", or "tie", "tie (bothbad)" as in the Chatbot Arena dumps)."""
+    path = epath.Path(path)  # local or gs://
+    with io.StringIO(path.read_text(), newline="") as f:
+        rows = list(csv.DictReader(f)) if path.suffix == ".csv" else [json.loads(line) for line in f if line.strip()]
+    model_a, model_b, outcome = [], [], []
+    for k, row in enumerate(rows, start=1):
+        missing = [c for c in ("model_a", "model_b", "winner") if c not in row]
+        if missing:
+            raise ValueError(f"{path}: row {k} lacks {missing}")
+        winner = str(row["winner"]).strip().lower()
+        if winner not in WINNER_OUTCOMES and not winner.startswith("tie"):
+            raise ValueError(f"{path}: row {k}: winner {row['winner']!r} is not model_a, model_b or tie")
+        model_a.append(str(row["model_a"]))
+        model_b.append(str(row["model_b"]))
+        outcome.append(WINNER_OUTCOMES.get(winner, 0.5))
+    if not outcome:
+        raise ValueError(f"{path}: no comparisons")
+    return model_a, model_b, outcome

@@ -13,6 +13,7 @@ predictions: generated strings. references: one dict per example with the offici
   countbench_qa, pixmo_count "count"
   pointing_eval             "points" (float[n, 2] pixels), "masks" (n bool [H, W]), "image_size" (w, h)
   clocks, clock_bench       "hour", "minute", "second" (ints, -1 = not shown; all -1 = unanswerable)
+  android_control           "target_action" (e.g. "Click(540, 1200)"), "target_box" (x1, y1, x2, y2)
 
 options (`ScoringOptions`): every default reproduces the official scorers (paper-comparable); the
 others select the corrected behaviour of a quirk, see the field comments. Elo ratings from pairwise
@@ -25,6 +26,7 @@ import functools
 import random
 from typing import Any, Callable, Mapping, Sequence
 
+from molmo_jax.eval.android_control import step_accuracy
 from molmo_jax.eval.clocks import clock_scores
 from molmo_jax.eval.common import mean
 from molmo_jax.eval.counting import count_scores
@@ -146,6 +148,12 @@ def _clocks(predictions, references, opts, test_mode: bool = False) -> dict[str,
     return clock_scores(predictions, references, test_mode=test_mode)
 
 
+def _android_control(predictions, references, opts) -> dict[str, float]:
+    """`AndroidControlEval`: step-wise accuracy."""
+    return {"accuracy": mean(step_accuracy(predictions, [r["target_action"] for r in references],
+                                           [r["target_box"] for r in references]))}
+
+
 def _short(*metrics: str):
     return functools.partial(_short_answer, metrics=metrics)
 
@@ -172,6 +180,7 @@ BENCHMARKS = {
     "pointing_eval": _pointing,
     "clocks": _clocks,
     "clock_bench": functools.partial(_clocks, test_mode=True),
+    "android_control": _android_control,
 }
 ALIASES = {
     "vqa2": "coco_2014_vqa", "vqa_v2": "coco_2014_vqa", "coco_2014_vqa_multi": "coco_2014_vqa",
@@ -182,6 +191,8 @@ ALIASES = {
     "math_vista_v2": "math_vista", "countbench": "countbench_qa", "countbenchqa": "countbench_qa",
     "pixmo_count_counting": "pixmo_count", "pointing": "pointing_eval", "pixmo_points": "pointing_eval",
     "clock": "clocks", "pixmo_clocks": "clocks", "clockbench": "clock_bench",
+    "android_control_ll": "android_control", "android_control_hl": "android_control",
+    "android_control_hl_ll": "android_control", "android_control_hl_cot": "android_control",
 }
 
 

@@ -1,11 +1,14 @@
 """Benchmark runs: answer a dataset's prompts with a loaded model, score the answers, report.
 
     bundle = molmo_jax.load("Molmo-7B-D-0924/")
-    result = evaluate(bundle, "synthetic_count", n=32, out_dir="eval/")  # -> {"metrics": {...}, ...}
-    molmo-jax eval --checkpoint DIR --task synthetic_count --n 32 --out DIR
+    result = evaluate(bundle, "chart_qa", data_dir="evaldata/", out_dir="eval/")  # -> {"metrics": {...}, ...}
+    molmo-jax eval --checkpoint DIR --task chart_qa [--split test] --data-dir D --out OUT
+    molmo-jax eval --checkpoint A --checkpoint B --task paper --data-dir D --out OUT   # the paper's table
 
-Datasets are `pixmo.Source`s (`len` and `get(index, rng)` -> official example dicts) or the name of a
-held-out PixMo-lite set (`synthetic`, generator seed `HELD_OUT_SEED`; training uses seed 0). Example `i` is
+Tasks (`tasks.TASKS`) are the paper's benchmarks, the academic validation sets, pointing, AndroidControl
+(read by `data_pipelines.eval_sets` from `data_dir`, with the official inference settings: answer length,
+max crops) and the held-out PixMo-lite sets (`synthetic`, generator seed `HELD_OUT_SEED`; training uses
+seed 0). `evaluate` also takes any `pixmo.Source` with a task. Example `i` is
 read and formatted with `np.random.RandomState(seed + i)`, the rng of the official `DeterministicDataset`.
 Every conversation of an example (each `message_list` entry; of a multi-turn one, its first exchange) is
 one prompt: the official inference prompt, `Formatter(..., for_inference=True)` (prompt template and style
@@ -14,6 +17,8 @@ greedily in at most the task's `max_new_tokens` (spec section 9: 12, 192 for poi
 
 A task (`EvalTask`) names the official benchmark whose scorer it uses (`metrics.score`) and the reference
 it builds per prompt:
+  fields        the example's metadata, answer fields and  the benchmarks (VQA, ANLS, multiple choice,
+                the formatter's option names                RealWorldQA, MMMU, MathVista, AndroidControl)
   short_answer  {"answer"}                                cap_qa (EM), docs (relaxed / ANLS and EM)
   clock         {"hour", "minute", "second"}              clocks (`ClockEval`; metadata, -1 = not shown)
   counting      {"count"}                                 count, points_counting (`PointCountEval`)
@@ -23,66 +28,57 @@ rendered from the generator's shape geometry ("shapes": the scene is regenerated
 redraw the example's image exactly); else a distance fallback ("disc"): a disc of radius `DISC_RADIUS` x
 the image's short side around each gold point, so a matched point within that distance is a hit, unlike
 the official mask test. The result's "mask_source" says which were used.
+
+With `out_dir`, every answer is appended to `out_dir/<task>.predictions.jsonl` as its batch finishes (its
+first line the run's settings, the checkpoint included). With `resume` (the CLI's way) a run started again
+with the same settings answers only the prompts after the last one written, and a file written with other
+settings is refused; without it the file is started afresh. Examples whose image cannot be read
+are dropped and counted ("dropped"). Test splits scored by a server (VQA v2, DocVQA, InfographicVQA)
+get `out_dir/<task>_test_submission.json` in the server's format instead of metrics.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import functools
 import json
+import logging
+import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from etils import epath
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from data_pipelines import synthetic
+from data_pipelines import eval_sets, synthetic
 from molmo_jax import cli, points
+from molmo_jax import paths as path_lib
+from molmo_jax.eval.answers import PREDICTIONS_SUFFIX, answer_all, predictions_file, write_submission
 from molmo_jax.eval.metrics import score
+from molmo_jax.eval.tasks import PAPER_TASKS, TASKS, EvalTask, resolve_task
 from molmo_jax.formatting import Formatter
-from molmo_jax.preprocess import load_image
+from molmo_jax.preprocess import ImageError, Preprocessor, load_image
 
-KINDS = ("short_answer", "clock", "counting", "pointing")
 HELD_OUT_SEED = 12345  # generator seed of the held-out PixMo-lite sets (experiments/lite.py `eval_seed`)
 HELD_OUT_SIZE = 1000  # examples of a held-out PixMo-lite set
 DISC_RADIUS = 0.05  # fallback pointing "mask": this fraction of the image's short side around a gold point
 DRAW_MIN_SIDE = 448  # drawings of smaller images are upscaled (nearest) to about this short side
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalTask:
-    """How to score a dataset: reference kind (one of KINDS), `metrics.score` benchmark, answer budget."""
-    name: str
-    kind: str
-    benchmark: str
-    max_new_tokens: int
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"EvalTask.kind={self.kind!r}; allowed {KINDS}")
-
-
-TASKS = {t.name: t for t in (
-    EvalTask("synthetic_clocks", "clock", "clocks", 12),
-    EvalTask("synthetic_cap_qa", "short_answer", "tally_qa", 12),
-    EvalTask("synthetic_docs_charts", "short_answer", "chart_qa", 12),
-    EvalTask("synthetic_docs_tables", "short_answer", "doc_qa", 12),
-    EvalTask("synthetic_count", "counting", "pixmo_count", 192),
-    EvalTask("synthetic_points_counting", "counting", "pixmo_count", 192),
-    EvalTask("synthetic_points", "pointing", "pointing_eval", 192),
-)}
+ANSWER_FIELDS = ("answer", "answers", "answer_idx", "options")  # message fields the official scorers read
 
 
 @dataclasses.dataclass
 class EvalItem:
-    """One prompt: its example's index, the image (uint8[H, W, 3]), the prompt without role tags, the gold
-    answer as the formatter writes it for training, and the scorer's reference."""
+    """One prompt: its example's index, the image (uint8[H, W, 3]; None: text only), the prompt without
+    role tags, the gold answer as the formatter writes it for training (None: not known), the scorer's
+    reference and the question's id (test-server files)."""
     example: int
-    image: np.ndarray
+    image: np.ndarray | None
     prompt: str
-    answer: str
+    answer: str | None
     reference: dict[str, Any]
+    question_id: str | None = None
 
 
 # ----------------------------------------------------------------------------- datasets and tasks
@@ -93,15 +89,6 @@ def held_out_source(name: str, image_size: int = 112) -> synthetic.SyntheticSour
     if not name.startswith("synthetic_") or task not in synthetic.TASKS:
         raise KeyError(f"unknown PixMo-lite set {name!r}; known: {sorted('synthetic_' + t for t in synthetic.TASKS)}")
     return synthetic.SyntheticSource(task, HELD_OUT_SIZE, HELD_OUT_SEED, image_size)
-
-
-def resolve_task(task: str | EvalTask) -> EvalTask:
-    """`task` itself or the `TASKS` entry of that name."""
-    if isinstance(task, EvalTask):
-        return task
-    if task not in TASKS:
-        raise KeyError(f"unknown eval task {task!r}; known: {sorted(TASKS)}")
-    return TASKS[task]
 
 
 def prompt_formatter(cfg) -> Formatter:
@@ -198,51 +185,57 @@ def answer_reference(message: Mapping[str, Any]) -> dict[str, Any]:
 MESSAGE_REFERENCES = {"short_answer": answer_reference, "clock": clock_reference, "counting": count_reference}
 
 
-def reference(kind: str, message: Mapping[str, Any], image: np.ndarray, shapes) -> dict[str, Any]:
+def fields_reference(message: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields the official evaluators read: the message's answer fields, then `metadata` (the
+    example's and the conversation's metadata and the formatter's, e.g. "option_names") over them."""
+    return {**{k: message[k] for k in ANSWER_FIELDS if k in message}, **metadata}
+
+
+def reference(kind: str, message: Mapping[str, Any], image: np.ndarray, shapes,
+              metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The scorer's reference of one message for a task of `kind`."""
     if kind == "pointing":
         return pointing_reference(message, image, shapes)
+    if kind == "fields":
+        return fields_reference(message, metadata or {})
     return MESSAGE_REFERENCES[kind](message)
 
 
 # ----------------------------------------------------------------------------- prompts and answers
 
-def eval_items(dataset, task: EvalTask, n: int, formatter: Formatter, seed: int = 0) -> Iterator[EvalItem]:
-    """The prompts of examples 0..n-1 in order, with their gold answers and references."""
+def training_answer(formatter: Formatter, message: Mapping[str, Any]) -> str | None:
+    """The answer as the formatter writes it for training, None when the example has none (test splits);
+    its rng only picks a (discarded) template or breaks ties among "answers"."""
+    try:
+        return formatter.get_user_prompt(message, is_training=False, rng=np.random.RandomState(0))[1]
+    except ValueError:  # no answer field, or an empty "answers" list
+        return None
+
+
+def eval_items(dataset, task: EvalTask, n: int, formatter: Formatter, seed: int = 0,
+               dropped: list | None = None) -> Iterator[EvalItem]:
+    """The prompts of examples 0..n-1 in order, with their gold answers and references. Examples whose
+    image cannot be read, or that the reader rejects (a ValueError such as a hash mismatch), are skipped;
+    (index, reason) is appended to `dropped`."""
     for index in range(n):
         rng = np.random.RandomState(seed + index)
-        example = dataset.get(index, rng)
-        image = load_image(example["image"])
+        try:
+            example = dataset.get(index, rng)
+            image = None if example.get("image") is None else load_image(example["image"])
+        except (ImageError, OSError, ValueError) as e:
+            logging.warning("%s: example %d dropped: %s", task.name, index, e)
+            if dropped is not None:
+                dropped.append((index, f"{type(e).__name__}: {e}"))
+            continue
         shapes = scene_shapes(dataset, index, image) if task.kind == "pointing" else None
         for message in conversations(example):
             message["image"] = image
-            (prompt,), _ = formatter.format_example(message, is_training=False, for_inference=True, rng=rng)
-            # The training answer; its rng only picks a (discarded) template or breaks ties among "answers".
-            _, answer, _ = formatter.get_user_prompt(message, is_training=False, rng=np.random.RandomState(0))
-            yield EvalItem(index, image, prompt, answer, reference(task.kind, message, image, shapes))
-
-
-def _chunks(items: Iterable[EvalItem], size: int) -> Iterator[list[EvalItem]]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def answer_items(bundle, items: Iterable[EvalItem], batch_size: int, max_new_tokens: int):
-    """(item, Prediction) pairs, `batch_size` prompts per `predict_batch` call. A short last batch after
-    full ones is padded with copies of its last item to reuse the compiled program of the full ones."""
-    padded = False
-    for batch in _chunks(items, batch_size):
-        run = batch + batch[-1:] * (batch_size - len(batch)) if padded else batch
-        padded = True
-        predictions = bundle.predict_batch([it.image for it in run], [it.prompt for it in run],
-                                           max_new_tokens=max_new_tokens)
-        yield from zip(batch, predictions)
+            (prompt,), extra = formatter.format_example(message, is_training=False, for_inference=True, rng=rng)
+            metadata = {**example.get("metadata", {}), **message.get("metadata", {}),
+                        **{k: v for k, v in (extra or {}).items() if k not in ANSWER_FIELDS}}
+            yield EvalItem(index, image, prompt, training_answer(formatter, message),
+                           reference(task.kind, message, image, shapes, metadata),
+                           metadata.get("question_id"))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -292,51 +285,98 @@ def print_table(result: Mapping[str, Any]):
     console.print(table)
 
 
+# ----------------------------------------------------------------------------- datasets and settings
+
+def open_dataset(task: EvalTask, split: str | None = None, data_dir=None, image_dir=None):
+    """The dataset of `task`: its eval set read from `data_dir` (`split` default: the task's), or its
+    held-out PixMo-lite set."""
+    if task.dataset is None:
+        return held_out_source(task.name)
+    split = split or task.split
+    if split not in task.splits:
+        raise ValueError(f"{task.name}: no split {split!r}; allowed: {', '.join(task.splits)}")
+    if data_dir is None:
+        raise ValueError(f"{task.name} reads {task.dataset} from a data directory: pass data_dir (--data-dir)")
+    return eval_sets.load(task.dataset, data_dir, split, image_dir)
+
+
+def with_max_crops(bundle, max_crops: int | None):
+    """`bundle` with its images cut into at most `max_crops` crops (None, the same, or a bundle without a
+    preprocessor: `bundle` itself)."""
+    if max_crops is None or not hasattr(bundle, "preprocessor") or bundle.cfg.preprocess.max_crops == max_crops:
+        return bundle
+    cfg = copy.deepcopy(bundle.cfg)
+    cfg.preprocess.max_crops = max_crops
+    return dataclasses.replace(bundle, cfg=cfg, preprocessor=Preprocessor(cfg, bundle.tokenizer))
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None = None, batch_size: int = 8,
              out_dir: epath.PathLike | None = None, draw: int = 4, *, max_new_tokens: int | None = None,
-             seed: int = 0, scoring: Mapping[str, Any] | None = None, show: bool = True) -> dict[str, Any]:
+             seed: int = 0, scoring: Mapping[str, Any] | None = None, show: bool = True, split: str | None = None,
+             data_dir=None, image_dir=None, max_crops: int | None = None, resume: bool = False,
+             checkpoint: str | None = None) -> dict[str, Any]:
     """Answers the prompts of the first `n` examples (default: all) of `dataset` and scores them.
 
     bundle: anything with `cfg` (its formatting settings) and `predict_batch` (a `MolmoBundle`).
-    dataset: a `pixmo.Source` or a held-out PixMo-lite set by name (`held_out_source`).
+    dataset: a `pixmo.Source`, or a `TASKS` name: its eval set read from `data_dir` (`split`, `image_dir`:
+      see `open_dataset`) or its held-out PixMo-lite set.
     task: a `TASKS` name or an `EvalTask` (default: the dataset's name).
-    out_dir: where to write `<task>.json` (this result) and, for pointing tasks, the first `draw` prompts'
-      gold-vs-predicted drawings `<task>_<k>.png`.
-    max_new_tokens: default the task's; seed: of the examples' rngs; scoring: `ScoringOptions` fields
-      (default official); show: print the metrics table.
+    out_dir: where to stream `<task>.predictions.jsonl` (resumed with `resume`, see the module docstring)
+      and write `<task>.json` (this result), a test-server file, and for pointing tasks the first `draw`
+      prompts' gold-vs-predicted drawings `<task>_<k>.png`.
+    checkpoint: names the model in the settings of the predictions file (the CLI: its directory).
+    max_new_tokens / max_crops: default the task's; seed: of the examples' rngs; scoring: `ScoringOptions`
+      fields (default official); show: print the metrics table.
 
-    Returns {"task", "benchmark", "examples", "prompts", "max_new_tokens", "metrics" ({name: mean}),
-    "mask_source" (pointing tasks), "seconds", "files", "predictions" (per prompt: example, prompt, gold
-    answer, prediction, points, reference without masks)}.
+    Returns {"task", "benchmark", "split", "examples", "prompts", "dropped", "max_new_tokens", "max_crops",
+    "metrics" ({name: mean}; empty for a server-scored test split), "mask_source" (pointing tasks), "seconds",
+    "files", "predictions" (per prompt: example, prompt, gold answer, prediction, points, reference without
+    masks, scores: the scorer on that prompt alone)}.
     """
     start = time.perf_counter()
     if task is None and not isinstance(dataset, str):
         raise ValueError("evaluate needs the task of a dataset object")
-    source = held_out_source(dataset) if isinstance(dataset, str) else dataset
     task = resolve_task(dataset if task is None else task)
-    n = len(source) if n is None else n
-    if not 0 < n <= len(source):
-        raise ValueError(f"n={n}: the dataset has {len(source)} examples")
+    if isinstance(dataset, str):
+        split = split or (task.split if task.dataset else None)
+        dataset = open_dataset(task, split, data_dir, image_dir)
+    n = len(dataset) if n is None else n
+    if not 0 < n <= len(dataset):
+        raise ValueError(f"n={n}: the dataset has {len(dataset)} examples")
     max_new_tokens = max_new_tokens or task.max_new_tokens
-    items = eval_items(source, task, n, prompt_formatter(bundle.cfg), seed)
-    answered = list(tqdm(answer_items(bundle, items, batch_size, max_new_tokens), desc=task.name, unit="prompt",
-                         disable=None, leave=False))
-    references = [it.reference for it, _ in answered]
-    result = dict(task=task.name, benchmark=task.benchmark, examples=n, prompts=len(answered),
-                  max_new_tokens=max_new_tokens,
-                  metrics=score(task.benchmark, [p.text for _, p in answered], references, **(scoring or {})))
-    if task.kind == "pointing":
-        result["mask_source"] = sorted({r["mask_source"] for r in references})
-    result["predictions"] = [dict(example=it.example, prompt=it.prompt, answer=it.answer, prediction=p.text,
-                                  points=p.points, reference=it.reference) for it, p in answered]
-    result["files"] = []
+    max_crops = max_crops or task.max_crops
+    bundle = with_max_crops(bundle, max_crops)
+    settings = dict(checkpoint=checkpoint, task=task.name, split=split, examples=n, seed=seed,
+                    max_new_tokens=max_new_tokens, max_crops=max_crops)
     if out_dir is not None:
         out_dir = epath.Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+    dropped = []
+    items = eval_items(dataset, task, n, prompt_formatter(bundle.cfg), seed, dropped)
+    answered = answer_all(bundle, items, batch_size, max_new_tokens,
+                          out_dir and predictions_file(out_dir, task.name), settings, task.name, resume)
+    texts, references = [p.text for _, p in answered], [it.reference for it, _ in answered]
+    server_scored = task.submission is not None and split == "test"
+    scoring = dict(scoring or {})
+    result = dict(task=task.name, benchmark=task.benchmark, split=split, examples=n, prompts=len(answered),
+                  dropped=dropped, max_new_tokens=max_new_tokens, max_crops=max_crops,
+                  metrics={} if server_scored else score(task.benchmark, texts, references, **scoring))
+    if task.kind == "pointing":
+        result["mask_source"] = sorted({r["mask_source"] for r in references})
+    result["predictions"] = [dict(example=it.example, prompt=it.prompt, answer=it.answer, prediction=p.text,
+                                  points=p.points, reference=it.reference,
+                                  scores={} if server_scored else score(task.benchmark, [p.text], [it.reference],
+                                                                        **scoring))
+                             for it, p in answered]
+    result["files"] = []
+    if out_dir is not None:
         drawn = answered[:draw] if task.kind == "pointing" else []
         result["files"] = [str(out_dir / f"{task.name}.json")] + write_drawings(drawn, out_dir, task.name)
+        if server_scored:
+            result["files"].append(write_submission(task, answered, out_dir))
+        result["files"].append(str(predictions_file(out_dir, task.name)))
     result["seconds"] = time.perf_counter() - start
     result = _jsonable(result)
     if out_dir is not None:
@@ -356,26 +396,128 @@ def write_drawings(answered: Sequence, out_dir: epath.Path, name: str) -> list[s
     return paths
 
 
+# ----------------------------------------------------------------------------- the paper's table
+
+def evaluate_paper(bundles: Mapping[str, Any], data_dir, out_dir=None, image_dir=None, show: bool = True,
+                   paths: Mapping[str, str] | None = None, **kwargs) -> list[dict[str, Any]]:
+    """Each bundle (name -> bundle, or a function loading it: one checkpoint in memory at a time) on the
+    11 benchmarks of the paper's table (`tasks.PAPER_TASKS`) with their default splits and settings;
+    `kwargs` go to `evaluate`. Every dataset is opened before any model loads, so a missing one fails at once. With `out_dir`, each run goes to `out_dir/<name>/` and the
+    table to `out_dir/paper.{md,json,png}`; `paths` (name -> checkpoint directory) name the checkpoints in
+    the predictions files. Returns `report.paper_rows`."""
+    from molmo_jax.eval import report
+    datasets = {name: open_dataset(TASKS[name], None, data_dir, image_dir) for name in PAPER_TASKS}
+    results = {}
+    for checkpoint, bundle in bundles.items():
+        bundle = bundle() if callable(bundle) else bundle
+        results[checkpoint] = {
+            name: evaluate(bundle, dataset, name, split=TASKS[name].split, show=show,
+                           out_dir=None if out_dir is None else epath.Path(out_dir) / checkpoint,
+                           checkpoint=(paths or {}).get(checkpoint, checkpoint), **kwargs)
+            for name, dataset in datasets.items()}
+    rows = report.paper_rows(results)
+    if out_dir is not None:
+        report.write_paper(rows, out_dir)
+    if show:
+        print(report.markdown(rows))
+    return rows
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def _eval_arguments(parser: argparse.ArgumentParser):
-    cli._add_checkpoint_arguments(parser)
-    parser.add_argument("--task", required=True, choices=sorted(TASKS), help="held-out PixMo-lite set to score")
-    parser.add_argument("--n", type=int, help=f"number of examples (default: all {HELD_OUT_SIZE})")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", type=epath.Path, help="directory for <task>.json and pointing drawings")
+    parser.add_argument("--checkpoint", required=True, type=epath.Path, action="append",
+                        help="checkpoint directory (molmo_jax.load); repeat to compare several")
+    parser.add_argument("--vision-json", type=epath.Path, help="JSON of official ViT fields for an HF release")
+    parser.add_argument("--task", required=True, choices=["paper", *sorted(TASKS)],
+                        help="a benchmark, or 'paper': the 11 of the paper's table")
+    parser.add_argument("--split", help="default: the task's (see molmo_jax/eval/tasks.py)")
+    parser.add_argument("--data-dir", type=epath.Path, help="the eval sets' files (data_pipelines/eval_sets.py)")
+    parser.add_argument("--image-dir", type=epath.Path, help="PixMo image cache (default <data-dir>/images)")
+    parser.add_argument("--n", type=int, help="number of examples (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="prompts per step; split over all devices when they divide it")
+    parser.add_argument("--out", type=epath.Path, help="directory for <task>.predictions.jsonl (resumed), <task>.json, "
+                                                 "submission files, pointing drawings, the paper table")
     parser.add_argument("--draw", type=int, default=4, help="pointing drawings to write (gold | predicted)")
-    parser.add_argument("--max-new-tokens", type=int, help="default: the task's (12, 192 for pointing/counting)")
+    parser.add_argument("--max-new-tokens", type=int, help="default: the task's (12; 192 pointing/counting)")
+    parser.add_argument("--max-crops", type=int, help="default: the task's (36 high-res; 12 low-res)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the examples' formatting rngs")
 
 
+def data_parallel_mesh(batch_size: int):
+    """A mesh splitting each batch over all devices (data parallel), or None for one device or a batch
+    size they do not divide."""
+    import jax
+
+    from molmo_jax import sharding
+    n = jax.device_count()
+    return sharding.make_mesh((n, 1, 1)) if n > 1 and batch_size % n == 0 else None
+
+
 def _eval(args) -> int:
-    evaluate(cli._load_bundle(args), args.task, n=args.n, batch_size=args.batch_size, out_dir=args.out,
-             draw=args.draw, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    if args.out:
-        print(f"wrote {args.out / args.task}.json")
+    """Runs `_eval_tasks`; an interrupted run says where its answers are kept and how to resume."""
+    try:
+        return _eval_tasks(args)
+    except KeyboardInterrupt:
+        kept = (f"the answers so far are in {args.out}/**/*{PREDICTIONS_SUFFIX}; " if args.out else
+                "nothing kept (no --out); ")
+        print(f"molmo-jax eval: interrupted; {kept}run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _eval_tasks(args) -> int:
+    import molmo_jax
+    mesh = data_parallel_mesh(args.batch_size)
+    vision = json.loads(args.vision_json.read_text()) if args.vision_json else None
+    names = [p.name for p in args.checkpoint]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--checkpoint directories need distinct names, got {names}")
+    options = dict(n=args.n, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                   max_crops=args.max_crops, seed=args.seed, image_dir=args.image_dir, resume=True)
+    if args.task == "paper":
+        if args.split:
+            raise ValueError("--task paper runs each benchmark's own split; drop --split")
+        bundles = {name: functools.partial(molmo_jax.load, path, mesh=mesh, vision=vision, progress=True)
+                   for name, path in zip(names, args.checkpoint)}
+        paths = {name: str(path_lib.absolute(path)) for name, path in zip(names, args.checkpoint)}
+        evaluate_paper(bundles, args.data_dir, args.out, paths=paths, **options)
+        if args.out:
+            print(f"wrote {args.out / 'paper.md'}, paper.json, paper.png")
+        return 0
+    open_dataset(TASKS[args.task], args.split, args.data_dir, args.image_dir)  # fail before loading a model
+    for name, path in zip(names, args.checkpoint):
+        out = args.out if args.out is None or len(names) == 1 else args.out / name
+        evaluate(molmo_jax.load(path, mesh=mesh, vision=vision, progress=True), args.task, out_dir=out,
+                 draw=args.draw, split=args.split, data_dir=args.data_dir, checkpoint=str(path_lib.absolute(path)), **options)
+        if out:
+            print(f"wrote {out / args.task}.json")
     return 0
 
 
-cli.register(cli.Command("eval", "score a checkpoint on a held-out PixMo-lite task (table, JSON, drawings)",
-                         _eval_arguments, _eval))
+def _elo_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--preferences", required=True, type=epath.Path,
+                        help="pairwise preferences, .jsonl or .csv with model_a, model_b, winner "
+                             "(model_a / model_b / tie...)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=epath.Path, help="write the ratings as JSON here")
+
+
+def _elo(args) -> int:
+    from molmo_jax.eval import elo
+    model_a, model_b, outcome = elo.read_preferences(args.preferences)
+    ratings = elo.elo_ratings(model_a, model_b, outcome, n_bootstrap=args.bootstrap, seed=args.seed)
+    width = max(len(m) for m in ratings)
+    print(f"{'model':<{width}}  rating  95% interval  ({len(outcome)} comparisons)")
+    for model, r in ratings.items():
+        print(f"{model:<{width}}  {r['rating']:6.1f}  [{r['ci_low']:.1f}, {r['ci_high']:.1f}]")
+    if args.out:
+        args.out.write_text(json.dumps(ratings, indent=1))
+    return 0
+
+
+cli.register(cli.Command("eval", "score checkpoints on a benchmark or the paper's table (resumable predictions, "
+                                 "metrics, submission files)", _eval_arguments, _eval))
+cli.register(cli.Command("elo", "Elo / Bradley-Terry ratings from pairwise preference judgements",
+                         _elo_arguments, _elo))

@@ -32,7 +32,7 @@ class AttentionPool(nn.Module):
         query = windows.mean(axis=1, keepdims=True) if self.mean_query else windows[:, :1]
         out = Attention(v.num_heads, v.num_kv_heads, scale * v.head_dim, scale * v.width, qkv_bias=True,
                         out_bias=True, dtype=dtype_of(self.cfg.dtype),
-                        param_dtype=dtype_of(self.cfg.param_dtype), init=self.cfg.connector.init,
+                        param_dtype=dtype_of(self.cfg.param_dtype), init_scheme=self.cfg.connector.init,
                         name="attention")(query, windows)
         return out[:, 0]
 
@@ -73,7 +73,7 @@ class Projector(nn.Module):
             return Dense((cfg.llm.d_model,), ("mlp",), ("embed",), False, dtype, pdtype,
                          nn.initializers.xavier_uniform(), name="linear")(x)
         mlp = lambda name: Mlp(cfg.connector.projector_hidden, gated=True, act="silu",
-                               out_dim=cfg.llm.d_model, dtype=dtype, param_dtype=pdtype, init=cfg.connector.init,
+                               out_dim=cfg.llm.d_model, dtype=dtype, param_dtype=pdtype, init_scheme=cfg.connector.init,
                                name=name)
         y = mlp("mlp")(x)
         if kind == "2mlp":

@@ -60,13 +60,13 @@ class Dense(nn.Module):
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    init: str | Callable = "normal"  # a `kernel_init` scheme or an initializer
+    init_scheme: str | Callable = "normal"  # a `kernel_init` scheme or an initializer
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_axes)
         features = tuple(self.features)
-        kernel = param_with_axes(self, "kernel", kernel_init(self.init, n_in, len(features)),
+        kernel = param_with_axes(self, "kernel", kernel_init(self.init_scheme, n_in, len(features)),
                                  x.shape[-n_in:] + features, tuple(self.in_axes) + tuple(self.out_axes),
                                  self.param_dtype)
         contract = tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))
@@ -134,12 +134,12 @@ class Mlp(nn.Module):
     out_dim: int | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    init: str = "normal"
+    init_scheme: str = "normal"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = lambda f, i, o, name: Dense((f,), (i,), (o,), self.use_bias, self.dtype, self.param_dtype,
-                                            self.init, name=name)
+                                            self.init_scheme, name=name)
         act = activation(self.act)
         if self.gated:
             h = act(dense(self.hidden, "embed", "mlp", "gate")(x)) * dense(self.hidden, "embed", "mlp", "up")(x)
@@ -180,11 +180,11 @@ class Attention(nn.Module):
     rope_theta: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    init: str = "normal"
+    init_scheme: str = "normal"
 
     def _proj(self, heads: int, heads_axis: str, name: str, bias: bool) -> Dense:
         return Dense((heads, self.head_dim), ("embed",), (heads_axis, "head_dim"), bias, self.dtype,
-                     self.param_dtype, self.init, name=name)
+                     self.param_dtype, self.init_scheme, name=name)
 
     @nn.compact
     def __call__(self, x_q: jax.Array, x_kv: jax.Array | None = None, *, mask: jax.Array | None = None,
@@ -213,7 +213,7 @@ class Attention(nn.Module):
             cache = {"k": k, "v": v, "index": cache["index"]}
         out = dot_product_attention(q, k, v, mask)
         out = Dense((self.out_dim,), ("heads", "head_dim"), ("embed",), self.out_bias, self.dtype,
-                    self.param_dtype, self.init, name="out")(out)
+                    self.param_dtype, self.init_scheme, name="out")(out)
         return out if cache is None else (out, cache)
 
 

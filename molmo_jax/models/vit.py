@@ -26,13 +26,13 @@ class VitBlock(nn.Module):
         v = self.cfg.vit
         dtype, pdtype = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         h = Attention(v.num_heads, v.num_kv_heads, v.head_dim, v.width, qkv_bias=True, out_bias=True,
-                      dtype=dtype, param_dtype=pdtype, init=v.init, name="attention")(
+                      dtype=dtype, param_dtype=pdtype, init_scheme=v.init, name="attention")(
             LayerNorm(v.norm_eps, name="attention_norm")(x))
         if v.kind == "dino":
             h = h * param_with_axes(self, "lambda1", nn.initializers.ones, (v.width,), ("embed",), pdtype)
         x = x + h
         h = Mlp(v.mlp_dim, gated=False, act=v.activation, use_bias=True, dtype=dtype, param_dtype=pdtype,
-                init=v.init, name="feed_forward")(LayerNorm(v.norm_eps, name="ffn_norm")(x))
+                init_scheme=v.init, name="feed_forward")(LayerNorm(v.norm_eps, name="ffn_norm")(x))
         if v.kind == "dino":
             h = h * param_with_axes(self, "lambda2", nn.initializers.ones, (v.width,), ("embed",), pdtype)
         x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))

@@ -8,8 +8,7 @@ Restoring takes an abstract state whose ShapeDtypeStructs carry the target shard
 saved on one mesh restores onto any other. A save killed half-way leaves a `*.orbax-checkpoint-tmp*`
 directory that Orbax ignores: the previous step stays the latest restorable one.
 
-Exports: params-only Orbax via `molmo_jax.orbax_params.save` (the inference format; `restore_params`
-reads it too) and `export_release` (official native or HF release safetensors via molmo_jax.checkpoints).
+Reading the params of a run (stage-2 init, `molmo-jax export`) and exports are `molmo_jax.io`.
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from molmo_jax import checkpoints, paths
+from molmo_jax import paths
 
 
 class _IteratorState:
@@ -105,39 +104,3 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
-
-
-def is_orbax(path: epath.PathLike) -> bool:
-    """Whether `restore_params` reads `path`: a Checkpointer directory, one step of it, or an export."""
-    path = epath.Path(path)
-    return ((path / "_METADATA").exists() or (path / "state").is_dir()
-            or any(p.name.isdigit() and (p / "state").is_dir() for p in path.iterdir()))
-
-
-def restore_params(path: epath.PathLike, abstract_params: Any) -> Any:
-    """Params only, from a Checkpointer directory (its latest step), one step of it, or a params-only
-    export (`molmo_jax.orbax_params.save`), laid out as `abstract_params` (ShapeDtypeStructs with
-    shardings)."""
-    path = paths.absolute(path)
-    if (path / "_METADATA").exists():  # params-only export: the param tree is the root
-        target = abstract_params
-    else:  # train state: restore its "params" subtree, skip opt_state, step and rng
-        if not (path / "state").is_dir():
-            path = path / str(max(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "state").is_dir()))
-        path, target = path / "state", {"params": abstract_params}
-    args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
-    with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(path, args=args)
-    return restored if target is abstract_params else restored["params"]
-
-
-def export_release(params: Any, cfg, path: epath.PathLike, fmt: str = "native"):
-    """Official native (`weights.safetensors` + config.json) or HF release safetensors."""
-    host = jax.tree.map(lambda x: jax.device_get(x), params)
-    if fmt == "native":
-        checkpoints.save_native(host, cfg, path)
-    elif fmt == "hf":
-        checkpoints.save_hf_release(host, cfg, path)
-    else:
-        raise ValueError(f"export format must be 'native' or 'hf', got {fmt!r}")

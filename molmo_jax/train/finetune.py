@@ -16,7 +16,8 @@ components are frozen by default; removing one from `cfg.freeze` trains it fully
 
 Data: the user JSONL mixed with PixMo-lite (`data_pipelines.synthetic`, its tasks at their stage-2 mixture
 rates) at rate `data.mix_pixmo_lite`, through the stage-2 grain pipeline, formatted as the checkpoint's
-config says. Exports (`cfg.export`) are written by `api.save` with the checkpoint's own model config.
+config says. A run that completes exports (`cfg.export`) to <workdir>/export/<format> with the checkpoint's
+own model config and tokenizer (`io.export_run`).
 """
 from __future__ import annotations
 
@@ -32,10 +33,8 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from data_pipelines import mixtures, synthetic, user_data
-from molmo_jax import api, checkpoints, lora, orbax_params, sharding
+from molmo_jax import io, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
-from molmo_jax.preprocess import Preprocessor
-from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import optim, trainer
 
 EXPORT_FORMATS = ("hf_release", "orbax")
@@ -46,14 +45,14 @@ def _per_component(value) -> ml_collections.ConfigDict:
 
 
 def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_collections.ConfigDict:
-    """Fine-tuning recipe for the checkpoint directory `checkpoint` (native, HF release or Orbax export).
+    """Fine-tuning recipe for the checkpoint directory `checkpoint` (any `io.FORMATS`).
 
     Full fine-tuning uses the stage-2 learning rates (connector / vit 5e-6, llm 1e-5); LoRA (lora_rank > 0)
     freezes every component and trains the adapters at 2e-4. Warm-up: 10% of the steps. Set data.path.
     """
     c = ml_collections.ConfigDict()
     c.init_from = checkpoint
-    c.model = api.load_config(checkpoint)
+    c.model = io.load_config(checkpoint)
     c.model.dtype = "bfloat16"  # float32 master params (param_dtype)
     c.model.llm.residual_dropout = 0.1  # stage 2
     c.freeze = tuple(optim.COMPONENTS) if lora_rank else ()
@@ -73,6 +72,7 @@ def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_col
     d = c.data = ml_collections.ConfigDict()
     d.path = ""  # the user JSONL file
     d.image_dir = ""  # download cache of its URL images ("" = user_data.default_image_dir)
+    d.allow_outside_images = False  # image paths outside the JSONL file's folder are refused unless True
     d.mix_pixmo_lite = 0.0  # fraction of examples drawn from PixMo-lite, in [0, 1)
     d.pixmo_lite_size = 10_000  # examples per PixMo-lite task
     d.global_batch = 16
@@ -181,18 +181,10 @@ def abstract_state(cfg, opt: optim.Optimizer, mesh: Mesh) -> dict:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
-def load_base(cfg, mesh: Mesh) -> dict:
-    """The params of the checkpoint `cfg.init_from` (any `api.FORMATS`) laid out for `cfg.model` on `mesh`."""
-    path = epath.Path(cfg.init_from)
-    if api.detect_format(path) == "orbax":
-        return orbax_params.restore(path / api.ORBAX_DIR, cfg.model, mesh)
-    return checkpoints.load(path, cfg.model, mesh)[1]
-
-
 def initial_state(cfg, opt: optim.Optimizer, mesh: Mesh, target: dict) -> dict:
     """The checkpoint's params split into trainable / frozen, fresh adapters, a fresh optimizer."""
     lora_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    trainable, frozen = partition(load_base(cfg, mesh), cfg.freeze)
+    trainable, frozen = partition(io.load_params(cfg.init_from, cfg.model, mesh), cfg.freeze)
     lcfg = lora_config(cfg)
     if lcfg is not None:
         trainable = _tree({**_flat(trainable), **_flat(lora.init(lora_rng, cfg.model, lcfg, mesh))})
@@ -223,7 +215,7 @@ def make_data(cfg, tokenizer):
     d = cfg.data
     if not 0 <= d.mix_pixmo_lite < 1:
         raise ValueError(f"data.mix_pixmo_lite must be in [0, 1), got {d.mix_pixmo_lite}")
-    sources = {"user": user_data.UserData(d.path, d.image_dir or None)}
+    sources = {"user": user_data.UserData(d.path, d.image_dir or None, d.allow_outside_images)}
     rates = None
     if d.mix_pixmo_lite:
         lite = synthetic.sources(d.pixmo_lite_size, d.seed)
@@ -237,20 +229,25 @@ def make_data(cfg, tokenizer):
     return iter(mixtures.pipeline(mixtures.mixture(sources, rates, process, d.seed), cfg.model, options))
 
 
+def validate_data(cfg, tokenizer) -> user_data.Report:
+    """`user_data.validate` of the config's data file, with the model's lengths (an answer token within
+    data.seq_len)."""
+    d = cfg.data
+    options = mixtures.PipelineOptions(batch_size=1, seq_len=d.seq_len, too_long="truncate")
+    process = mixtures.example_processor(cfg.model, tokenizer, options, shuffle_messages=False)
+    return user_data.validate(d.path, d.image_dir or None, d.allow_outside_images, process, d.seq_len)
+
+
 def run(cfg, workdir: epath.PathLike, mesh: Mesh | None = None) -> tuple[dict, dict[str, epath.Path]]:
     """Fine-tunes (resuming from `workdir`) and exports to workdir/export/<format> once finished.
 
     Returns (final train state, {format: export directory}; empty when the run was stopped).
     """
-    workdir = epath.Path(workdir)
     mesh = mesh or trainer.make_mesh(cfg.mesh)
-    tokenizer = load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size)
+    model_cfg = io.load_config(cfg.init_from)  # the checkpoint's own config (cfg.model: training dtype, dropout)
+    tokenizer = io.load_tokenizer(cfg.init_from, model_cfg)
+    io.save_run_files(workdir, model_cfg, tokenizer)
     state = trainer.train(cfg, make_data(cfg, tokenizer), workdir, mesh, program(cfg, mesh))
-    model_cfg = api.load_config(cfg.init_from)
-    bundle = api.MolmoBundle(model_cfg, trained_params(state, cfg), tokenizer, Preprocessor(model_cfg, tokenizer), mesh)
-    exports = {}
-    for fmt in cfg.export if trainer.finished(cfg, state) else ():
-        exports[fmt] = workdir / "export" / fmt
-        exports[fmt].rmtree(missing_ok=True)
-        api.save(bundle, exports[fmt], fmt)
-    return state, exports
+    if not trainer.completed(cfg, state):
+        return state, {}
+    return state, io.export_run(workdir, trained_params(state, cfg), model_cfg, tokenizer, cfg.export)

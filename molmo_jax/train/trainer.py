@@ -30,7 +30,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from molmo_jax import checkpoints, convert_base, distributed, paths, sharding
+from molmo_jax import convert_base, distributed, io, paths, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
 from molmo_jax.train import checkpointing, metrics_log, optim
 from molmo_jax.train.loss import cross_entropy
@@ -163,23 +163,26 @@ def shardings_of(tree) -> Any:
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def initial_params(cfg, rng: jax.Array, mesh: Mesh, target) -> Any:
-    """Random init, or the params of `cfg.init_from`: a training / params-only Orbax checkpoint (stage 2
-    from stage 1) or an official native / HF release directory; or pretrained towers `cfg.init.vit` /
-    `cfg.init.llm` (transformers directories, stage 1) with the rest random."""
+def initial_params(cfg, rng: jax.Array, mesh: Mesh) -> Any:
+    """Random init, or the params of `cfg.init_from` for `cfg.model`: any `io.FORMATS` directory (a training
+    run for stage 2 from stage 1, an export, an official native or HF release directory); or pretrained
+    towers `cfg.init.vit` / `cfg.init.llm` (transformers directories, stage 1) with the rest random."""
     towers = cfg.get("init")
     if towers and (towers.vit or towers.llm):
         return convert_base.init_params_from_hf_dirs(cfg.model, rng, towers.vit, towers.llm, mesh)
     if not cfg.init_from:
         return init_params(cfg.model, rng, mesh)
-    if checkpointing.is_orbax(cfg.init_from):
-        return checkpointing.restore_params(cfg.init_from, target)
-    return checkpoints.load(cfg.init_from, cfg.model, mesh)[1]
+    return io.load_params(cfg.init_from, cfg.model, mesh)
+
+
+def completed(cfg, state: dict) -> bool:
+    """Whether `state` (as `train` returned it) reached cfg.optim.steps, rather than stopping early."""
+    return int(state["step"]) >= cfg.optim.steps
 
 
 def initial_state(cfg, opt: optim.Optimizer, mesh: Mesh, target: dict) -> dict:
     params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = initial_params(cfg, params_rng, mesh, target["params"])
+    params = initial_params(cfg, params_rng, mesh)
     make = jax.jit(lambda p, r: new_state(p, opt, r), out_shardings=shardings_of(target), donate_argnums=0)
     return make(params, jax.device_put(dropout_rng, target["rng"].sharding))
 
@@ -227,6 +230,7 @@ def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data, force
     rows = [(step, {k: float(v) for k, v in jax.device_get(metrics).items()}) for step, metrics, _ in pending]
     tokens_per_s = sum(n for _, _, n in pending) / max(time.perf_counter() - since, 1e-9)
     skipped = {f"skipped/{reason}": n for reason, n in getattr(data, "skipped", {}).items()}
+    skipped.update({f"drops/{key}": n for key, n in getattr(data, "drops", {}).items()})  # per dataset
     for step, row in rows:
         row.update(tokens_per_s=tokens_per_s, **skipped)
         log.write(step, row)
@@ -235,18 +239,14 @@ def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data, force
     return rows[-1][1] if rows else {}
 
 
-def finished(cfg, state: dict) -> bool:
-    """Whether `state` reached cfg.optim.steps (a SIGTERM-stopped run did not: exports wait for the end)."""
-    return int(state["step"]) >= cfg.optim.steps
-
-
 def train(cfg, data: Iterator[Batch], workdir: epath.PathLike, mesh: Mesh | None = None,
           program: Program | None = None) -> dict:
     """Trains to cfg.optim.steps updates, resuming from the latest checkpoint in `workdir`.
 
     data: an iterator of host batches (dicts of numpy arrays, fixed shapes, this process's rows of the
     global batch); with `get_state`/`set_state` its position is checkpointed too, and its `skipped`
-    dict ({reason: count}, as data_pipelines.mixtures reports them) is logged. `program`: what to train
+    ({reason: count}) and `drops` ({"dataset/reason": count}) dicts, as data_pipelines.mixtures reports
+    them, are logged. `program`: what to train
     (default `standard_program`; e.g. molmo_jax.train.finetune's frozen / LoRA programs). Writes
     workdir/{checkpoints/, metrics.jsonl, tb/, curves.png}; `workdir` may be a gs:// path. Returns the
     final train state.

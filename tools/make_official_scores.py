@@ -3,7 +3,7 @@
 The official code is imported at run time from a checkout of allenai/molmo (nothing of it is copied):
 
   PYTHONPATH=<dir with editdistance and Levenshtein> \
-    .venv/bin/python experiments/make_official_scores.py --official-src /tmp/molmo
+    .venv/bin/python tools/make_official_scores.py --official-src /tmp/molmo
 
 Heavy imports the scorers never use (boto3, rich, cached_path, torchmetrics, the HTML helpers) are
 stubbed; evaluator classes run with a stand-in tokenizer whose "tokens" index the prediction strings,

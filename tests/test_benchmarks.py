@@ -1,0 +1,39 @@
+"""Every experiments/bench_*.py runs end to end in its --smoke mode (smallest size, one timed call) and
+writes a result JSON with the shared frame: speedup, rows, commit, command and machine.
+
+In-process (each subprocess would pay the imports again); torch's thread count is restored afterwards
+because bench_preprocess pins it to one.
+"""
+import importlib
+import json
+import math
+import pathlib
+
+import pytest
+import torch
+
+BENCHMARKS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "experiments").glob("bench_*.py")
+                    if p.stem != "bench_common")
+
+
+def test_every_benchmark_is_listed():
+    assert BENCHMARKS == ["bench_forward", "bench_generate", "bench_moe", "bench_pipeline", "bench_preprocess",
+                          "bench_train"]
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_smoke(name, tmp_path):
+    out = tmp_path / f"{name}.json"
+    threads = torch.get_num_threads()
+    try:
+        returned = importlib.import_module(f"experiments.{name}").main(["--smoke", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(out.read_text())
+    assert result == json.loads(json.dumps(returned))
+    assert result["mode"] == "smoke" and result["rows"]
+    assert result["command"] == f"python -m experiments.{name} --smoke --out {out}"
+    assert len(result["commit"].removesuffix("+dirty")) == 40
+    assert result["machine"]["cpu_count"] >= 1 and result["machine"]["backend"] == "cpu"
+    speedup = result["speedup"]
+    assert name == "bench_generate" and math.isnan(speedup) or speedup > 0
