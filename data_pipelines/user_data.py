@@ -164,7 +164,8 @@ def _image_problems(image: Any, base_dir, allow_outside: bool) -> list[str]:
         return []
     if paths.is_remote(base_dir):  # no symlinks in a bucket: the normalised path decides
         folder = os.fspath(base_dir).rstrip("/")
-        inside = posixpath.normpath(f"{folder}/{image}").startswith(f"{folder}/")
+        rest = folder.split("://", 1)[1]  # normpath would fold the scheme's "//"
+        inside = posixpath.normpath(f"/{rest}/{image}").startswith(f"/{rest}/")
     else:
         folder = pathlib.Path(base_dir).resolve()
         inside = (folder / image).resolve().is_relative_to(folder)
