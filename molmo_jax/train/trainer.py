@@ -223,7 +223,7 @@ class StopOnSigterm:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data, force: bool) -> dict[str, float]:
+def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data, force: bool = False) -> dict[str, float]:
     """Writes the buffered (step, device metrics, tokens) of the interval that began at `since`
     (perf_counter), into remote logs too when `force`; returns the last row. Tokens/s counts the interval up to the last step's completion
     (dispatch is asynchronous: the metrics are fetched before the clock is read)."""
