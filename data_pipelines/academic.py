@@ -36,24 +36,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import io
 import json
 import logging
 import os
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 from data_pipelines.pixmo import Example
+from molmo_jax import paths
 
 Record = dict[str, Any]  # {"image": encoded bytes, "image_id": str, "messages": [question dicts]}
-Parse = Callable[[Path, str], Iterator[tuple[str, Record]]]  # (manual dir, source split) -> (key, record)
+Parse = Callable[[epath.Path, str], Iterator[tuple[str, Record]]]  # (manual dir, source split) -> (key, record)
 
 CHART_QA_HUMAN, CHART_QA_AUGMENTED = 7398, 20901  # train questions of the two ChartQA parts
 AI2D_VAL_IMAGES, AI2D_VAL_SEED = 384, 5961
@@ -79,19 +79,18 @@ class MissingFileError(FileNotFoundError):
     """A file the dataset needs is not in the manual directory."""
 
 
-def _require(spec_name: str, path: Path) -> Path:
+def _require(spec_name: str, path: epath.Path) -> epath.Path:
     if not path.exists():
         spec = SPECS[spec_name]
         raise MissingFileError(f"{spec_name}: {path} not found. {spec.instructions}")
     return path
 
 
-def _read_json(spec_name: str, path: Path):
-    with open(_require(spec_name, path)) as f:
-        return json.load(f)
+def _read_json(spec_name: str, path: epath.Path):
+    return json.loads(_require(spec_name, path).read_text())
 
 
-def _image(spec_name: str, path: Path) -> bytes:
+def _image(spec_name: str, path: epath.Path) -> bytes:
     return _require(spec_name, path).read_bytes()
 
 
@@ -116,20 +115,21 @@ def _grouped(items: Sequence[dict], key: str) -> dict[Any, list[dict]]:
 HUB_PATTERNS = ("data/{split}-*.parquet", "*/{split}/*.parquet")  # hub data files, or refs/convert/parquet
 
 
-def hub_rows(spec_name: str, manual: Path, split: str, columns: Sequence[str]) -> Iterator[dict]:
+def hub_rows(spec_name: str, manual: epath.Path, split: str, columns: Sequence[str]) -> Iterator[dict]:
     """Rows (column -> value) of a hub split's parquet files, in file order."""
-    files = sorted({f for p in HUB_PATTERNS for f in glob.glob(str(manual / p.format(split=split)))})
+    files = sorted({os.fspath(f) for p in HUB_PATTERNS for f in manual.glob(p.format(split=split))})
     if not files:
         raise MissingFileError(f"{spec_name}: no parquet file of split {split!r} under {manual} "
                                f"(looked for {[p.format(split=split) for p in HUB_PATTERNS]}). "
                                f"{SPECS[spec_name].instructions}")
     for path in files:
-        parquet = pq.ParquetFile(path)
-        missing = [c for c in columns if c not in parquet.schema_arrow.names]
-        if missing:
-            raise ValueError(f"{spec_name}: {path} lacks the column(s) {missing}")
-        for batch in parquet.iter_batches(batch_size=64, columns=list(columns)):
-            yield from batch.to_pylist()
+        with epath.Path(path).open("rb") as f:
+            parquet = pq.ParquetFile(f)
+            missing = [c for c in columns if c not in parquet.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{spec_name}: {path} lacks the column(s) {missing}")
+            for batch in parquet.iter_batches(batch_size=64, columns=list(columns)):
+                yield from batch.to_pylist()
 
 
 def _hub_image(value: Mapping[str, Any] | None) -> bytes | None:
@@ -139,14 +139,14 @@ def _hub_image(value: Mapping[str, Any] | None) -> bytes | None:
 
 def hub_vqa(name: str, image_id: str, question_id: str) -> Parse:
     """The parse function of a hub VQA set with columns image, question, answers and the given id columns."""
-    def parse(manual: Path, split: str):
+    def parse(manual: epath.Path, split: str):
         for i, r in enumerate(hub_rows(name, manual, split, ("image", image_id, question_id, "question", "answers"))):
             yield str(i), dict(image=_hub_image(r["image"]), image_id=str(r[image_id]),
                                messages=[_question(r["question"], r[question_id], answers=r["answers"] or [])])
     return parse
 
 
-def parse_ok_vqa(manual: Path, split: str):
+def parse_ok_vqa(manual: epath.Path, split: str):
     for i, r in enumerate(hub_rows("ok_vqa", manual, split, ("image", "image_id", "question_id", "question",
                                                               "answers"))):
         answers = [a["raw_answer"] for a in r["answers"]]
@@ -154,13 +154,13 @@ def parse_ok_vqa(manual: Path, split: str):
                            messages=[_question(r["question"], r["question_id"], answers=answers)])
 
 
-def parse_chart_qa(manual: Path, split: str):
+def parse_chart_qa(manual: epath.Path, split: str):
     for i, r in enumerate(hub_rows("chart_qa", manual, split, ("image", "query", "label", "human_or_machine"))):
         yield str(i), dict(image=_hub_image(r["image"]), image_id=str(i), messages=[
             _question(r["query"], i, answers=r["label"], human=r["human_or_machine"] == 0)])
 
 
-def parse_science_qa(manual: Path, split: str):
+def parse_science_qa(manual: epath.Path, split: str):
     """Questions with an image only (official `ScienceQAImageOnly`)."""
     for i, r in enumerate(hub_rows("science_qa", manual, split, ("image", "question", "choices", "answer",
                                                                   "hint"))):
@@ -173,7 +173,7 @@ def parse_science_qa(manual: Path, split: str):
 # Original releases
 
 
-def parse_vqa_v2(manual: Path, split: str):
+def parse_vqa_v2(manual: epath.Path, split: str):
     """All questions of an image in one record (`coco_2014_vqa_multi`); test has no annotations."""
     questions = _read_json("vqa_v2", manual / f"v2_OpenEnded_mscoco_{split}_questions.json")["questions"]
     answers = {}
@@ -187,14 +187,14 @@ def parse_vqa_v2(manual: Path, split: str):
                       for q in qs])
 
 
-def parse_info_qa(manual: Path, split: str):
+def parse_info_qa(manual: epath.Path, split: str):
     for q in _read_json("info_qa", manual / f"infographicsVQA_{split}.json")["data"]:
         yield str(q["questionId"]), dict(
             image=_image("info_qa", manual / "images" / q["image_local_name"]), image_id=q["image_local_name"],
             messages=[_question(q["question"], q["questionId"], answers=q.get("answers", []))])
 
 
-def parse_a_okvqa(manual: Path, split: str):
+def parse_a_okvqa(manual: epath.Path, split: str):
     """Questions of A-OKVQA v1.0 with their COCO 2017 image; test has no answers."""
     for q in _read_json("a_okvqa", manual / f"aokvqa_v1p0_{split}.json"):
         image = manual / f"{split}2017" / f"{q['image_id']:012d}.jpg"
@@ -203,7 +203,7 @@ def parse_a_okvqa(manual: Path, split: str):
                      answer_idx=q.get("correct_choice_idx"), difficult_direct_answer=q["difficult_direct_answer"])])
 
 
-def parse_tab_mwp(manual: Path, split: str):
+def parse_tab_mwp(manual: epath.Path, split: str):
     home = manual / "data" / "tabmwp"
     for example_id, q in _read_json("tab_mwp", home / f"problems_{split}.json").items():
         yield example_id, dict(image=_image("tab_mwp", home / "tables" / f"{example_id}.png"), image_id=example_id,
@@ -211,7 +211,7 @@ def parse_tab_mwp(manual: Path, split: str):
                                                   options=q.get("choices") or [])])
 
 
-def parse_st_qa(manual: Path, split: str):
+def parse_st_qa(manual: epath.Path, split: str):
     """ST-VQA task 3; validation is 1024 questions of the train file (sorted by id, seeded shuffle)."""
     questions = _read_json("st_qa", manual / f"{'test' if split == 'test' else 'train'}_task_3.json")["data"]
     if split != "test":
@@ -224,20 +224,20 @@ def parse_st_qa(manual: Path, split: str):
             messages=[_question(q["question"], q["question_id"], answers=q.get("answers", []))])
 
 
-def parse_tally_qa(manual: Path, split: str):
+def parse_tally_qa(manual: epath.Path, split: str):
     """Questions grouped per image; images are `<manual>/<train2014|val2014|VG_100K|VG_100K_2>/<file>`."""
     for image, qs in _grouped(_read_json("tally_qa", manual / f"{split}.json"), "image").items():
         yield image, dict(image=_image("tally_qa", manual / image), image_id=str(qs[0]["image_id"]), messages=[
             _question(q["question"], q["question_id"], answers=[str(q["answer"])]) for q in qs])
 
 
-def parse_dv_qa(manual: Path, split: str):
+def parse_dv_qa(manual: epath.Path, split: str):
     for image, qs in _grouped(_read_json("dv_qa", manual / f"{split}_qa.json"), "image").items():
         yield image, dict(image=_image("dv_qa", manual / "images" / image), image_id=image, messages=[
             _question(q["question"], f"{image}-{k}", answers=[q["answer"]]) for k, q in enumerate(qs)])
 
 
-def _parse_figure_or_plot_qa(spec_name: str, folder: Path, qa_file: str):
+def _parse_figure_or_plot_qa(spec_name: str, folder: epath.Path, qa_file: str):
     """FigureQA / PlotQA: `<folder>/<qa_file>` {"qa_pairs": [...]} and `<folder>/png/<image_index>.png`."""
     pairs = _read_json(spec_name, folder / qa_file)["qa_pairs"]
     for index, qs in _grouped(pairs, "image_index").items():
@@ -247,11 +247,11 @@ def _parse_figure_or_plot_qa(spec_name: str, folder: Path, qa_file: str):
                                          for q in qs])
 
 
-def parse_figure_qa(manual: Path, split: str):
+def parse_figure_qa(manual: epath.Path, split: str):
     return _parse_figure_or_plot_qa("figure_qa", manual / split, "qa_pairs.json")
 
 
-def parse_plot_qa(manual: Path, split: str):
+def parse_plot_qa(manual: epath.Path, split: str):
     return _parse_figure_or_plot_qa("plot_qa", manual / split, "qa_pairs_V2.json")
 
 
@@ -302,11 +302,10 @@ def draw_abc_labels(image: Image.Image, text_boxes: Sequence[Mapping], transpare
     return out.getvalue()
 
 
-def _ai2d_questions(root: Path, question_file: Path) -> Iterator[tuple[int, str, dict]]:
+def _ai2d_questions(root: epath.Path, question_file: epath.Path) -> Iterator[tuple[int, str, dict]]:
     """(image id, key, record) of every question of one diagram: the plain or opaque-box image, and for
     abc questions a second record with the transparent-box image (the "mix" of both kinds)."""
-    with open(question_file) as f:
-        data = json.load(f)
+    data = json.loads(question_file.read_text())
     name = data["imageName"]
     image_id = int(name.split(".")[0])
     plain = _image("ai2d", root / "images" / name)
@@ -331,11 +330,11 @@ def _ai2d_questions(root: Path, question_file: Path) -> Iterator[tuple[int, str,
                                    abc_label=q["abcLabel"], option_is_abc=abc, has_transparent_box=transparent)])
 
 
-def parse_ai2d(manual: Path, split: str):
+def parse_ai2d(manual: epath.Path, split: str):
     """AI2D "mix": test = the images listed in ai2d_test_ids.csv; validation = 384 other images (seeded)."""
     root = manual / "ai2d"
-    with open(_require("ai2d", manual / "ai2d_test_ids.csv")) as f:
-        test_ids = {int(line) for line in f if line.strip()}
+    test_ids = {int(line) for line in _require("ai2d", manual / "ai2d_test_ids.csv").read_text().splitlines()
+                if line.strip()}
     files = sorted(_require("ai2d", root / "questions").glob("*.json"))
     by_image = defaultdict(list)
     for file in files:
@@ -417,10 +416,10 @@ class AcademicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                      }))
 
     def _split_generators(self, dl_manager):
-        manual = Path(dl_manager.manual_dir)
+        manual = epath.Path(dl_manager.manual_dir)
         return {split: self._generate_examples(manual, source) for split, source in self.SPEC.splits.items()}
 
-    def _generate_examples(self, manual: Path, source: str):
+    def _generate_examples(self, manual: epath.Path, source: str):
         for key, record in self.SPEC.parse(manual, source):
             if record["image"] is None:
                 raise ValueError(f"{self.SPEC.name}: record {key} of {manual} has no image")
@@ -440,12 +439,17 @@ def builder_class(name: str) -> type[AcademicBuilder]:
 
 def build(name: str, data_dir, manual_dir=None) -> AcademicBuilder:
     """The prepared builder of `name` in `data_dir`: built from `manual_dir` as ArrayRecord unless it is
-    already there."""
+    already there. `manual_dir` may be gs://; `data_dir` must be local (array_record opens its files
+    with POSIX open(), not through a file-system layer that knows gs://)."""
+    if paths.is_remote(data_dir):
+        raise ValueError(f"academic data_dir {data_dir}: tensorflow-datasets' ArrayRecord files are written and read "
+                         "with POSIX open() and cannot live in object storage; use a local directory (manual_dir "
+                         "may stay in the bucket)")
     builder = builder_class(name)(data_dir=os.fspath(data_dir))
     if not builder.is_prepared():
         if manual_dir is None:
             raise FileNotFoundError(f"{name} is not built in {data_dir}; pass manual_dir. {SPECS[name].instructions}")
-        if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+        if not paths.names(manual_dir):
             raise MissingFileError(f"{name}: manual directory {manual_dir} is missing or empty. "
                                    f"{SPECS[name].instructions}")
         builder.download_and_prepare(file_format="array_record",

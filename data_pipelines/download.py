@@ -33,7 +33,10 @@ import urllib.request
 from typing import Collection, Iterable
 
 import tqdm
+from etils import epath
 from PIL import Image
+
+from molmo_jax import paths
 
 SCHEMES = ("http", "https")
 USER_AGENT = "molmo-jax-downloader/0.1"
@@ -172,6 +175,9 @@ def _fetch(url: str, options: DownloadOptions) -> bytes:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
+    if paths.is_remote(path):  # an object appears whole or not at all
+        epath.Path(path).write_bytes(data)
+        return
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
         with open(tmp, "wb") as f:
@@ -183,10 +189,10 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def _is_cached(path: str, sha256: Hashes) -> bool:
-    if not os.path.isfile(path):
+    path = epath.Path(path)
+    if not path.is_file():
         return False
-    with open(path, "rb") as f:
-        data = f.read()
+    data = path.read_bytes()
     try:
         check_bytes(data, sha256)
     except DownloadError:
@@ -222,7 +228,7 @@ def download(items: Iterable[tuple[str, Hashes]], image_dir: str | os.PathLike,
     """Fetches every (url, sha256 hash(es) or None) into `image_dir`; returns the `Report` (never raises
     per URL); `desc` labels the progress bar."""
     image_dir = os.fspath(image_dir)
-    os.makedirs(image_dir, exist_ok=True)
+    epath.Path(image_dir).mkdir(parents=True, exist_ok=True)
     unique = dict(items)  # one fetch per URL
     report, start = Report(), time.monotonic()
     limiter = _HostRateLimiter(options.per_host_rate)

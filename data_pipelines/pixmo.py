@@ -48,6 +48,7 @@ from PIL import Image
 from data_pipelines import pixmo_checks
 from data_pipelines.download import image_file
 from data_pipelines.pixmo_checks import BadExample
+from molmo_jax import paths
 
 Rows = Mapping[str, list]  # column -> values over the rows of one example
 Example = dict[str, Any]
@@ -326,7 +327,7 @@ def parquet_files(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     """Sorted files of a glob pattern (wildcards in the file name only), a file, or a list of them, local
     or gs://; raises FileNotFoundError on none."""
     patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
-    files = sorted({os.fspath(f) for p in map(epath.Path, patterns) for f in p.parent.glob(p.name)})
+    files = sorted({f for p in patterns for f in paths.glob(p)})
     if not files:
         raise FileNotFoundError(f"no parquet files match {[os.fspath(p) for p in patterns]}")
     return files
@@ -440,7 +441,7 @@ def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir
     """A source whose images are cached downloads of `image_url`; groups without a cached image are dropped
     (their rows counted as "image_missing")."""
     urls = table.column("image_url").to_pylist()
-    cached = file_names(image_dir)
+    cached = paths.names(image_dir)
     present = {}
     for g in groups:
         url = urls[int(g[0])]
@@ -450,13 +451,6 @@ def url_source(table: pa.Table, groups: Sequence[np.ndarray], convert, image_dir
     stats.drops["image_missing"] += sum(len(g) for g in groups) - sum(len(g) for g in kept)
     stats.images = dict(present=sum(present.values()), missing=len(present) - sum(present.values()))
     return TableSource(table, kept, convert, _CachedImage(os.fspath(image_dir)), stats, pixel_points)
-
-
-def file_names(folder) -> set[str]:
-    """Names of the files in `folder` (empty if it does not exist): one listing, also on gs://, instead of
-    a lookup per image."""
-    folder = epath.Path(folder)
-    return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -575,7 +569,7 @@ def pixmo_clocks(files, image_dir) -> TableSource:
     table = read_table(files, "pixmo-clocks")
     stats = ReadStats()
     groups = check_groups(table, single_rows(len(table)), pixmo_checks.clocks, stats)
-    ids, rendered = table.column("example_id").to_pylist(), file_names(image_dir)
+    ids, rendered = table.column("example_id").to_pylist(), paths.names(image_dir)
     kept = [g for g in groups if f"{ids[g[0]]}.png" in rendered]
     stats.drops["image_missing"] += len(groups) - len(kept)
     stats.images = dict(present=len(kept), missing=len(groups) - len(kept))

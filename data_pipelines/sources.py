@@ -16,6 +16,7 @@ import os
 from etils import epath
 
 from data_pipelines import academic, mixtures, pixmo
+from molmo_jax import paths
 
 STAGE1_DATASET = "pixmo_cap_with_transcripts"  # PixMo-Cap as the official stage 1 reads it
 
@@ -32,7 +33,7 @@ def load(name: str, data_dir="", image_dir="", academic_dir="", manual_dir="", s
 
 
 def _manual(name: str, manual_dir) -> str | None:
-    return os.path.join(manual_dir, academic.LOADERS[name].builder) if manual_dir else None
+    return os.fspath(epath.Path(manual_dir, academic.LOADERS[name].builder)) if manual_dir else None
 
 
 def academic_present(name: str, academic_dir, manual_dir="") -> bool:
@@ -41,7 +42,7 @@ def academic_present(name: str, academic_dir, manual_dir="") -> bool:
     manual = _manual(name, manual_dir)
     built = (epath.Path(academic_dir, builder).exists()  # (tfds warns about a missing folder)
              and academic.builder_class(builder)(data_dir=os.fspath(academic_dir)).is_prepared())
-    return built or bool(manual and os.path.isdir(manual) and os.listdir(manual))
+    return built or bool(manual and paths.names(manual))
 
 
 def stage2_sources(data_dir, image_dir, academic_dir, manual_dir="", names=()) -> dict[str, pixmo.Source]:

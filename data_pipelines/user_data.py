@@ -36,15 +36,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
+import posixpath
 import urllib.parse
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from etils import epath
 
 from data_pipelines import download
-from molmo_jax import preprocess
+from molmo_jax import paths, preprocess
 
 FIELDS = ("image", "conversations", "points", "label", "style")
 DEFAULT_STYLE = "demo"
@@ -75,14 +76,15 @@ def is_url(image: str) -> bool:
     return urllib.parse.urlparse(image).scheme in download.SCHEMES
 
 
-def default_image_dir(path: str | os.PathLike) -> Path:
+def default_image_dir(path: epath.PathLike) -> epath.Path:
     """Where URL images of a JSONL file are cached unless told otherwise: `<its directory>/.image_cache`."""
-    return Path(path).absolute().parent / ".image_cache"
+    return paths.absolute(path).parent / ".image_cache"
 
 
-def lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+def lines(path: epath.PathLike) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, raw bytes) of every non-blank line (decoded by `parse`, so one line that is
-    not UTF-8 does not hide the others)."""
+    not UTF-8 does not hide the others); local or gs://."""
+    paths.require_bucket(path, "data file")
     for number, raw in enumerate(epath.Path(path).read_bytes().split(b"\n"), start=1):
         if raw.strip():
             yield number, raw
@@ -160,8 +162,14 @@ def _image_problems(image: Any, base_dir, allow_outside: bool) -> list[str]:
         return ["empty image (a path or an http(s) URL)"]
     if is_url(image) or allow_outside:
         return []
-    folder = Path(base_dir).resolve()
-    if not (folder / image).resolve().is_relative_to(folder):
+    if paths.is_remote(base_dir):  # no symlinks in a bucket: the normalised path decides
+        folder = os.fspath(base_dir).rstrip("/")
+        rest = folder.split("://", 1)[1]  # normpath would fold the scheme's "//"
+        inside = posixpath.normpath(f"/{rest}/{image}").startswith(f"/{rest}/")
+    else:
+        folder = pathlib.Path(base_dir).resolve()
+        inside = (folder / image).resolve().is_relative_to(folder)
+    if not inside:
         return [f"image {image} is outside the data file's folder {folder} (allow it with "
                 f"--allow-outside-images / allow_outside_images=True)"]
     return []
@@ -196,7 +204,7 @@ def parse(raw: bytes | str, line: int, base_dir: str | os.PathLike, image_dir: s
     if problems:
         raise RowError(line, problems)
     url = image if is_url(image) else None
-    path = download.image_file(image_dir, image) if url else os.path.join(base_dir, image)
+    path = download.image_file(image_dir, image) if url else os.fspath(epath.Path(base_dir) / image)
     return Row(line, path, turns, points, row.get("label"), style, url)
 
 
@@ -226,7 +234,7 @@ def to_example(row: Row, image: np.ndarray) -> dict[str, Any]:
 def read_image(row: Row, strict: bool = False) -> np.ndarray:
     """The row's image as training loads it (`preprocess.load_image` defaults; `strict`: a truncated file
     is an error instead of being filled grey); RowError if it cannot."""
-    if row.url is not None and not os.path.exists(row.image):
+    if row.url is not None and not epath.Path(row.image).exists():
         raise RowError(row.line, [f"image {row.url} is not downloaded (run `molmo-jax validate-data --download "
                                   f"FILE` to fetch the file's URL images)"])
     try:
@@ -248,8 +256,8 @@ class UserData:
 
     def __init__(self, path: str | os.PathLike, image_dir: str | os.PathLike | None = None,
                  allow_outside_images: bool = False):
-        self.path = Path(path)
-        self.image_dir = Path(image_dir) if image_dir is not None else default_image_dir(path)
+        self.path = epath.Path(path)
+        self.image_dir = epath.Path(image_dir) if image_dir is not None else default_image_dir(path)
         self.allow_outside_images = allow_outside_images
         self.rows = list(lines(self.path))
 
@@ -258,7 +266,7 @@ class UserData:
 
     def row(self, index: int) -> Row:
         line, raw = self.rows[index]
-        return parse(raw, line, self.path.absolute().parent, self.image_dir, self.allow_outside_images)
+        return parse(raw, line, paths.absolute(self.path).parent, self.image_dir, self.allow_outside_images)
 
     def get(self, index: int, rng=None) -> dict[str, Any]:
         row = self.row(index)

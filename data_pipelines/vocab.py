@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import tokenizers
+from etils import epath
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data_pipelines import pixmo
@@ -62,7 +63,7 @@ def train_tokenizer(texts: Iterable[str], path: str | os.PathLike, vocab_size: i
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tok.save(path)
-    return path
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tok.to_str(pretty=True))
+    return os.fspath(path)

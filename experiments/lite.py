@@ -12,9 +12,8 @@ section (`experiments/data.py`, kind "pixmo_lite") packs several examples into e
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import ml_collections
+from etils import epath
 
 from data_pipelines import mixtures, synthetic, vocab
 from experiments import data as data_lib
@@ -68,9 +67,9 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     return c
 
 
-def build_tokenizer(cfg, workdir: str | Path) -> MolmoTokenizer:
+def build_tokenizer(cfg, workdir: epath.PathLike) -> MolmoTokenizer:
     """Trains (once) the BPE on PixMo-lite text; Molmo's image tokens get ids vocab_size..vocab_size+4."""
-    path = Path(workdir) / "tokenizer.json"
+    path = epath.Path(workdir) / "tokenizer.json"
     if not path.exists():
         sources = list(train_sources(cfg).values()) + [stage1_source(cfg)]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,13 +111,13 @@ def data(cfg, stage: str, tokenizer: MolmoTokenizer):
     return data_lib.make_data(trainer_config(cfg, stage), tokenizer)
 
 
-def run_stage(cfg, stage: str, tokenizer: MolmoTokenizer, workdir: str | Path, init_from: str = ""):
+def run_stage(cfg, stage: str, tokenizer: MolmoTokenizer, workdir: epath.PathLike, init_from: str = ""):
     """Trains one stage in workdir/<stage> (resuming if it was interrupted); a stage that completes exports
     its model to workdir/<stage>/export/orbax.
 
     Returns (final train state, the stage's run directory: a checkpoint for the next stage's init_from).
     """
-    out = Path(workdir) / stage
+    out = epath.Path(workdir) / stage
     tcfg = trainer_config(cfg, stage)
     tcfg.init_from = str(init_from)
     io.save_run_files(out, tcfg.model, tokenizer)

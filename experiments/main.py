@@ -28,12 +28,12 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from experiments import lite, provenance
 from molmo_jax import entry_points
@@ -100,7 +100,7 @@ class SwappedImages:
         return example
 
 
-def evaluate(cfg, params, tokenizer, out_dir: Path) -> dict:
+def evaluate(cfg, params, tokenizer, out_dir: epath.Path) -> dict:
     """Each EVAL_TASKS metric on the held-out split, its baselines, and (but pointing) the same prompts with
     the images swapped between examples."""
     model_cfg = cfg.model
@@ -173,7 +173,7 @@ def main(argv=None):
 def run(args):
     logging.set_verbosity(logging.WARNING)
     start = time.perf_counter()
-    workdir = Path(args.workdir)
+    workdir = epath.Path(args.workdir)
     cfg = lite.get_config(args.arg)
     tokenizer = lite.build_tokenizer(cfg, workdir)
     init = init_params(cfg.model, jax.random.key(cfg.seed))

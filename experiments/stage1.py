@@ -1,11 +1,15 @@
 """Stage 1 of Molmo training: dense captioning on PixMo-Cap (spec section 7.2, `train_captioner.py`).
 
     python -m experiments.train --config experiments/stage1.py:tiny --workdir /tmp/s1
-    python -m experiments.train --config experiments/stage1.py:Molmo-7B-D-0924 --workdir gs://...
+    python -m experiments.train --config experiments/stage1.py:Molmo-7B-D-0924 --workdir gs://bucket/s1 \
+        --config.init.vit=gs://bucket/clip-vit-large-patch14-336 --config.init.llm=gs://bucket/Qwen2-7B \
+        --config.data.data_dir=gs://bucket/pixmo --config.data.tokenizer=gs://bucket/Qwen2-7B
 
 `arg`: "tiny" (= "tiny-qwen2"), "tiny-olmo", "tiny-olmoe" or a released model name. Released models get
-the official hyper-parameters and PixMo data (`data.data_dir`, `data.tokenizer`); tiny ones a 100-step run
-on synthetic batches with larger learning rates (`--config.data.kind=pixmo_lite` for the synthetic PixMo).
+the official hyper-parameters, PixMo data (`data.data_dir`, `data.tokenizer`) and start from the
+pretrained towers the release started from (`init.vit`, `init.llm`: transformers directories, see
+`BASE_MODELS`); tiny ones a 100-step run from a random init on synthetic batches with larger learning
+rates (`--config.data.kind=pixmo_lite` for the synthetic PixMo).
 """
 from __future__ import annotations
 
@@ -14,6 +18,28 @@ import ml_collections
 from molmo_jax import config as config_lib
 
 COMPONENTS = ("connector", "vit", "llm")
+VIT_BASE = "openai/clip-vit-large-patch14-336"  # every release's ViT (23 of its 24 layers kept)
+# The base LLM each release started from (MolmoE-1B officially from the "fp32" revision of its repo).
+BASE_MODELS = {"Molmo-7B-D-0924": "Qwen/Qwen2-7B", "Molmo-72B-0924": "Qwen/Qwen2-72B",
+               "Molmo-7B-O-0924": "allenai/OLMo-7B-1024-preview", "MolmoE-1B-0924": "allenai/OLMoE-1B-7B-0924"}
+
+
+def placeholder(hub_id: str) -> str:
+    """The value of a required tower path the user still has to give (see `check_init`)."""
+    return f"<{hub_id} directory>"
+
+
+def check_init(cfg) -> None:
+    """Raises ValueError naming an `init.<tower>` still at its placeholder, or init towers given together
+    with `init_from` (which already holds every param)."""
+    for tower in ("vit", "llm"):
+        path = cfg.init[tower]
+        if path.startswith("<"):
+            hub_id = path[1:].removesuffix(" directory>")
+            raise ValueError(f"init.{tower} is not set: pass --config.init.{tower}=DIR, a local or gs:// copy of "
+                             f"{hub_id} (huggingface-cli download {hub_id} --local-dir DIR)")
+    if cfg.init_from and (cfg.init.vit or cfg.init.llm):
+        raise ValueError(f"init_from={cfg.init_from!r} and init.vit / init.llm are both set; give one")
 
 
 def per_component(connector, vit, llm) -> ml_collections.ConfigDict:
@@ -82,6 +108,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
     c.seed = 6198
     c.init_from = ""  # "" = random init; or any checkpoint directory (molmo_jax.io.FORMATS, a training run too)
+    # Pretrained towers (transformers save_pretrained directories with safetensors, local or gs://), as the
+    # official stage 1 starts: the connector and the image-token embedding rows start random. "" = random.
+    c.init = ml_collections.ConfigDict()
+    c.init.vit = "" if tiny else placeholder(VIT_BASE)  # a CLIP directory (CLIPModel or CLIPVisionModel)
+    c.init.llm = "" if tiny else placeholder(BASE_MODELS[arg])  # a Qwen2 / OLMo-2 / OLMoE causal LM directory
 
     k = c.checkpoint = ml_collections.ConfigDict()
     k.every = 25 if tiny else 1000  # steps between checkpoints (0: none by step count)

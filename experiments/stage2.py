@@ -27,5 +27,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.optim.warmup = stage1.per_component(200, 200, 200)
         c.data.global_batch = 256
     c.data.stage = 2
+    c.init.update(vit="", llm="")  # stage 2 starts from stage 1 (init_from)
     c.data.seed = 50189  # the official stage-2 seed
     return c

@@ -18,17 +18,20 @@ export and exits with 128 + the signal number (143 / 130).
 A run that completes exports its model (config, weights and the data.tokenizer) to
 <workdir>/export/<format> (`--export`, default orbax); a run without a tokenizer (random token batches and
 no data.tokenizer) records only its config and exports nothing.
+`--workdir`, the config's paths and the exports may be gs:// paths.
 """
 from __future__ import annotations
 
 import sys
+from typing import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import stage1
 from experiments.data import make_data
 from molmo_jax import config as config_lib
-from molmo_jax import distributed, entry_points, io
+from molmo_jax import distributed, entry_points, io, paths
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import trainer
 
@@ -43,31 +46,37 @@ _IMPORTS = flags.DEFINE_multi_string("import", [], "Module (name or .py file) im
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of an error.")
 
 
+def run(cfg, workdir: str, exports: Sequence[str] = ("orbax",)) -> dict:
+    """Trains (resuming), then, if the run has a tokenizer, exports its model to <workdir>/export/<format>
+    for each of `exports`; returns the final state. A signal stops it with trainer.TrainingStopped
+    (checkpointed, nothing exported)."""
+    stage1.check_init(cfg)
+    paths.require_bucket(workdir, "workdir")
+    tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.llm.vocab_size) if cfg.data.tokenizer else None
+    io.save_run_files(workdir, cfg.model, tokenizer)
+    state = trainer.train(cfg, make_data(cfg, tokenizer), workdir)
+    if tokenizer is None:
+        print(f"no export: the run has no tokenizer (set data.tokenizer); its config is in {workdir}")
+        return state
+    for fmt, path in io.export_run(workdir, state["params"], cfg.model, tokenizer, exports).items():
+        print(f"exported {fmt} model to {path}")
+    return state
+
+
 def main(argv):
     del argv
-    with entry_points.one_line_errors("experiments.train", _DEBUG.value):
-        run()
-
-
-def run():
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    entry_points.import_extensions(_IMPORTS.value)
-    cfg = _CONFIG.value
-    config_lib.validate(cfg.model)
-    distributed.initialize_from_env()
-    tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.llm.vocab_size) if cfg.data.tokenizer else None
-    io.save_run_files(_WORKDIR.value, cfg.model, tokenizer)
-    try:
-        state = trainer.train(cfg, make_data(cfg, tokenizer), _WORKDIR.value)
-    except trainer.TrainingStopped as stopped:  # checkpointed; nothing exported
-        print(stopped, file=sys.stderr)
-        raise SystemExit(stopped.exit_code) from None
-    if tokenizer is None:
-        print(f"no export: the run has no tokenizer (set data.tokenizer); its config is in {_WORKDIR.value}")
-        return
-    for fmt, path in io.export_run(_WORKDIR.value, state["params"], cfg.model, tokenizer, _EXPORT.value).items():
-        print(f"exported {fmt} model to {path}")
+    with entry_points.one_line_errors("experiments.train", _DEBUG.value):
+        entry_points.import_extensions(_IMPORTS.value)
+        cfg = _CONFIG.value
+        config_lib.validate(cfg.model)
+        distributed.initialize_from_env()
+        try:
+            run(cfg, _WORKDIR.value, _EXPORT.value)
+        except trainer.TrainingStopped as stopped:
+            print(stopped, file=sys.stderr)
+            raise SystemExit(stopped.exit_code) from None
 
 
 if __name__ == "__main__":

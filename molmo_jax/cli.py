@@ -16,8 +16,9 @@ import dataclasses
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
+
+from etils import epath
 
 from molmo_jax import entry_points
 
@@ -52,7 +53,7 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser):
                         help="checkpoint directory (local or gs://): native, HF release, Orbax export or a "
                              "training run (its workdir, checkpoints/ or one step); a released model is the HF hub "
                              "repo allenai/<name>, e.g. allenai/Molmo-7B-D-0924")
-    parser.add_argument("--vision-json", type=Path,
+    parser.add_argument("--vision-json", type=epath.Path,
                         help="JSON of official ViT fields (e.g. {\"image_emb_dim\": 1024}) for an HF release whose "
                              "vision tower is not the released CLIP")
 
@@ -71,7 +72,7 @@ def _load_bundle(args):
 
 def _predict_arguments(parser: argparse.ArgumentParser):
     _add_checkpoint_arguments(parser)
-    parser.add_argument("--image", type=Path, help="image file (omit for a text-only prompt)")
+    parser.add_argument("--image", type=epath.Path, help="image file (omit for a text-only prompt)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, help="default: the config's default_inference_len")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
@@ -79,10 +80,10 @@ def _predict_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    parser.add_argument("--draw", type=Path, help="write the image with the answer's points to this PNG")
+    parser.add_argument("--draw", type=epath.Path, help="write the image with the answer's points to this PNG")
 
 
-def _read_image(path: Path):
+def _read_image(path: epath.Path):
     """`preprocess.load_image`, with PIL's own errors on corrupt files (which may not name the file)
     turned into an ImageError naming it."""
     from molmo_jax.preprocess import ImageError, load_image

@@ -2,7 +2,8 @@
 
 Molmo initialises its LLM from Qwen2 (7B-D, 72B), OLMo-7B-1024 (7B-O, the `Olmo2ForCausalLM` architecture)
 or OLMoE-1B-7B (MolmoE-1B), and its ViT from OpenAI CLIP ViT-L/14-336. This module maps those state dicts
-to the official native names (../shared/spec/MOLMO.md section 10, "Init conversion"), so that
+to the official native names (as allenai/molmo scripts/convert_hf_to_molmo.py: convert_state_dict_qwen2,
+_olmo_1024_preview, _olmoe, _clip), so that
 `checkpoints.native_to_params` loads them like any native checkpoint:
 
   Qwen2    att_proj = cat(q, k, v) (weights and biases), ff_proj = cat(up, gate), ff_out = down,
@@ -22,15 +23,21 @@ to the official native names (../shared/spec/MOLMO.md section 10, "Init conversi
 Conversion is strict: every tensor of the HF state dict is used or explicitly dropped, otherwise a
 `checkpoints.CheckpointError` names the leftovers. The config builders read transformers-5 configs
 (rope_theta inside `rope_parameters`, `head_dim` possibly absent) as well as older config.json dicts.
+
+Training starts from base models saved by transformers (`save_pretrained` directories: config.json and
+safetensors, local or gs://): `init_params_from_hf_dirs` reads them for the stage-1 configs' `init.vit` /
+`init.llm`.
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from molmo_jax import checkpoints, io
 from molmo_jax import config as config_lib
@@ -281,6 +288,19 @@ def check_llm_config(cfg, hf_config):
         raise ConfigError(f"config does not match the HF {llm_model_type(hf_config)} model: {', '.join(wrong)}")
 
 
+def check_vit_config(cfg, clip_config):
+    """Raises ConfigError naming each `cfg.vit` field that disagrees with the HF CLIP vision tower."""
+    fields = vit_fields_from_hf(clip_config, cfg.vit.num_layers)
+    wrong = [f"vit.{k}={cfg.vit[k]!r} (HF: {v!r})" for k, v in fields.items() if _as_tuple(cfg.vit[k]) != _as_tuple(v)]
+    if wrong:
+        raise ConfigError(f"config does not match the HF CLIP vision tower: {', '.join(wrong)}")
+
+
+def _as_tuple(x):
+    """Lists as tuples (config.json and ConfigDict spell sizes either way)."""
+    return tuple(x) if isinstance(x, (list, tuple)) else x
+
+
 def _overlay(native: dict[str, np.ndarray], converted: Mapping[str, np.ndarray], tower: str):
     """native.update(converted), after checking that `converted` fills every native tensor under `tower`
     that a base model has."""
@@ -321,3 +341,43 @@ def load_llm_from_hf(state_dict: Mapping[str, Any], hf_config, cfg, rng: jax.Arr
     """
     rng = jax.random.key(0) if rng is None else rng
     return init_params_from_hf(cfg, rng, llm=(state_dict, hf_config))["llm"]
+
+
+# ----------------------------------------------------------------------------- directories
+
+CLIP_TYPES = ("clip", "clip_vision_model")
+
+
+def read_hf_directory(path: epath.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(state dict, config.json dict) of a transformers `save_pretrained` directory with safetensors
+    weights (model.safetensors or sharded with model.safetensors.index.json), local or gs://."""
+    path = epath.Path(path)
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path}: no config.json, not a Hugging Face model directory")
+    hf_config = json.loads((path / "config.json").read_text())
+    return io.read_safetensors(io.safetensor_files(path)), hf_config
+
+
+def read_clip_directory(path: epath.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(vision tower state dict, CLIPVisionConfig dict) of a CLIPModel or CLIPVisionModel directory
+    (the text tower and projections of a full CLIPModel are not used by Molmo)."""
+    state, hf_config = read_hf_directory(path)
+    kind = hf_config.get("model_type")
+    if kind not in CLIP_TYPES:
+        raise ConfigError(f"{path}: HF model_type {kind!r} is not a CLIP vision tower; supported: {CLIP_TYPES}")
+    state = {k: v for k, v in state.items() if kind == "clip_vision_model" or k.startswith("vision_model.")}
+    return state, hf_config.get("vision_config", hf_config)
+
+
+def init_params_from_hf_dirs(cfg, rng: jax.Array, vit: epath.PathLike = "", llm: epath.PathLike = "",
+                             mesh=None) -> Any:
+    """`init_params_from_hf` with the towers read from transformers directories ("" = random init).
+
+    vit: a CLIP (ViT) directory, e.g. openai/clip-vit-large-patch14-336; llm: a Qwen2 / OLMo-2 / OLMoE
+    causal-LM directory, e.g. Qwen/Qwen2-7B. Raises ConfigError when `cfg` does not describe them.
+    """
+    clip = None
+    if vit:
+        clip, clip_config = read_clip_directory(vit)
+        check_vit_config(cfg, clip_config)
+    return init_params_from_hf(cfg, rng, llm=read_hf_directory(llm) if llm else None, clip=clip, mesh=mesh)

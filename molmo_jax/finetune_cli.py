@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from etils import epath
 
 from molmo_jax import entry_points
 from molmo_jax.cli import Command, register
@@ -18,7 +19,7 @@ COMPONENTS = ("connector", "vit", "llm")
 
 
 def _data_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--image-dir", type=Path,
+    parser.add_argument("--image-dir", type=epath.Path,
                         help="download cache of the file's URL images (default: .image_cache next to the file)")
     parser.add_argument("--allow-outside-images", action="store_true",
                         help="accept image paths outside the data file's folder (refused by default)")
@@ -28,10 +29,11 @@ def _data_arguments(parser: argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- validate-data
 
 def _validate_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("file", type=Path, help="JSONL file in the user data format (data_pipelines/user_data.py)")
+    parser.add_argument("file", type=epath.Path,
+                        help="JSONL file in the user data format (data_pipelines/user_data.py)")
     _data_arguments(parser)
     parser.add_argument("--download", action="store_true", help="fetch URL images missing from the cache first")
-    parser.add_argument("--checkpoint", type=Path,
+    parser.add_argument("--checkpoint", type=epath.Path,
                         help="the checkpoint to fine-tune: also checks that every row has an answer token "
                              "within --seq-len")
 
@@ -64,11 +66,11 @@ def _validate_with_model(cfg):
 # ----------------------------------------------------------------------------- finetune
 
 def _finetune_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--checkpoint", required=True, type=Path,
+    parser.add_argument("--checkpoint", required=True, type=epath.Path,
                         help="checkpoint to start from: native, HF release, Orbax export or training run directory "
                              "(a released model is the HF hub repo allenai/<name>, e.g. allenai/Molmo-7B-D-0924)")
-    parser.add_argument("--data", required=True, type=Path, help="JSONL file in the user data format")
-    parser.add_argument("--workdir", required=True, type=Path,
+    parser.add_argument("--data", required=True, type=epath.Path, help="JSONL file in the user data format")
+    parser.add_argument("--workdir", required=True, type=epath.Path,
                         help="checkpoints, metrics and export/{hf_release,orbax}; rerunning resumes")
     _data_arguments(parser)
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (default 0: full fine-tuning)")

@@ -24,15 +24,17 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
+import safetensors
 import safetensors.numpy
 from etils import epath
 from tqdm import tqdm
 
 from molmo_jax import checkpoints
 from molmo_jax import config as config_lib
-from molmo_jax import preprocess, sharding
+from molmo_jax import paths, preprocess, sharding
 from molmo_jax.checkpoints import CheckpointError
 from molmo_jax.models.molmo import abstract_params
 from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer as _load_tokenizer_file
@@ -54,13 +56,7 @@ MAX_SHARD_BYTES = 5 << 30  # as the release's shards
 EXPORT_DIR = "export"  # a finished training run's models: <workdir>/export/<format>
 
 
-def _path(path: str | os.PathLike) -> epath.Path:
-    path = epath.Path(path)
-    return path if "://" in str(path) else epath.Path(os.path.abspath(path))
-
-
-def _is_local(path: epath.Path) -> bool:
-    return "://" not in str(path)
+_path = paths.absolute
 
 
 # ----------------------------------------------------------------------------- detect
@@ -234,15 +230,36 @@ def _restore_train(step_dir: epath.Path, cfg, mesh) -> Any:
         return checkpointer.restore(step_dir / "state", args=args)["params"]
 
 
-def _release_files(path: epath.Path) -> list[epath.Path]:
+def safetensor_files(path: str | os.PathLike) -> list[epath.Path]:
+    """The safetensors files of an HF release or a transformers `save_pretrained` directory: those its
+    model.safetensors.index.json names, else every *.safetensors. Raises CheckpointError when there are none."""
+    path = _path(path)
     index = path / RELEASE_INDEX
     if index.exists():
         return [path / f for f in sorted(set(_read_json(index)["weight_map"].values()))]
-    return sorted(path.glob("*.safetensors"))
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors files and no {RELEASE_INDEX}")
+    return files
 
 
-def _read_tensors(files: Sequence[epath.Path], progress: bool) -> dict[str, np.ndarray]:
-    """All tensors of the safetensors `files`, with a progress bar in bytes."""
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                       "BOOL": np.bool_}
+
+
+def _deserialize(data: bytes) -> dict[str, np.ndarray]:
+    return {name: np.frombuffer(t["data"], _SAFETENSORS_DTYPES[t["dtype"]]).reshape(t["shape"])
+            for name, t in safetensors.deserialize(data)}
+
+
+def read_safetensors(files: Sequence[str | os.PathLike], progress: bool = False) -> dict[str, np.ndarray]:
+    """{name: array} of the safetensors `files`, local or gs://, with a progress bar in bytes; bfloat16
+    tensors (base LLMs) stay bfloat16 (numpy's safetensors reader has no bfloat16).
+
+    Raises CheckpointError naming a missing or unreadable file.
+    """
+    files = [epath.Path(f) for f in files]
     for f in files:
         if not f.exists():
             raise CheckpointError(f"{f}: weight file missing (a half-written or incomplete checkpoint)")
@@ -251,8 +268,7 @@ def _read_tensors(files: Sequence[epath.Path], progress: bool) -> dict[str, np.n
               disable=None if progress else True, leave=False) as bar:
         for f in files:
             try:
-                tensors = (safetensors.numpy.load_file(str(f)) if _is_local(f) else
-                           safetensors.numpy.load(f.read_bytes()))
+                tensors = _deserialize(f.read_bytes())
             except Exception as e:  # the Rust reader raises SafetensorError, not a ValueError
                 raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from e
             out.update(tensors)
@@ -272,7 +288,7 @@ def load_params(path: str | os.PathLike, cfg, mesh=None, progress: bool = False)
         return _restore_orbax(path / ORBAX_DIR, cfg, mesh)
     if fmt == "train":
         return _restore_train(_train_dirs(path)[1], cfg, mesh)
-    tensors = _read_tensors([path / NATIVE_WEIGHTS] if fmt == "native" else _release_files(path), progress)
+    tensors = read_safetensors([path / NATIVE_WEIGHTS] if fmt == "native" else safetensor_files(path), progress)
     if fmt == "hf_release":
         tensors = checkpoints.release_to_native(tensors, cfg)
     try:
@@ -292,7 +308,7 @@ def load(path: str | os.PathLike, cfg=None, mesh=None, vision: Mapping[str, Any]
 # ----------------------------------------------------------------------------- save
 
 def _write_safetensors(tensors: Mapping[str, np.ndarray], path: epath.Path, metadata: dict | None = None):
-    if _is_local(path):
+    if not paths.is_remote(path):
         safetensors.numpy.save_file(dict(tensors), str(path), metadata=metadata)
     else:
         path.write_bytes(safetensors.numpy.save(dict(tensors), metadata=metadata))

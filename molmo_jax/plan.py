@@ -43,6 +43,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from etils import epath
 
 from molmo_jax import cli, sharding
 from molmo_jax import config as config_lib
@@ -456,8 +457,7 @@ def _run(args) -> int:
     for p in plans:
         print(details(p))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(plans, f, indent=1)
+        epath.Path(args.json).write_text(json.dumps(plans, indent=1))
     return 0
 
 

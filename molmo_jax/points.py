@@ -7,9 +7,8 @@ of the original inside a letterboxed view); `draw` marks them on the image with 
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 from molmo_jax import formatting
@@ -42,7 +41,8 @@ def draw(image: np.ndarray | Image.Image, points: np.ndarray, labels: list[str] 
     return out
 
 
-def save_drawing(image: np.ndarray | Image.Image, points: np.ndarray, path: str | os.PathLike,
+def save_drawing(image: np.ndarray | Image.Image, points: np.ndarray, path: epath.PathLike,
                  labels: list[str] | None = None):
-    """Writes `draw(image, points, labels)` as a PNG."""
-    draw(image, points, labels).save(path, format="PNG")
+    """Writes `draw(image, points, labels)` as a PNG (local or gs://)."""
+    with epath.Path(path).open("wb") as f:
+        draw(image, points, labels).save(f, format="PNG")

@@ -37,10 +37,11 @@ import warnings
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageFile, ImageOps
 
 from molmo_jax import config as config_lib
-from molmo_jax import formatting
+from molmo_jax import formatting, paths
 from molmo_jax.tokenizer import MolmoTokenizer
 
 # PIL refuses images above 2 * Image.MAX_IMAGE_PIXELS by default; keep ours at that size so PIL's own
@@ -137,7 +138,7 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """Loads an image as the official `load_image`: uint8[H, W, 3] RGB after EXIF transpose.
 
     Args:
-      source: a path, the encoded bytes, a PIL image or an uint8[H, W, 3] array (used as is).
+      source: a path (local or gs://), the encoded bytes, a PIL image or an uint8[H, W, 3] array (used as is).
       max_pixels: refuse larger images (None: no limit, the official behaviour).
       allow_truncated: decode truncated files with the missing rows filled grey, as the official code
         does through `ImageFile.LOAD_TRUNCATED_IMAGES = True`; False raises ImageError instead.
@@ -152,12 +153,12 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     if isinstance(source, Image.Image):
         return _pil_to_rgb_array(source)
     if isinstance(source, (bytes, bytearray)):
-        name = f"<{len(source)} bytes>"
-        if not source:
-            raise ImageError(f"{name}: empty image data")
-        with _open(io.BytesIO(source), name, max_pixels) as image:
-            return _decode(image, name, allow_truncated)
+        return _load_bytes(source, f"<{len(source)} bytes>", max_pixels, allow_truncated)
     name = os.fspath(source)
+    if paths.is_remote(name):
+        if not epath.Path(name).is_file():
+            raise ImageError(f"{name}: file not found")
+        return _load_bytes(epath.Path(name).read_bytes(), name, max_pixels, allow_truncated)
     if not os.path.exists(name):
         raise ImageError(f"{name}: file not found")
     if os.path.isdir(name):
@@ -165,6 +166,13 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     if os.path.getsize(name) == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
     with _open(name, name, max_pixels) as image:
+        return _decode(image, name, allow_truncated)
+
+
+def _load_bytes(data: bytes, name: str, max_pixels: int | None, allow_truncated: bool) -> np.ndarray:
+    if not data:
+        raise ImageError(f"{name}: empty image data")
+    with _open(io.BytesIO(data), name, max_pixels) as image:
         return _decode(image, name, allow_truncated)
 
 

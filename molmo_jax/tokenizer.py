@@ -16,6 +16,9 @@ import os
 from typing import Sequence
 
 import tokenizers
+from etils import epath
+
+from molmo_jax import paths
 
 IM_START = "<im_start>"
 IM_END = "<im_end>"
@@ -91,27 +94,27 @@ class MolmoTokenizer:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def _config_tokens(directory: str) -> tuple[str | None, str | None]:
+def _config_tokens(directory: epath.Path) -> tuple[str | None, str | None]:
     """(eos, bos) token strings named by tokenizer_config.json / special_tokens_map.json, if any."""
     eos = bos = None
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
+        path = directory / name
+        if not path.exists():
             continue
-        with open(path) as f:
-            d = json.load(f)
+        d = json.loads(path.read_text())
         as_str = lambda t: t.get("content") if isinstance(t, dict) else t
         eos = as_str(d.get("eos_token")) or eos
         bos = as_str(d.get("bos_token")) or bos
     return eos, bos
 
 
-def _resolve_file(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(path):
-        raise TokenizerError(f"no tokenizer file at {path!r} (expected a tokenizer.json or its directory)")
+def _resolve_file(path: epath.PathLike) -> epath.Path:
+    paths.require_bucket(path, "tokenizer")
+    path = epath.Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise TokenizerError(f"no tokenizer file at {os.fspath(path)!r} (expected a tokenizer.json or its directory)")
     return path
 
 
@@ -125,9 +128,9 @@ def _add_molmo_tokens(tok: tokenizers.Tokenizer, vocab_size: int | None, path: s
                             for t in padding + list(EXTRA_TOKENS)])
 
 
-def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None,
+def load_tokenizer(path: epath.PathLike, vocab_size: int | None = None,
                    eos_token: str | None = None, bos_token: str | None = None) -> MolmoTokenizer:
-    """Loads a local tokenizer.json (or a directory holding one) as Molmo uses it.
+    """Loads a tokenizer.json (or a directory holding one; local or gs://) as Molmo uses it.
 
     Args:
       path: tokenizer.json file or its directory; tokenizer_config.json / special_tokens_map.json in the
@@ -139,12 +142,12 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None,
     """
     path = _resolve_file(path)
     try:
-        tok = tokenizers.Tokenizer.from_file(path)
+        tok = tokenizers.Tokenizer.from_str(path.read_text())
     except Exception as e:  # the Rust parser raises plain Exceptions
-        raise TokenizerError(f"cannot parse tokenizer file {path!r}: {e}") from e
+        raise TokenizerError(f"cannot parse tokenizer file {os.fspath(path)!r}: {e}") from e
     if any(tok.token_to_id(t) is None for t in EXTRA_TOKENS):
         _add_molmo_tokens(tok, vocab_size, path)
-    cfg_eos, cfg_bos = _config_tokens(os.path.dirname(path))
+    cfg_eos, cfg_bos = _config_tokens(path.parent)
     eos = eos_token or cfg_eos or next((t for t in _EOS_FALLBACKS if tok.token_to_id(t) is not None), None)
     if eos is None:
         raise TokenizerError(f"{path}: cannot tell the EOS token; pass eos_token=")

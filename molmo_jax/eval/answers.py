@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
+from molmo_jax import paths
 from molmo_jax.api import Prediction
 from molmo_jax.eval.tasks import EvalTask
 from molmo_jax.eval.vqa import extract_short_answer
@@ -50,11 +51,11 @@ def answer_items(bundle, items: Iterable[EvalItem], batch_size: int, max_new_tok
         yield from zip(batch, predictions)
 
 
-def predictions_file(out_dir, task: str) -> Path:
-    return Path(out_dir) / f"{task}{PREDICTIONS_SUFFIX}"
+def predictions_file(out_dir, task: str) -> epath.Path:
+    return epath.Path(out_dir) / f"{task}{PREDICTIONS_SUFFIX}"
 
 
-def resume_predictions(path: Path, settings: Mapping[str, Any], resume: bool = True) -> list[dict[str, Any]]:
+def resume_predictions(path: epath.Path, settings: Mapping[str, Any], resume: bool = True) -> list[dict[str, Any]]:
     """The records already in `path` after its settings line, which must equal `settings`; a torn last line
     (a run killed while writing) is cut off. A new file (any file, without `resume`) gets the settings line."""
     settings = json.loads(json.dumps(settings))
@@ -82,7 +83,7 @@ def _record(item: EvalItem, prediction) -> dict[str, Any]:
                 points=np.asarray(prediction.points).tolist())
 
 
-def _stored(records: Sequence[Mapping[str, Any]], items: Iterator[EvalItem], path: Path):
+def _stored(records: Sequence[Mapping[str, Any]], items: Iterator[EvalItem], path: epath.Path):
     """(item, Prediction) of the prompts answered before, checked against the items read now."""
     for k, (record, item) in enumerate(zip(records, items)):
         if (record["example"], record["prompt"]) != (item.example, item.prompt):
@@ -91,21 +92,22 @@ def _stored(records: Sequence[Mapping[str, Any]], items: Iterator[EvalItem], pat
         yield item, Prediction(record["prediction"], np.asarray(record["points"], np.float64).reshape(-1, 2))
 
 
-def answer_all(bundle, items: Iterator[EvalItem], batch_size: int, max_new_tokens: int, path: Path | None,
+def answer_all(bundle, items: Iterator[EvalItem], batch_size: int, max_new_tokens: int, path: epath.Path | None,
                settings: Mapping[str, Any], desc: str, resume: bool = True) -> list:
     """(item, Prediction) of every item: those stored in `path` first (with `resume`), then new answers,
-    each appended to `path` as its batch finishes."""
+    each appended to `path` as its batch finishes (a gs:// file: rewritten at most every
+    `paths.REWRITE_INTERVAL_S` and at the end)."""
     records = resume_predictions(path, settings, resume) if path is not None else []
     answered = list(_stored(records, items, path))
     if records and len(answered) < len(records):
         raise ValueError(f"{path} holds {len(records)} answers, more than the {len(answered)} prompts of this run")
     with contextlib.ExitStack() as stack:
-        log = stack.enter_context(open(path, "a")) if path is not None else None
+        log = stack.enter_context(contextlib.closing(paths.AppendFile(path))) if path is not None else None
         for item, prediction in tqdm(answer_items(bundle, items, batch_size, max_new_tokens), desc=desc,
                                      unit="prompt", disable=None, leave=False, initial=len(answered)):
             answered.append((item, prediction))
             if log is not None:
-                log.write(json.dumps(_record(item, prediction)) + "\n")
+                log.write((json.dumps(_record(item, prediction)) + "\n").encode())
                 log.flush()
     return answered
 
@@ -125,7 +127,7 @@ def submission(task: EvalTask, answered: Sequence) -> list[dict[str, Any]]:
     return out
 
 
-def write_submission(task: EvalTask, answered: Sequence, out_dir: Path) -> str:
+def write_submission(task: EvalTask, answered: Sequence, out_dir: epath.Path) -> str:
     path = out_dir / f"{task.name}_test_submission.json"
     path.write_text(json.dumps(submission(task, answered)))
     return str(path)

@@ -10,11 +10,12 @@ missing from a resample gets the base rating there).
 from __future__ import annotations
 
 import csv
+import io
 import json
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 from scipy.optimize import minimize
 from scipy.special import expit
 
@@ -106,8 +107,8 @@ WINNER_OUTCOMES = {"model_a": 1.0, "a": 1.0, "model_b": 0.0, "b": 0.0}  # any "t
 def read_preferences(path) -> tuple[list[str], list[str], list[float]]:
     """(model_a, model_b, outcome) of a preference file: JSON lines or CSV with columns model_a, model_b,
     winner ("model_a" / "a", "model_b" / "b", or "tie", "tie (bothbad)" as in the Chatbot Arena dumps)."""
-    path = Path(path)
-    with open(path, newline="") as f:
+    path = epath.Path(path)  # local or gs://
+    with io.StringIO(path.read_text(), newline="") as f:
         rows = list(csv.DictReader(f)) if path.suffix == ".csv" else [json.loads(line) for line in f if line.strip()]
     model_a, model_b, outcome = [], [], []
     for k, row in enumerate(rows, start=1):

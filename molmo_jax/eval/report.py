@@ -7,8 +7,9 @@ benchmarks (`tasks.PAPER_TASKS`) and their average, written as markdown, JSON an
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from etils import epath
 
 from molmo_jax.eval.tasks import PAPER_AVERAGES, PAPER_TASKS, TASKS
 
@@ -48,7 +49,7 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(rows: Sequence[Mapping[str, Any]], path: Path):
+def bar_chart(rows: Sequence[Mapping[str, Any]], path: epath.Path):
     """Grouped bars: one group per benchmark (and the average), one bar per checkpoint."""
     import matplotlib
     matplotlib.use("Agg")
@@ -65,13 +66,14 @@ def bar_chart(rows: Sequence[Mapping[str, Any]], path: Path):
     ax.set_ylim(0, 100)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
 
 
 def write_paper(rows: Sequence[Mapping[str, Any]], out_dir) -> list[str]:
     """Writes `out_dir/paper.md`, `paper.json` and `paper.png`; returns their paths."""
-    out_dir = Path(out_dir)
+    out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "paper.md", out_dir / "paper.json", out_dir / "paper.png"]
     paths[0].write_text(markdown(rows))

@@ -46,14 +46,15 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 
 from data_pipelines import eval_sets, synthetic
 from molmo_jax import cli, points
+from molmo_jax import paths as path_lib
 from molmo_jax.eval.answers import PREDICTIONS_SUFFIX, answer_all, predictions_file, write_submission
 from molmo_jax.eval.metrics import score
 from molmo_jax.eval.tasks import PAPER_TASKS, TASKS, EvalTask, resolve_task
@@ -312,7 +313,7 @@ def with_max_crops(bundle, max_crops: int | None):
 # ----------------------------------------------------------------------------- evaluate
 
 def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None = None, batch_size: int = 8,
-             out_dir: str | Path | None = None, draw: int = 4, *, max_new_tokens: int | None = None,
+             out_dir: epath.PathLike | None = None, draw: int = 4, *, max_new_tokens: int | None = None,
              seed: int = 0, scoring: Mapping[str, Any] | None = None, show: bool = True, split: str | None = None,
              data_dir=None, image_dir=None, max_crops: int | None = None, resume: bool = False,
              checkpoint: str | None = None) -> dict[str, Any]:
@@ -350,7 +351,7 @@ def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None 
     settings = dict(checkpoint=checkpoint, task=task.name, split=split, examples=n, seed=seed,
                     max_new_tokens=max_new_tokens, max_crops=max_crops)
     if out_dir is not None:
-        out_dir = Path(out_dir)
+        out_dir = epath.Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
     dropped = []
     items = eval_items(dataset, task, n, prompt_formatter(bundle.cfg), seed, dropped)
@@ -379,18 +380,19 @@ def evaluate(bundle, dataset, task: str | EvalTask | None = None, n: int | None 
     result["seconds"] = time.perf_counter() - start
     result = _jsonable(result)
     if out_dir is not None:
-        Path(result["files"][0]).write_text(json.dumps(result, indent=1))
+        epath.Path(result["files"][0]).write_text(json.dumps(result, indent=1))
     if show:
         print_table(result)
     return result
 
 
-def write_drawings(answered: Sequence, out_dir: Path, name: str) -> list[str]:
+def write_drawings(answered: Sequence, out_dir: epath.Path, name: str) -> list[str]:
     """Writes `draw_comparison` of each (item, prediction) to `out_dir/<name>_<k>.png`; returns the paths."""
     paths = []
     for k, (item, prediction) in enumerate(answered):
         paths.append(str(out_dir / f"{name}_{k:03d}.png"))
-        draw_comparison(item.image, item.reference["points"], prediction.points).save(paths[-1], format="PNG")
+        with epath.Path(paths[-1]).open("wb") as f:
+            draw_comparison(item.image, item.reference["points"], prediction.points).save(f, format="PNG")
     return paths
 
 
@@ -410,7 +412,7 @@ def evaluate_paper(bundles: Mapping[str, Any], data_dir, out_dir=None, image_dir
         bundle = bundle() if callable(bundle) else bundle
         results[checkpoint] = {
             name: evaluate(bundle, dataset, name, split=TASKS[name].split, show=show,
-                           out_dir=None if out_dir is None else Path(out_dir, checkpoint),
+                           out_dir=None if out_dir is None else epath.Path(out_dir) / checkpoint,
                            checkpoint=(paths or {}).get(checkpoint, checkpoint), **kwargs)
             for name, dataset in datasets.items()}
     rows = report.paper_rows(results)
@@ -424,18 +426,18 @@ def evaluate_paper(bundles: Mapping[str, Any], data_dir, out_dir=None, image_dir
 # ----------------------------------------------------------------------------- CLI
 
 def _eval_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--checkpoint", required=True, type=Path, action="append",
+    parser.add_argument("--checkpoint", required=True, type=epath.Path, action="append",
                         help="checkpoint directory (molmo_jax.load); repeat to compare several")
-    parser.add_argument("--vision-json", type=Path, help="JSON of official ViT fields for an HF release")
+    parser.add_argument("--vision-json", type=epath.Path, help="JSON of official ViT fields for an HF release")
     parser.add_argument("--task", required=True, choices=["paper", *sorted(TASKS)],
                         help="a benchmark, or 'paper': the 11 of the paper's table")
     parser.add_argument("--split", help="default: the task's (see molmo_jax/eval/tasks.py)")
-    parser.add_argument("--data-dir", type=Path, help="the eval sets' files (data_pipelines/eval_sets.py)")
-    parser.add_argument("--image-dir", type=Path, help="PixMo image cache (default <data-dir>/images)")
+    parser.add_argument("--data-dir", type=epath.Path, help="the eval sets' files (data_pipelines/eval_sets.py)")
+    parser.add_argument("--image-dir", type=epath.Path, help="PixMo image cache (default <data-dir>/images)")
     parser.add_argument("--n", type=int, help="number of examples (default: all)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="prompts per step; split over all devices when they divide it")
-    parser.add_argument("--out", type=Path, help="directory for <task>.predictions.jsonl (resumed), <task>.json, "
+    parser.add_argument("--out", type=epath.Path, help="directory for <task>.predictions.jsonl (resumed), <task>.json, "
                                                  "submission files, pointing drawings, the paper table")
     parser.add_argument("--draw", type=int, default=4, help="pointing drawings to write (gold | predicted)")
     parser.add_argument("--max-new-tokens", type=int, help="default: the task's (12; 192 pointing/counting)")
@@ -478,7 +480,7 @@ def _eval_tasks(args) -> int:
             raise ValueError("--task paper runs each benchmark's own split; drop --split")
         bundles = {name: functools.partial(molmo_jax.load, path, mesh=mesh, vision=vision, progress=True)
                    for name, path in zip(names, args.checkpoint)}
-        paths = {name: str(path.resolve()) for name, path in zip(names, args.checkpoint)}
+        paths = {name: str(path_lib.absolute(path)) for name, path in zip(names, args.checkpoint)}
         evaluate_paper(bundles, args.data_dir, args.out, paths=paths, **options)
         if args.out:
             print(f"wrote {args.out / 'paper.md'}, paper.json, paper.png")
@@ -487,19 +489,19 @@ def _eval_tasks(args) -> int:
     for name, path in zip(names, args.checkpoint):
         out = args.out if args.out is None or len(names) == 1 else args.out / name
         evaluate(molmo_jax.load(path, mesh=mesh, vision=vision, progress=True), args.task, out_dir=out,
-                 draw=args.draw, split=args.split, data_dir=args.data_dir, checkpoint=str(path.resolve()), **options)
+                 draw=args.draw, split=args.split, data_dir=args.data_dir, checkpoint=str(path_lib.absolute(path)), **options)
         if out:
             print(f"wrote {out / args.task}.json")
     return 0
 
 
 def _elo_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--preferences", required=True, type=Path,
+    parser.add_argument("--preferences", required=True, type=epath.Path,
                         help="pairwise preferences, .jsonl or .csv with model_a, model_b, winner "
                              "(model_a / model_b / tie...)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="write the ratings as JSON here")
+    parser.add_argument("--out", type=epath.Path, help="write the ratings as JSON here")
 
 
 def _elo(args) -> int:

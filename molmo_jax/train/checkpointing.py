@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import grain
-from etils import epath
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from molmo_jax import distributed
+from molmo_jax import distributed, paths
 
 
 class _IteratorState:
@@ -64,7 +63,7 @@ class Checkpointer:
     one is committed.
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int, max_to_keep: int = 3,
+    def __init__(self, directory: epath.PathLike, every: int, max_to_keep: int = 3,
                  async_save: bool = True, every_minutes: float = 0.0):
         self.directory = directory
         self.every, self.every_minutes = every, every_minutes
@@ -76,7 +75,7 @@ class Checkpointer:
         registry.add("data", grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointHandler)
         registry.add("data", grain.checkpoint.CheckpointRestore, grain.checkpoint.CheckpointHandler)
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), handler_registry=registry,
+            paths.absolute(directory), handler_registry=registry,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                  enable_async_checkpointing=async_save))
 

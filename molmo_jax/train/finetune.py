@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import ml_collections
+from etils import epath
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -244,7 +244,7 @@ def validate_data(cfg, tokenizer) -> user_data.Report:
     return user_data.validate(d.path, d.image_dir or None, d.allow_outside_images, process, d.seq_len)
 
 
-def run(cfg, workdir: str | Path, mesh: Mesh | None = None) -> tuple[dict, dict[str, Path]]:
+def run(cfg, workdir: epath.PathLike, mesh: Mesh | None = None) -> tuple[dict, dict[str, epath.Path]]:
     """Fine-tunes (resuming from `workdir`) and exports to workdir/export/<format>; a run stopped by a
     signal raises `trainer.TrainingStopped` and exports nothing.
 

@@ -1,18 +1,22 @@
 """Training metrics: one JSON line per step, TensorBoard event files, a PNG of the curves at the end.
 
-TensorBoard: `tensorboardX` when installed, otherwise `EventWriter`, a ~40-line writer of the TF event
+Every file goes through `molmo_jax.paths`, so the logs may live in a gs:// workdir.
+TensorBoard: `tensorboardX` when installed (local logdirs), otherwise `EventWriter`, a ~40-line writer of the TF event
 format (length-prefixed records with masked CRC-32C, hand-encoded `Event{wall_time, step, summary}`
 protos holding `simple_value` scalars) that TensorBoard reads directly.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import socket
 import struct
 import time
-from pathlib import Path
 from typing import Iterable, Mapping
+
+from etils import epath
+
+from molmo_jax import paths
 
 # ------------------------------------------------------------------------------------------ TF events
 
@@ -77,17 +81,16 @@ def record(data: bytes) -> bytes:
 class EventWriter:
     """Writes scalar summaries to `<logdir>/events.out.tfevents.<time>.<host>`."""
 
-    def __init__(self, logdir: str | os.PathLike):
-        Path(logdir).mkdir(parents=True, exist_ok=True)
+    def __init__(self, logdir: epath.PathLike):
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-        self._file = open(Path(logdir) / name, "ab")
+        self._file = paths.AppendFile(epath.Path(logdir) / name)
         self._file.write(record(_event(0, version=_field(3, b"brain.Event:2"))))
 
     def add_scalars(self, step: int, scalars: Mapping[str, float]):
         self._file.write(record(_event(step, summary=_scalar_summary(scalars))))
 
-    def flush(self):
-        self._file.flush()
+    def flush(self, force: bool = False):
+        self._file.flush(force)
 
     def close(self):
         self._file.close()
@@ -102,7 +105,7 @@ class _TensorboardX:
         for tag, v in scalars.items():
             self._writer.add_scalar(tag, v, step)
 
-    def flush(self):
+    def flush(self, force: bool = False):
         self._writer.flush()
 
     def close(self):
@@ -110,6 +113,8 @@ class _TensorboardX:
 
 
 def tensorboard_writer(logdir):
+    if paths.is_remote(logdir):
+        return EventWriter(logdir)
     try:
         return _TensorboardX(logdir)
     except ImportError:
@@ -126,24 +131,25 @@ class MetricsLog:
     keeps the last line of each step.
     """
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
-        self.path = Path(workdir) / "metrics.jsonl"
+    def __init__(self, workdir: epath.PathLike, enabled: bool = True):
+        self.path = epath.Path(workdir) / "metrics.jsonl"
         self.enabled = enabled
         if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.path, "a")
-            self._tb = tensorboard_writer(Path(workdir) / "tb")
+            self._jsonl = paths.AppendFile(self.path)
+            self._tb = tensorboard_writer(epath.Path(workdir) / "tb")
 
     def write(self, step: int, metrics: Mapping[str, float]):
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._jsonl.write((json.dumps({"step": step, **metrics}) + "\n").encode())
         self._tb.add_scalars(step, metrics)
 
-    def flush(self):
+    def flush(self, force: bool = False):
+        """Writes the buffered lines; a remote log is rewritten at most every `paths.REWRITE_INTERVAL_S`
+        unless `force`."""
         if self.enabled:
-            self._jsonl.flush()
-            self._tb.flush()
+            self._jsonl.flush(force)
+            self._tb.flush(force)
 
     def close(self):
         if self.enabled:
@@ -151,17 +157,17 @@ class MetricsLog:
             self._tb.close()
 
 
-def read(path: str | os.PathLike) -> list[dict]:
+def read(path: epath.PathLike) -> list[dict]:
     """The metric lines of a metrics.jsonl, one per step (the last written wins), sorted by step."""
     by_step = {}
-    for line in Path(path).read_text().splitlines():
+    for line in epath.Path(path).read_text().splitlines():
         if line.strip():
             row = json.loads(line)
             by_step[row["step"]] = row
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot(rows: Iterable[Mapping[str, float]], out: str | os.PathLike):
+def plot(rows: Iterable[Mapping[str, float]], out: epath.PathLike):
     """PNG with one panel per metric family: loss, learning rates, grad norms, throughput."""
     import matplotlib
     matplotlib.use("Agg")
@@ -181,5 +187,7 @@ def plot(rows: Iterable[Mapping[str, float]], out: str | os.PathLike):
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    epath.Path(out).write_bytes(png.getvalue())

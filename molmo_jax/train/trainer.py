@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import signal
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import flax.linen as nn
@@ -26,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from molmo_jax import distributed, io, sharding
+from molmo_jax import convert_base, distributed, io, paths, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
 from molmo_jax.train import checkpointing, metrics_log, optim
 from molmo_jax.train.loss import cross_entropy
@@ -164,7 +164,11 @@ def shardings_of(tree) -> Any:
 
 def initial_params(cfg, rng: jax.Array, mesh: Mesh) -> Any:
     """Random init, or the params of `cfg.init_from` for `cfg.model`: any `io.FORMATS` directory (a training
-    run for stage 2 from stage 1, an export, an official native or HF release directory)."""
+    run for stage 2 from stage 1, an export, an official native or HF release directory); or pretrained
+    towers `cfg.init.vit` / `cfg.init.llm` (transformers directories, stage 1) with the rest random."""
+    towers = cfg.get("init")
+    if towers and (towers.vit or towers.llm):
+        return convert_base.init_params_from_hf_dirs(cfg.model, rng, towers.vit, towers.llm, mesh)
     if not cfg.init_from:
         return init_params(cfg.model, rng, mesh)
     return io.load_params(cfg.init_from, cfg.model, mesh)
@@ -230,9 +234,9 @@ class StopOnSignals:
             signal.signal(s, handler)
 
 
-def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data) -> dict[str, float]:
+def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data, force: bool = False) -> dict[str, float]:
     """Writes the buffered (step, device metrics, tokens) of the interval that began at `since`
-    (perf_counter); returns the last row. Tokens/s counts the interval up to the last step's completion
+    (perf_counter), into remote logs too when `force`; returns the last row. Tokens/s counts the interval up to the last step's completion
     (dispatch is asynchronous: the metrics are fetched before the clock is read)."""
     rows = [(step, {k: float(v) for k, v in jax.device_get(metrics).items()}) for step, metrics, _ in pending]
     tokens_per_s = sum(n for _, _, n in pending) / max(time.perf_counter() - since, 1e-9)
@@ -241,12 +245,12 @@ def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data) -> di
     for step, row in rows:
         row.update(tokens_per_s=tokens_per_s, **skipped)
         log.write(step, row)
-    log.flush()
+    log.flush(force)
     pending.clear()
     return rows[-1][1] if rows else {}
 
 
-def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = None,
+def train(cfg, data: Iterator[Batch], workdir: epath.PathLike, mesh: Mesh | None = None,
           program: Program | None = None) -> dict:
     """Trains to cfg.optim.steps updates, resuming from the latest checkpoint in `workdir`.
 
@@ -255,14 +259,15 @@ def train(cfg, data: Iterator[Batch], workdir: str | Path, mesh: Mesh | None = N
     ({reason: count}) and `drops` ({"dataset/reason": count}) dicts, as data_pipelines.mixtures reports
     them, are logged. `program`: what to train
     (default `standard_program`; e.g. molmo_jax.train.finetune's frozen / LoRA programs). Writes
-    workdir/{checkpoints/, metrics.jsonl, tb/, curves.png, run_settings.json}. Checkpoints every
-    cfg.checkpoint.every steps and / or every_minutes minutes. Returns the final train state.
+    workdir/{checkpoints/, metrics.jsonl, tb/, curves.png, run_settings.json}; `workdir` may be a gs:// path.
+    Checkpoints every cfg.checkpoint.every steps and / or every_minutes minutes. Returns the final train state.
 
     A workdir holding checkpoints resumes only with the settings it was started with
     (`checkpointing.ResumeMismatch` names the differing fields; another mesh is fine). SIGTERM / SIGINT
     checkpoint the current step and raise `TrainingStopped` (nothing after `train` runs).
     """
-    workdir = Path(workdir)
+    paths.require_bucket(workdir, "workdir")
+    workdir = epath.Path(workdir)
     mesh = mesh or make_mesh(cfg.mesh)
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.max_to_keep,
                                       cfg.checkpoint.async_save, cfg.checkpoint.get("every_minutes", 0.0))
@@ -320,11 +325,11 @@ def _loop(cfg, state: dict, step_fn, data, mesh: Mesh, ckpt: checkpointing.Check
         batch = host_batch(next(data))
         state, metrics = step_fn(state, distributed.global_batch(batch, mesh))
         pending.append((step, metrics, int((batch["input_ids"] != -1).sum()) * jax.process_count()))
-        if step % cfg.log_every == 0 or step == cfg.optim.steps or stop.signum is not None:
-            row = _flush(log, pending, t0, data)
+        saved = ckpt.save(step, state, data)  # its rows reach a remote log before the save commits
+        if saved or step % cfg.log_every == 0 or step == cfg.optim.steps or stop.signum is not None:
+            row = _flush(log, pending, t0, data, force=saved)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             t0 = time.perf_counter()
-        ckpt.save(step, state, data)
         bar.update()
     _flush(log, pending, t0, data)
     bar.close()
