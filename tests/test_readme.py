@@ -5,7 +5,8 @@ The stand-ins are the `SUBSTITUTIONS` below (the README points here): released m
 tiny reference fixture, released configs the tiny config, step counts and batches a couple of steps,
 remote and absolute paths a scratch directory, the main job its smoke form (`--arg smoke`). A block
 preceded by `<!-- readme-test: file NAME -->` is written to NAME (e.g. the user module that registers a
-pooling) instead of run; the ```json example becomes data/train.jsonl with its image.
+pooling) instead of run; one preceded by `<!-- readme-test: offline REASON -->` needs the network and is
+left out; the ```json example becomes data/train.jsonl with its image.
 
 `molmo-jax` commands, `python -m experiments.train` and Python blocks run in this process (one XLA
 compilation cache for them all); `bash experiments/*.sh` in a subprocess. Every command must exit 0.
@@ -48,12 +49,20 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"bash experiments/run_tests\.sh", "TESTS=tests/test_plan.py bash experiments/run_tests.sh -k parse_mesh"),
 )
 
-FENCE = re.compile(r"(?:<!-- readme-test: file (?P<file>\S+) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
+FENCE = re.compile(r"(?:<!-- readme-test: (?:file (?P<file>\S+)|offline (?P<offline>.+?)) -->\n)?"
+                   r"```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
 
 
 def blocks(text: str) -> list[tuple[str, str, str | None]]:
-    """(language, body, file name or None) of every fenced block of the README, in order."""
-    return [(m["lang"], m["body"], m["file"]) for m in FENCE.finditer(text)]
+    """(language, body, file name or None) of every fenced block of the README that runs offline, in order."""
+    return [(m["lang"], m["body"], m["file"]) for m in FENCE.finditer(text) if not m["offline"]]
+
+
+def test_only_network_blocks_are_left_out():
+    """A block marked `<!-- readme-test: offline REASON -->` needs the network (the hub, image URLs), which
+    tests do not have; it is the only kind left out, and there is one."""
+    reasons = [m["offline"] for m in FENCE.finditer(README.read_text()) if m["offline"]]
+    assert reasons == ["needs the Hugging Face hub and the image URLs"]
 
 
 def substitute(text: str, work: Path) -> str:

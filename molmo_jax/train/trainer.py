@@ -292,8 +292,9 @@ def train(cfg, data: Iterator[Batch], workdir: epath.PathLike, mesh: Mesh | None
         ckpt.close()
         if log is not None:
             log.close()
-    if main and log.path.exists():
-        metrics_log.plot(metrics_log.read(log.path), workdir / "curves.png")
+    rows = metrics_log.read(log.path) if main and log.path.exists() else []
+    if rows:  # a run resumed at its last step logs nothing
+        metrics_log.plot(rows, workdir / "curves.png")
     if stopped:
         raise TrainingStopped(int(state["step"]), cfg.optim.steps, stop.signum or signal.SIGTERM)
     return state
