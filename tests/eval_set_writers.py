@@ -170,3 +170,19 @@ def write_all(d: Path):
         write(d / builder)
     for write in EVAL_ONLY:
         write(d)
+
+
+def write_and_build(root: Path) -> Path:
+    """Every eval set's tiny copy under `root`, the academic ones built as tfds ArrayRecord in root/tfds
+    (1 AI2D / ST-VQA validation item carved: the copies are too small for the official carve-outs)."""
+    import pytest
+    from data_pipelines import academic
+
+    write_all(root)
+    academic.tfds.disable_progress_bar()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(academic, "AI2D_VAL_IMAGES", 1)
+        patch.setattr(academic, "ST_QA_VAL_QUESTIONS", 1)
+        for builder in academic.SPECS:
+            academic.build(builder, root / "tfds", root / builder)
+    return root

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 import molmo_jax
-from data_pipelines import academic, android_control as android_data, eval_sets
+from data_pipelines import android_control as android_data, eval_sets
 import eval_set_writers
-from eval_set_writers import write_all
+from eval_set_writers import write_and_build
 from fixture_cases import ROOT
 from molmo_jax import api, cli, points
 from molmo_jax.eval import android_control, report, runner, tasks
@@ -58,16 +58,7 @@ BENCHMARKS = sorted(name for name, t in tasks.TASKS.items() if t.dataset is not 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """Every eval set's tiny copy, the academic ones built (1 AI2D / ST-VQA validation item carved)."""
-    root = tmp_path_factory.mktemp("evaldata")
-    write_all(root)
-    academic.tfds.disable_progress_bar()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(academic, "AI2D_VAL_IMAGES", 1)
-        patch.setattr(academic, "ST_QA_VAL_QUESTIONS", 1)
-        for builder in academic.SPECS:
-            academic.build(builder, root / "tfds", root / builder)
-    return root
+    return write_and_build(tmp_path_factory.mktemp("evaldata"))
 
 
 @functools.lru_cache(maxsize=None)

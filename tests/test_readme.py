@@ -14,6 +14,7 @@ compilation cache for them all); `bash experiments/*.sh` in a subprocess. Every 
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shlex
 import shutil
@@ -21,7 +22,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from fixture_cases import ROOT as FIXTURES
@@ -40,11 +40,12 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r" --config\.init\.(vit|llm)=\S+", ""),  # pretrained towers: the tiny config starts them at random
     (r"(stage[12]\.py:tiny)", r"\1 --config.optim.steps=2"),  # ... for 2 steps
     (r"(?<![\w:/.-])Molmo-7B-D-0924/?", "{fixture}"),  # a released model -> the tiny fixture
-    (r"/models/Qwen2-7B", "{fixture}"),  # its tokenizer
+    (r"(gs://bucket)?/models/Qwen2-7B", "{fixture}"),  # its tokenizer
     (r"gs://bucket/", "{work}/bucket/"),
     (r"(?<![\w.])/(data|tmp)/", r"{work}/\1/"),
     (r"--steps \d+", "--steps 2"),
     (r"--batch-size \d+", "--batch-size 8"),  # the tests see 8 CPU devices: one row each
+    (r"(molmo-jax eval .*--data-dir evaldata)", r"\1 --n 1 --batch-size 1 --max-new-tokens 4 --max-crops 4"),
     (r"bash experiments/run_main\.sh", "bash experiments/run_main.sh --arg smoke --workdir {work}/runs/main"),
     (r"bash experiments/run_tests\.sh", "TESTS=tests/test_plan.py bash experiments/run_tests.sh -k parse_mesh"),
 )
@@ -109,6 +110,16 @@ def write_user_data(body: str, work: Path):
         shutil.copy(IMAGE, work / "data" / name)
 
 
+def write_eval_data(work: Path):
+    """evaldata/: every benchmark in its published layout (tests/eval_set_writers.py), and prefs.jsonl: a few
+    pairwise preferences in the Chatbot Arena format."""
+    import eval_set_writers
+    eval_set_writers.write_and_build(work / "evaldata")
+    rows = [dict(model_a="big", model_b="small", winner="model_a"), dict(model_a="small", model_b="big",
+            winner="tie"), dict(model_a="small", model_b="big", winner="model_b")] * 3
+    (work / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def test_generated_tables_are_up_to_date():
     sys.path.insert(0, str(REPO / "tools"))
     import readme_tables
@@ -127,6 +138,7 @@ def test_every_block_runs(tmp_path, monkeypatch, capsys):
     for name in ("experiments", "tests"):
         (tmp_path / name).symlink_to(REPO / name)
     Image.open(IMAGE).convert("RGB").save(tmp_path / "cat.jpg")
+    write_eval_data(tmp_path)
     ran, failed = [], []
     for lang, body, file in blocks(README.read_text()):
         body = substitute(body, tmp_path)
