@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv if needed, then runs the test suite (CPU); TESTS picks test files (default: all of tests/).
+# Sets up .venv if needed, then runs the test suite (CPU); TESTS picks test files (default: all of tests/),
+# TEST_WORKERS the pytest-xdist processes (default 2, a file per worker at a time; 0: in this process).
 source "$(dirname "$0")/env.sh"
-exec "$PY" -m pytest ${TESTS:-tests} -q "$@"
+exec "$PY" -m pytest ${TESTS:-tests} -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
