@@ -25,7 +25,8 @@ from fixture_cases import ROOT
 from molmo_jax import cli, finetune_cli, formatting, io, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.tokenizer import load_tokenizer
-from molmo_jax.train import checkpointing, finetune, optim, trainer
+from molmo_jax.train import checkpointing, finetune, optim, trainable, trainer
+from molmo_jax.train.trainable import Trainable
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "qwen2_7b_d"
@@ -173,7 +174,7 @@ def mean_loss(logits: np.ndarray, batch) -> float:
 
 
 def one_device():
-    return sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    return sharding.make_mesh()
 
 
 def by_component(params) -> dict[str, dict[str, np.ndarray]]:
@@ -200,10 +201,11 @@ def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp
     adapters = traverse_util.flatten_dict(state["params"], sep="/")
     assert all(k.endswith(("/lora_a", "/lora_b")) for k in adapters)
     assert all(np.abs(np.asarray(v)).max() > 0 for k, v in adapters.items() if k.endswith("lora_b"))
-    unmerged = forward(finetune.assemble(state["frozen"], state["params"], finetune.lora_config(cfg)), batch)
+    unmerged = forward(trainable.assemble(state["frozen"], state["params"], lora.LoraConfig.from_config(cfg.lora)),
+                       batch)
     assert mean_loss(unmerged, batch) < mean_loss(forward(base, batch), batch) - 1e-3
 
-    merged = jax.device_get(finetune.trained_params(state, cfg))
+    merged = jax.device_get(Trainable.of(cfg).model_params(state))
     assert sorted(exports) == ["hf_release", "orbax"]
     for path in exports.values():  # both load back to exactly the merged params: the unmerged model's logits
         loaded = molmo_jax.load(path)
@@ -236,7 +238,7 @@ def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, 
     batch = fixed_batch(cfg)
     state, _ = finetune.run(cfg, tmp_path / "run", mesh)
 
-    trained = finetune.trained_params(state, cfg)
+    trained = Trainable.of(cfg).model_params(state)
     before, after = by_component(base), by_component(trained)
     assert "vit" not in state["params"]
     assert_identical(after["vit"], before["vit"])

@@ -42,7 +42,7 @@ def small(family: str):
 @functools.lru_cache(maxsize=None)
 def reference(family: str):
     cfg = small(family)
-    params = init_params(cfg, jax.random.key(0), sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    params = init_params(cfg, jax.random.key(0), sharding.make_mesh())
     params = jax.tree.map(lambda x: x + 0.05 * np.random.default_rng(1).normal(size=x.shape), params)
     logits = Molmo(cfg).apply({"params": params}, **batch(cfg))
     return cfg, jax.device_get(params), np.asarray(logits)
@@ -52,7 +52,7 @@ def sharded_logits(cfg, params_host, mesh):
     shardings = sharding.param_shardings(abstract_params(cfg), mesh)
     params = jax.tree.map(lambda x, s: jax.device_put(x, s), params_host, shardings)
     inputs = sharding.shard_batch(batch(cfg), mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with sharding.use_mesh(mesh):
         logits = jax.jit(lambda p, kw: Molmo(cfg).apply({"params": p}, **kw))(params, inputs)
     return params, logits
 
