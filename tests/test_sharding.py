@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -72,6 +73,24 @@ def assert_rules_layout(params, cfg, mesh):
         parts = [int(np.prod([mesh.shape[n] for n in ((m,) if isinstance(m, str) else (m or ()))]))
                  for m in expected]
         assert leaf.addressable_shards[0].data.shape == tuple(d // p for d, p in zip(leaf.shape, parts))
+
+
+def test_mesh_specs_and_the_mesh_context():
+    """-1 takes the devices the other sizes leave; a smaller spec takes the first devices; `use_mesh` sets
+    the mesh and the logical rules together; a spec the devices cannot fill is one error line."""
+    devices = jax.devices()
+    assert dict(sharding.make_mesh((2, -1, 1)).shape) == dict(data=2, fsdp=4, tensor=1, expert=1)
+    assert list(sharding.make_mesh((1, 2, 1, 2)).devices.flat) == devices[:4]
+    assert list(sharding.make_mesh().devices.flat) == devices[:1]
+    with sharding.use_mesh((2, 2, 2)) as mesh:
+        assert jax.sharding.get_abstract_mesh().shape == mesh.shape
+        assert sharding.logical_to_spec(("batch", "mlp")) == nn.logical_to_mesh_axes(("batch", "mlp"))
+    assert nn.get_logical_axis_rules() == ()
+    for spec in [(3, -1, 1), (4, 4, 1), (-1, -1, 1)]:
+        with pytest.raises(ValueError, match=rf"mesh {re.escape(str(spec))} .* does not fit 8 devices"):
+            sharding.make_mesh(spec)
+    with pytest.raises(ValueError, match="does not fit 2 devices"):
+        sharding.make_mesh((1, 1, 1), devices[:2])
 
 
 @pytest.mark.parametrize("family", ["qwen2", "olmoe"])
