@@ -25,7 +25,7 @@ from fixture_cases import ROOT
 from molmo_jax import cli, finetune_cli, formatting, io, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.tokenizer import load_tokenizer
-from molmo_jax.train import checkpointing, finetune, optim, trainable, trainer
+from molmo_jax.train import checkpointing, finetune, hooks, metrics_log, optim, trainable, trainer
 from molmo_jax.train.trainable import Trainable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,11 +191,15 @@ def assert_identical(a: dict, b: dict):
 
 
 def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp_path, data_file, forward):
+    """Also runs an eval hook and an export hook every 2 of the 4 steps: both see the merged model."""
     cfg = tiny_config(data_file, tmp_path, lora_rank=4, lr=3e-3)
     mesh = one_device()
     base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
-    state, exports = finetune.run(cfg, tmp_path / "run", mesh)
+    model_cfg = io.load_config(CHECKPOINT)
+    every_2 = [hooks.EvalHook(2, lambda params: {"loss": mean_loss(forward(params, batch), batch)}),
+               hooks.ExportHook(2, tmp_path / "steps", model_cfg, io.load_tokenizer(CHECKPOINT, model_cfg))]
+    state, exports = finetune.run(cfg, tmp_path / "run", mesh, every_2)
 
     assert_identical(traverse_util.flatten_dict(state["frozen"], sep="/"), traverse_util.flatten_dict(base, sep="/"))
     adapters = traverse_util.flatten_dict(state["params"], sep="/")
@@ -211,6 +215,13 @@ def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp
         loaded = molmo_jax.load(path)
         jax.tree.map(np.testing.assert_array_equal, loaded.params, merged)
         np.testing.assert_allclose(forward(loaded.params, batch), unmerged, atol=1e-5, rtol=1e-5)
+    rows = metrics_log.read(tmp_path / "run" / "metrics.jsonl")
+    assert [("eval/loss" in r) for r in rows] == [False, True, False, True]
+    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == ["2", "4"]
+    jax.tree.map(np.testing.assert_array_equal, molmo_jax.load(tmp_path / "steps" / "4" / "orbax").params, merged)
+    assert rows[3]["eval/loss"] == mean_loss(forward(merged, batch), batch)
+    at_step_2 = molmo_jax.load(tmp_path / "steps" / "2" / "orbax").params
+    assert rows[1]["eval/loss"] == mean_loss(forward(at_step_2, batch), batch) != rows[3]["eval/loss"]
 
     # the workdir now resumes only with its own settings: one line naming each differing field
     other = tiny_config(data_file, tmp_path, lora_rank=8, lr=3e-3)

@@ -23,8 +23,7 @@ from experiments import stage1, stage2
 import molmo_jax
 from molmo_jax import io, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
-from molmo_jax.tokenizer import load_tokenizer
-from molmo_jax.train import checkpointing, hooks, metrics_log, optim, synthetic, trainer
+from molmo_jax.train import checkpointing, metrics_log, optim, synthetic, trainer
 from test_official_parity import TRAIN_CASES, case_id, load_arrays, load_model, model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -369,34 +368,3 @@ def test_metrics_log_and_event_file(tmp_path):
         events = events[12 + n + 4:]
     assert len(records) == 4 and b"brain.Event:2" in records[0] and b"lr/llm" in records[1]
 
-
-# ------------------------------------------------------------------------------------------ hooks
-
-
-def test_hooks_evaluate_and_export_every_k_steps(tmp_path):
-    """Eval and export hooks every 2 of 4 steps of the tiny model: the eval metric lands in the rows of
-    steps 2 and 4 and is the eval fn of the params checkpointed at that step; each export is that model."""
-    cfg = stage1.get_config("tiny")
-    cfg.optim.steps, cfg.log_every = 4, 1
-    cfg.checkpoint.update(every=2, max_to_keep=2, async_save=False)
-    mesh = sharding.make_mesh()
-    held_out = trainer.host_batch(next(synthetic.SyntheticBatches(cfg.model, 2, 32, crops=0, seed=99)))
-    sums = jax.jit(lambda p: trainer.loss_sums(p, held_out, jax.random.key(0), model=Molmo(cfg.model), z_loss=0.0))
-    evaluate = lambda params: {"ce": float(sums(params)["ce"])}
-    exports = tmp_path / "export_steps"
-    tokenizer = load_tokenizer(TOKENIZER, cfg.model.llm.vocab_size)
-    every_2 = [hooks.EvalHook(2, evaluate), hooks.ExportHook(2, exports, cfg.model, tokenizer)]
-    program = trainer.make_program(cfg, mesh)
-    state = trainer.train(cfg, synthetic.SyntheticBatches(cfg.model, 2, 32, crops=0), tmp_path / "run", mesh,
-                          program, every_2)
-
-    rows = metrics_log.read(tmp_path / "run" / "metrics.jsonl")
-    assert [("eval/ce" in r) for r in rows] == [False, True, False, True]
-    assert all("loss" in r and r["tokens_per_s"] > 0 for r in rows)
-    assert sorted(p.name for p in exports.iterdir()) == ["2", "4"]
-    ckpt = checkpointing.Checkpointer(tmp_path / "run" / "checkpoints", every=2)
-    for step, params in ((2, ckpt.restore(program.target, step=2)["params"]), (4, state["params"])):
-        assert rows[step - 1]["eval/ce"] == evaluate(params)["ce"] > 0
-        exported = molmo_jax.load(exports / str(step) / "orbax")
-        jax.tree.map(np.testing.assert_array_equal, exported.params, jax.device_get(params))
-    assert rows[1]["eval/ce"] != rows[3]["eval/ce"]
