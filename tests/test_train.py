@@ -367,4 +367,3 @@ def test_metrics_log_and_event_file(tmp_path):
         assert events[:12 + n + 4] == metrics_log.record(records[-1])
         events = events[12 + n + 4:]
     assert len(records) == 4 and b"brain.Event:2" in records[0] and b"lr/llm" in records[1]
-
