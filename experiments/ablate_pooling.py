@@ -35,7 +35,7 @@ from absl import logging
 from experiments import ablations, lite
 from experiments import main as main_lib
 from molmo_jax import config as config_lib
-from molmo_jax import entry_points, sharding
+from molmo_jax import entry_points
 from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import abstract_params
@@ -114,13 +114,6 @@ class TimedData:
         return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else None
 
 
-def _mesh(shape):
-    """lite's mesh on the first devices (the whole machine only where the shape asks for it with -1)."""
-    if -1 in tuple(shape):
-        return trainer.make_mesh(shape)
-    return sharding.make_mesh(tuple(shape), jax.devices()[:int(np.prod(shape))])
-
-
 def train_variant(cfg, tokenizer, vdir: Path) -> tuple[dict, dict]:
     """Stage 1 (if cfg.stage1_steps) then stage 2 in vdir/stage*; returns (final state, timings)."""
     timing, init_from = {}, ""
@@ -131,7 +124,7 @@ def train_variant(cfg, tokenizer, vdir: Path) -> tuple[dict, dict]:
         tcfg.init_from = str(init_from)
         data = TimedData(lite.data(cfg, stage, tokenizer))
         start = time.perf_counter()
-        state = trainer.train(tcfg, data, vdir / stage, mesh=_mesh(tcfg.mesh))
+        state = trainer.train(tcfg, data, vdir / stage)
         timing[stage] = {"seconds": time.perf_counter() - start, "steps_run": max(0, len(data.times)),
                          "step_seconds": data.step_seconds()}
         init_from = vdir / stage / "checkpoints"

@@ -17,7 +17,7 @@ median is reported. JSON top level
 "speedup" = the worst row's ours/torch tokens/s ratio.
 
 Separate row (issue 10), "lora_vs_full": optimizer-state bytes and XLA step peak memory of fine-tuning
-the small config fully vs with LoRA rank 8 (`molmo_jax.train.finetune`), as LoRA / full ratios.
+the small config fully vs with LoRA rank 8 (`molmo_jax.train.trainable`), as LoRA / full ratios.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import numpy as np
 from experiments import bench_common, stage1
 from molmo_jax import distributed, lora, sharding
 from molmo_jax.models.molmo import Molmo, param_count
-from molmo_jax.train import finetune, optim, trainer
+from molmo_jax.train import optim, trainer
 
 
 def model_config(size: str, dtype: str):
@@ -92,10 +92,10 @@ def _timed(fn) -> float:
 
 def ours(cfg, batch):
     """(step() -> None, xla peak bytes) for our jitted train step on one device."""
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = sharding.make_mesh()
     opt = optim.make(cfg.optim)
     target = trainer.abstract_state(cfg.model, opt, mesh)
-    with jax.set_mesh(mesh):
+    with sharding.use_mesh(mesh):
         state = trainer.initial_state(cfg, opt, mesh, target)
         step_fn = jax.jit(functools.partial(trainer.train_step, model=Molmo(cfg.model, deterministic=False),
                                             opt=opt, z_loss=cfg.optim.z_loss, grad_accum=1), donate_argnums=0)
@@ -188,17 +188,17 @@ def bench_row(size: str, dtype: str, iters: int, peak_flops: float) -> dict:
 
 
 def finetune_memory(size: str, lora_rank: int) -> dict:
-    """Optimizer-state bytes and XLA peak bytes (arguments + temporaries) of one `molmo_jax.train.finetune`
+    """Optimizer-state bytes and XLA peak bytes (arguments + temporaries) of one fine-tuning
     step on text-only batches, 1 device, float32: full fine-tuning (lora_rank 0) or LoRA on the default
     targets with every component frozen."""
     cfg = model_config(size, "float32")
     cfg.freeze = optim.COMPONENTS if lora_rank else ()
     cfg.lora = ml_collections.ConfigDict(dict(rank=lora_rank, alpha=16.0, targets=lora.DEFAULT_TARGETS))
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    program = finetune.program(cfg, mesh)
+    mesh = sharding.make_mesh()
+    program = trainer.make_program(cfg, mesh)
     b, t = SHAPES[size]
     batch = distributed.global_batch(random_batch(cfg, b, t), mesh)
-    with jax.set_mesh(mesh):
+    with sharding.use_mesh(mesh):
         mem = jax.jit(program.step, donate_argnums=0).lower(program.target, batch).compile().memory_analysis()
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
     return {"trainable_params": sum(x.size for x in jax.tree.leaves(program.target["params"])),

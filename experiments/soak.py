@@ -126,7 +126,7 @@ def soak(mode: str, workdir: Path) -> dict:
 
 
 def run(cfg, workdir: Path, eval_every: int, sample_every: int, mode: str = "custom") -> dict:
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = sharding.make_mesh()
     fds_start = open_fds()
     probe = Probe(cfg, workdir, mesh, sample_every, eval_every)
     start = time.perf_counter()

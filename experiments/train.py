@@ -34,6 +34,7 @@ from molmo_jax import config as config_lib
 from molmo_jax import distributed, entry_points, io, paths
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import trainer
+from molmo_jax.train.trainable import Trainable
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (experiments/stage*.py:arg).",
                                           lock_config=True)
@@ -58,7 +59,8 @@ def run(cfg, workdir: str, exports: Sequence[str] = ("orbax",)) -> dict:
     if tokenizer is None:
         print(f"no export: the run has no tokenizer (set data.tokenizer); its config is in {workdir}")
         return state
-    for fmt, path in io.export_run(workdir, state["params"], cfg.model, tokenizer, exports).items():
+    params = Trainable.of(cfg).model_params(state)
+    for fmt, path in io.export_run(workdir, params, cfg.model, tokenizer, exports).items():
         print(f"exported {fmt} model to {path}")
     return state
 

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 from typing import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -130,7 +129,7 @@ def generate(cfg, params, inputs: Mapping[str, np.ndarray], sampling: Sampling =
     fn = functools.partial(_generate_jit, cfg=ml_collections.FrozenConfigDict(cfg), sampling=sampling)
     if mesh is None:
         return np.asarray(fn(params, inputs, rng))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with sharding.use_mesh(mesh):
         return np.asarray(fn(params, sharding.shard_batch(inputs, mesh), rng))[:len(inputs["input_ids"])]
 
 

@@ -172,7 +172,7 @@ def save_run_files(workdir: str | os.PathLike, cfg, tokenizer: MolmoTokenizer | 
 
 def place(params_np: Mapping[str, Any], cfg, mesh=None) -> Any:
     """Puts a numpy param tree onto `mesh` (default: the first device) with the logical-axis shardings."""
-    mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = mesh or sharding.make_mesh()
     shardings = sharding.param_shardings(abstract_params(cfg), mesh)
     dtype = jax.numpy.dtype(cfg.param_dtype)
 
@@ -185,7 +185,7 @@ def place(params_np: Mapping[str, Any], cfg, mesh=None) -> Any:
 
 def _target(cfg, mesh) -> Any:
     """The params of `cfg` as ShapeDtypeStructs carrying their shardings on `mesh` (an Orbax restore target)."""
-    mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = mesh or sharding.make_mesh()
     boxed = abstract_params(cfg)
     dtype = jax.numpy.dtype(cfg.param_dtype)
     # unboxed without sharding constraints, which fail on ShapeDtypeStructs under a caller's mesh context
@@ -391,9 +391,15 @@ def export_run(workdir: str | os.PathLike, params: Any, cfg, tokenizer: MolmoTok
                formats: Sequence[str] = ("orbax",)) -> dict[str, epath.Path]:
     """The end of a training run that completed: its model in each of `formats` at <workdir>/export/<format>
     (replacing an earlier export). Returns {format: directory}."""
+    return save_formats(params, cfg, tokenizer, epath.Path(workdir) / EXPORT_DIR, formats)
+
+
+def save_formats(params: Any, cfg, tokenizer: MolmoTokenizer, directory: str | os.PathLike,
+                 formats: Sequence[str]) -> dict[str, epath.Path]:
+    """`save` in each of `formats` to <directory>/<format>, replacing what is there. Returns {format: path}."""
     exports = {}
     for fmt in formats:
-        exports[fmt] = epath.Path(workdir) / EXPORT_DIR / fmt
+        exports[fmt] = epath.Path(directory) / fmt
         if exports[fmt].exists():
             exports[fmt].rmtree()
         save(params, cfg, tokenizer, exports[fmt], fmt)

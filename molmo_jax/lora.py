@@ -123,7 +123,7 @@ def abstract(model_cfg, lcfg: LoraConfig) -> Any:
 
 def init(rng: jax.Array, model_cfg, lcfg: LoraConfig, mesh=None) -> Any:
     """Fresh adapters (A uniform in +-1/sqrt(fan_in), B zeros) created in their shardings on `mesh`."""
-    mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = mesh or sharding.make_mesh()
     boxed = abstract(model_cfg, lcfg)
     ts = targets(model_cfg, lcfg)
 
@@ -136,7 +136,7 @@ def init(rng: jax.Array, model_cfg, lcfg: LoraConfig, mesh=None) -> Any:
             flat[f"{path}/lora_b"] = jnp.zeros(t.b(lcfg.rank)[0], jnp.float32)
         return traverse_util.unflatten_dict(flat, sep="/")
 
-    with jax.set_mesh(mesh):
+    with sharding.use_mesh(mesh):
         return jax.jit(make, out_shardings=sharding.param_shardings(boxed, mesh))(rng)
 
 

@@ -385,7 +385,7 @@ def compiled_memory(cfg, mesh: Mapping[str, int], batch: int, seq_len: int, crop
     step = jax.jit(functools.partial(trainer.train_step, model=Molmo(cfg, deterministic=False), opt=opt,
                                      z_loss=1e-4, grad_accum=grad_accum),
                    out_shardings=(trainer.shardings_of(target), None), donate_argnums=0)
-    with jax.set_mesh(device_mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with sharding.use_mesh(device_mesh):
         analysis = step.lower(target, inputs).compile().memory_analysis()
     out = {k: int(getattr(analysis, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
     out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]

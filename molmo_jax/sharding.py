@@ -1,12 +1,14 @@
-"""Mesh construction and the one table mapping logical axis names to mesh axes.
+"""The mesh helper and the one table mapping logical axis names to mesh axes.
 
 Model code names axes logically (`("embed", "mlp")`); only `LOGICAL_RULES` knows the mesh. The mesh
 always has the four axes `data`, `fsdp`, `tensor`, `expert` (size 1 when unused), so a (2, 2, 2)
-data/fsdp/tensor layout is `make_mesh((2, 2, 2))`.
+data/fsdp/tensor layout is `make_mesh((2, 2, 2))`. Code that traces the model runs inside
+`use_mesh(mesh)`, which makes the mesh current and sets `LOGICAL_RULES`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,17 +35,31 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(shape: Sequence[int] = (1, 1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over `devices` (default: all) with axes data, fsdp, tensor[, expert].
+def make_mesh(spec: Sequence[int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with axes data, fsdp, tensor[, expert] from `spec`, 3 or 4 sizes in MESH_AXES order.
 
-    `shape` gives 3 or 4 sizes in MESH_AXES order; their product must equal the device count.
+    One -1 size takes the devices the others leave (e.g. (1, -1, 1): fsdp over every device). Without
+    `devices`, the mesh takes the first prod(spec) of `jax.devices()` (all of them where a size is -1);
+    `spec` None is the first device alone.
     """
-    shape = tuple(shape) + (1,) * (len(MESH_AXES) - len(shape))
-    devices = list(jax.devices() if devices is None else devices)
-    if len(shape) != len(MESH_AXES) or int(np.prod(shape)) != len(devices):
-        raise ValueError(f"mesh shape {shape} (axes {MESH_AXES}) does not match {len(devices)} devices")
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-                axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    spec = tuple(int(n) for n in (spec or (1, 1, 1)))
+    shape = list(spec) + [1] * (len(MESH_AXES) - len(spec))
+    available = list(jax.devices() if devices is None else devices)
+    if -1 in shape:
+        rest = -int(np.prod(shape))  # the product of the other sizes
+        shape[shape.index(-1)] = len(available) // rest if rest > 0 and len(available) % rest == 0 else 0
+    n = int(np.prod(shape))
+    if len(shape) != len(MESH_AXES) or not 0 < n <= len(available) or (devices is not None and n != len(available)):
+        raise ValueError(f"mesh {spec} (axes {MESH_AXES}) does not fit {len(available)} devices")
+    return Mesh(np.asarray(available[:n]).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | Sequence[int] | None = None) -> Iterator[Mesh]:
+    """Makes `mesh` (a Mesh, or a `make_mesh` spec) the current mesh with `LOGICAL_RULES` set; yields it."""
+    mesh = mesh if isinstance(mesh, Mesh) else make_mesh(mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        yield mesh
 
 
 def logical_to_spec(axes: Sequence[str | None]) -> PartitionSpec:

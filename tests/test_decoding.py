@@ -41,7 +41,7 @@ def tiny_model(family: str):
 
 def config_mesh():
     from molmo_jax.sharding import make_mesh
-    return make_mesh((1, 1, 1), jax.devices()[:1])
+    return make_mesh()
 
 
 def prompts(cfg, lengths=(11, 7), images=(True, False)) -> dict[str, np.ndarray]:

@@ -25,7 +25,8 @@ from fixture_cases import ROOT
 from molmo_jax import cli, finetune_cli, formatting, io, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.tokenizer import load_tokenizer
-from molmo_jax.train import checkpointing, finetune, optim, trainer
+from molmo_jax.train import checkpointing, finetune, hooks, metrics_log, optim, trainable, trainer
+from molmo_jax.train.trainable import Trainable
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "qwen2_7b_d"
@@ -173,7 +174,7 @@ def mean_loss(logits: np.ndarray, batch) -> float:
 
 
 def one_device():
-    return sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    return sharding.make_mesh()
 
 
 def by_component(params) -> dict[str, dict[str, np.ndarray]]:
@@ -190,25 +191,37 @@ def assert_identical(a: dict, b: dict):
 
 
 def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp_path, data_file, forward):
+    """Also runs an eval hook and an export hook every 2 of the 4 steps: both see the merged model."""
     cfg = tiny_config(data_file, tmp_path, lora_rank=4, lr=3e-3)
     mesh = one_device()
     base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
-    state, exports = finetune.run(cfg, tmp_path / "run", mesh)
+    model_cfg = io.load_config(CHECKPOINT)
+    every_2 = [hooks.EvalHook(2, lambda params: {"loss": mean_loss(forward(params, batch), batch)}),
+               hooks.ExportHook(2, tmp_path / "steps", model_cfg, io.load_tokenizer(CHECKPOINT, model_cfg))]
+    state, exports = finetune.run(cfg, tmp_path / "run", mesh, every_2)
 
     assert_identical(traverse_util.flatten_dict(state["frozen"], sep="/"), traverse_util.flatten_dict(base, sep="/"))
     adapters = traverse_util.flatten_dict(state["params"], sep="/")
     assert all(k.endswith(("/lora_a", "/lora_b")) for k in adapters)
     assert all(np.abs(np.asarray(v)).max() > 0 for k, v in adapters.items() if k.endswith("lora_b"))
-    unmerged = forward(finetune.assemble(state["frozen"], state["params"], finetune.lora_config(cfg)), batch)
+    unmerged = forward(trainable.assemble(state["frozen"], state["params"], lora.LoraConfig.from_config(cfg.lora)),
+                       batch)
     assert mean_loss(unmerged, batch) < mean_loss(forward(base, batch), batch) - 1e-3
 
-    merged = jax.device_get(finetune.trained_params(state, cfg))
+    merged = jax.device_get(Trainable.of(cfg).model_params(state))
     assert sorted(exports) == ["hf_release", "orbax"]
     for path in exports.values():  # both load back to exactly the merged params: the unmerged model's logits
         loaded = molmo_jax.load(path)
         jax.tree.map(np.testing.assert_array_equal, loaded.params, merged)
         np.testing.assert_allclose(forward(loaded.params, batch), unmerged, atol=1e-5, rtol=1e-5)
+    rows = metrics_log.read(tmp_path / "run" / "metrics.jsonl")
+    assert [("eval/loss" in r) for r in rows] == [False, True, False, True]
+    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == ["2", "4"]
+    jax.tree.map(np.testing.assert_array_equal, molmo_jax.load(tmp_path / "steps" / "4" / "orbax").params, merged)
+    assert rows[3]["eval/loss"] == mean_loss(forward(merged, batch), batch)
+    at_step_2 = molmo_jax.load(tmp_path / "steps" / "2" / "orbax").params
+    assert rows[1]["eval/loss"] == mean_loss(forward(at_step_2, batch), batch) != rows[3]["eval/loss"]
 
     # the workdir now resumes only with its own settings: one line naming each differing field
     other = tiny_config(data_file, tmp_path, lora_rank=8, lr=3e-3)
@@ -236,7 +249,7 @@ def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, 
     batch = fixed_batch(cfg)
     state, _ = finetune.run(cfg, tmp_path / "run", mesh)
 
-    trained = finetune.trained_params(state, cfg)
+    trained = Trainable.of(cfg).model_params(state)
     before, after = by_component(base), by_component(trained)
     assert "vit" not in state["params"]
     assert_identical(after["vit"], before["vit"])

@@ -132,7 +132,7 @@ def write_run(bundle: molmo_jax.MolmoBundle, workdir, step: int = 7):
     """A training run as the trainer leaves it: recorded model files + a Checkpointer step of the state."""
     io.save_run_files(workdir, bundle.cfg, bundle.tokenizer)
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", every=1, async_save=False)
-    replicated = jax.sharding.NamedSharding(molmo_jax.sharding.make_mesh((1, 1, 1), jax.devices()[:1]),
+    replicated = jax.sharding.NamedSharding(molmo_jax.sharding.make_mesh(),
                                             jax.sharding.PartitionSpec())
     ckpt.save(step, {"params": bundle.params, "step": jax.device_put(np.int32(step), replicated)})
     ckpt.wait()
@@ -155,7 +155,7 @@ def test_training_run_exports_through_the_cli_and_loads(tmp_path, capsys):
 def test_trainer_init_from_reads_every_export(fmt, exports):
     bundle = original("qwen2_7b_d")
     cfg = ml_collections.ConfigDict({"init_from": str(exports("qwen2_7b_d", fmt)), "model": bundle.cfg})
-    params = trainer.initial_params(cfg, jax.random.key(0), molmo_jax.sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    params = trainer.initial_params(cfg, jax.random.key(0), molmo_jax.sharding.make_mesh())
     jax.tree.map(np.testing.assert_array_equal, params, bundle.params)
 
 

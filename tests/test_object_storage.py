@@ -31,7 +31,7 @@ from experiments import stage1, train
 from data_pipelines.download import image_file
 from molmo_jax import api, cli, convert_base, io as model_io, paths, preprocess
 from molmo_jax.tokenizer import load_tokenizer
-from molmo_jax.train import checkpointing, finetune, metrics_log, optim, trainer
+from molmo_jax.train import checkpointing, finetune, metrics_log, trainer
 from test_finetune import CHECKPOINT, one_device, tiny_config, write_user_data
 from test_data_academic import write_text_vqa
 from test_hf_parity import hf_clip
@@ -118,8 +118,8 @@ def test_finetune_in_a_bucket_stops_resumes_and_exports(bucket, tmp_path, capsys
     workdir = f"{bucket}/run"
     mesh = one_device()
 
-    program = finetune.program(cfg, mesh)
-    monkeypatch.setattr(finetune, "program", lambda *_: program)  # the resumed run reuses the compiled step
+    program = trainer.make_program(cfg, mesh)
+    monkeypatch.setattr(trainer, "make_program", lambda *_: program)  # the resumed run reuses the compiled step
 
     t = time.perf_counter()
     batches = finetune.make_data(cfg, load_tokenizer(base, cfg.model.llm.vocab_size))
@@ -139,9 +139,9 @@ def test_finetune_in_a_bucket_stops_resumes_and_exports(bucket, tmp_path, capsys
 
     t = time.perf_counter()
     restored = checkpointing.Checkpointer(f"{workdir}/checkpoints", every=2).restore(
-        finetune.abstract_state(cfg, optim.make(cfg.optim), mesh))
+        program.target)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored["params"]), jax.device_get(state["params"]))
-    trained = jax.device_get(finetune.trained_params(state, cfg))
+    trained = jax.device_get(program.model_params(state))
     for fmt, path in exports.items():
         loaded = api.load(path)
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.params), trained)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -42,7 +43,7 @@ def small(family: str):
 @functools.lru_cache(maxsize=None)
 def reference(family: str):
     cfg = small(family)
-    params = init_params(cfg, jax.random.key(0), sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    params = init_params(cfg, jax.random.key(0), sharding.make_mesh())
     params = jax.tree.map(lambda x: x + 0.05 * np.random.default_rng(1).normal(size=x.shape), params)
     logits = Molmo(cfg).apply({"params": params}, **batch(cfg))
     return cfg, jax.device_get(params), np.asarray(logits)
@@ -52,7 +53,7 @@ def sharded_logits(cfg, params_host, mesh):
     shardings = sharding.param_shardings(abstract_params(cfg), mesh)
     params = jax.tree.map(lambda x, s: jax.device_put(x, s), params_host, shardings)
     inputs = sharding.shard_batch(batch(cfg), mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with sharding.use_mesh(mesh):
         logits = jax.jit(lambda p, kw: Molmo(cfg).apply({"params": p}, **kw))(params, inputs)
     return params, logits
 
@@ -72,6 +73,24 @@ def assert_rules_layout(params, cfg, mesh):
         parts = [int(np.prod([mesh.shape[n] for n in ((m,) if isinstance(m, str) else (m or ()))]))
                  for m in expected]
         assert leaf.addressable_shards[0].data.shape == tuple(d // p for d, p in zip(leaf.shape, parts))
+
+
+def test_mesh_specs_and_the_mesh_context():
+    """-1 takes the devices the other sizes leave; a smaller spec takes the first devices; `use_mesh` sets
+    the mesh and the logical rules together; a spec the devices cannot fill is one error line."""
+    devices = jax.devices()
+    assert dict(sharding.make_mesh((2, -1, 1)).shape) == dict(data=2, fsdp=4, tensor=1, expert=1)
+    assert list(sharding.make_mesh((1, 2, 1, 2)).devices.flat) == devices[:4]
+    assert list(sharding.make_mesh().devices.flat) == devices[:1]
+    with sharding.use_mesh((2, 2, 2)) as mesh:
+        assert jax.sharding.get_abstract_mesh().shape == mesh.shape
+        assert sharding.logical_to_spec(("batch", "mlp")) == nn.logical_to_mesh_axes(("batch", "mlp"))
+    assert nn.get_logical_axis_rules() == ()
+    for spec in [(3, -1, 1), (4, 4, 1), (-1, -1, 1)]:
+        with pytest.raises(ValueError, match=rf"mesh {re.escape(str(spec))} .* does not fit 8 devices"):
+            sharding.make_mesh(spec)
+    with pytest.raises(ValueError, match="does not fit 2 devices"):
+        sharding.make_mesh((1, 1, 1), devices[:2])
 
 
 @pytest.mark.parametrize("family", ["qwen2", "olmoe"])

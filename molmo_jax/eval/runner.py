@@ -452,7 +452,7 @@ def data_parallel_mesh(batch_size: int):
 
     from molmo_jax import sharding
     n = jax.device_count()
-    return sharding.make_mesh((n, 1, 1)) if n > 1 and batch_size % n == 0 else None
+    return sharding.make_mesh((-1, 1, 1)) if n > 1 and batch_size % n == 0 else None
 
 
 def _eval(args) -> int:

@@ -171,12 +171,12 @@ def init_params(cfg, rng: jax.Array, mesh: Mesh | None = None) -> Any:
 
     The jitted initialiser is compiled once per (config, mesh).
     """
-    mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = mesh or sharding.make_mesh()
     key = (_key(cfg), mesh)
     if key not in _INIT:
         shardings = sharding.param_shardings(abstract_params(cfg), mesh)
         model = Molmo(cfg)
         init = lambda r: nn.meta.unbox(model.init(r, **dummy_inputs(cfg, seq_len=1, crops=1))["params"])
         _INIT[key] = jax.jit(init, out_shardings=shardings)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with sharding.use_mesh(mesh):
         return _INIT[key](rng)

@@ -1,10 +1,13 @@
-"""The Molmo trainer: init or restore, a jitted sharded train step, metrics, checkpoints.
+"""The Molmo trainer: init or restore, a jitted sharded train step, metrics, checkpoints, hooks.
 
 Read top to bottom: batch plumbing, the loss and its gradient (micro-batched), the train step, the
-train state and its shardings, then `train`, the loop.
+train state and its shardings, then `train`, the loop. One program trains every recipe: stage 1 and 2
+train every param; fine-tuning freezes components and / or trains LoRA adapters (`trainable`).
 
 Train state (a plain dict, what the checkpoints hold):
-  params     float32 master weights (cfg.model.param_dtype); the model computes in cfg.model.dtype
+  params     float32 master weights (cfg.model.param_dtype) of what is trained; the model computes in
+             cfg.model.dtype
+  frozen     only with the fine-tuning options: the params of the frozen components (`trainable`)
   opt_state  the optim.make(...) state (per-component AdamW moments, sharded like the params)
   step       int32 number of updates done
   rng        uint32[2] base dropout key; step s uses fold_in(rng, s), micro-batch i fold_in(that, i)
@@ -18,7 +21,7 @@ from __future__ import annotations
 import functools
 import signal
 import time
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -30,9 +33,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from molmo_jax import convert_base, distributed, io, paths, sharding
-from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
-from molmo_jax.train import checkpointing, metrics_log, optim
+from molmo_jax.models.molmo import Molmo, aux_loss, init_params
+from molmo_jax.train import checkpointing, hooks as hooks_lib, metrics_log, optim
 from molmo_jax.train.loss import cross_entropy
+from molmo_jax.train.trainable import Trainable
 
 Batch = Mapping[str, np.ndarray]
 BATCH_KEYS = ("input_ids", "labels", "loss_masks", "position_ids", "subsegment_ids", "images", "image_masks",
@@ -40,16 +44,6 @@ BATCH_KEYS = ("input_ids", "labels", "loss_masks", "position_ids", "subsegment_i
 MODEL_KEYS = ("images", "image_masks", "image_input_idx", "position_ids", "subsegment_ids")
 
 # ---------------------------------------------------------------------------------------------- batches
-
-
-def make_mesh(shape) -> Mesh:
-    """Mesh (data, fsdp, tensor); one -1 entry takes the remaining devices, e.g. (1, -1, 1) = fsdp."""
-    shape = list(shape)
-    if -1 in shape:
-        i = shape.index(-1)
-        shape[i] = 1
-        shape[i] = jax.device_count() // int(np.prod(shape))
-    return sharding.make_mesh(shape)
 
 
 def host_batch(batch: Batch) -> dict[str, np.ndarray]:
@@ -110,9 +104,10 @@ def loss_and_grads(params, batch: Mapping[str, jax.Array], rng: jax.Array, *, mo
 
 
 def train_step(state: dict, batch: Mapping[str, jax.Array], *, model: Molmo, opt: optim.Optimizer,
-               z_loss: float, grad_accum: int) -> tuple[dict, dict[str, jax.Array]]:
+               z_loss: float, grad_accum: int, trainable: Trainable = Trainable()) -> tuple[dict, dict[str, jax.Array]]:
     """One optimizer update on a global batch -> (new state, scalar metrics)."""
     params, step = state["params"], state["step"]
+    model = trainable.model(model, state.get("frozen"))
     grads, s = loss_and_grads(params, batch, jax.random.fold_in(state["rng"], step), model=model,
                               z_loss=z_loss, grad_accum=grad_accum)
     norms = optim.component_norms(grads, optim.component_labels(grads))
@@ -130,18 +125,21 @@ def train_step(state: dict, batch: Mapping[str, jax.Array], *, model: Molmo, opt
 # ----------------------------------------------------------------------------------------- train state
 
 
-def new_state(params, opt: optim.Optimizer, rng: jax.Array) -> dict:
-    return {"params": params, "opt_state": opt.tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+def new_state(params, opt: optim.Optimizer, rng: jax.Array, frozen=None) -> dict:
+    state = {"params": params, "opt_state": opt.tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+    return state if frozen is None else {**state, "frozen": frozen}
 
 
-def abstract_state(model_cfg, opt: optim.Optimizer, mesh: Mesh) -> dict:
+def abstract_state(model_cfg, opt: optim.Optimizer, mesh: Mesh, trainable: Trainable = Trainable()) -> dict:
     """The train state as ShapeDtypeStructs carrying their shardings on `mesh` (restore target)."""
-    boxed = abstract_params(model_cfg)
-    param_sh = sharding.param_shardings(boxed, mesh)
-    shapes = jax.eval_shape(lambda p: new_state(p, opt, jax.random.PRNGKey(0)), nn.meta.unbox(boxed))
+    boxed_params, boxed_frozen = trainable.abstract(model_cfg)
+    trees = {"params": boxed_params, **({} if boxed_frozen is None else {"frozen": boxed_frozen})}
+    param_sh = {name: sharding.param_shardings(tree, mesh) for name, tree in trees.items()}
+    unboxed = nn.meta.unbox(trees)
+    shapes = jax.eval_shape(lambda t: new_state(t["params"], opt, jax.random.PRNGKey(0), t.get("frozen")), unboxed)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_sh = like_params(shapes["opt_state"], param_sh, replicated)
-    shardings = {"params": param_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
+    shardings = {**param_sh, "opt_state": like_params(shapes["opt_state"], param_sh["params"], replicated),
+                 "step": replicated, "rng": replicated}
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
@@ -175,28 +173,33 @@ def initial_params(cfg, rng: jax.Array, mesh: Mesh) -> Any:
 
 
 def initial_state(cfg, opt: optim.Optimizer, mesh: Mesh, target: dict) -> dict:
+    """`initial_params` split as `Trainable.of(cfg)` says (its LoRA adapters drawn with the init key, which
+    no random init uses when the run starts from a checkpoint), a fresh optimizer."""
     params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = initial_params(cfg, params_rng, mesh)
-    make = jax.jit(lambda p, r: new_state(p, opt, r), out_shardings=shardings_of(target), donate_argnums=0)
-    return make(params, jax.device_put(dropout_rng, target["rng"].sharding))
+    params, frozen = Trainable.of(cfg).split_params(initial_params(cfg, params_rng, mesh), params_rng, cfg.model, mesh)
+    make = jax.jit(lambda p, f, r: new_state(p, opt, r, f), out_shardings=shardings_of(target), donate_argnums=(0, 1))
+    return make(params, frozen, jax.device_put(dropout_rng, target["rng"].sharding))
 
 
 class Program(NamedTuple):
     """What `train` runs: `target` the abstract train state (ShapeDtypeStructs with shardings: restore
     target and step output layout), `init()` the state at step 0 (called outside the mesh context), `step(state,
-    device batch) -> (state, scalar metrics)` (jitted by `train`, state donated)."""
+    device batch) -> (state, scalar metrics)` (jitted by `train`, state donated), `model_params(state)` the
+    model's params of a state (what hooks and exports take)."""
     target: dict
     init: Callable[[], dict]
     step: Callable[[dict, Mapping[str, jax.Array]], tuple[dict, dict]]
+    model_params: Callable[[dict], Any]
 
 
-def standard_program(cfg, mesh: Mesh) -> Program:
-    """Every param trained by `optim.make(cfg.optim)`, starting from `initial_state`."""
+def make_program(cfg, mesh: Mesh) -> Program:
+    """The params `Trainable.of(cfg)` names trained by `optim.make(cfg.optim)`, starting from `initial_state`."""
     opt = optim.make(cfg.optim)
-    target = abstract_state(cfg.model, opt, mesh)
+    trainable = Trainable.of(cfg)
+    target = abstract_state(cfg.model, opt, mesh, trainable)
     step = functools.partial(train_step, model=Molmo(cfg.model, deterministic=False), opt=opt,
-                             z_loss=cfg.optim.z_loss, grad_accum=cfg.optim.grad_accum)
-    return Program(target, functools.partial(initial_state, cfg, opt, mesh, target), step)
+                             z_loss=cfg.optim.z_loss, grad_accum=cfg.optim.grad_accum, trainable=trainable)
+    return Program(target, functools.partial(initial_state, cfg, opt, mesh, target), step, trainable.model_params)
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -251,14 +254,15 @@ def _flush(log: metrics_log.MetricsLog, pending: list, since: float, data, force
 
 
 def train(cfg, data: Iterator[Batch], workdir: epath.PathLike, mesh: Mesh | None = None,
-          program: Program | None = None) -> dict:
+          program: Program | None = None, hooks: Sequence[hooks_lib.Hook] = ()) -> dict:
     """Trains to cfg.optim.steps updates, resuming from the latest checkpoint in `workdir`.
 
     data: an iterator of host batches (dicts of numpy arrays, fixed shapes, this process's rows of the
     global batch); with `get_state`/`set_state` its position is checkpointed too, and its `skipped`
     ({reason: count}) and `drops` ({"dataset/reason": count}) dicts, as data_pipelines.mixtures reports
-    them, are logged. `program`: what to train
-    (default `standard_program`; e.g. molmo_jax.train.finetune's frozen / LoRA programs). Writes
+    them, are logged. `mesh`: default `sharding.make_mesh(cfg.mesh)`. `program`: what to train (default
+    `make_program(cfg, mesh)`; a caller passes one to reuse its compiled step). `hooks`: evaluation and
+    export every few steps (`molmo_jax.train.hooks`); their metrics join the step's row of the log. Writes
     workdir/{checkpoints/, metrics.jsonl, tb/, curves.png, run_settings.json}; `workdir` may be a gs:// path.
     Checkpoints every cfg.checkpoint.every steps and / or every_minutes minutes. Returns the final train state.
 
@@ -268,7 +272,7 @@ def train(cfg, data: Iterator[Batch], workdir: epath.PathLike, mesh: Mesh | None
     """
     paths.require_bucket(workdir, "workdir")
     workdir = epath.Path(workdir)
-    mesh = mesh or make_mesh(cfg.mesh)
+    mesh = mesh or sharding.make_mesh(cfg.mesh)
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.max_to_keep,
                                       cfg.checkpoint.async_save, cfg.checkpoint.get("every_minutes", 0.0))
     main = jax.process_index() == 0
@@ -277,15 +281,16 @@ def train(cfg, data: Iterator[Batch], workdir: epath.PathLike, mesh: Mesh | None
         with StopOnSignals() as stop:
             latest = ckpt.latest_step()
             checkpointing.check_resume(workdir, checkpointing.run_settings(cfg), resuming=latest is not None)
-            program = program or standard_program(cfg, mesh)
+            program = program or make_program(cfg, mesh)
             target = program.target
             step_fn = jax.jit(program.step, donate_argnums=0,
                               out_shardings=(shardings_of(target), NamedSharding(mesh, PartitionSpec())))
             # outside the mesh context: unboxing abstract params under a global mesh adds sharding constraints
             state = program.init() if latest is None else _restore(ckpt, latest, target, data)
             log = metrics_log.MetricsLog(workdir, enabled=main)
-            with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-                state, stopped = _loop(cfg, state, step_fn, data, mesh, ckpt, log, stop)
+            with sharding.use_mesh(mesh):
+                state, stopped = _loop(cfg, state, step_fn, data, mesh, ckpt, log, stop,
+                                       functools.partial(hooks_lib.run, hooks, params_of=program.model_params))
             ckpt.save(int(state["step"]), state, data, force=True)
             ckpt.wait()  # still under StopOnSignals: a signal now cannot cut the save short
     finally:
@@ -313,9 +318,11 @@ def _restore(ckpt: checkpointing.Checkpointer, step: int, target: dict, data) ->
 
 
 def _loop(cfg, state: dict, step_fn, data, mesh: Mesh, ckpt: checkpointing.Checkpointer,
-          log: metrics_log.MetricsLog, stop: StopOnSignals) -> tuple[dict, bool]:
+          log: metrics_log.MetricsLog, stop: StopOnSignals, run_hooks) -> tuple[dict, bool]:
     """Steps from the state's step to cfg.optim.steps -> (state, False), or until a stop signal reached
-    any process -> (state, True), every process stopping after the same step."""
+    any process -> (state, True), every process stopping after the same step. After each step,
+    `run_hooks(step, state)` (a metrics dict) runs before the step's checkpoint; its time is left out of
+    tokens/s."""
     start, stopped = int(state["step"]), False
     pending, t0 = [], time.perf_counter()
     bar = tqdm(total=cfg.optim.steps, initial=start, disable=jax.process_index() != 0, desc="train")
@@ -325,6 +332,9 @@ def _loop(cfg, state: dict, step_fn, data, mesh: Mesh, ckpt: checkpointing.Check
             break
         batch = host_batch(next(data))
         state, metrics = step_fn(state, distributed.global_batch(batch, mesh))
+        hooks_start = time.perf_counter()
+        metrics = {**metrics, **run_hooks(step, state)}
+        t0 += time.perf_counter() - hooks_start
         pending.append((step, metrics, int((batch["input_ids"] != -1).sum()) * jax.process_count()))
         saved = ckpt.save(step, state, data)  # its rows reach a remote log before the save commits
         if saved or step % cfg.log_every == 0 or step == cfg.optim.steps or stop.signum is not None:

@@ -1,0 +1,62 @@
+"""Work `trainer.train` does every few steps besides training: periodic evaluation and export.
+
+    hooks = [EvalHook(500, lambda params: {"loss": held_out_loss(params)}),
+             ExportHook(1000, f"{workdir}/export_steps", cfg.model, tokenizer, formats=("orbax",))]
+    trainer.train(cfg, data, workdir, hooks=hooks)
+
+A hook runs after each step s with s % every == 0, on the model's params of the state after that step
+(`Program.model_params`: LoRA adapters merged), inside the run's mesh context and before step s's checkpoint
+is saved, on every process. The metrics it returns join step s's row of metrics.jsonl and TensorBoard. A run
+killed during a hook resumes from an earlier checkpoint and runs it again; a run resumed from step s's
+checkpoint does not.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from etils import epath
+
+from molmo_jax import io
+from molmo_jax.tokenizer import MolmoTokenizer
+
+
+class Hook(Protocol):
+    every: int  # runs after the steps that are multiples of `every` (0: never)
+
+    def __call__(self, step: int, params: Any) -> Mapping[str, float]:
+        """Metrics to log at `step` ({} for none)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalHook:
+    """Logs `evaluate(params)` ({name: number}) as "eval/<name>"."""
+    every: int
+    evaluate: Callable[[Any], Mapping[str, float]]
+
+    def __call__(self, step: int, params: Any) -> dict[str, float]:
+        return {f"eval/{name}": float(value) for name, value in self.evaluate(params).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportHook:
+    """Writes the model (`io.save` with `model_cfg` and `tokenizer`) to <directory>/<step>/<format>."""
+    every: int
+    directory: epath.PathLike
+    model_cfg: Any
+    tokenizer: MolmoTokenizer
+    formats: Sequence[str] = ("orbax",)
+
+    def __call__(self, step: int, params: Any) -> dict[str, float]:
+        io.save_formats(params, self.model_cfg, self.tokenizer, epath.Path(self.directory) / str(step), self.formats)
+        return {}
+
+
+def run(hooks: Sequence[Hook], step: int, state: dict, *, params_of: Callable[[dict], Any]) -> dict[str, float]:
+    """The metrics of the hooks due after `step`; the params (`params_of(state)`) are computed once, and only
+    when a hook is due."""
+    due = [hook for hook in hooks if hook.every and step % hook.every == 0]
+    if not due:
+        return {}
+    params = params_of(state)
+    return {name: value for hook in due for name, value in hook(step, params).items()}
