@@ -1,4 +1,4 @@
-"""What every entry point shares (molmo_jax/entry_points.py): --import of user modules (a registered
+"""What every entry point shares (molmo_jax/cli/entry_points.py): --import of user modules (a registered
 pooling reaches config validation, `molmo-jax convert` and `experiments.train`), one-line errors with
 --debug before or after the subcommand, --version, and where a released model comes from."""
 from __future__ import annotations
@@ -12,7 +12,8 @@ from absl import flags
 from absl.testing import flagsaver
 
 from fixture_cases import ROOT
-from molmo_jax import cli, config, entry_points, io
+from molmo_jax import cli, config, io
+from molmo_jax.cli import entry_points
 from molmo_jax.models import connector
 from molmo_jax.models.molmo import abstract_params
 
