@@ -8,7 +8,9 @@ A model config is one `ml_collections.ConfigDict` with five sections:
   preprocess   image cropping / tokenisation settings the preprocessor needs
   formatting   prompt formatting of the official `DataFormatter`
 
-plus `dtype` (compute dtype) and `param_dtype`. Numbers come from ../shared/spec/MOLMO.md, section 1.
+plus `dtype` (compute dtype) and `param_dtype`. Numbers come from allenai/molmo `launch_scripts/utils.py`
+(`DEFAULT_VISION_BACKBONE`, `OLMOE`, `OLMO_1024_PREVIEW`, `QWEN2_7B`, `QWEN2_72B`) and the config.json of
+each released HF repo.
 `from_official(d)` turns an official `olmo.config.ModelConfig` dict (config.json of the native format)
 into this layout; `validate(cfg)` raises a `ConfigError` naming the field and the allowed values.
 """

@@ -13,7 +13,8 @@ read and formatted with `np.random.RandomState(seed + i)`, the rng of the offici
 Every conversation of an example (each `message_list` entry; of a multi-turn one, its first exchange) is
 one prompt: the official inference prompt, `Formatter(..., for_inference=True)` (prompt template and style
 prefix, e.g. "point_count: How many circles?"), wrapped in role tags by `bundle.predict_batch`, answered
-greedily in at most the task's `max_new_tokens` (spec section 9: 12, 192 for pointing / counting).
+greedily in at most the task's `max_new_tokens` (launch_scripts/utils.py:get_evaluation: 12, 192 for
+pointing / counting).
 
 A task (`EvalTask`) names the official benchmark whose scorer it uses (`metrics.score`) and the reference
 it builds per prompt:
