@@ -9,7 +9,6 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
@@ -20,7 +19,6 @@ from molmo_jax import cli, config, conversion, io
 from molmo_jax.checkpoints import CheckpointError
 from molmo_jax.cli import entry_points
 from molmo_jax.models import connector
-from molmo_jax.models.layers import param_with_axes
 from molmo_jax.models.molmo import abstract_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,12 +165,13 @@ def test_readme_pooling_trains_exports_and_reloads_with_equal_params(tmp_path, u
 
 
 class GatedMax(nn.Module):
-    """A pooling with a parameter: the window max times a learned per-channel gate."""
+    """A pooling with a parameter: the window max times a learned per-channel gate (a plain `self.param`,
+    without logical axes: replicated)."""
     cfg: object
 
     @nn.compact
     def __call__(self, windows):
-        gate = param_with_axes(self, "gate", nn.initializers.ones, (windows.shape[-1],), ("embed",), jnp.float32)
+        gate = self.param("gate", nn.initializers.ones, (windows.shape[-1],))
         return windows.max(axis=1) * gate
 
 
