@@ -26,7 +26,8 @@ FigureQA, PlotQA) are built one record per image; the others one record per ques
 Official bugs fixed here, each with a named option restoring the official behaviour:
   * ChartQA weighting: the official `is_human` is the hub's `human_or_machine` (0 human, 1 machine), so the
     larger weight 2*20901/28299 goes to the augmented questions; here it goes to the human ones, which
-    balances the two parts as MOLMO.md 7.3 states (`chart_qa_weight(official_weights=True)`).
+    balances the two parts as the official `ChartQa(weighted=True)` documents (olmo/data/academic_datasets.py)
+    (`chart_qa_weight(official_weights=True)`).
   * ScienceQA: the official prompt is `hint + "\\n" + hint`; here `hint + "\\n" + question`
     (`science_qa_message(official_hint_bug=True)`).
   * ST-VQA validation: the official reader opens `validation_task_3.json` (there is none); here the

@@ -22,7 +22,8 @@ from molmo_jax import formatting
 
 EOS = "<|endoftext|>"
 
-# The formatter settings of stage 1 (captioning) and stage 2 (multitask), as in MOLMO.md 7.2 / 7.3.
+# The formatter settings of stage 1 (captioning) and stage 2 (multitask), as the official launch scripts set
+# them (launch_scripts/train_captioner.py, launch_scripts/train_multitask_model.py).
 STAGE_FORMATTERS = (
     formatting.Formatter(prompt_templates="none", message_format="none", system_prompt="style_and_length",
                          always_start_with_space=True),

@@ -35,7 +35,7 @@ from absl import logging
 from experiments import ablations, lite
 from experiments import main as main_lib
 from molmo_jax import config as config_lib
-from molmo_jax import entry_points
+from molmo_jax.cli import entry_points
 from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import abstract_params

@@ -13,7 +13,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from molmo_jax import entry_points
+from molmo_jax.cli import entry_points
 from molmo_jax.train import finetune
 
 

@@ -36,7 +36,7 @@ from absl import logging
 from etils import epath
 
 from experiments import lite, provenance
-from molmo_jax import entry_points
+from molmo_jax.cli import entry_points
 from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import Molmo, init_params

@@ -1,4 +1,4 @@
-"""Stage 1 of Molmo training: dense captioning on PixMo-Cap (spec section 7.2, `train_captioner.py`).
+"""Stage 1 of Molmo training: dense captioning on PixMo-Cap (allenai/molmo launch_scripts/train_captioner.py).
 
     python -m experiments.train --config experiments/stage1.py:tiny --workdir /tmp/s1
     python -m experiments.train --config experiments/stage1.py:Molmo-7B-D-0924 --workdir gs://bucket/s1 \

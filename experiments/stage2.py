@@ -1,4 +1,5 @@
-"""Stage 2 of Molmo training: multitask fine-tuning from a stage-1 checkpoint (spec section 7.3).
+"""Stage 2 of Molmo training: multitask fine-tuning from a stage-1 checkpoint (allenai/molmo
+launch_scripts/train_multitask_model.py).
 
     python -m experiments.train --config experiments/stage2.py:tiny --config.init_from=/tmp/s1/checkpoints \
         --workdir /tmp/s2

@@ -31,7 +31,8 @@ from ml_collections import config_flags
 from experiments import stage1
 from experiments.data import make_data
 from molmo_jax import config as config_lib
-from molmo_jax import distributed, entry_points, io, paths
+from molmo_jax import distributed, io, paths
+from molmo_jax.cli import entry_points
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import trainer
 from molmo_jax.train.trainable import Trainable

@@ -8,7 +8,9 @@ A model config is one `ml_collections.ConfigDict` with five sections:
   preprocess   image cropping / tokenisation settings the preprocessor needs
   formatting   prompt formatting of the official `DataFormatter`
 
-plus `dtype` (compute dtype) and `param_dtype`. Numbers come from ../shared/spec/MOLMO.md, section 1.
+plus `dtype` (compute dtype) and `param_dtype`. Numbers come from allenai/molmo `launch_scripts/utils.py`
+(`DEFAULT_VISION_BACKBONE`, `OLMOE`, `OLMO_1024_PREVIEW`, `QWEN2_7B`, `QWEN2_72B`) and the config.json of
+each released HF repo.
 `from_official(d)` turns an official `olmo.config.ModelConfig` dict (config.json of the native format)
 into this layout; `validate(cfg)` raises a `ConfigError` naming the field and the allowed values.
 """
@@ -21,7 +23,6 @@ import ml_collections
 
 VIT_TYPES = ("openai", "siglip", "dino")
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_pytorch_tanh", "relu", "silu")
-POOLING_TYPES = ("attention_meanq", "attention", "attention_2wide", "stack", "none")
 PROJECTOR_TYPES = ("mlp", "2mlp", "linear")
 PADDING_EMBED_TYPES = (None, "pad_and_partial_pad", "pad_embed", "regress")
 BLOCK_TYPES = ("sequential", "moe")
@@ -222,17 +223,15 @@ def num_prefix_tokens(cfg) -> int:
     return 0 if cfg.vit.kind == "siglip" else 1
 
 
+def poolings() -> Mapping[str, Any]:
+    """The pooling registry `connector.POOLINGS` (name -> `PoolingSpec`)."""
+    from molmo_jax.models import connector  # the registry lives with the modules it builds
+    return connector.POOLINGS
+
+
 def pooled_dim(cfg) -> int:
-    """Width of one pooled image token (input of the projector)."""
-    c_in = cfg.vit.width * len(cfg.vit_layers)
-    pooling = cfg.connector.pooling
-    if pooling in ("attention", "attention_meanq"):
-        return cfg.vit.width
-    if pooling == "attention_2wide":
-        return 2 * cfg.vit.width
-    if pooling == "stack":
-        return c_in * cfg.connector.pooling_h * cfg.connector.pooling_w
-    return c_in
+    """Width of one pooled image token (the projector's input), as the config's pooling declares it."""
+    return poolings()[cfg.connector.pooling].width(cfg)
 
 
 def max_total_crops(cfg) -> int:
@@ -291,13 +290,15 @@ def validate(cfg) -> ml_collections.ConfigDict:
 
     _require(con.padding_embed in PADDING_EMBED_TYPES, "connector.padding_embed", con.padding_embed,
              f"allowed: {PADDING_EMBED_TYPES}")
-    _require(con.pooling in POOLING_TYPES, "connector.pooling", con.pooling,
-             f"allowed: {POOLING_TYPES} (add one with connector.register_pooling in a module given to --import)")
+    registry = poolings()
+    _require(con.pooling in registry, "connector.pooling", con.pooling,
+             f"allowed: {tuple(registry)} (add one with connector.register_pooling in a module given to --import)")
     _require(con.projector in PROJECTOR_TYPES, "connector.projector", con.projector,
              f"allowed: {PROJECTOR_TYPES}")
-    if con.pooling == "none":
-        _require(con.pooling_h == con.pooling_w == 1, "connector.pooling", con.pooling,
-                 "'none' needs connector.pooling_h == connector.pooling_w == 1")
+    window = registry[con.pooling].window
+    if window:
+        _require((con.pooling_h, con.pooling_w) == window, "connector.pooling", con.pooling,
+                 f"{con.pooling!r} needs connector.pooling_h == {window[0]} and connector.pooling_w == {window[1]}")
     if con.projector == "2mlp":
         _require(pooled_dim(cfg) == llm.d_model, "connector.projector", con.projector,
                  f"'2mlp' adds a residual MLP, so the pooled width {pooled_dim(cfg)} must equal "

@@ -3,7 +3,6 @@
 Turns a dataset example (style, question / prompt / answer(s) / points / options / message_list) into
 the message strings the tokenizer sees, e.g. `[" User: Point to the cup. Assistant:", " <point ...>"]`,
 and parses generated pointing text back to pixel coordinates (`extract_points`, olmo/util.py).
-Spec: shared/spec/MOLMO.md section 6.
 
 Randomness (template choice, 10% style prefixes, length noise, answer ties) draws from a
 `np.random.RandomState`-like `rng` with the same calls in the same order as the official code, so a

@@ -188,9 +188,10 @@ def _target(cfg, mesh) -> Any:
     mesh = mesh or sharding.make_mesh()
     boxed = abstract_params(cfg)
     dtype = jax.numpy.dtype(cfg.param_dtype)
-    # unboxed without sharding constraints, which fail on ShapeDtypeStructs under a caller's mesh context
-    values = jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed,
-                          is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    # unboxed without sharding constraints, which fail on ShapeDtypeStructs under a caller's mesh context; a
+    # param declared without logical axes (e.g. a registered pooling's `self.param`) is not boxed: replicated
+    boxed_leaf = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    values = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if boxed_leaf(x) else x, boxed, is_leaf=boxed_leaf)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s), values,
                         sharding.param_shardings(boxed, mesh))
 

@@ -32,10 +32,8 @@ for a tiny model).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import math
 import re
 from typing import Any, Mapping, Sequence
@@ -43,9 +41,8 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from etils import epath
 
-from molmo_jax import cli, sharding
+from molmo_jax import sharding
 from molmo_jax import config as config_lib
 from molmo_jax.models.molmo import abstract_params
 
@@ -422,44 +419,3 @@ def details(p: Mapping[str, Any]) -> str:
     lines.append(f"  (working set: {a['working_set_of']})")
     lines += [f"  compiled/{k}: {_gib(v)} GiB" for k, v in p.get("compiled", {}).items()]
     return "\n".join(lines + [f"  warning: {w}" for w in p["warnings"]])
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-
-
-def _arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--config", required=True, action="append",
-                        help="model name (repeatable), e.g. Molmo-7B-D-0924 or tiny-qwen2")
-    parser.add_argument("--mesh", required=True, action="append",
-                        help="mesh (repeatable), e.g. fsdp=256 or data=2,fsdp=16,tensor=4")
-    parser.add_argument("--batch", type=int, required=True, help="global batch (sequences per step)")
-    parser.add_argument("--seq", type=int, required=True, help="sequence length")
-    parser.add_argument("--crops", type=int, help="image crops per example (default: the config's max)")
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--remat", choices=config_lib.REMAT_POLICIES, help="default: the config's")
-    parser.add_argument("--dtype", choices=config_lib.DTYPES, default="bfloat16", help="compute dtype")
-    parser.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
-                        help="usable fraction of device memory")
-    parser.add_argument("--compile", action="store_true", help="add XLA's memory analysis (local meshes)")
-    parser.add_argument("--json", help="also write the plans as JSON to this file")
-
-
-def _run(args) -> int:
-    plans = []
-    for name in args.config:
-        cfg = config_lib.get_config(name)
-        cfg.dtype = args.dtype
-        if args.remat:
-            cfg.llm.remat_policy = args.remat
-        plans += [plan(cfg, mesh, args.batch, args.seq, args.crops, args.grad_accum, args.headroom,
-                       args.compile) for mesh in args.mesh]
-    print(table(plans))
-    for p in plans:
-        print(details(p))
-    if args.json:
-        epath.Path(args.json).write_text(json.dumps(plans, indent=1))
-    return 0
-
-
-cli.register(cli.Command("plan", "per-device memory of a training step for a config, mesh and batch",
-                         _arguments, _run))

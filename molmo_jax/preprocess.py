@@ -2,7 +2,8 @@
 
 Reproduces `olmo/data/model_preprocessor.py` (load_image, resize_and_pad, select_tiling, the
 overlap-and-resize-c2 crops, MultiModalPreprocessor.__call__) and `olmo/data/collator.py:MMCollator`
-in vectorised numpy; prompt formatting is `molmo_jax.formatting`. Spec: shared/spec/MOLMO.md section 3.
+in vectorised numpy (the HF release's `image_preprocessing_molmo.py` runs the same algorithm); prompt
+formatting is `molmo_jax.formatting`.
 
 One call:
 
@@ -21,7 +22,9 @@ Deliberate deviations from the official code (documented, none reached by single
 released models): `crop_mode="resize"` emits per-patch mask fractions (T=1, P) instead of the official
 un-averaged (P, 196) booleans; with several images or an `<|image|>` placeholder the indices point at the
 right block (the official code forgets the offset of earlier image blocks and shifts -100 entries).
-Parity quirks that ARE reproduced: the image_masks off-by-one crop (MOLMO.md 3.7) and the text-only
+Parity quirks that ARE reproduced: the image_masks off-by-one crop (`MultiModalPreprocessor.
+image_to_patches_and_tokens` appends the row of -1 after the crops' masks, so the global view gets the
+first crop's mask and the last crop -1) and the text-only
 branch, which emits `input_tokens == target_tokens` without BOS and no position_ids.
 """
 from __future__ import annotations

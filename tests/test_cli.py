@@ -5,6 +5,7 @@ in-process (`cli.main`) except one subprocess run that checks the exit status an
 """
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import shutil
@@ -210,3 +211,47 @@ def test_package_exports():
     assert molmo_jax.generate is api.generate and molmo_jax.decoding.generate is decoding.generate
     with pytest.raises(AttributeError):
         molmo_jax.no_such_name
+
+
+# ----------------------------------------------------------------------------- the CLI package
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an `import` / `from ... import` statement of the file names (`package.name` too for
+    `from package import name`). The packages use absolute imports only (checked)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_the_cli_package_parses_arguments_and_the_library_never_imports_it():
+    """argparse lives in molmo_jax/cli (and the launchers in experiments/ and tools/); no other module of
+    the installed packages imports argparse or molmo_jax.cli."""
+    offenders = []
+    for package in ("molmo_jax", "data_pipelines"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path.is_relative_to(REPO / "molmo_jax" / "cli"):
+                continue
+            names = imported_modules(path)
+            offenders += [f"{path.relative_to(REPO)}: {name}" for name in sorted(names)
+                          if name.split(".")[0] == "argparse" or name.split(".")[:2] == ["molmo_jax", "cli"]]
+    assert offenders == []
+    assert "argparse" in imported_modules(REPO / "molmo_jax" / "cli" / "__init__.py")  # the scan sees imports
+
+
+def test_every_command_is_one_module_of_the_literal_list():
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    assert list(sub.choices) == [c.name for c in cli.COMMANDS]
+    for command in cli.COMMANDS:
+        assert command.module.__name__.startswith("molmo_jax.cli.")
+        assert callable(command.module.add_arguments) and callable(command.module.run) and command.description
+    assert not hasattr(cli, "EXTENSIONS") and not hasattr(cli, "register")

@@ -13,7 +13,7 @@ from molmo_jax import config
 from molmo_jax.models.molmo import abstract_params, param_count
 
 def vit_l_23() -> int:
-    """CLIP ViT-L/14-336 without its last layer and post-LN (spec section 1)."""
+    """CLIP ViT-L/14-336 without its last layer and post-LN (launch_scripts/utils.py:DEFAULT_VISION_BACKBONE)."""
     w, mlp = 1024, 4096
     layer = 4 * (w * w + w) + (w * mlp + mlp + mlp * w + w) + 4 * w
     return 14 * 14 * 3 * w + w + 577 * w + 2 * w + 23 * layer

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from molmo_jax import config
+from molmo_jax.models import connector
 from molmo_jax.models.connector import POOLINGS, Connector, StackPool, register_pooling
 
 B, T = 2, 3
@@ -127,13 +128,29 @@ class FirstMember(StackPool):
 
 
 def test_registered_pooling_is_usable_from_config(monkeypatch):
-    monkeypatch.setattr(config, "POOLING_TYPES", config.POOLING_TYPES)
-    monkeypatch.setitem(POOLINGS, "first_member", None)
+    monkeypatch.setattr(connector, "POOLINGS", dict(POOLINGS))
     register_pooling("first_member", lambda cfg, name: FirstMember(cfg, name=name))
     cfg = connector_cfg("first_member", "linear", padding=None)
     x, masks = features(cfg)
     _, _, pooled = run(cfg, x, masks)
     np.testing.assert_array_equal(pooled, windows(cfg, x)[:, :, :, 0])
+
+
+def test_registered_width_is_what_validation_and_the_planner_use(monkeypatch):
+    """`config.pooled_dim`, the 2mlp check and `plan.connector_bytes` read the registered width."""
+    from molmo_jax import plan
+    monkeypatch.setattr(connector, "POOLINGS", dict(POOLINGS))
+    register_pooling("first_member", lambda cfg, name: FirstMember(cfg, name=name))
+    cfg = connector_cfg("first_member", "linear", padding=None)
+    c_in = connector.input_width(cfg)
+    assert config.pooled_dim(cfg) == c_in  # the default width
+    narrow = plan.connector_bytes(cfg, 1, 4, 1)
+    register_pooling("first_member", lambda cfg, name: FirstMember(cfg, name=name), width=lambda cfg: 3 * c_in)
+    assert config.pooled_dim(cfg) == 3 * c_in
+    assert plan.connector_bytes(cfg, 1, 4, 1) - narrow == 4 * int(np.prod(config.pooled_grid(cfg))) * 2 * c_in
+    cfg.connector.projector = "2mlp"
+    with pytest.raises(config.ConfigError, match=f"the pooled width {3 * c_in} must equal"):
+        config.validate(cfg)
 
 
 def test_fan_in_init_keeps_image_features_at_unit_scale():

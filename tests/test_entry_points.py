@@ -1,8 +1,11 @@
-"""What every entry point shares (molmo_jax/entry_points.py): --import of user modules (a registered
-pooling reaches config validation, `molmo-jax convert` and `experiments.train`), one-line errors with
---debug before or after the subcommand, --version, and where a released model comes from."""
+"""What every entry point shares (molmo_jax/cli/entry_points.py): --import of user modules (a registered
+pooling reaches config validation, `molmo-jax convert` and `experiments.train`; the README's pooling trains,
+exports and reloads), one-line errors with --debug before or after the subcommand, --version, and where a
+released model comes from."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -12,24 +15,16 @@ from absl import flags
 from absl.testing import flagsaver
 
 from fixture_cases import ROOT
-from molmo_jax import cli, config, entry_points, io
+from molmo_jax import cli, config, conversion, io
+from molmo_jax.checkpoints import CheckpointError
+from molmo_jax.cli import entry_points
 from molmo_jax.models import connector
 from molmo_jax.models.molmo import abstract_params
 
-USER_MODULE = '''
-import flax.linen as nn
-from molmo_jax.models.connector import register_pooling
-
-
-class MaxPool(nn.Module):
-    cfg: object
-
-    def __call__(self, windows):
-        return windows.max(axis=1)
-
-
-register_pooling("max", lambda cfg, name: MaxPool(cfg, name=name))
-'''
+REPO = Path(__file__).resolve().parents[1]
+# The README's user module (section "Ablate the connector"): registers the parameter-free pooling "max".
+USER_MODULE = re.search(r"<!-- readme-test: file my_poolings.py -->\n```python\n(.*?)```",
+                        (REPO / "README.md").read_text(), re.S)[1]
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -42,15 +37,9 @@ def run(argv, capsys) -> tuple[int, str, str]:
 def forget_max_pooling(monkeypatch):
     """Whatever registers "max" during the test is undone afterwards; calling the fixture's value undoes it
     at once."""
-    types = config.POOLING_TYPES
-    monkeypatch.setattr(config, "POOLING_TYPES", types)
-    monkeypatch.setitem(connector.POOLINGS, "max", None)
-    del connector.POOLINGS["max"]
-
-    def forget():
-        config.POOLING_TYPES = types
-        connector.POOLINGS.pop("max", None)
-    return forget
+    monkeypatch.setattr(connector, "POOLINGS", dict(connector.POOLINGS))
+    connector.POOLINGS.pop("max", None)
+    return lambda: connector.POOLINGS.pop("max", None)
 
 
 @pytest.fixture
@@ -139,3 +128,83 @@ def test_train_errors_are_one_line_and_import_registers_the_pooling(tmp_path, us
     err = capsys.readouterr().err.splitlines()
     assert err == ["experiments.train: error: data.kind='nowhere' is unknown; known: synthetic, pixmo_lite, pixmo"]
     assert "max" in connector.POOLINGS
+
+
+def random_params(cfg, seed: int = 0):
+    """Params of `cfg` drawn from N(0, 0.02^2) in numpy (no init program to compile)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.normal(0, 0.02, x.shape).astype(x.dtype), nn.unbox(abstract_params(cfg)))
+
+
+def save(params, cfg, path, fmt):
+    io.save(params, cfg, io.load_tokenizer(ROOT / "qwen2_7b_d", cfg), path, fmt)
+
+
+def test_readme_pooling_trains_exports_and_reloads_with_equal_params(tmp_path, user_module, forget_max_pooling,
+                                                                    monkeypatch):
+    """The README's "max" pooling: `experiments.train --import my_poolings` trains the tiny stage 1 with it
+    (from random params in a native checkpoint, so only the step compiles) and exports the native format;
+    the export names the pooling and reloads to the params of the run's last checkpoint."""
+    from experiments import stage1
+    entry_points.import_extensions([str(user_module)])
+    cfg = stage1.get_config("tiny").model
+    cfg.connector.pooling = "max"
+    initial = random_params(config.validate(cfg))
+    save(initial, cfg, tmp_path / "init", "native")
+    workdir = tmp_path / "s1_max"
+    argv = ["--config", "experiments/stage1.py:tiny", f"--workdir={workdir}", f"--import={user_module}",
+            "--config.model.connector.pooling=max", "--config.optim.steps=2", "--export=native",
+            f"--config.init_from={tmp_path / 'init'}", f"--config.data.tokenizer={ROOT / 'qwen2_7b_d'}"]
+    assert train_main(argv, monkeypatch) == 0
+    cfg, exported = io.load(workdir / "export" / "native")
+    assert cfg.connector.pooling == "max"
+    _, trained = io.load(workdir, cfg)
+    jax.tree.map(np.testing.assert_array_equal, nn.unbox(trained), nn.unbox(exported))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), nn.unbox(exported), initial))
+    assert any(moved)  # it trained
+
+
+class GatedMax(nn.Module):
+    """A pooling with a parameter: the window max times a learned per-channel gate (a plain `self.param`,
+    without logical axes: replicated)."""
+    cfg: object
+
+    @nn.compact
+    def __call__(self, windows):
+        gate = self.param("gate", nn.initializers.ones, (windows.shape[-1],))
+        return windows.max(axis=1) * gate
+
+
+def gated_max_model(monkeypatch, **spec):
+    """(config, random params) of a tiny model with pooling "gated_max" registered with `spec`."""
+    monkeypatch.setattr(connector, "POOLINGS", dict(connector.POOLINGS))
+    connector.register_pooling("gated_max", lambda cfg, name: GatedMax(cfg, name=name), **spec)
+    cfg = config.tiny("qwen2")
+    cfg.connector.pooling = "gated_max"
+    cfg = config.validate(cfg)
+    return cfg, random_params(cfg)
+
+
+def test_pooling_export_rules_round_trip_its_params(tmp_path, monkeypatch):
+    rules = lambda cfg: [conversion.rule("vision_backbone.image_pooling_2d.gate", "connector/pooling/gate",
+                                         conversion.identity())]
+    cfg, params = gated_max_model(monkeypatch, export_rules=rules)
+    save(params, cfg, tmp_path / "native", "native")
+    _, reloaded = io.load(tmp_path / "native")
+    jax.tree.map(np.testing.assert_array_equal, nn.unbox(reloaded), nn.unbox(params))
+    assert np.asarray(reloaded["connector"]["pooling"]["gate"]).std() > 0
+
+
+def test_export_names_a_pooling_param_no_rule_covers(tmp_path, monkeypatch, capsys):
+    """Without export rules, `io.save` and `molmo-jax export` refuse in one line naming the parameter,
+    rather than writing a model without it."""
+    cfg, params = gated_max_model(monkeypatch)
+    message = ("no export rule maps params ['connector/pooling/gate'] to official names (pooling 'gated_max' "
+               "needs export_rules in connector.register_pooling)")
+    with pytest.raises(CheckpointError) as error:
+        save(params, cfg, tmp_path / "native", "native")
+    assert str(error.value) == message
+    save(params, cfg, tmp_path / "orbax", "orbax")  # Orbax keeps our param tree: no rules needed
+    rc, _, err = run(["export", "--checkpoint", tmp_path / "orbax", "--to", "hf_release", "--out", tmp_path / "hf"],
+                     capsys)
+    assert rc == 1 and err.splitlines() == [f"molmo-jax export: error: {message}"]

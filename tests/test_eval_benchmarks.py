@@ -22,9 +22,10 @@ from molmo_jax.eval import android_control, report, runner, tasks
 
 FIXTURE = ROOT / "qwen2_7b_d"
 
-# The first prompt of each task on the tiny copies: the official inference prompt (MOLMO.md section 9: the
-# style prefix of the reader's style, eval_short_answer -> "vqa2:", eval_multiple_choice -> "a_okvqa_mc:",
-# none for the demo style point_count 90% of the time; options lettered "A: x") and (tokens, crops).
+# The first prompt of each task on the tiny copies: the official inference prompt (olmo/data/data_formatter.py:
+# DataFormatter with for_inference=True: the style prefix of the reader's style, eval_short_answer -> "vqa2:",
+# eval_multiple_choice -> "a_okvqa_mc:", none for the demo style point_count 90% of the time; options lettered
+# "A: x") and (tokens, crops).
 HIGH = (12, 36)
 SPEC = {
     "ai2d": ("ai2_diagram_no_letter: Which letter is the sun?\nA\nB\n", HIGH),

@@ -22,7 +22,8 @@ import molmo_jax
 from data_pipelines import user_data
 from experiments import finetune as finetune_experiment
 from fixture_cases import ROOT
-from molmo_jax import cli, finetune_cli, formatting, io, lora, sharding
+from molmo_jax import cli, formatting, io, lora, sharding
+from molmo_jax.cli import finetune as finetune_cli
 from molmo_jax.models.molmo import Molmo, abstract_params
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import checkpointing, finetune, hooks, metrics_log, optim, trainable, trainer

@@ -160,7 +160,7 @@ def test_trainer_init_from_reads_every_export(fmt, exports):
 
 
 def test_cli_formats_are_io_formats():
-    assert cli.EXPORT_FORMATS == io.EXPORT_FORMATS
+    assert cli.export.EXPORT_FORMATS == io.EXPORT_FORMATS
 
 
 # ----------------------------------------------------------------------------- bad input: one line naming the path

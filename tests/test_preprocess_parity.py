@@ -198,7 +198,8 @@ def test_default_resize_matches_torch(hw, out):
 
 
 def test_multi_annotation_message_list():
-    """Subsegments, per-conversation positions and root_subsegments loss weights (MOLMO.md 6.5)."""
+    """Subsegments, per-conversation positions and root_subsegments loss weights
+    (olmo/data/model_preprocessor.py: MultiModalPreprocessor.__call__, loss_token_weighting)."""
     _, pre = _fixture(FIXTURE_NAMES[0])
     convs = [[" User: a Assistant:", " b"], [" User: cc dd Assistant:", " ee ff"], [" User: g Assistant:", " h"]]
     out = pre.encode(np.zeros((40, 60, 3), np.uint8), convs)

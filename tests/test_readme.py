@@ -129,10 +129,8 @@ def test_generated_tables_are_up_to_date():
 
 
 def test_every_block_runs(tmp_path, monkeypatch, capsys):
-    from molmo_jax import config
     from molmo_jax.models import connector
-    monkeypatch.setattr(config, "POOLING_TYPES", config.POOLING_TYPES)  # what the README registers is undone
-    monkeypatch.setattr(connector, "POOLINGS", dict(connector.POOLINGS))
+    monkeypatch.setattr(connector, "POOLINGS", dict(connector.POOLINGS))  # what the README registers is undone
     monkeypatch.delitem(sys.modules, "my_poolings", raising=False)  # the README's module, fresh (it registers)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -1,7 +1,8 @@
 """Benchmark-level scoring: `score(benchmark, predictions, references, **options) -> {metric: mean}`.
 
 Mirrors the official evaluator choice (launch_scripts/utils.py:get_evaluator) and each evaluator's
-handling of the generated text. Spec: shared/spec/MOLMO.md section 9.
+handling of the generated text (olmo/eval/evaluators.py: `VqaEval`, `PointingEval`, `PointCountEval`,
+`CountEval`, `AndroidControlEval`, `MathVistaEval`).
 
 predictions: generated strings. references: one dict per example with the official metadata fields:
   short-answer benchmarks   "answer" (str or list) or "answers" (list); optional "is_human" (ChartQA)

@@ -13,7 +13,8 @@ read and formatted with `np.random.RandomState(seed + i)`, the rng of the offici
 Every conversation of an example (each `message_list` entry; of a multi-turn one, its first exchange) is
 one prompt: the official inference prompt, `Formatter(..., for_inference=True)` (prompt template and style
 prefix, e.g. "point_count: How many circles?"), wrapped in role tags by `bundle.predict_batch`, answered
-greedily in at most the task's `max_new_tokens` (spec section 9: 12, 192 for pointing / counting).
+greedily in at most the task's `max_new_tokens` (launch_scripts/utils.py:get_evaluation: 12, 192 for
+pointing / counting).
 
 A task (`EvalTask`) names the official benchmark whose scorer it uses (`metrics.score`) and the reference
 it builds per prompt:
@@ -38,13 +39,10 @@ get `out_dir/<task>_test_submission.json` in the server's format instead of metr
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import functools
 import json
 import logging
-import sys
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -53,9 +51,8 @@ from etils import epath
 from PIL import Image, ImageDraw
 
 from data_pipelines import eval_sets, synthetic
-from molmo_jax import cli, points
-from molmo_jax import paths as path_lib
-from molmo_jax.eval.answers import PREDICTIONS_SUFFIX, answer_all, predictions_file, write_submission
+from molmo_jax import points
+from molmo_jax.eval.answers import answer_all, predictions_file, write_submission
 from molmo_jax.eval.metrics import score
 from molmo_jax.eval.tasks import PAPER_TASKS, TASKS, EvalTask, resolve_task
 from molmo_jax.formatting import Formatter
@@ -423,28 +420,6 @@ def evaluate_paper(bundles: Mapping[str, Any], data_dir, out_dir=None, image_dir
     return rows
 
 
-# ----------------------------------------------------------------------------- CLI
-
-def _eval_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--checkpoint", required=True, type=epath.Path, action="append",
-                        help="checkpoint directory (molmo_jax.load); repeat to compare several")
-    parser.add_argument("--vision-json", type=epath.Path, help="JSON of official ViT fields for an HF release")
-    parser.add_argument("--task", required=True, choices=["paper", *sorted(TASKS)],
-                        help="a benchmark, or 'paper': the 11 of the paper's table")
-    parser.add_argument("--split", help="default: the task's (see molmo_jax/eval/tasks.py)")
-    parser.add_argument("--data-dir", type=epath.Path, help="the eval sets' files (data_pipelines/eval_sets.py)")
-    parser.add_argument("--image-dir", type=epath.Path, help="PixMo image cache (default <data-dir>/images)")
-    parser.add_argument("--n", type=int, help="number of examples (default: all)")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="prompts per step; split over all devices when they divide it")
-    parser.add_argument("--out", type=epath.Path, help="directory for <task>.predictions.jsonl (resumed), <task>.json, "
-                                                 "submission files, pointing drawings, the paper table")
-    parser.add_argument("--draw", type=int, default=4, help="pointing drawings to write (gold | predicted)")
-    parser.add_argument("--max-new-tokens", type=int, help="default: the task's (12; 192 pointing/counting)")
-    parser.add_argument("--max-crops", type=int, help="default: the task's (36 high-res; 12 low-res)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the examples' formatting rngs")
-
-
 def data_parallel_mesh(batch_size: int):
     """A mesh splitting each batch over all devices (data parallel), or None for one device or a batch
     size they do not divide."""
@@ -453,71 +428,3 @@ def data_parallel_mesh(batch_size: int):
     from molmo_jax import sharding
     n = jax.device_count()
     return sharding.make_mesh((-1, 1, 1)) if n > 1 and batch_size % n == 0 else None
-
-
-def _eval(args) -> int:
-    """Runs `_eval_tasks`; an interrupted run says where its answers are kept and how to resume."""
-    try:
-        return _eval_tasks(args)
-    except KeyboardInterrupt:
-        kept = (f"the answers so far are in {args.out}/**/*{PREDICTIONS_SUFFIX}; " if args.out else
-                "nothing kept (no --out); ")
-        print(f"molmo-jax eval: interrupted; {kept}run the same command again to resume", file=sys.stderr)
-        return 130
-
-
-def _eval_tasks(args) -> int:
-    import molmo_jax
-    mesh = data_parallel_mesh(args.batch_size)
-    vision = json.loads(args.vision_json.read_text()) if args.vision_json else None
-    names = [p.name for p in args.checkpoint]
-    if len(set(names)) < len(names):
-        raise ValueError(f"--checkpoint directories need distinct names, got {names}")
-    options = dict(n=args.n, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                   max_crops=args.max_crops, seed=args.seed, image_dir=args.image_dir, resume=True)
-    if args.task == "paper":
-        if args.split:
-            raise ValueError("--task paper runs each benchmark's own split; drop --split")
-        bundles = {name: functools.partial(molmo_jax.load, path, mesh=mesh, vision=vision, progress=True)
-                   for name, path in zip(names, args.checkpoint)}
-        paths = {name: str(path_lib.absolute(path)) for name, path in zip(names, args.checkpoint)}
-        evaluate_paper(bundles, args.data_dir, args.out, paths=paths, **options)
-        if args.out:
-            print(f"wrote {args.out / 'paper.md'}, paper.json, paper.png")
-        return 0
-    open_dataset(TASKS[args.task], args.split, args.data_dir, args.image_dir)  # fail before loading a model
-    for name, path in zip(names, args.checkpoint):
-        out = args.out if args.out is None or len(names) == 1 else args.out / name
-        evaluate(molmo_jax.load(path, mesh=mesh, vision=vision, progress=True), args.task, out_dir=out,
-                 draw=args.draw, split=args.split, data_dir=args.data_dir, checkpoint=str(path_lib.absolute(path)), **options)
-        if out:
-            print(f"wrote {out / args.task}.json")
-    return 0
-
-
-def _elo_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--preferences", required=True, type=epath.Path,
-                        help="pairwise preferences, .jsonl or .csv with model_a, model_b, winner "
-                             "(model_a / model_b / tie...)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=epath.Path, help="write the ratings as JSON here")
-
-
-def _elo(args) -> int:
-    from molmo_jax.eval import elo
-    model_a, model_b, outcome = elo.read_preferences(args.preferences)
-    ratings = elo.elo_ratings(model_a, model_b, outcome, n_bootstrap=args.bootstrap, seed=args.seed)
-    width = max(len(m) for m in ratings)
-    print(f"{'model':<{width}}  rating  95% interval  ({len(outcome)} comparisons)")
-    for model, r in ratings.items():
-        print(f"{model:<{width}}  {r['rating']:6.1f}  [{r['ci_low']:.1f}, {r['ci_high']:.1f}]")
-    if args.out:
-        args.out.write_text(json.dumps(ratings, indent=1))
-    return 0
-
-
-cli.register(cli.Command("eval", "score checkpoints on a benchmark or the paper's table (resumable predictions, "
-                                 "metrics, submission files)", _eval_arguments, _eval))
-cli.register(cli.Command("elo", "Elo / Bradley-Terry ratings from pairwise preference judgements",
-                         _elo_arguments, _elo))

@@ -2,7 +2,7 @@
 
 VQA score (VQA v2, TextVQA, OK-VQA), A-OKVQA direct-answer score, ANLS (DocVQA, InfographicVQA,
 ST-VQA), relaxed correctness (ChartQA), exact match, multiple choice (AI2D, A-OKVQA-MC) and
-RealWorldQA. Spec: shared/spec/MOLMO.md section 9.
+RealWorldQA.
 
 Where the official code raises, these functions return a defined value instead (see each docstring):
 ANLS of two empty strings, duplicate multiple-choice options, a RealWorldQA target outside A-D.

@@ -1,10 +1,12 @@
 """The connector: padding embeddings, 2D pooling of ViT patches, projection into the LLM width.
 
-Pooling is pluggable: `POOLINGS` maps a `cfg.connector.pooling` name to a module factory; every
-official type is registered, and `register_pooling` adds one for an ablation.
+Pooling is pluggable: `POOLINGS` maps a `cfg.connector.pooling` name to its `PoolingSpec` (how to build
+it, its output width, its export rules); every official type is registered, and `register_pooling` adds
+one for an ablation. Config validation, the memory planner and checkpoint conversion ask this registry.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import einops
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from molmo_jax import config as config_lib
+from molmo_jax import conversion
 from molmo_jax.models.layers import Attention, Dense, Mlp, dtype_of, param_with_axes
 
 
@@ -45,20 +48,72 @@ class StackPool(nn.Module):
         return windows.reshape(windows.shape[0], -1)
 
 
-POOLINGS: dict[str, Callable[..., nn.Module]] = {
-    "attention_meanq": lambda cfg, name: AttentionPool(cfg, mean_query=True, name=name),
-    "attention": lambda cfg, name: AttentionPool(cfg, mean_query=False, name=name),
-    "attention_2wide": lambda cfg, name: AttentionPool(cfg, mean_query=False, wide=True, name=name),
-    "stack": lambda cfg, name: StackPool(cfg, name=name),
-    "none": lambda cfg, name: StackPool(cfg, name=name),  # with 1x1 windows: the patch itself
+def input_width(cfg) -> int:
+    """Width C_in of a window member: the concatenated features of the selected ViT layers."""
+    return cfg.vit.width * len(cfg.vit_layers)
+
+
+def no_params(cfg) -> list[conversion.Rule]:
+    """The export rules of a pooling without parameters."""
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolingSpec:
+    """A pooling as the model, the config validation, the planner and checkpoint conversion see it.
+
+    build(cfg, name) -> nn.Module mapping windows float[N, k, C_in] -> float[N, width(cfg)].
+    width(cfg): the pooled token width (the projector's input); default C_in (`input_width`).
+    export_rules(cfg): `conversion.Rule`s mapping its params (paths under "connector/pooling/") to official
+      native names, both ways; export raises on a param no rule covers. Default: none (no params).
+    window: the (pooling_h, pooling_w) it needs, or None for any.
+    output_dropout: the pooled features get `vit.dropout` in training (the official attention pooling is a
+      `ViTMultiHeadDotProductAttention` with the vision residual dropout).
+    """
+    build: Callable[..., nn.Module]
+    width: Callable[..., int] = input_width
+    export_rules: Callable[..., list[conversion.Rule]] = no_params
+    window: tuple[int, int] | None = None
+    output_dropout: bool = False
+
+
+def _attention_spec(mean_query: bool, wide: bool) -> PoolingSpec:
+    """The official attention pooling: its params are `vision_backbone.image_pooling_2d.w{q,k,v,o}`
+    (allenai/molmo `olmo/model.py: MolmoVisionBackbone.image_pooling_2d`)."""
+    scale = 2 if wide else 1
+    return PoolingSpec(
+        build=lambda cfg, name: AttentionPool(cfg, mean_query=mean_query, wide=wide, name=name),
+        width=lambda cfg: scale * cfg.vit.width,
+        export_rules=lambda cfg: conversion.attention_rules(
+            "vision_backbone.image_pooling_2d", "connector/pooling/attention", cfg.vit.num_heads,
+            cfg.vit.num_kv_heads, scale * cfg.vit.head_dim, separate=True, bias=True, out_bias=True,
+            layered=False),
+        output_dropout=True)
+
+
+POOLINGS: dict[str, PoolingSpec] = {
+    "attention_meanq": _attention_spec(mean_query=True, wide=False),
+    "attention": _attention_spec(mean_query=False, wide=False),
+    "attention_2wide": _attention_spec(mean_query=False, wide=True),
+    "stack": PoolingSpec(lambda cfg, name: StackPool(cfg, name=name),
+                         width=lambda cfg: input_width(cfg) * cfg.connector.pooling_h * cfg.connector.pooling_w),
+    "none": PoolingSpec(lambda cfg, name: StackPool(cfg, name=name), window=(1, 1)),  # the patch itself
 }
 
 
-def register_pooling(name: str, factory: Callable[..., nn.Module]):
-    """Makes `cfg.connector.pooling = name` build `factory(cfg, name=...)` (windows [N,k,C] -> [N,C'])."""
-    POOLINGS[name] = factory
-    if name not in config_lib.POOLING_TYPES:
-        config_lib.POOLING_TYPES = config_lib.POOLING_TYPES + (name,)
+def register_pooling(name: str, build: Callable[..., nn.Module], **spec) -> PoolingSpec:
+    """Makes `cfg.connector.pooling = name` build `build(cfg, name=...)` (windows float[N, k, C_in] ->
+    float[N, width]); `spec` holds the other `PoolingSpec` fields (width, export_rules, window,
+    output_dropout). Registering a name again replaces it."""
+    POOLINGS[name] = PoolingSpec(build, **spec)
+    return POOLINGS[name]
+
+
+def pooling_spec(name: str) -> PoolingSpec:
+    """The registered pooling `name` (KeyError naming the registered ones if there is none)."""
+    if name not in POOLINGS:
+        raise KeyError(f"pooling {name!r} is not registered; registered: {tuple(POOLINGS)}")
+    return POOLINGS[name]
 
 
 class Projector(nn.Module):
@@ -101,13 +156,10 @@ def add_padding_embedding(module: nn.Module, cfg, features: jax.Array, masks: ja
     return features + pad[0] * all_pad + pad[1] * partial
 
 
-ATTENTION_POOLINGS = ("attention_meanq", "attention", "attention_2wide")
-
-
 class Connector(nn.Module):
     """Training drops (official `MolmoVisionBackbone`): the padded ViT features at rate
     `connector.feature_dropout` (`image_feature_dropout`), and an attention pooling's output at rate
-    `vit.dropout` (the pooling is a `ViTMultiHeadDotProductAttention` with the vision residual dropout)."""
+    `vit.dropout` (`PoolingSpec.output_dropout`)."""
     cfg: object
     deterministic: bool = True
 
@@ -125,8 +177,9 @@ class Connector(nn.Module):
         grid = features.reshape(b, t, gh, gw, -1)
         grid = jnp.pad(grid, ((0, 0), (0, 0), (0, -gh % ph), (0, -gw % pw), (0, 0)))
         windows = einops.rearrange(grid, "b t (h dh) (w dw) c -> (b t h w) (dh dw) c", dh=ph, dw=pw)
-        pooled = POOLINGS[cfg.connector.pooling](cfg, name="pooling")(windows)
-        if cfg.connector.pooling in ATTENTION_POOLINGS:
+        pooling = pooling_spec(cfg.connector.pooling)
+        pooled = pooling.build(cfg, name="pooling")(windows)
+        if pooling.output_dropout:
             pooled = nn.Dropout(cfg.vit.dropout, name="pooling_dropout")(pooled, deterministic=self.deterministic)
         pooled = pooled.reshape(b, t, -1, pooled.shape[-1])
         self.sow("intermediates", "pooled_features", pooled)

@@ -11,12 +11,16 @@
   shows the traceback instead.
 - The released models live on the Hugging Face hub (`RELEASES`); a command given a released model's name
   that is not a local directory says which repo to download.
+- `--checkpoint` / `--vision-json` of the commands that load one model (`add_checkpoint_arguments`,
+  `load_bundle`).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -78,3 +82,25 @@ def check_release_dir(path: str | os.PathLike) -> None:
     if repo and not path.exists():
         raise FileNotFoundError(f"{path}: no such directory; {path.name} is the Hugging Face hub repo {repo}: "
                                 f"`hf download {repo} --local-dir {path}` (huggingface_hub)")
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint directory (local or gs://): native, HF release, Orbax export or a "
+                             "training run (its workdir, checkpoints/ or one step); a released model is the HF hub "
+                             "repo allenai/<name>, e.g. allenai/Molmo-7B-D-0924")
+    parser.add_argument("--vision-json", type=epath.Path,
+                        help="JSON of official ViT fields (e.g. {\"image_emb_dim\": 1024}) for an HF release whose "
+                             "vision tower is not the released CLIP")
+
+
+def vision(args: argparse.Namespace) -> dict | None:
+    """The --vision-json fields, or None."""
+    return json.loads(args.vision_json.read_text()) if args.vision_json else None
+
+
+def load_bundle(args: argparse.Namespace):
+    """The model of --checkpoint (`molmo_jax.load`), with a released model's name explained."""
+    from molmo_jax import api
+    check_release_dir(args.checkpoint)
+    return api.load(args.checkpoint, vision=vision(args), progress=True)

@@ -1,9 +1,7 @@
-"""`molmo-jax validate-data` and `molmo-jax finetune` (registered in `molmo_jax.cli` via EXTENSIONS).
+"""`molmo-jax finetune`: fine-tune a checkpoint on a JSONL file (full or LoRA) and export it; the data
+flags it shares with `validate-data`.
 
-    molmo-jax validate-data data.jsonl
     molmo-jax finetune --checkpoint Molmo-7B-D-0924 --data data.jsonl --workdir runs/ft --lora-rank 8
-
-Heavy modules are imported inside the run functions, so `molmo-jax --help` stays fast.
 """
 from __future__ import annotations
 
@@ -12,13 +10,13 @@ import sys
 
 from etils import epath
 
-from molmo_jax import entry_points
-from molmo_jax.cli import Command, register
+from molmo_jax.cli import entry_points
 
+HELP = "fine-tune a checkpoint on a JSONL file (full or LoRA) and export it"
 COMPONENTS = ("connector", "vit", "llm")
 
 
-def _data_arguments(parser: argparse.ArgumentParser):
+def add_data_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--image-dir", type=epath.Path,
                         help="download cache of the file's URL images (default: .image_cache next to the file)")
     parser.add_argument("--allow-outside-images", action="store_true",
@@ -26,53 +24,28 @@ def _data_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--seq-len", type=int, help="tokens per example, image tokens included (default 2304)")
 
 
-# ----------------------------------------------------------------------------- validate-data
-
-def _validate_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("file", type=epath.Path,
-                        help="JSONL file in the user data format (data_pipelines/user_data.py)")
-    _data_arguments(parser)
-    parser.add_argument("--download", action="store_true", help="fetch URL images missing from the cache first")
-    parser.add_argument("--checkpoint", type=epath.Path,
-                        help="the checkpoint to fine-tune: also checks that every row has an answer token "
-                             "within --seq-len")
-
-
-def _fetch_urls(data) -> None:
+def fetch_urls(data) -> None:
+    """Downloads the URL images of `data` (a `user_data.UserData`) missing from its cache."""
     from data_pipelines import user_data
     if data.urls():
         print(user_data.download_images(data).summary())
 
 
-def _validate(args) -> int:
-    from data_pipelines import user_data
-    if args.download:
-        _fetch_urls(user_data.UserData(args.file, args.image_dir))
-    if args.checkpoint:
-        from molmo_jax.train import finetune
-        report = _validate_with_model(_data_config(finetune.get_config(str(args.checkpoint)), args, args.file))
-    else:
-        report = user_data.validate(args.file, args.image_dir, args.allow_outside_images)
-    print(report.summary())
-    return 0 if report.ok else 1
-
-
-def _validate_with_model(cfg):
+def validate_with_model(cfg):
+    """The fine-tuning config's data checked with its model's tokenizer (`finetune.validate_data`)."""
     from molmo_jax.tokenizer import load_tokenizer
     from molmo_jax.train import finetune
     return finetune.validate_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
 
 
-# ----------------------------------------------------------------------------- finetune
-
-def _finetune_arguments(parser: argparse.ArgumentParser):
+def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--checkpoint", required=True, type=epath.Path,
                         help="checkpoint to start from: native, HF release, Orbax export or training run directory "
                              "(a released model is the HF hub repo allenai/<name>, e.g. allenai/Molmo-7B-D-0924)")
     parser.add_argument("--data", required=True, type=epath.Path, help="JSONL file in the user data format")
     parser.add_argument("--workdir", required=True, type=epath.Path,
                         help="checkpoints, metrics and export/{hf_release,orbax}; rerunning resumes")
-    _data_arguments(parser)
+    add_data_arguments(parser)
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (default 0: full fine-tuning)")
     parser.add_argument("--lora-targets", help="regex of the adapted Dense modules' param paths "
                                                "(default: llm/blocks/attention/(query|value))")
@@ -89,7 +62,7 @@ def _finetune_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--batch-size", type=int, help="global batch (default 16)")
 
 
-def _data_config(cfg, args, path):
+def data_config(cfg, args, path):
     """`cfg` with the data flags shared by validate-data and finetune."""
     cfg.data.path = str(path)
     cfg.data.image_dir = str(args.image_dir or "")
@@ -101,7 +74,7 @@ def _data_config(cfg, args, path):
 
 def _config(args):
     from molmo_jax.train import finetune
-    cfg = _data_config(finetune.get_config(str(args.checkpoint), args.lora_rank, args.steps), args, args.data)
+    cfg = data_config(finetune.get_config(str(args.checkpoint), args.lora_rank, args.steps), args, args.data)
     cfg.data.mix_pixmo_lite = args.mix_pixmo_lite
     if args.lora_targets:
         cfg.lora.targets = args.lora_targets
@@ -117,15 +90,15 @@ def _config(args):
     return cfg
 
 
-def _finetune(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Exit status 0 when finished and exported; 128 + signal number (143 SIGTERM, 130 SIGINT) when a
     signal stopped it (checkpointed, nothing exported: rerunning resumes)."""
     from data_pipelines import user_data
     from molmo_jax.train import finetune, trainer
     entry_points.check_release_dir(args.checkpoint)
     cfg = _config(args)
-    _fetch_urls(user_data.UserData(args.data, args.image_dir, args.allow_outside_images))
-    report = _validate_with_model(cfg)
+    fetch_urls(user_data.UserData(args.data, args.image_dir, args.allow_outside_images))
+    report = validate_with_model(cfg)
     if not report.ok:
         print(report.summary(), file=sys.stderr)
         raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")
@@ -137,9 +110,3 @@ def _finetune(args) -> int:
     for fmt, path in exports.items():
         print(f"wrote {fmt} checkpoint to {path}")
     return 0
-
-
-register(Command("validate-data", "check every row of a fine-tuning JSONL file (exit status 1 if any is bad)",
-                 _validate_arguments, _validate))
-register(Command("finetune", "fine-tune a checkpoint on a JSONL file (full or LoRA) and export it",
-                 _finetune_arguments, _finetune))
