@@ -21,5 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(items):
-    """The README test (minutes: every README block) first, so a parallel run does not end waiting on it."""
+    """The README test (minutes: every README block) first, so a parallel run (`--dist worksteal` hands
+    out tests in collection order) does not end waiting on it."""
     items.sort(key=lambda item: item.fspath.basename != "test_readme.py")
