@@ -29,6 +29,7 @@ NORM_TYPES = ("rms", "default")
 CROP_MODES = ("resize", "overlap-and-resize-c2")
 RESIZE_MODES = ("default", "metaclip", "siglip", "dino")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("auto", "xla", "fused")  # see models/layers.py `attention_kernel`
 DTYPES = ("float32", "bfloat16", "float16")
 INIT_SCHEMES = ("normal", "fan_in")  # random init of Dense kernels, see `layers.kernel_init`
 
@@ -104,6 +105,7 @@ def _base(llm: Mapping[str, Any], connector_hidden: int) -> ml_collections.Confi
     c.embedding_dropout = 0.0
     c.remat_policy = "full"
     c.scan_unroll = 1  # layers unrolled per scan iteration (n_layers: fully unrolled, params stay stacked)
+    c.attention_impl = "auto"  # every attention (ViT, pooling, LLM): "xla" ours, "fused" jax.nn / cuDNN
     for k, v in llm.items():
         if k != "name":
             c[k] = v
@@ -326,6 +328,8 @@ def validate(cfg) -> ml_collections.ConfigDict:
     _require(llm.remat_policy in REMAT_POLICIES, "llm.remat_policy", llm.remat_policy,
              f"allowed: {REMAT_POLICIES}")
     _positive(cfg, "llm.scan_unroll")
+    _require(llm.attention_impl in ATTENTION_IMPLS, "llm.attention_impl", llm.attention_impl,
+             f"allowed: {ATTENTION_IMPLS}")
 
     p = cfg.preprocess
     _require(p.crop_mode in CROP_MODES, "preprocess.crop_mode", p.crop_mode, f"allowed: {CROP_MODES}")
