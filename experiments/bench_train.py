@@ -112,24 +112,13 @@ def ours(cfg, batch):
     return step, peak
 
 
-def torch_device() -> str:
-    """"cuda" when JAX runs on a GPU (torch must then have CUDA too), else "cpu"."""
-    if jax.default_backend() != "gpu":
-        return "cpu"
-    import torch
-    if not torch.cuda.is_available():
-        raise RuntimeError("JAX runs on a GPU but this torch has no CUDA: the comparison would be unfair")
-    torch.backends.cuda.matmul.allow_tf32 = True  # JAX's default f32 matmul precision on GPUs
-    return "cuda"
-
-
 def torch_step(cfg, batch, dtype: str, threads: int):
     """step() -> None for transformers' Qwen2ForCausalLM of the same LLM config."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.set_num_threads(threads)
-    device = torch_device()
+    device = bench_common.torch_device()
     llm = cfg.model.llm
     config = Qwen2Config(vocab_size=llm.embedding_size, hidden_size=llm.d_model, intermediate_size=llm.mlp_hidden,
                          num_hidden_layers=llm.n_layers, num_attention_heads=llm.n_heads,
