@@ -121,7 +121,7 @@ class Checkpointer:
 SETTINGS_FILE = "run_settings.json"
 # How a run executes rather than what it trains: these may change between a run and its resumption.
 RUNTIME_FIELDS = ("model.llm.remat_policy", "model.llm.scan_unroll", "model.llm.attention_impl",
-                  "optim.grad_accum")
+                  "model.llm.moe_impl", "model.vit.crop_budget", "optim.grad_accum")
 _UNSET = "<unset>"
 
 
