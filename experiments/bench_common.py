@@ -41,6 +41,18 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) 
     return args
 
 
+def torch_device() -> str:
+    """"cuda" when JAX runs on a GPU (torch must then have CUDA too), else "cpu"."""
+    import jax
+    if jax.default_backend() != "gpu":
+        return "cpu"
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError("JAX runs on a GPU but this torch has no CUDA: the comparison would be unfair")
+    torch.backends.cuda.matmul.allow_tf32 = True  # JAX's default f32 matmul precision on GPUs
+    return "cuda"
+
+
 def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
     """{name: (median seconds, last output)} of each call, after one warm-up call each.
 

@@ -1,17 +1,21 @@
-"""MoE feed-forward throughput on CPU: ours (dropless ragged_dot) vs a dense SwiGLU MLP of equal active
-FLOPs vs transformers' OlmoeSparseMoeBlock (PyTorch), same weights, same machine, one run.
+"""MoE feed-forward throughput: our two MoE paths vs a dense SwiGLU MLP of equal active FLOPs vs
+transformers' OlmoeSparseMoeBlock (PyTorch), same weights, same device, one run.
 
 Rows, per size and mode (forward; forward + backward w.r.t. the params and the input):
-  moe     molmo_jax.models.moe.MoeMlp, jax.jit
-  dense   molmo_jax.models.layers.Mlp (SwiGLU) with hidden = top_k * expert hidden: the FLOPs the MoE's
+  ragged  molmo_jax.models.moe.MoeMlp, llm.moe_impl="ragged" (sort + jax.lax.ragged_dot), jax.jit
+  dense   MoeMlp, llm.moe_impl="dense" (every expert on every token, combined by the routing weights)
+  mlp     molmo_jax.models.layers.Mlp (SwiGLU) with hidden = top_k * expert hidden: the FLOPs the MoE's
           experts do per token, without the routing (the ceiling a grouped matmul can reach)
   torch   transformers' OlmoeSparseMoeBlock (norm_topk_prob=False, as MolmoE) with our MoE's weights
-Tokens/s is the median over repeats after a warm-up (ours: after compilation); the three take turns, so
-a shared machine's changing load affects all alike. torch uses as many threads as there are cores.
-XLA's CPU backend lowers `ragged_dot` to one dense matmul over all experts (the routed rows expanded
-to [rows, E * d] with zeros outside their group): E / top_k times the active FLOPs and an [n * top_k,
-E * d] buffer, hence the small MolmoE-size token count. GPU / TPU backends have grouped kernels.
-The outputs and input gradients of ours and torch are compared (max |diff| printed and stored).
+"ours" is the path `moe_impl="auto"` picks on this backend (`moe.moe_kernel`: dense on CPU, ragged on
+GPU / TPU); each row records whether that pick was the faster of the two here.
+Tokens/s is the median over repeats after a warm-up (ours: after compilation); all take turns, so a
+shared machine's changing load affects all alike. torch uses as many threads as there are cores (on a
+GPU it runs on "cuda", synchronised after each call). XLA's CPU backend lowers `ragged_dot` to one dense
+matmul of every routed copy with every expert (the routed rows expanded to [n * top_k, E * d] with zeros
+outside their group): top_k times the dense path's FLOPs, hence the dense path on CPU and the small
+MolmoE-size token count. GPU / TPU backends have grouped kernels.
+The outputs and input gradients of both paths and torch are compared (max |diff| printed and stored).
 JSON (--out): the rows and top-level "speedup" = min over sizes and modes of ours / torch tokens/s.
 
     .venv/bin/python -m experiments.bench_moe --quick --out /tmp/bench_moe.json
@@ -32,7 +36,7 @@ from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
 from experiments import bench_common
 from molmo_jax import config as config_lib
 from molmo_jax.models.layers import Mlp
-from molmo_jax.models.moe import MoeMlp
+from molmo_jax.models.moe import MoeMlp, moe_kernel
 
 # (name, d_model, experts, top_k, expert hidden, batch, length)
 SIZES = {
@@ -42,9 +46,9 @@ SIZES = {
 }
 
 
-def moe_config(d: int, experts: int, top_k: int, hidden: int):
+def moe_config(d: int, experts: int, top_k: int, hidden: int, impl: str = "auto"):
     cfg = config_lib.tiny("olmoe")
-    cfg.llm.update(d_model=d, mlp_hidden=hidden, moe_num_experts=experts, moe_top_k=top_k)
+    cfg.llm.update(d_model=d, mlp_hidden=hidden, moe_num_experts=experts, moe_top_k=top_k, moe_impl=impl)
     return cfg
 
 
@@ -58,7 +62,7 @@ def torch_block(params, d: int, experts: int, top_k: int, hidden: int) -> OlmoeS
         block.gate.weight.copy_(t(p["router"]["kernel"].T))
         block.experts.gate_up_proj.copy_(t(np.concatenate([p["gate"], p["up"]], -1).transpose(0, 2, 1)))
         block.experts.down_proj.copy_(t(p["down"].transpose(0, 2, 1)))
-    return block
+    return block.to(bench_common.torch_device())
 
 
 def jax_fns(module: nn.Module, params, x: np.ndarray, ct: np.ndarray) -> dict[str, Callable[[], object]]:
@@ -72,16 +76,21 @@ def jax_fns(module: nn.Module, params, x: np.ndarray, ct: np.ndarray) -> dict[st
 
 
 def torch_fns(block: OlmoeSparseMoeBlock, x: np.ndarray, ct: np.ndarray) -> dict[str, Callable[[], object]]:
-    xt, ctt = torch.from_numpy(x), torch.from_numpy(ct)
+    device = bench_common.torch_device()
+    xt, ctt = torch.from_numpy(x).to(device), torch.from_numpy(ct).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
 
     def forward():
         with torch.no_grad():
-            return block(xt)
+            out = block(xt)
+        sync()
+        return out
 
     def forward_backward():
         block.zero_grad(set_to_none=True)
         xg = xt.clone().requires_grad_(True)
         (block(xg) * ctt).sum().backward()
+        sync()
         return xg.grad
 
     return {"forward": forward, "forward+backward": forward_backward}
@@ -92,8 +101,9 @@ def agreement(moe: nn.Module, params, block, x: np.ndarray, ct: np.ndarray) -> d
     ours = np.asarray(moe.apply({"params": params}, x))
     ours_dx = np.asarray(jax.grad(lambda v: jnp.sum(moe.apply({"params": params}, v) * ct))(jnp.asarray(x)))
     theirs = torch_fns(block, x, ct)
-    return {"output": float(np.abs(ours - theirs["forward"]().numpy()).max()),
-            "input_grad": float(np.abs(ours_dx - theirs["forward+backward"]().numpy()).max())}
+    as_numpy = lambda t: t.float().cpu().numpy()
+    return {"output": float(np.abs(ours - as_numpy(theirs["forward"]())).max()),
+            "input_grad": float(np.abs(ours_dx - as_numpy(theirs["forward+backward"]())).max())}
 
 
 def bench_size(size, repeats: int, seed: int = 0) -> list[dict]:
@@ -101,34 +111,39 @@ def bench_size(size, repeats: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, length, d)).astype(np.float32)
     ct = rng.normal(size=x.shape).astype(np.float32)
-    moe = MoeMlp(moe_config(d, experts, top_k, hidden))
-    dense = Mlp(top_k * hidden, gated=True, act="silu")
-    moe_params = nn.meta.unbox(moe.init(jax.random.key(seed), x)["params"])
-    dense_params = nn.meta.unbox(dense.init(jax.random.key(seed), x)["params"])
+    moes = {impl: MoeMlp(moe_config(d, experts, top_k, hidden, impl)) for impl in ("ragged", "dense")}
+    mlp = Mlp(top_k * hidden, gated=True, act="silu")
+    moe_params = nn.meta.unbox(moes["ragged"].init(jax.random.key(seed), x)["params"])
+    mlp_params = nn.meta.unbox(mlp.init(jax.random.key(seed), x)["params"])
     block = torch_block(moe_params, d, experts, top_k, hidden)
-    diffs = agreement(moe, moe_params, block, x, ct)
-    print(f"{name}: max |ours - torch| output {diffs['output']:.2e}, input grad {diffs['input_grad']:.2e}")
-    impls = {"moe": jax_fns(moe, moe_params, x, ct), "dense": jax_fns(dense, dense_params, x, ct),
-             "torch": torch_fns(block, x, ct)}
+    diffs = {impl: agreement(moe, moe_params, block, x, ct) for impl, moe in moes.items()}
+    for impl, diff in diffs.items():
+        print(f"{name} {impl}: max |ours - torch| output {diff['output']:.2e}, input grad {diff['input_grad']:.2e}")
+    impls = {**{impl: jax_fns(moe, moe_params, x, ct) for impl, moe in moes.items()},
+             "mlp": jax_fns(mlp, mlp_params, x, ct), "torch": torch_fns(block, x, ct)}
+    auto = moe_kernel("auto")
     rows = []
     for mode in ("forward", "forward+backward"):
         timed = bench_common.interleaved_medians({k: fns[mode] for k, fns in impls.items()}, repeats)
         tps = {k: batch * length / seconds for k, (seconds, _) in timed.items()}
         rows.append({"size": name, "mode": mode, "d_model": d, "experts": experts, "top_k": top_k,
-                     "expert_hidden": hidden, "tokens": batch * length,
+                     "expert_hidden": hidden, "tokens": batch * length, "auto_path": auto,
                      **{f"{k}_tokens_per_s": v for k, v in tps.items()},
-                     "ours_vs_dense": tps["moe"] / tps["dense"], "ours_vs_torch": tps["moe"] / tps["torch"],
+                     "auto_is_faster": tps[auto] >= max(tps["ragged"], tps["dense"]),
+                     "ours_vs_mlp": tps[auto] / tps["mlp"], "ours_vs_torch": tps[auto] / tps["torch"],
                      "max_abs_diff_vs_torch": diffs})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = ["size", "mode", "tokens", "moe tok/s", "dense tok/s", "torch tok/s", "moe/dense", "moe/torch"]
+    head = ["size", "mode", "tokens", "ragged tok/s", "dense tok/s", "mlp tok/s", "torch tok/s", "ours",
+            "ours/mlp", "ours/torch"]
     lines = [head, ["---"] * len(head)]
     for r in rows:
-        lines.append([r["size"], r["mode"], str(r["tokens"]), f"{r['moe_tokens_per_s']:.0f}",
-                      f"{r['dense_tokens_per_s']:.0f}", f"{r['torch_tokens_per_s']:.0f}",
-                      f"{r['ours_vs_dense']:.2f}", f"{r['ours_vs_torch']:.2f}"])
+        lines.append([r["size"], r["mode"], str(r["tokens"]), f"{r['ragged_tokens_per_s']:.0f}",
+                      f"{r['dense_tokens_per_s']:.0f}", f"{r['mlp_tokens_per_s']:.0f}", f"{r['torch_tokens_per_s']:.0f}",
+                      r["auto_path"] + ("" if r["auto_is_faster"] else " (slower)"),
+                      f"{r['ours_vs_mlp']:.2f}", f"{r['ours_vs_torch']:.2f}"])
     return "\n".join("| " + " | ".join(r) + " |" for r in lines)
 
 

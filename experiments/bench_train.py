@@ -16,6 +16,16 @@ both sides, as JAX's default precision does). Steps are timed interleaved (ours,
 median is reported. JSON top level
 "speedup" = the worst row's ours/torch tokens/s ratio.
 
+"crop_budget" (issue 20): examples/s of the train step on image rows whose crop slots are about half
+empty, encoding every slot vs only the real crops (`vit.crop_budget`), the "small" ViT of bench_forward.
+
+"molmo_rows" (issue 20; `--molmo`, for an accelerator; `--smoke` runs a tiny one): the Molmo-7B-D-shaped
+train step (ViT-L/14 at 336 px on one image's 13 crops per row, the 2x2 attention-pooling connector, as
+many Qwen2-7B-width decoder layers as fit the device, `--molmo-rows` packed 2304-token rows, bf16 compute,
+fp32 master params and AdamW state) for each `--molmo-remat` policy: tokens/s, examples/s and MFU as
+MaxText defines it (model FLOPs including the ViT, connector and attention, no remat recomputation,
+divided by the device's spec bf16 peak, `BF16_PEAK_FLOPS`). The official PyTorch Molmo is not timed here.
+
 Separate row (issue 10), "lora_vs_full": optimizer-state bytes and XLA step peak memory of fine-tuning
 the small config fully vs with LoRA rank 8 (`molmo_jax.train.trainable`), as LoRA / full ratios.
 """
@@ -25,14 +35,15 @@ import functools
 import os
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from experiments import bench_common, stage1
-from molmo_jax import distributed, lora, sharding
-from molmo_jax.models.molmo import Molmo, param_count
+from molmo_jax import config, distributed, lora, sharding
+from molmo_jax.models.molmo import Molmo, abstract_params, param_count
 from molmo_jax.train import optim, trainer
 
 
@@ -90,37 +101,37 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def compiled_step(cfg, batch, mesh):
+    """(our train step compiled for `batch` on `mesh`, the abstract train state); allocates nothing."""
+    opt = optim.make(cfg.optim)
+    target = trainer.abstract_state(cfg.model, opt, mesh)
+    step_fn = jax.jit(functools.partial(trainer.train_step, model=Molmo(cfg.model, deterministic=False), opt=opt,
+                                        z_loss=cfg.optim.z_loss, grad_accum=1), donate_argnums=0)
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
+                      for k, v in batch.items()}
+    with sharding.use_mesh(mesh):
+        return step_fn.lower(target, abstract_batch).compile(), target
+
+
+def peak_bytes(compiled) -> int:
+    mem = compiled.memory_analysis()
+    return int(mem.argument_size_in_bytes + mem.temp_size_in_bytes)
+
+
 def ours(cfg, batch):
     """(step() -> None, xla peak bytes) for our jitted train step on one device."""
     mesh = sharding.make_mesh()
-    opt = optim.make(cfg.optim)
-    target = trainer.abstract_state(cfg.model, opt, mesh)
+    compiled, target = compiled_step(cfg, batch, mesh)
     with sharding.use_mesh(mesh):
-        state = trainer.initial_state(cfg, opt, mesh, target)
-        step_fn = jax.jit(functools.partial(trainer.train_step, model=Molmo(cfg.model, deterministic=False),
-                                            opt=opt, z_loss=cfg.optim.z_loss, grad_accum=1), donate_argnums=0)
-        device_batch = distributed.global_batch(batch, mesh)
-        compiled = step_fn.lower(state, device_batch).compile()
-    mem = compiled.memory_analysis()
-    peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes
+        state = trainer.initial_state(cfg, optim.make(cfg.optim), mesh, target)
+    device_batch = distributed.global_batch(batch, mesh)
     box = {"state": state}
 
     def step():
         box["state"], metrics = compiled(box["state"], device_batch)
         jax.block_until_ready(metrics)
 
-    return step, peak
-
-
-def torch_device() -> str:
-    """"cuda" when JAX runs on a GPU (torch must then have CUDA too), else "cpu"."""
-    if jax.default_backend() != "gpu":
-        return "cpu"
-    import torch
-    if not torch.cuda.is_available():
-        raise RuntimeError("JAX runs on a GPU but this torch has no CUDA: the comparison would be unfair")
-    torch.backends.cuda.matmul.allow_tf32 = True  # JAX's default f32 matmul precision on GPUs
-    return "cuda"
+    return step, peak_bytes(compiled)
 
 
 def torch_step(cfg, batch, dtype: str, threads: int):
@@ -129,7 +140,7 @@ def torch_step(cfg, batch, dtype: str, threads: int):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.set_num_threads(threads)
-    device = torch_device()
+    device = bench_common.torch_device()
     llm = cfg.model.llm
     config = Qwen2Config(vocab_size=llm.embedding_size, hidden_size=llm.d_model, intermediate_size=llm.mlp_hidden,
                          num_hidden_layers=llm.n_layers, num_attention_heads=llm.n_heads,
@@ -223,6 +234,150 @@ def lora_table(row: dict) -> str:
             f"{f['peak_bytes'] / 2**20:.1f} MB (ratio {row['peak_ratio']:.3f})")
 
 
+# ------------------------------------------------------------------ Molmo-shaped rows (issue 20)
+
+# bf16 dense matmul peaks of the devices' spec sheets (MaxText's MFU denominator), by jax device_kind.
+BF16_PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12, "NVIDIA H100 PCIe": 756e12}
+MOLMO_SEQ = 2304  # tokens per packed row, image tokens included (the released recipes' seq_len)
+
+
+def molmo_config(n_layers: int, remat: str, smoke: bool):
+    """Molmo-7B-D geometry: ViT-L/14 at 336 px (23 layers), the 2x2 attention-pooling connector and
+    `n_layers` Qwen2-7B-width decoder layers, bf16 compute, fp32 master params (smoke: the tiny model)."""
+    cfg = stage1.get_config("tiny" if smoke else "Molmo-7B-D-0924")
+    cfg.init.vit = cfg.init.llm = ""
+    cfg.model.llm.update(n_layers=n_layers, remat_policy=remat)
+    cfg.model.dtype = "bfloat16"
+    if smoke:
+        smoke_images(cfg.model)
+    return cfg
+
+
+def smoke_images(model) -> None:
+    """56 px crops (4 x 4 patches, 2 x 2 pooled tokens): the smoke rows' images cost almost nothing."""
+    model.vit.update(image_size=(56, 56), num_pos=17)
+    model.preprocess.max_crops = 1
+
+
+def image_batch(cfg, rows: int, seq: int, real_crops: list[int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Rows of one image each (row r: real_crops[r] real crops of random pixels, padding crops after) whose
+    pooled tokens come first, random text after; loss on the text."""
+    model = cfg.model
+    slots = max(real_crops)
+    patches, per_crop = int(np.prod(config.patch_grid(model))), int(np.prod(config.pooled_grid(model)))
+    if slots * per_crop >= seq:
+        raise ValueError(f"{slots} crops x {per_crop} tokens do not fit {seq}-token rows")
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(rows, slots, patches, model.vit.patch_size ** 2 * 3)).astype(np.float32)
+    masks = np.ones((rows, slots, patches), np.float32)
+    idx = np.full((rows, slots, per_crop), -1, np.int32)
+    loss_masks = np.ones((rows, seq), np.float32)
+    for r, k in enumerate(real_crops):
+        images[r, k:], masks[r, k:] = -1, -1
+        idx[r, :k] = 1 + np.arange(k * per_crop).reshape(k, per_crop)
+        loss_masks[r, :1 + k * per_crop] = 0
+    batch = random_batch(cfg, rows, seq, seed)
+    batch.update(images=images, image_input_idx=idx, loss_masks=loss_masks)
+    if model.connector.padding_embed:
+        batch["image_masks"] = masks
+    return batch
+
+
+def molmo_flops(cfg, batch) -> dict[str, float]:
+    """Model FLOPs of one train step (MaxText: 6 x matmul params x the tokens they apply to, plus the
+    attention score and value matmuls, 12 x L x T^2 x width per row and tower; no remat recomputation),
+    per component. Kernel sizes come from the param tree: ViT kernels apply to every token of every real
+    crop, the pooling's key / value to every patch and its query / output to every pooled token, the
+    projector to every pooled token, the LLM's to every row token (embeddings are lookups)."""
+    model = cfg.model
+    real = int(np.sum(~np.all(batch["images"] == -1, axis=(2, 3))))
+    patches, per_crop = int(np.prod(config.patch_grid(model))), int(np.prod(config.pooled_grid(model)))
+    vit_tokens = patches + config.num_prefix_tokens(model)
+    rows, seq = batch["input_ids"].shape
+    tokens = {"vit": real * vit_tokens, "connector/pooling/attention/key": real * patches,
+              "connector/pooling/attention/value": real * patches, "connector": real * per_crop,
+              "llm": rows * seq}
+    flops = {"vit": 0.0, "connector": 0.0, "llm": 0.0}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(abstract_params(model))):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if not name.endswith("kernel"):
+            continue
+        applied = next(n for prefix, n in tokens.items() if name.startswith(prefix))
+        flops[name.split("/")[0]] += 6.0 * int(np.prod(leaf.shape)) * applied
+    v, llm = model.vit, model.llm
+    flops["vit"] += 12.0 * v.num_layers * real * vit_tokens ** 2 * v.num_heads * v.head_dim
+    flops["llm"] += 12.0 * llm.n_layers * rows * seq ** 2 * llm.n_heads * llm.head_dim
+    return flops
+
+
+def fit_layers(remat: str, rows: int, budget_bytes: float) -> int:
+    """The most decoder layers (at most Qwen2-7B's 28) whose compiled step fits `budget_bytes`: starts from
+    16 bytes per param (params, grads, Adam m, v) in 80% of the budget, then compiles (allocates nothing)
+    with fewer layers until one fits."""
+    mesh = sharding.make_mesh()
+    one, three = (param_count(molmo_config(n, remat, smoke=False).model) for n in (1, 3))
+    per_layer = (three - one) / 2
+    estimate = int((0.8 * budget_bytes / 16 - (one - per_layer)) / per_layer)
+    candidates = [n for n in range(min(28, estimate), 0, -2)] or [1]
+    for n in candidates:
+        cfg = molmo_config(n, remat, smoke=False)
+        batch = image_batch(cfg, rows, MOLMO_SEQ, [config.max_total_crops(cfg.model)] * rows)
+        compiled, _ = compiled_step(cfg, batch, mesh)
+        if peak_bytes(compiled) <= budget_bytes:
+            return n
+        print(f"molmo row: {n} layers need {peak_bytes(compiled) / 2**30:.1f} GiB > {budget_bytes / 2**30:.1f} GiB")
+    raise RuntimeError(f"not even {candidates[-1]} layer fits {budget_bytes / 2**30:.1f} GiB")
+
+
+def device_memory() -> float:
+    stats = jax.devices()[0].memory_stats() or {}
+    return float(stats.get("bytes_limit", 0))
+
+
+def molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: bool) -> dict:
+    """Tokens/s and MFU of our train step on Molmo-shaped packed rows (one image of every crop per row)."""
+    cfg = molmo_config(n_layers, remat, smoke)
+    seq = 64 + config.max_total_crops(cfg.model) * int(np.prod(config.pooled_grid(cfg.model))) if smoke else MOLMO_SEQ
+    batch = image_batch(cfg, rows, seq, [config.max_total_crops(cfg.model)] * rows)
+    step, peak = ours(cfg, batch)
+    step()
+    (seconds, _), = bench_common.interleaved_medians({"ours": step}, iters).values()
+    flops = molmo_flops(cfg, batch)
+    kind = jax.devices()[0].device_kind
+    spec_peak = BF16_PEAK_FLOPS.get(kind)
+    total = sum(flops.values())
+    return {"config": "molmo-7b-d-shaped" if not smoke else "molmo-shaped-tiny", "remat": remat,
+            "llm_layers": n_layers, "rows": rows, "seq_len": seq, "crops_per_row": config.max_total_crops(cfg.model),
+            "dtype": "bfloat16", "step_s": seconds, "tokens_per_s": rows * seq / seconds,
+            "examples_per_s": rows / seconds, "model_flops": total, "model_flops_by_component": flops,
+            "flops_per_s": total / seconds, "device_kind": kind, "bf16_peak_flops": spec_peak,
+            "mfu": total / seconds / spec_peak if spec_peak else None, "peak_memory_bytes": peak}
+
+
+def crop_budget_row(iters: int, smoke: bool) -> dict:
+    """Examples/s of the train step on image rows whose crop slots are half empty, encoding every slot
+    vs the real crops only (`vit.crop_budget` = the batch's real crops); same losses (tests/test_crop_budget.py)."""
+    from experiments.bench_forward import small_config
+    rows, slots = (2, 3) if smoke else (8, 5)
+    real = [1 + r % slots for r in range(rows)]  # 1..slots real crops per row, about half the slots
+    result = {"rows": rows, "crop_slots": rows * slots, "real_crops": sum(real)}
+    steps = {}
+    for budget in (0, sum(real)):
+        cfg = stage1.get_config("tiny")
+        if smoke:
+            smoke_images(cfg.model)
+        else:
+            cfg.model = small_config()
+        cfg.model.vit.crop_budget = budget
+        seq = 32 + slots * int(np.prod(config.pooled_grid(cfg.model)))
+        steps[f"budget_{budget}"], _ = ours(cfg, image_batch(cfg, rows, seq, real))
+    timed = bench_common.interleaved_medians(steps, iters)
+    for name, (seconds, _) in timed.items():
+        result[f"{'every_slot' if name == 'budget_0' else 'real_crops_only'}_examples_per_s"] = rows / seconds
+    result["speedup"] = result["real_crops_only_examples_per_s"] / result["every_slot_examples_per_s"]
+    return result
+
+
 def table(rows: list[dict], peak: float) -> str:
     head = (f"matmul peak (jitted n^3 f32): {peak / 1e9:.1f} GFLOP/s\n"
             f"{'config':6} {'dtype':8} {'ours tok/s':>11} {'torch tok/s':>11} {'speedup':>7} "
@@ -233,9 +388,26 @@ def table(rows: list[dict], peak: float) -> str:
     return "\n".join([head] + lines)
 
 
+def molmo_table(rows: list[dict]) -> str:
+    lines = [f"{'config':18} {'remat':14} {'layers':>6} {'rows x seq':>10} {'tok/s':>9} {'ex/s':>7} {'TFLOP/s':>8} "
+             f"{'MFU':>6} {'peak GiB':>8}"]
+    for r in rows:
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"{r['config']:18} {r['remat']:14} {r['llm_layers']:6d} {r['rows']:4d} x {r['seq_len']:<5d}"
+                     f"{r['tokens_per_s']:9.0f} {r['examples_per_s']:7.2f} {r['flops_per_s'] / 1e12:8.2f} {mfu:>6} "
+                     f"{r['peak_memory_bytes'] / 2**30:8.2f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--sizes", help=f"comma-separated, of {sorted(SHAPES)} (default tiny,small; smoke: tiny)")
+    parser.add_argument("--molmo", action="store_true",
+                        help="add the Molmo-7B-D-shaped rows (accelerators; --smoke runs a tiny one anyway)")
+    parser.add_argument("--molmo-layers", type=int, default=0,
+                        help="decoder layers of the Molmo rows (default: as many as fit the device)")
+    parser.add_argument("--molmo-rows", type=int, default=2, help="packed 2304-token rows per step")
+    parser.add_argument("--molmo-remat", default="full,dots_no_batch", help="remat policies of the Molmo rows")
     args = bench_common.parse(parser, argv, __file__)
     sizes = (args.sizes or ("tiny" if args.smoke else "tiny,small")).split(",")
     if unknown := sorted(set(sizes) - set(SHAPES)):
@@ -247,8 +419,19 @@ def main(argv=None) -> dict:
     print(table(rows, peak))
     lora_row = lora_memory_row("tiny" if args.smoke else "small")
     print(lora_table(lora_row))
+    budget_row = crop_budget_row(iters, args.smoke)
+    print(f"crop budget: {budget_row['real_crops']} real of {budget_row['crop_slots']} crop slots: "
+          f"{budget_row['every_slot_examples_per_s']:.2f} -> {budget_row['real_crops_only_examples_per_s']:.2f} "
+          f"examples/s ({budget_row['speedup']:.2f}x)")
+    molmo = []
+    if args.molmo or args.smoke:
+        for remat in args.molmo_remat.split(",")[:1 if args.smoke else None]:
+            layers = args.molmo_layers or (1 if args.smoke else fit_layers(remat, args.molmo_rows, 0.9 * device_memory()))
+            molmo.append(molmo_row(remat, layers, args.molmo_rows, iters, args.smoke))
+        print(molmo_table(molmo))
     result = {"matmul_peak_flops_per_s": peak, "iters": iters, "rows": rows,
-              "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row}
+              "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row, "crop_budget": budget_row,
+              "molmo_rows": molmo}
     return bench_common.finish(result, args, "worst row, ours / torch tokens/s")
 
 

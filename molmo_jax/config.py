@@ -30,6 +30,8 @@ NORM_TYPES = ("rms", "default")
 CROP_MODES = ("resize", "overlap-and-resize-c2")
 RESIZE_MODES = ("default", "metaclip", "siglip", "dino")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("auto", "xla", "fused")  # see models/layers.py `attention_kernel`
+MOE_IMPLS = ("auto", "ragged", "dense")  # see models/moe.py `moe_kernel`
 DTYPES = ("float32", "bfloat16", "float16")
 INIT_SCHEMES = ("normal", "fan_in")  # random init of Dense kernels, see `layers.kernel_init`
 
@@ -58,6 +60,9 @@ def vit_config(kind: str = "openai") -> ml_collections.ConfigDict:
     c.num_pos = 577  # positional-embedding rows (incl. the class position when there is one)
     c.dropout = 0.0  # training: attention outputs of the ViT and of an attention pooling (official residual_dropout)
     c.init = "normal"  # random init of its Dense kernels (INIT_SCHEMES); released weights replace it
+    # Crops the ViT encodes per (micro-)batch: only the real crops, gathered into this many static slots
+    # (0: every crop slot, padding crops included). A batch with more real crops encodes every slot.
+    c.crop_budget = 0
     return c
 
 
@@ -99,12 +104,14 @@ def _base(llm: Mapping[str, Any], connector_hidden: int) -> ml_collections.Confi
     c.moe_top_k = 0
     c.moe_loss_weight = 0.0  # load-balancing loss (0 in the released MolmoE recipe)
     c.moe_zloss_weight = 0.0  # router z-loss (0 in the released MolmoE recipe)
+    c.moe_impl = "auto"  # "ragged" (grouped matmul) or "dense" (every expert on every token); models/moe.py
     c.residual_dropout = 0.0
     c.response_residual_dropout = 0.0
     c.attention_dropout = 0.0
     c.embedding_dropout = 0.0
     c.remat_policy = "full"
     c.scan_unroll = 1  # layers unrolled per scan iteration (n_layers: fully unrolled, params stay stacked)
+    c.attention_impl = "auto"  # every attention (ViT, pooling, LLM): "xla" ours, "fused" jax.nn / cuDNN
     for k, v in llm.items():
         if k != "name":
             c[k] = v
@@ -274,6 +281,7 @@ def validate(cfg) -> ml_collections.ConfigDict:
         _positive(cfg, field)
     v, llm, con = cfg.vit, cfg.llm, cfg.connector
     _require(v.kind in VIT_TYPES, "vit.kind", v.kind, f"allowed: {VIT_TYPES}")
+    _require(v.crop_budget >= 0, "vit.crop_budget", v.crop_budget, "must be >= 0 (0: every crop slot)")
     _require(v.activation in ACTIVATIONS, "vit.activation", v.activation, f"allowed: {ACTIVATIONS}")
     for field, scheme in (("vit.init", v.init), ("connector.init", cfg.connector.init)):
         _require(scheme in INIT_SCHEMES, field, scheme, f"allowed: {INIT_SCHEMES}")
@@ -327,6 +335,9 @@ def validate(cfg) -> ml_collections.ConfigDict:
     _require(llm.remat_policy in REMAT_POLICIES, "llm.remat_policy", llm.remat_policy,
              f"allowed: {REMAT_POLICIES}")
     _positive(cfg, "llm.scan_unroll")
+    _require(llm.moe_impl in MOE_IMPLS, "llm.moe_impl", llm.moe_impl, f"allowed: {MOE_IMPLS}")
+    _require(llm.attention_impl in ATTENTION_IMPLS, "llm.attention_impl", llm.attention_impl,
+             f"allowed: {ATTENTION_IMPLS}")
 
     p = cfg.preprocess
     _require(p.crop_mode in CROP_MODES, "preprocess.crop_mode", p.crop_mode, f"allowed: {CROP_MODES}")

@@ -39,3 +39,11 @@ def test_benchmark_smoke(name, tmp_path):
     assert "CPU cores; jax cpu x" in result["machine"]
     speedup = result["speedup"]
     assert name == "bench_generate" and math.isnan(speedup) or speedup > 0
+    if name == "bench_train":  # the tiny Molmo-shaped row and the crop-budget row (issue 20)
+        molmo, = result["molmo_rows"]
+        assert molmo["tokens_per_s"] > 0 and molmo["model_flops"] == sum(molmo["model_flops_by_component"].values())
+        assert all(molmo["model_flops_by_component"][c] > 0 for c in ("vit", "connector", "llm"))
+        assert result["crop_budget"]["real_crops"] < result["crop_budget"]["crop_slots"]
+    if name == "bench_moe":  # both MoE paths timed, the backend's pick recorded
+        assert all(r["ragged_tokens_per_s"] > 0 and r["dense_tokens_per_s"] > 0 and r["auto_path"] == "dense"
+                   for r in result["rows"])

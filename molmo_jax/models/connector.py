@@ -36,7 +36,7 @@ class AttentionPool(nn.Module):
         out = Attention(v.num_heads, v.num_kv_heads, scale * v.head_dim, scale * v.width, qkv_bias=True,
                         out_bias=True, dtype=dtype_of(self.cfg.dtype),
                         param_dtype=dtype_of(self.cfg.param_dtype), init_scheme=self.cfg.connector.init,
-                        name="attention")(query, windows)
+                        impl=self.cfg.llm.attention_impl, name="attention")(query, windows)
         return out[:, 0]
 
 

@@ -187,6 +187,7 @@ class Attention(nn.Module):
     probs_dropout: float = 0.0
     out_dropout: float = 0.0
     deterministic: bool = True
+    impl: str = "xla"  # a `config.ATTENTION_IMPLS` name, resolved per backend by `attention_kernel`
 
     def _proj(self, heads: int, heads_axis: str, name: str, bias: bool) -> Dense:
         return Dense((heads, self.head_dim), ("embed",), (heads_axis, "head_dim"), bias, self.dtype,
@@ -194,9 +195,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_q: jax.Array, x_kv: jax.Array | None = None, *, mask: jax.Array | None = None,
-                 positions: jax.Array | None = None, cache: dict | None = None):
+                 positions: jax.Array | None = None, cache: dict | None = None, is_causal: bool = False):
         """x_q: float[B, T, C]; x_kv: float[B, S, C] (default x_q); mask: bool[B, T, S] (True = attend);
-        positions: int[B, T] (needed with RoPE, self-attention only).
+        positions: int[B, T] (needed with RoPE, self-attention only). `is_causal` says that `mask`
+        already hides every key after its query (T == S), which lets a fused kernel skip those blocks.
 
         With `cache` = {"k", "v": float[B, S_max, K, D], "index": int} (self-attention only) the new keys
         and values are written at columns index..index+T-1 and attention runs over all S_max columns
@@ -217,10 +219,11 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
             cache = {"k": k, "v": v, "index": cache["index"]}
-        drop_probs = None
-        if self.probs_dropout and not self.deterministic:
+        if self.probs_dropout and not self.deterministic:  # only our XLA path drops probabilities
             drop_probs = lambda p: nn.Dropout(self.probs_dropout, name="probs_dropout")(p, deterministic=False)
-        out = dot_product_attention(q, k, v, mask, drop_probs)
+            out = dot_product_attention(q, k, v, mask, drop_probs)
+        else:
+            out = attend(q, k, v, mask, attention_kernel(self.impl, q.dtype, self.head_dim), is_causal)
         out = Dense((self.out_dim,), ("heads", "head_dim"), ("embed",), self.out_bias, self.dtype,
                     self.param_dtype, self.init_scheme, name="out")(out)
         out = nn.Dropout(self.out_dropout, name="out_dropout")(out, deterministic=self.deterministic)
@@ -246,6 +249,40 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
         probs = drop_probs(probs)
     probs = probs.astype(v.dtype)
     return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+def attention_kernel(impl: str, dtype: Dtype, head_dim: int, backend: str | None = None) -> str:
+    """The kernel `impl` ("auto", "xla" or "fused") runs as for this backend, dtype and head dim:
+    "ours" (`dot_product_attention`: float32 scores, the official model's numerics), "cudnn" (cuDNN flash
+    attention through `jax.nn.dot_product_attention`) or "jax_xla" (`jax.nn.dot_product_attention`'s XLA
+    implementation: scores in float32 from the inputs' dtype, so bf16 inputs use bf16 matmuls).
+
+    "auto" keeps ours on CPU (XLA:CPU runs it as fast, and float32 parity needs it) and for float32
+    compute anywhere; on accelerators in bf16 / fp16 it takes "fused". "fused" is cuDNN on a GPU when it
+    supports the dtype (bf16 / fp16) and head dim (a multiple of 8, at most 128), else "jax_xla" (also on
+    TPU: no Pallas kernel is wired in).
+    """
+    backend = backend or jax.default_backend()
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if impl == "auto":
+        impl = "fused" if backend in ("gpu", "tpu") and half else "xla"
+    if impl == "xla":
+        return "ours"
+    if impl != "fused":
+        raise ValueError(f"attention impl {impl!r}: allowed {config_lib.ATTENTION_IMPLS}")
+    return "cudnn" if backend == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128 else "jax_xla"
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, kernel: str,
+           is_causal: bool = False) -> jax.Array:
+    """Attention by `kernel` (see `attention_kernel`). q: [B,T,H,D], k/v: [B,S,K,D], mask: bool[B,T,S]
+    (True = attend) -> [B,T,H,D] in q's dtype. `is_causal`: `mask` is already causal (T == S)."""
+    if kernel == "ours":
+        return dot_product_attention(q, k, v, mask)
+    mask = None if mask is None else mask[:, None]
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=is_causal,
+                                       implementation="cudnn" if kernel == "cudnn" else "xla")
+    return out.astype(q.dtype)
 
 
 REMAT_POLICIES = {

@@ -56,7 +56,7 @@ class DecoderBlock(nn.Module):
         attention = Attention(llm.n_heads, llm.n_kv_heads, llm.head_dim, llm.d_model, qkv_bias=llm.qkv_bias,
                               qk_norm_eps=llm.norm_eps if llm.qk_norm else None, rope_theta=llm.rope_theta,
                               dtype=dtype, param_dtype=pdtype, probs_dropout=llm.attention_dropout,
-                              deterministic=self.deterministic, name="attention")
+                              deterministic=self.deterministic, impl=llm.attention_impl, name="attention")
         if llm.block_type == "moe":
             ffn = MoeMlp(cfg, name="moe")
         else:
@@ -67,7 +67,7 @@ class DecoderBlock(nn.Module):
 
         def attn(y):
             if cache is None:
-                return attention(y, mask=mask, positions=positions)
+                return attention(y, mask=mask, positions=positions, is_causal=True)
             out, updated = attention(y, mask=mask, positions=positions, cache={**cache, "index": cache_index})
             new_cache.append({"k": updated["k"], "v": updated["v"]})
             return out

@@ -1,7 +1,11 @@
 """OLMoE feed-forward: a softmax router picking top-k of E SwiGLU experts, dropless.
 
-Tokens are sorted by expert and multiplied with `jax.lax.ragged_dot` (grouped matmul), so no token is
-dropped and no capacity is padded. Router weights are NOT renormalised over the top-k (megablocks and
+Two equal computations, chosen by `cfg.llm.moe_impl` ("auto": by backend, see `moe_kernel`):
+"ragged" sorts the token copies by expert and multiplies with `jax.lax.ragged_dot` (grouped matmul), so
+no token is dropped and no capacity is padded; "dense" runs every expert on every token and combines with
+the routing weights (zero outside the top-k). XLA's CPU backend has no grouped kernel and lowers
+`ragged_dot` to a dense matmul of every routed copy with every expert (top_k times the dense path's
+FLOPs, plus the sort), so "dense" is the faster one there; GPU and TPU have grouped kernels. Router weights are NOT renormalised over the top-k (megablocks and
 HF OLMoE `norm_topk_prob=False`), as in the released MolmoE-1B. Expert weights carry the "expert"
 logical axis (sharded over the `expert` mesh axis by the rules table).
 
@@ -16,7 +20,39 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from molmo_jax import config as config_lib
 from molmo_jax.models.layers import Dense, dtype_of, normal, param_with_axes
+
+
+def moe_kernel(impl: str, backend: str | None = None) -> str:
+    """"ragged" or "dense" for `impl`; "auto" is "dense" on CPU (no grouped kernel), "ragged" elsewhere."""
+    if impl == "auto":
+        return "dense" if (backend or jax.default_backend()) == "cpu" else "ragged"
+    if impl not in config_lib.MOE_IMPLS:
+        raise ValueError(f"moe impl {impl!r}: allowed {config_lib.MOE_IMPLS}")
+    return impl
+
+
+def ragged_experts(tokens, weights, experts, gate, up, down) -> jax.Array:
+    """Dropless grouped matmul. tokens: [n, d]; weights, experts: [n, k]; gate, up: [E, d, F];
+    down: [E, F, d] -> [n, d]."""
+    e, k = gate.shape[0], experts.shape[1]
+    flat_experts = experts.reshape(-1)
+    order = jnp.argsort(flat_experts, stable=True)
+    routed = tokens[order // k]
+    group_sizes = jnp.bincount(flat_experts, length=e).astype(jnp.int32)
+    h = jax.nn.silu(jax.lax.ragged_dot(routed, gate, group_sizes)) * jax.lax.ragged_dot(routed, up, group_sizes)
+    out = jax.lax.ragged_dot(h, down, group_sizes) * weights.reshape(-1)[order][:, None]
+    return jnp.zeros_like(out).at[order].set(out).reshape(-1, k, tokens.shape[1]).sum(axis=1)
+
+
+def dense_experts(tokens, weights, experts, gate, up, down) -> jax.Array:
+    """Every expert on every token, weighted by the routing weight (0 outside the top-k); shapes as
+    `ragged_experts`. On an expert-parallel mesh the tokens are gathered and each shard runs its experts."""
+    combine = jnp.sum(jax.nn.one_hot(experts, gate.shape[0], dtype=weights.dtype) * weights[..., None], axis=1)
+    h = jax.nn.silu(jnp.einsum("nd,edf->enf", tokens, gate)) * jnp.einsum("nd,edf->enf", tokens, up)
+    h = nn.with_logical_constraint(h, ("expert", None, "mlp"))  # each expert shard runs its own experts
+    return jnp.einsum("enf,efd->nd", h * combine.T[:, :, None], down)
 
 
 class MoeMlp(nn.Module):
@@ -39,15 +75,11 @@ class MoeMlp(nn.Module):
         down = expert_param("down", (e, f, d), ("expert", "mlp", "embed")).astype(dtype)
 
         tokens = x.reshape(-1, d).astype(dtype)
-        flat_experts = experts.reshape(-1)
-        order = jnp.argsort(flat_experts, stable=True)
-        routed = tokens[order // k]
-        group_sizes = jnp.bincount(flat_experts, length=e).astype(jnp.int32)
-        h = jax.nn.silu(jax.lax.ragged_dot(routed, gate, group_sizes)) * \
-            jax.lax.ragged_dot(routed, up, group_sizes)
-        out = jax.lax.ragged_dot(h, down, group_sizes)
-        out = out * weights.reshape(-1)[order][:, None].astype(dtype)
-        combined = jnp.zeros_like(out).at[order].set(out).reshape(-1, k, d).sum(axis=1)
+        weights, experts = weights.reshape(-1, k).astype(dtype), experts.reshape(-1, k)
+        if moe_kernel(llm.moe_impl) == "dense":
+            combined = dense_experts(tokens, weights, experts, gate, up, down)
+        else:
+            combined = ragged_experts(tokens, weights, experts, gate, up, down)
         return combined.reshape(x.shape).astype(x.dtype)
 
     def _sow_aux_losses(self, logits: jax.Array, probs: jax.Array, experts: jax.Array):

@@ -67,8 +67,32 @@ class Molmo(nn.Module):
     def encode_images(self, images: jax.Array, image_masks: jax.Array | None) -> jax.Array:
         """images: float[B, C, P, p*p*3] crops (all -1 = padding crop); image_masks: float[B, C, P].
 
-        Returns float[B, C, N, d]: N pooled tokens per crop in the LLM width.
+        Returns float[B, C, N, d]: N pooled tokens per crop in the LLM width. With `vit.crop_budget` =
+        K < B * C the real crops are gathered into K slots (as a batch of one row of K crops) and only
+        those run through the ViT and the connector (padding crops get zeros: no token reads them); a
+        batch with more than K real crops runs every slot instead (`lax.cond`: one branch executes), so
+        the logits never depend on the budget.
         """
+        b, c = images.shape[:2]
+        budget = self.cfg.vit.crop_budget
+        if not budget or budget >= b * c:
+            return self._encode_crops(images, image_masks)
+        flat = images.reshape(b * c, *images.shape[2:])
+        flat_masks = None if image_masks is None else image_masks.reshape(b * c, -1)
+        real = ~jnp.all(flat == -1, axis=(1, 2))
+        (slots,) = jnp.nonzero(real, size=budget, fill_value=b * c)  # unused slots: out of range
+
+        def gathered(module):
+            take = lambda x: None if x is None else jnp.take(x, slots, axis=0, mode="fill", fill_value=-1)[None]
+            features = module._encode_crops(take(flat), take(flat_masks))[0]
+            out = jnp.zeros((b * c,) + features.shape[1:], features.dtype).at[slots].set(features, mode="drop")
+            return out.reshape(b, c, *features.shape[1:])
+
+        every_slot = lambda module: module._encode_crops(images, image_masks)
+        return nn.cond(jnp.sum(real) <= budget, gathered, every_slot, self)
+
+    def _encode_crops(self, images: jax.Array, image_masks: jax.Array | None) -> jax.Array:
+        """images: float[B, C, P, p*p*3]; image_masks: float[B, C, P] -> float[B, C, N, d]."""
         b, c, p, _ = images.shape
         flat = images.reshape(b * c, p, -1)
         layers = self.vit(flat)  # [L, B*C, prefix + P, width]

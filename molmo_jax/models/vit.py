@@ -31,7 +31,7 @@ class VitBlock(nn.Module):
         dtype, pdtype = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         h = Attention(v.num_heads, v.num_kv_heads, v.head_dim, v.width, qkv_bias=True, out_bias=True,
                       dtype=dtype, param_dtype=pdtype, init_scheme=v.init, out_dropout=v.dropout,
-                      deterministic=self.deterministic, name="attention")(
+                      deterministic=self.deterministic, impl=self.cfg.llm.attention_impl, name="attention")(
             LayerNorm(v.norm_eps, name="attention_norm")(x))
         if v.kind == "dino":
             h = h * param_with_axes(self, "lambda1", nn.initializers.ones, (v.width,), ("embed",), pdtype)
