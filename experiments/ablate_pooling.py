@@ -1,7 +1,7 @@
 """Connector ablation on PixMo-lite: pooling type x window x projector x ViT layers, several seeds each.
 
     python -m experiments.ablate_pooling --arg quick     # smoke: 3 variants x 2 seeds, 20 steps
-    python -m experiments.ablate_pooling --arg reduced   # 6 variants x 3 seeds, 60 stage-2 steps
+    python -m experiments.ablate_pooling --arg reduced   # 5 pooling types x 3 seeds, 60 stage-2 steps
     python -m experiments.ablate_pooling --arg full      # 14 variants x 3 seeds, the recipe's own budget
 
 The sweep (experiments/ablations.py `get_config(arg)`) lists variants and seeds; each (variant, seed) is

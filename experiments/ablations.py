@@ -1,7 +1,7 @@
 """Connector ablation sweeps on PixMo-lite (experiments/ablate_pooling.py runs them).
 
     cfg = get_config("quick")     # a smoke run: 3 variants x 2 seeds, a few steps each (minutes on 2 CPU cores)
-    cfg = get_config("reduced")   # the 5 pooling types + 4x4, 3 seeds, a cut budget (stored in experiments/results)
+    cfg = get_config("reduced")   # the 5 pooling types x 3 seeds, a cut budget (stored in experiments/results)
     cfg = get_config("full")      # every variant x 3 seeds on the PixMo-lite recipe's own budget
 
 A variant is a dict: name, pooling (a `connector.POOLINGS` name: every official type, or one added with
@@ -52,13 +52,13 @@ FULL_VARIANTS = [
     variant("meanq_2x2_mid", vit_layers=(-3, -6)),
 ]
 QUICK_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "none_1x1", "meanq_4x4")]
-# the five official pooling types at their window, and the fewest image tokens per crop
+# the five official pooling types, each at its window
 REDUCED_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "attention_2x2", "2wide_2x2", "stack_2x2",
-                                                              "none_1x1", "meanq_4x4")]
+                                                              "none_1x1")]
 
 
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
-    """arg "quick" (smoke: 3 variants x 2 seeds, 20 stage-2 steps), "reduced" (6 variants x 3 seeds, stage 2
+    """arg "quick" (smoke: 3 variants x 2 seeds, 20 stage-2 steps), "reduced" (5 variants x 3 seeds, stage 2
     only, 60 steps, 16 held-out examples per task: what the shared 2-core CPU could run) or "full" (14
     variants x 3 seeds, the recipe's stage 1 + stage 2 budget, 64 examples per task)."""
     if arg not in ("quick", "reduced", "full"):
