@@ -60,15 +60,16 @@ TITLES = {**{column: title for column, *_, title in METRICS}, "caption_loss": "h
 # ------------------------------------------------------------------------------------------ configs
 
 def variant_config(sweep, variant: dict, seed: int | None = None):
-    """The lite config of one variant: lite's recipe with the sweep's budget (-1: the recipe's own), the
-    variant's connector and `seed` (default the sweep's first)."""
+    """The lite config of one variant: lite's recipe with the sweep's budget (-1: the recipe's own) and
+    learning rates (0: the recipe's), the variant's connector and `seed` (default the sweep's first)."""
     cfg = lite.get_config(sweep.lite_arg)
     cfg.seed = sweep.seeds[0] if seed is None else seed
     for stage in ("stage1_steps", "stage2_steps"):
         if sweep[stage] >= 0:
             cfg[stage] = sweep[stage]
-    if sweep.lr:
-        cfg.lr = sweep.lr
+    for lr in ("lr", "image_lr"):
+        if sweep[lr]:
+            cfg[lr] = sweep[lr]
     cfg.eval_examples = sweep.eval_examples
     m = cfg.model
     m.connector.pooling = variant["pooling"]
