@@ -317,7 +317,7 @@ def plot(summary: list[dict], path: epath.Path):
                        if ablations.BASE_NAME in names else np.nan, color="grey", linestyle="--", linewidth=1)
             ax.set_title(title if row == 0 else f"{TITLES[column].split(' (')[0]} {title}", fontsize=9)
             ax.grid(alpha=0.3)
-            ax.set_yticks(y, labels if col == 0 else [], fontsize=8)
+    axes[0, 0].set_yticks(y, labels, fontsize=8)  # shared by every panel
     axes[0, 0].invert_yaxis()
     fig.suptitle("mean over seeds with 95% intervals (top); paired difference to the released connector (bottom)")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
