@@ -1,16 +1,21 @@
-"""Connector ablation on PixMo-lite: pooling type x window x projector x ViT layers, same seed / data / steps.
+"""Connector ablation on PixMo-lite: pooling type x window x projector x ViT layers, several seeds each.
 
-    python -m experiments.ablate_pooling --arg quick   # 6 variants, a few minutes on 2 CPU cores
-    python -m experiments.ablate_pooling --arg full    # 10 variants x 500 steps, about 50 minutes
+    python -m experiments.ablate_pooling --arg quick     # smoke: 3 variants x 2 seeds, 20 steps
+    python -m experiments.ablate_pooling --arg reduced   # 5 pooling types x 3 seeds, 60 stage-2 steps
+    python -m experiments.ablate_pooling --arg full      # 14 variants x 3 seeds, the recipe's own budget
 
-The sweep (experiments/ablations.py `get_config(arg)`) lists variants; each is trained with the PixMo-lite
-recipe (experiments/lite.py: model, tokenizer, trainer config, data) in <workdir>/<variant>/stage*/ (curves
-in stage*/curves.png; an interrupted run resumes from its checkpoints), then evaluated on the held-out
-synthetic split: counting accuracy, clock accuracy (hour and minute exact), pointing F1 (KV-cache greedy
-generation, official scorers) and the held-out caption loss. <workdir>/<variant>/result.json marks a finished
-variant: a rerun loads it instead of retraining. Writes <out>.md (table, with the command at the top),
-<out>.json, <out>.png (each metric vs image tokens per crop and vs train step time, loss curves) and
-<out>_curves/<variant>.png (each variant's stage-2 curves.png).
+The sweep (experiments/ablations.py `get_config(arg)`) lists variants and seeds; each (variant, seed) is
+trained with the PixMo-lite recipe (experiments/lite.py: model, tokenizer, trainer config, data) in
+<workdir>/<variant>/seed<k>/stage*/ (an interrupted run resumes from its checkpoints), then evaluated on
+the held-out synthetic split: CapQA, counting, clock accuracy (hour and minute exact), pointing F1
+(KV-cache greedy generation, official scorers) and the held-out caption loss. <workdir>/<variant>/seed<k>/
+result.json marks a finished run: a rerun loads it instead of retraining.
+
+Per variant and metric: the mean over seeds with its 95% Student-t interval, and the paired difference to
+the released connector (`ablations.BASE`, same seed = same init key, data and order) with its interval;
+beside them image tokens per crop and per packed row, and seconds per train step. Writes <out>.md (tables,
+with the command at the top), <out>.json (every run, the summary, commit / command / machine) and
+<out>.png (means and differences with their intervals).
 
 A new pooling is a module registered with `molmo_jax.models.connector.register_pooling(name, factory)` in
 a module listed in the sweep's `imports`, plus a variant with `pooling=name`: nothing else changes.
@@ -18,21 +23,22 @@ a module listed in the sweep's `imports`, plus a variant with `pooling=name`: no
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import importlib
 import json
 import math
 import shlex
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
+from scipy import stats
 
-from experiments import ablations, lite
+from experiments import ablations, lite, provenance
 from experiments import main as main_lib
 from molmo_jax import config as config_lib
 from molmo_jax.cli import entry_points
@@ -48,17 +54,22 @@ METRICS = (("capqa_acc", "synthetic_cap_qa", "em", "CapQA accuracy (counts, colo
            ("clock_acc", "synthetic_clocks", "overall_exact", "clock accuracy"),
            ("point_f1", "synthetic_points", "f1", "pointing F1"))
 COLUMNS = tuple(m[0] for m in METRICS) + ("caption_loss",)
+TITLES = {**{column: title for column, *_, title in METRICS}, "caption_loss": "held-out caption loss (lower is better)"}
 
 
 # ------------------------------------------------------------------------------------------ configs
 
-def variant_config(sweep, variant: dict):
-    """The lite config of one variant: lite's recipe with the sweep's budget and the variant's connector."""
+def variant_config(sweep, variant: dict, seed: int | None = None):
+    """The lite config of one variant: lite's recipe with the sweep's budget (-1: the recipe's own) and
+    learning rates (0: the recipe's), the variant's connector and `seed` (default the sweep's first)."""
     cfg = lite.get_config(sweep.lite_arg)
-    cfg.seed = sweep.seed
-    cfg.stage1_steps, cfg.stage2_steps = sweep.stage1_steps, sweep.stage2_steps
-    if sweep.lr:
-        cfg.lr = sweep.lr
+    cfg.seed = sweep.seeds[0] if seed is None else seed
+    for stage in ("stage1_steps", "stage2_steps"):
+        if sweep[stage] >= 0:
+            cfg[stage] = sweep[stage]
+    for lr in ("lr", "image_lr"):
+        if sweep[lr]:
+            cfg[lr] = sweep[lr]
     cfg.eval_examples = sweep.eval_examples
     m = cfg.model
     m.connector.pooling = variant["pooling"]
@@ -89,21 +100,24 @@ def fingerprint(sweep, cfg) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# ------------------------------------------------------------------------------------------ one variant
+# ------------------------------------------------------------------------------------------ one run
 
 class TimedData:
-    """Wraps a data iterator, recording when each batch is taken (= one train step apart); forwards the
-    rest (get_state / set_state for checkpointing, skipped counts)."""
+    """Wraps a data iterator, recording when each batch is taken (= one train step apart) and how many
+    image tokens its rows hold; forwards the rest (get_state / set_state for checkpointing, skipped counts)."""
 
     def __init__(self, data):
-        self.data, self.times = data, []
+        self.data, self.times, self.image_tokens = data, [], []
 
     def __iter__(self):
         return self
 
     def __next__(self):
         self.times.append(time.perf_counter())
-        return next(self.data)
+        batch = next(self.data)
+        idx = np.asarray(batch["image_input_idx"])
+        self.image_tokens.append(float((idx >= 0).sum()) / idx.shape[0])
+        return batch
 
     def __getattr__(self, name):
         return getattr(self.data, name)
@@ -113,8 +127,11 @@ class TimedData:
         t = self.times[2:]
         return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else None
 
+    def image_tokens_per_row(self) -> float | None:
+        return float(np.mean(self.image_tokens)) if self.image_tokens else None
 
-def train_variant(cfg, tokenizer, vdir: Path) -> tuple[dict, dict]:
+
+def train_variant(cfg, tokenizer, vdir: epath.Path) -> tuple[dict, dict]:
     """Stage 1 (if cfg.stage1_steps) then stage 2 in vdir/stage*; returns (final state, timings)."""
     timing, init_from = {}, ""
     for stage in ("stage1", "stage2"):
@@ -125,19 +142,19 @@ def train_variant(cfg, tokenizer, vdir: Path) -> tuple[dict, dict]:
         data = TimedData(lite.data(cfg, stage, tokenizer))
         start = time.perf_counter()
         state = trainer.train(tcfg, data, vdir / stage)
-        timing[stage] = {"seconds": time.perf_counter() - start, "steps_run": max(0, len(data.times)),
-                         "step_seconds": data.step_seconds()}
+        timing[stage] = {"seconds": time.perf_counter() - start, "steps_run": len(data.times),
+                         "step_seconds": data.step_seconds(), "image_tokens_per_row": data.image_tokens_per_row()}
         init_from = vdir / stage / "checkpoints"
     return state, timing
 
 
-def final_loss(vdir: Path) -> float | None:
+def final_loss(vdir: epath.Path) -> float | None:
     path = vdir / "stage2" / "metrics.jsonl"
     rows = metrics_log.read(path) if path.exists() else []
     return rows[-1]["loss"] if rows else None
 
 
-def evaluate_variant(sweep, cfg, params, tokenizer, vdir: Path) -> dict:
+def evaluate_variant(sweep, cfg, params, tokenizer, vdir: epath.Path) -> dict:
     bundle = MolmoBundle(cfg.model, params, tokenizer, Preprocessor(cfg.model, tokenizer))
     out = {"eval": {}}
     for column, task, key, _ in METRICS:
@@ -151,39 +168,41 @@ def evaluate_variant(sweep, cfg, params, tokenizer, vdir: Path) -> dict:
     return out
 
 
-def run_variant(sweep, variant: dict, workdir: Path, tokenizer) -> dict:
-    """Trains and evaluates one variant, or loads its finished result.json."""
-    cfg = variant_config(sweep, variant)
-    vdir = workdir / variant["name"]
+def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer) -> dict:
+    """Trains and evaluates one variant with one seed, or loads its finished result.json."""
+    cfg = variant_config(sweep, variant, seed)
+    vdir = workdir / variant["name"] / f"seed{seed}"
     path = vdir / "result.json"
     fp = fingerprint(sweep, cfg)
     if path.exists():
         done = json.loads(path.read_text())
         if done.get("fingerprint") == fp:
-            print(f"[{variant['name']}] finished earlier: {path}")
+            print(f"[{variant['name']} seed {seed}] finished earlier: {path}")
             return {**done, "resumed": True}
         raise RuntimeError(f"{path} was made with another config (fingerprint {done.get('fingerprint')} != {fp}); "
                            "delete that variant directory or use another --workdir")
-    print(f"[{variant['name']}] training {cfg.stage1_steps} + {cfg.stage2_steps} steps", flush=True)
+    print(f"[{variant['name']} seed {seed}] training {cfg.stage1_steps} + {cfg.stage2_steps} steps", flush=True)
     start = time.perf_counter()
     state, timing = train_variant(cfg, tokenizer, vdir)
-    result = {"name": variant["name"], "variant": dict(variant), "fingerprint": fp, **model_stats(cfg.model),
-              "timing": timing, "step_seconds": timing["stage2"]["step_seconds"],
-              "final_train_loss": final_loss(vdir)}
+    result = {"name": variant["name"], "seed": seed, "variant": dict(variant), "fingerprint": fp,
+              **model_stats(cfg.model), "timing": timing, "step_seconds": timing["stage2"]["step_seconds"],
+              "image_tokens_per_row": timing["stage2"]["image_tokens_per_row"], "final_train_loss": final_loss(vdir)}
     result.update(evaluate_variant(sweep, cfg, state["params"], tokenizer, vdir))
     result["seconds"] = time.perf_counter() - start
-    result["curves"] = [str(p) for p in sorted(vdir.glob("stage*/curves.png"))]
     result = json.loads(json.dumps(result, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
+    vdir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return {**result, "resumed": False}
 
 
 # ------------------------------------------------------------------------------------------ the sweep
 
-def run_sweep(sweep, workdir: str | Path, names: tuple[str, ...] = ()) -> list[dict]:
+def run_sweep(sweep, workdir: epath.PathLike, names: tuple[str, ...] = ()) -> list[dict]:
+    """Every (variant, seed) run of the sweep (or of the variants `names`), seed-major: all variants of the
+    first seed come first, so a sweep cut short still has paired runs."""
     for module in sweep.imports:
         importlib.import_module(module)  # e.g. register_pooling calls
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     variants = [v for v in sweep.variants if not names or v["name"] in names]
     unknown = set(names) - {v["name"] for v in sweep.variants}
     if unknown:
@@ -191,103 +210,133 @@ def run_sweep(sweep, workdir: str | Path, names: tuple[str, ...] = ()) -> list[d
     for v in variants:
         variant_config(sweep, v)  # fail fast on an invalid variant
     tokenizer = lite.build_tokenizer(variant_config(sweep, variants[0]), workdir)
-    return [run_variant(sweep, v, workdir, tokenizer) for v in variants]
+    return [run_variant(sweep, v, seed, workdir, tokenizer) for seed in sweep.seeds for v in variants]
 
 
-def _fmt(x, digits=3) -> str:
+# ------------------------------------------------------------------------------------------ statistics
+
+def interval(values) -> dict:
+    """Mean and the half-width of its 95% Student-t interval (None below two values)."""
+    x = np.asarray([v for v in values if v is not None], np.float64)
+    if len(x) == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
+    return {"mean": float(x.mean()), "ci95": half, "n": int(len(x))}
+
+
+def summarize(results: list[dict], base: str = ablations.BASE_NAME) -> list[dict]:
+    """Per variant (in order of appearance): each column's mean and 95% interval over seeds, and the
+    paired difference to `base` (per seed the variant minus the base, over the seeds both finished)."""
+    by_name = collections.defaultdict(dict)
+    for r in results:
+        by_name[r["name"]][r["seed"]] = r
+    rows = []
+    for name, runs in by_name.items():
+        first = next(iter(runs.values()))
+        row = {"name": name, "variant": first["variant"], "seeds": sorted(runs),
+               "image_tokens": first["image_tokens"], "pooled_dim": first["pooled_dim"],
+               "connector_params": first["connector_params"], "metrics": {}, "difference": {}}
+        for key in ("step_seconds", "image_tokens_per_row", "final_train_loss") + COLUMNS:
+            row["metrics"][key] = interval(r[key] for r in runs.values())
+        shared = sorted(set(runs) & set(by_name.get(base, {})))
+        for column in COLUMNS:
+            row["difference"][column] = (None if name == base else
+                                         interval(runs[s][column] - by_name[base][s][column] for s in shared))
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+def _fmt(x, digits=2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def markdown(sweep, results: list[dict], command: str, curves_dir: str | None = None) -> str:
-    first = results[0]["eval"]
-    base = {c: first[t]["majority_baseline"] for c, t, _, _ in METRICS}
+def _cell(stat: dict | None, signed: bool = False) -> str:
+    if stat is None or stat["mean"] is None:
+        return "-"
+    mean = f"{stat['mean']:+.2f}" if signed else f"{stat['mean']:.2f}"
+    return mean if stat["ci95"] is None else f"{mean} ± {stat['ci95']:.2f}"
+
+
+def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
+    budget = (f"stage 1: {'the recipe' if sweep.stage1_steps < 0 else sweep.stage1_steps} steps, stage 2: "
+              f"{'the recipe' if sweep.stage2_steps < 0 else sweep.stage2_steps} steps")
     lines = [f"# Connector ablation ({sweep.name})", "", f"Made by: `{command}`", "",
-             f"PixMo-lite (experiments/lite.py, lite arg {sweep.lite_arg!r}), seed {sweep.seed}, "
-             f"stage 1: {sweep.stage1_steps} steps, stage 2: {sweep.stage2_steps} steps "
-             f"({'from a random init' if not sweep.stage1_steps else 'from stage 1'}); held-out synthetic "
-             f"split, {sweep.eval_examples} examples per task. Step time: seconds per stage-2 train step "
-             f"(after compilation) on this machine's CPU.", "",
-             "| variant | pooling | window | projector | ViT layers | image tokens / crop | pooled dim "
-             "| connector params | step s | final train loss | "
-             + " | ".join(title for *_, title in METRICS) + " | caption loss |",
-             "|" + "---|" * (11 + len(METRICS))]
-    for r in results:
-        v = r["variant"]
+             f"PixMo-lite (experiments/lite.py, lite arg {sweep.lite_arg!r}), seeds {tuple(sweep.seeds)}, {budget}; "
+             f"held-out synthetic split, {sweep.eval_examples} examples per task. Cells: mean over seeds ± the "
+             f"half-width of its 95% t interval; differences are paired by seed against {ablations.BASE_NAME} "
+             "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per stage-2 "
+             "train step after compilation on this machine; image tokens per row: mean over the packed "
+             "training rows.", "",
+             "| variant | pooling | window | projector | ViT layers | image tokens / crop | image tokens / row "
+             "| connector params | step s | " + " | ".join(TITLES[c] for c in COLUMNS) + " |",
+             "|" + "---|" * (9 + len(COLUMNS))]
+    for r in summary:
+        v, m = r["variant"], r["metrics"]
         lines.append(f"| {r['name']} | {v['pooling']} | {v['pool'][0]}x{v['pool'][1]} | {v['projector']} | "
-                     f"{tuple(v['vit_layers'])} | {r['image_tokens']} | {r['pooled_dim']} | "
-                     f"{r['connector_params']:,} | {_fmt(r['step_seconds'])} | {_fmt(r['final_train_loss'])} | "
-                     + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |")
-    cells = ["majority answer"] + [""] * 9 + [_fmt(base[c]) for c, *_ in METRICS] + [""]
-    lines.append("| " + " | ".join(cells) + " |")
-    if curves_dir is not None:
-        lines += ["", "Stage-2 training curves per variant: " + ", ".join(
-            f"[{r['name']}]({curves_dir}/{r['name']}.png)" for r in results if r.get("curves")), ""]
+                     f"{tuple(v['vit_layers'])} | {r['image_tokens']} | {_fmt(m['image_tokens_per_row']['mean'], 1)} | "
+                     f"{r['connector_params']:,} | {_fmt(m['step_seconds']['mean'])} | "
+                     + " | ".join(_cell(m[c]) for c in COLUMNS) + " |")
+    lines.append("| majority answer |" + " |" * 8 + " " + " | ".join(_fmt(majority.get(c)) for c in COLUMNS) + " |")
+    lines += ["", f"Difference to {ablations.BASE_NAME} (paired by seed):", "",
+              "| variant | " + " | ".join(TITLES[c] for c in COLUMNS) + " |", "|" + "---|" * (1 + len(COLUMNS))]
+    for r in summary:
+        if r["name"] != ablations.BASE_NAME:
+            lines.append(f"| {r['name']} | " + " | ".join(_cell(r["difference"][c], signed=True) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path):
+def plot(summary: list[dict], path: epath.Path):
+    """Per column: each variant's mean with its 95% interval (top) and its paired difference to the base
+    (bottom), variants annotated with image tokens per crop and step time."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = {column: title for column, *_, title in METRICS}
-    titles["caption_loss"] = "held-out caption loss (lower is better)"
-    poolings = sorted({r["variant"]["pooling"] for r in results})
-    colors = {p: plt.cm.tab10(i) for i, p in enumerate(poolings)}
-    fig = plt.figure(figsize=(18, 11))
-    grid = fig.add_gridspec(3, len(COLUMNS))
-    for row, (x_key, x_label) in enumerate((("image_tokens", "image tokens per crop"),
-                                            ("step_seconds", "seconds per train step"))):
-        for col, column in enumerate(COLUMNS):
-            ax = fig.add_subplot(grid[row, col])
-            for r in results:
-                x, y = r[x_key], r[column]
-                if x is None or y is None:
-                    continue
-                ax.scatter(x, y, color=colors[r["variant"]["pooling"]], s=40)
-                ax.annotate(r["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            if x_key == "image_tokens":
-                ax.set_xscale("log", base=2)
-            ax.set_xlabel(x_label)
-            ax.set_title(titles[column], fontsize=10)
+    names = [r["name"] for r in summary]
+    labels = [f"{r['name']} ({r['image_tokens']} tok, {_fmt(r['metrics']['step_seconds']['mean'])} s)" for r in summary]
+    y = np.arange(len(summary))
+    fig, axes = plt.subplots(2, len(COLUMNS), figsize=(4 * len(COLUMNS) + 3, 0.45 * len(summary) * 2 + 3),
+                             sharey=True, squeeze=False)
+    for col, column in enumerate(COLUMNS):
+        for row, (key, title) in enumerate((("metrics", TITLES[column]), ("difference", f"- {ablations.BASE_NAME}"))):
+            ax = axes[row, col]
+            stats_ = [r[key][column] or {"mean": None, "ci95": None} for r in summary]
+            mean = np.array([np.nan if s["mean"] is None else s["mean"] for s in stats_])
+            err = np.array([0.0 if s["ci95"] is None else s["ci95"] for s in stats_])
+            ax.errorbar(mean, y, xerr=err, fmt="o", capsize=3)
+            ax.axvline(0 if key == "difference" else mean[names.index(ablations.BASE_NAME)]
+                       if ablations.BASE_NAME in names else np.nan, color="grey", linestyle="--", linewidth=1)
+            ax.set_title(title if row == 0 else f"{TITLES[column].split(' (')[0]} {title}", fontsize=9)
             ax.grid(alpha=0.3)
-    ax = fig.add_subplot(grid[2, :])
-    for r in results:
-        path_jsonl = Path(r["curves"][-1]).with_name("metrics.jsonl") if r.get("curves") else None
-        if path_jsonl and path_jsonl.exists():
-            rows = metrics_log.read(path_jsonl)
-            ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], label=r["name"],
-                    color=colors[r["variant"]["pooling"]],
-                    linestyle=["-", "--", ":", "-."][results.index(r) % 4])
-    ax.set_xlabel("stage-2 step")
-    ax.set_ylabel("train loss")
-    ax.legend(fontsize=8, ncol=4)
-    ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[p], label=p) for p in poolings]
-    fig.legend(handles=handles, loc="upper center", ncol=len(poolings), title="pooling")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    axes[0, 0].set_yticks(y, labels, fontsize=8)  # shared by every panel
+    axes[0, 0].invert_yaxis()
+    fig.suptitle("mean over seeds with 95% intervals (top); paired difference to the released connector (bottom)")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def write_outputs(sweep, results: list[dict], out: str | Path, command: str):
-    """<out>.md, <out>.json, <out>.png and each variant's last-stage curves.png as <out>_curves/<name>.png."""
-    out = Path(out)
-    curves = out.parent / f"{out.name}_curves"
-    curves.mkdir(parents=True, exist_ok=True)
-    for r in results:
-        if r.get("curves") and Path(r["curves"][-1]).exists():
-            shutil.copyfile(r["curves"][-1], curves / f"{r['name']}.png")
-    out.with_suffix(".md").write_text(markdown(sweep, results, command, curves.name))
-    summary = {"command": command, "sweep": sweep.to_dict(),
-               "results": [{k: v for k, v in r.items() if k != "resumed"} for r in results]}
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str))
-    plot(results, out.with_suffix(".png"))
+def write_outputs(sweep, results: list[dict], out: epath.PathLike, command: str):
+    """<out>.md, <out>.json (every run, the summary, provenance) and <out>.png."""
+    out = epath.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results)
+    first = results[0]["eval"]
+    majority = {c: first[t]["majority_baseline"] for c, t, _, _ in METRICS}
+    out.with_suffix(".md").write_text(markdown(sweep, summary, command, majority) + "\n")
+    runs = [{k: v for k, v in r.items() if k != "resumed"} for r in results]
+    document = {**provenance.describe(command), "sweep": sweep.to_dict(), "majority_baseline": majority,
+                "summary": summary, "runs": runs}
+    out.with_suffix(".json").write_text(json.dumps(document, indent=1, default=str))
+    plot(summary, out.with_suffix(".png"))
+    return summary
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arg", default="quick", choices=("quick", "full"))
+    parser.add_argument("--arg", default="quick", choices=("quick", "reduced", "full"))
     parser.add_argument("--workdir", default=None, help="default runs/ablate_pooling_<arg>")
     parser.add_argument("--out", default=None, help="output prefix; default experiments/results/ablate_pooling_<arg>")
     parser.add_argument("--only", nargs="*", default=(), help="variant names to run (default all)")
@@ -305,9 +354,9 @@ def run(args, argv=None):
     start = time.perf_counter()
     results = run_sweep(sweep, args.workdir or f"runs/ablate_pooling_{args.arg}", tuple(args.only))
     out = args.out or f"experiments/results/ablate_pooling_{args.arg}"
-    write_outputs(sweep, results, out, command.strip())
-    print(markdown(sweep, results, command.strip()))
-    print(f"\n{len(results)} variants in {(time.perf_counter() - start) / 60:.1f} min; wrote {out}.{{md,json,png}}")
+    summary = write_outputs(sweep, results, out, command.strip())
+    print(markdown(sweep, summary, command.strip(), {}))
+    print(f"\n{len(results)} runs in {(time.perf_counter() - start) / 60:.1f} min; wrote {out}.{{md,json,png}}")
 
 
 if __name__ == "__main__":

@@ -1,66 +1,81 @@
 """Connector ablation sweeps on PixMo-lite (experiments/ablate_pooling.py runs them).
 
-    cfg = get_config("quick")   # 6 variants, stage 2 only, a short step budget: a few minutes on 2 CPU cores
-    cfg = get_config("full")    # 10 variants: each pooling type, window, projector and ViT-layer choice
+    cfg = get_config("quick")     # a smoke run: 3 variants x 2 seeds, a few steps each (minutes on 2 CPU cores)
+    cfg = get_config("reduced")   # the 5 pooling types x 3 seeds, a cut budget (stored in experiments/results)
+    cfg = get_config("full")      # every variant x 3 seeds on the PixMo-lite recipe's own budget
 
 A variant is a dict: name, pooling (a `connector.POOLINGS` name: every official type, or one added with
 `register_pooling` in a module listed in `imports`), pool (pooling_h, pooling_w), projector ("mlp",
 "2mlp", "linear"), vit_layers (ViT layers whose features are concatenated, e.g. (-2, -9) or (-1,)).
-Every variant is trained with the same seed, data and steps through experiments/lite.py (its model,
-tokenizer, trainer config and data), then evaluated on the held-out synthetic split.
+Every variant is trained once per seed of `seeds` (the seed sets the model init, the generated training
+data and its order, so two variants of one seed see the same examples), then evaluated on the held-out
+synthetic split; `BASE` (the released connector) is the reference of the paired differences.
+
+The axes: pooling type (all five official ones at their window), window size = image tokens per crop
+(attention_meanq 1x1 / 2x2 / 3x3 / 4x4: 64 / 16 / 9 / 4 tokens of the 112 px crop's 8x8 patch grid),
+projector (mlp / 2mlp / linear) and ViT layers ((-2, -9) official, (-1,), (-2,), (-3, -6)).
 
 Combinations left out, and why:
   * 'none' pooling only with a 1x1 window (config.validate) and '2mlp' only where the pooled width equals
     llm.d_model=128 (ViT width 64: attention_2wide, or 'none'/1x1 with two ViT layers).
-  * 3x3 windows: the 112 px crop is an 8x8 patch grid, so the connector pads it to 9x9 and the
-    preprocessor lays out ceil(8/3)^2 = 9 tokens (config.pooled_grid) - they agree. The preprocessor
-    insists that the overlap margins (official (4, 4)) be multiples of the window, which only matters for
-    overlapping crops; PixMo-lite uses one resized crop, so 3x3 variants set overlap_margins = (0, 0).
+  * 3x3 windows: the 8x8 patch grid is padded to 9x9 and the preprocessor lays out ceil(8/3)^2 = 9 tokens
+    (config.pooled_grid) - they agree. The preprocessor insists that the overlap margins (official (4, 4))
+    be multiples of the window, which only matters for overlapping crops; PixMo-lite uses one resized crop,
+    so 3x3 variants set overlap_margins = (0, 0).
 """
 from __future__ import annotations
 
 import ml_collections
 
 BASE = dict(pooling="attention_meanq", pool=(2, 2), projector="mlp", vit_layers=(-2, -9))  # official default
+BASE_NAME = "meanq_2x2"
 
 
 def variant(name: str, **overrides) -> dict:
     return dict(BASE, name=name, **overrides)
 
 
-QUICK_VARIANTS = [
-    variant("meanq_2x2"),  # the released Molmo connector
+FULL_VARIANTS = [
+    variant(BASE_NAME),  # the released Molmo connector
     variant("attention_2x2", pooling="attention"),
+    variant("2wide_2x2", pooling="attention_2wide"),
     variant("2wide_2x2_2mlp", pooling="attention_2wide", projector="2mlp"),
     variant("stack_2x2", pooling="stack"),
     variant("none_1x1", pooling="none", pool=(1, 1)),
+    variant("meanq_1x1", pool=(1, 1)),
     variant("meanq_3x3", pool=(3, 3)),
-]
-
-FULL_VARIANTS = QUICK_VARIANTS + [
-    variant("2wide_2x2", pooling="attention_2wide"),
+    variant("meanq_4x4", pool=(4, 4)),
     variant("stack_3x3", pooling="stack", pool=(3, 3)),
     variant("meanq_2x2_linear", projector="linear"),
     variant("meanq_2x2_last", vit_layers=(-1,)),
+    variant("meanq_2x2_second_last", vit_layers=(-2,)),
+    variant("meanq_2x2_mid", vit_layers=(-3, -6)),
 ]
+QUICK_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "none_1x1", "meanq_4x4")]
+# the five official pooling types, each at its window
+REDUCED_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "attention_2x2", "2wide_2x2", "stack_2x2",
+                                                              "none_1x1")]
 
 
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
-    """arg "quick" (about 5 minutes on 2 CPU cores) or "full" (10 variants, 500 steps each, about 50 minutes)."""
-    if arg not in ("quick", "full"):
-        raise ValueError(f"ablations.get_config({arg!r}): arg must be 'quick' or 'full'")
-    quick = arg == "quick"
+    """arg "quick" (smoke: 3 variants x 2 seeds, 20 stage-2 steps), "reduced" (5 variants x 3 seeds, stage 2
+    only, 60 steps, 16 held-out examples per task: what the shared 2-core CPU could run) or "full" (14
+    variants x 3 seeds, the recipe's stage 1 + stage 2 budget, 64 examples per task)."""
+    if arg not in ("quick", "reduced", "full"):
+        raise ValueError(f"ablations.get_config({arg!r}): arg must be 'quick', 'reduced' or 'full'")
     c = ml_collections.ConfigDict()
     c.name = f"ablate_pooling_{arg}"
     c.lite_arg = "quick"  # experiments/lite.get_config(arg): model, data and optimizer recipe
-    c.seed = 0  # model init, dropout and data order: the same for every variant
-    c.stage1_steps = 0  # 0: stage 2 only, from a random init
-    c.stage2_steps = 60 if quick else 500
-    c.lr = 0.0  # 0: lite's learning rate
-    c.eval_examples = 16 if quick else 64  # held-out examples per task
+    c.seeds = (0, 1) if arg == "quick" else (0, 1, 2)
+    c.stage1_steps = {"quick": 0, "reduced": 0, "full": -1}[arg]  # -1: the recipe's; 0: stage 2 from random init
+    c.stage2_steps = {"quick": 20, "reduced": 60, "full": -1}[arg]
+    # peak learning rates of the LLM and of the ViT + connector (0: lite's 5e-4); the 60-step reduced sweep
+    # uses 2x / 4x lite's so that its models move further from the text prior in the steps it has
+    c.lr, c.image_lr = (1e-3, 2e-3) if arg == "reduced" else (0.0, 0.0)
+    c.eval_examples = {"quick": 8, "reduced": 16, "full": 64}[arg]  # held-out examples per task
     c.eval_batch = 16
-    c.max_new_tokens = 0  # 0: each task's default budget
-    c.caption_batches = 2 if quick else 4  # held-out stage-1 batches for the caption loss
+    c.max_new_tokens = 64 if arg == "reduced" else 0  # 0: each task's default budget (192 for pointing)
+    c.caption_batches = 1 if arg == "quick" else 4  # held-out stage-1 batches for the caption loss
     c.imports = ()  # modules imported first (e.g. ones that call connector.register_pooling)
-    c.variants = list(QUICK_VARIANTS if quick else FULL_VARIANTS)
+    c.variants = list({"quick": QUICK_VARIANTS, "reduced": REDUCED_VARIANTS, "full": FULL_VARIANTS}[arg])
     return c

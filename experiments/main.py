@@ -65,11 +65,12 @@ def caption_loss(cfg, params, tokenizer, batches: int = 4) -> float:
     return total / weight
 
 
-def majority_baseline(result: dict, key: Callable[[str], Any] = lambda prompt: None) -> float | None:
+def majority_baseline(result: dict, key: Callable[[str], Any] = lambda prompt: None) -> float:
     """Accuracy of always giving the most common reference (count or answer) among prompts of the same
-    `key(prompt)` (default: all prompts alike); None for pointing."""
+    `key(prompt)` (default: all prompts alike); for pointing, the F1 of always pointing at nothing (1 where
+    the gold has no points, else 0: the only answer a model that ignores the image can get right)."""
     if result["task"] == "synthetic_points":
-        return None
+        return float(np.mean([len(p["reference"]["points"]) == 0 for p in result["predictions"]]))
     groups = collections.defaultdict(list)
     for p in result["predictions"]:
         groups[key(p["prompt"])].append(json.dumps(p["reference"], sort_keys=True))
@@ -101,8 +102,8 @@ class SwappedImages:
 
 
 def evaluate(cfg, params, tokenizer, out_dir: epath.Path) -> dict:
-    """Each EVAL_TASKS metric on the held-out split, its baselines, and (but pointing) the same prompts with
-    the images swapped between examples."""
+    """Each EVAL_TASKS metric on the held-out split, its baselines, and the same prompts with the images
+    swapped between examples."""
     model_cfg = cfg.model
     bundle = MolmoBundle(model_cfg, params, tokenizer, Preprocessor(model_cfg, tokenizer))
     results = {}
@@ -110,8 +111,7 @@ def evaluate(cfg, params, tokenizer, out_dir: epath.Path) -> dict:
     for task in EVAL_TASKS:
         source = runner.held_out_source(task, cfg.image_size)
         result = runner.evaluate(bundle, source, task, out_dir=out_dir, **score)
-        swapped = (None if task == "synthetic_points" else
-                   runner.evaluate(bundle, SwappedImages(source), task, **score)["metrics"])
+        swapped = runner.evaluate(bundle, SwappedImages(source), task, **score)["metrics"]
         results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result),
                          "question_prior": majority_baseline(result, question_type), "swapped_images": swapped}
     return results
@@ -128,7 +128,8 @@ def print_summary(summary: dict):
             print(f"{task:24} {name:22} {value:8.3f} {swapped:8.3f} {base:9.3f} {prior:8.3f}")
     print("swapped: the same prompts with each image swapped for another example's; majority: always the most "
           "common answer; q-prior: the most common answer of each question type (shape asked about, count or "
-          "colour), what a model that ignores the image can reach")
+          "colour), what a model that ignores the image can reach; pointing's: the F1 of always pointing at "
+          "nothing")
     c = summary["caption_loss"]
     print(f"held-out caption loss: {c['init']:.3f} at init -> {c['after_stage1']:.3f} after stage 1")
     print(f"total time {summary['seconds'] / 60:.1f} min; outputs in {summary['workdir']}")
@@ -143,7 +144,7 @@ TABLE_ROWS = (
     ("synthetic_docs_charts", "relaxed_correctness", "chart values (relaxed)",
      ("majority_baseline", "question_prior")),
     ("synthetic_cap_qa", "em", "CapQA (counts, colours)", ("majority_baseline", "question_prior")),
-    ("synthetic_points", "f1", "pointing F1", ()),
+    ("synthetic_points", "f1", "pointing F1", ("majority_baseline", "question_prior")),
 )
 
 

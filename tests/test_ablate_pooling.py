@@ -2,11 +2,15 @@
 
 Every variant of both sweeps is checked structurally without compiling (config, preprocessor token layout
 vs connector output, the traced forward of the whole model); the train + evaluate pipeline runs for real on
-a tiny budget (2 steps, 2 held-out examples per task, 2 new tokens) and twice for determinism.
+a tiny budget (2 steps, 2 held-out examples per task, 2 new tokens) and twice for determinism; the
+statistics (intervals over seeds, paired differences) are checked against hand-computed values, and the
+stored sweep against the columns the README quotes.
 """
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -26,8 +30,8 @@ ALL_VARIANTS = {v["name"]: v for v in ablations.get_config("full").variants}
 
 def tiny_sweep(**overrides):
     sweep = ablations.get_config("quick")
-    sweep.update({**dict(stage1_steps=0, stage2_steps=2, eval_examples=2, eval_batch=2, max_new_tokens=2,
-                         caption_batches=1), **overrides})
+    sweep.update({**dict(seeds=(0,), stage1_steps=0, stage2_steps=2, eval_examples=2, eval_batch=2,
+                         max_new_tokens=2, caption_batches=1), **overrides})
     return sweep
 
 
@@ -37,8 +41,11 @@ def test_quick_sweep_is_a_subset_and_covers_every_official_type():
     full = ALL_VARIANTS.values()
     assert {v["pooling"] for v in full} == {"attention_meanq", "attention", "attention_2wide", "stack", "none"}
     assert {v["projector"] for v in full} == {"mlp", "2mlp", "linear"}
-    assert {tuple(v["pool"]) for v in full} == {(1, 1), (2, 2), (3, 3)}
-    assert {tuple(v["vit_layers"]) for v in full} == {(-2, -9), (-1,)}
+    assert {tuple(v["pool"]) for v in full} == {(1, 1), (2, 2), (3, 3), (4, 4)}
+    assert {tuple(v["vit_layers"]) for v in full} == {(-2, -9), (-1,), (-2,), (-3, -6)}
+    assert ALL_VARIANTS[ablations.BASE_NAME] == dict(ablations.BASE, name=ablations.BASE_NAME)
+    for arg in ("reduced", "full"):
+        assert len(ablations.get_config(arg).seeds) >= 3
     with pytest.raises(ValueError, match="quick"):
         ablations.get_config("medium")
 
@@ -132,26 +139,36 @@ def first_run(tmp_path_factory, compile_cache):
 
 def test_variant_trains_evaluates_writes_outputs_and_resumes(first_run, tmp_path):
     sweep, workdir, (result,) = first_run
-    assert result["name"] == "meanq_2x2" and not result["resumed"]
+    assert result["name"] == "meanq_2x2" and result["seed"] == 0 and not result["resumed"]
     assert result["timing"]["stage2"]["steps_run"] == 2 and "stage1" not in result["timing"]
     for column in ablate_pooling.COLUMNS:
         assert np.isfinite(result[column]), column
     assert all(0 <= result[c] <= 1 for c, *_ in ablate_pooling.METRICS)
     assert result["image_tokens"] == 16 and result["pooled_dim"] == 64
-    assert (workdir / "meanq_2x2" / "stage2" / "curves.png").exists()
-    assert json.loads((workdir / "meanq_2x2" / "result.json").read_text())["fingerprint"] == result["fingerprint"]
+    assert 16 <= result["image_tokens_per_row"] <= 16 * lite_pack_crops()  # 1..pack_crops images per row
+    run_dir = workdir / "meanq_2x2" / "seed0"
+    assert (run_dir / "stage2" / "curves.png").exists()
+    assert json.loads((run_dir / "result.json").read_text())["fingerprint"] == result["fingerprint"]
     # a rerun loads the finished variant instead of training it
     (again,) = ablate_pooling.run_sweep(sweep, workdir, ("meanq_2x2",))
     assert again["resumed"] and again["count_acc"] == result["count_acc"]
     # another budget is another config: refused rather than silently mixed
     with pytest.raises(RuntimeError, match="another config"):
         ablate_pooling.run_sweep(tiny_sweep(stage2_steps=3), workdir, ("meanq_2x2",))
+    # outputs of two seeds of two variants: the real run plus shifted copies of it
+    runs = [result] + [dict(result, seed=seed, name=name, count_acc=result["count_acc"] + shift)
+                       for seed, name, shift in ((1, "meanq_2x2", 0.1), (0, "other", 0.2), (1, "other", 0.4))]
     out = tmp_path / "results" / "table"
-    ablate_pooling.write_outputs(sweep, [result], out, "python -m experiments.ablate_pooling --arg quick")
+    ablate_pooling.write_outputs(sweep, runs, out, "python -m experiments.ablate_pooling --arg quick")
     md = out.with_suffix(".md").read_text()
     assert "`python -m experiments.ablate_pooling --arg quick`" in md.splitlines()[2]
     assert "| meanq_2x2 | attention_meanq | 2x2 | mlp |" in md
-    assert json.loads(out.with_suffix(".json").read_text())["results"][0]["name"] == "meanq_2x2"
+    stored = json.loads(out.with_suffix(".json").read_text())
+    assert stored["command"] == "python -m experiments.ablate_pooling --arg quick" and stored["commit"]
+    assert [r["name"] for r in stored["summary"]] == ["meanq_2x2", "other"]
+    other = stored["summary"][1]["difference"]["count_acc"]  # paired: +0.2 and +0.3
+    assert other["n"] == 2 and other["mean"] == pytest.approx(0.25)
+    assert other["ci95"] == pytest.approx(12.7062 * 0.05, rel=1e-4)  # sd 0.0707 / sqrt(2) = 0.05
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
@@ -163,6 +180,39 @@ def test_sweep_is_deterministic(first_run, tmp_path):
         assert again[key] == result[key], key
     for task, r in result["eval"].items():
         assert again["eval"][task]["metrics"] == r["metrics"], task
-    predictions = [json.loads((d / "meanq_2x2" / "eval" / "synthetic_clocks.json").read_text())["predictions"]
+    predictions = [json.loads((d / "meanq_2x2" / "seed0" / "eval" / "synthetic_clocks.json").read_text())["predictions"]
                    for d in (first_run[1], tmp_path)]
     assert [p["prediction"] for p in predictions[0]] == [p["prediction"] for p in predictions[1]]
+
+
+def lite_pack_crops() -> int:
+    from experiments import lite
+    return lite.get_config().pack_crops
+
+
+def test_interval_and_paired_difference_match_hand_values():
+    # three seeds: t(0.975, 2) = 4.3027; the difference is paired only over the seeds both ran
+    assert ablate_pooling.interval([0.2, 0.4, 0.6]) == pytest.approx(
+        {"mean": 0.4, "ci95": 4.302653 * 0.2 / math.sqrt(3), "n": 3}, rel=1e-5)
+    assert ablate_pooling.interval([0.5]) == {"mean": 0.5, "ci95": None, "n": 1}
+    runs = [{"name": name, "seed": seed, "variant": {}, "image_tokens": 16, "pooled_dim": 64,
+             "connector_params": 1, "step_seconds": 0.1, "image_tokens_per_row": 40.0, "final_train_loss": 1.0,
+             **{c: value + seed for c in ablate_pooling.COLUMNS}}
+            for name, value, seeds in (("meanq_2x2", 0.0, (0, 1, 2)), ("b", 0.5, (0, 1))) for seed in seeds]
+    base, b = ablate_pooling.summarize(runs)
+    assert base["difference"]["count_acc"] is None and base["metrics"]["count_acc"]["n"] == 3
+    assert b["difference"]["point_f1"] == {"mean": 0.5, "ci95": 0.0, "n": 2}
+
+
+def test_stored_sweep_has_the_columns_the_readme_quotes():
+    stored = json.loads((Path(__file__).parents[1] / "experiments/results/ablate_pooling_reduced.json").read_text())
+    assert stored["commit"] != "unknown" and stored["command"].startswith("python -m experiments.ablate_pooling")
+    names = {v["name"] for v in ablations.get_config(stored["sweep"]["name"].split("_")[-1]).variants}
+    assert {r["name"] for r in stored["summary"]} == names
+    assert {r["variant"]["pooling"] for r in stored["summary"]} == set(config_lib.POOLING_TYPES)
+    for row in stored["summary"]:
+        assert len(row["seeds"]) >= 3, row["name"]
+        for key in ("step_seconds", "image_tokens_per_row") + ablate_pooling.COLUMNS:
+            assert row["metrics"][key]["ci95"] is not None, (row["name"], key)
+        for column in ablate_pooling.COLUMNS:
+            assert (row["difference"][column] is None) == (row["name"] == ablations.BASE_NAME)

@@ -1,4 +1,5 @@
-"""The main job's baselines: always the most common answer, and the most common answer per question type."""
+"""The main job's baselines: always the most common answer, the most common answer per question type, and
+for pointing always pointing at nothing."""
 import numpy as np
 
 from experiments import main
@@ -15,7 +16,9 @@ def test_question_prior_is_the_per_question_type_majority():
     assert main.majority_baseline(r) == 2 / 6  # "2" or "red"
     assert main.majority_baseline(r, main.question_type) == 1.0  # each (shape, colour?) group has one answer
     assert main.question_type("pixmo_docs_charts: What is the value of B?") == ("What is the value of B?",)
-    assert main.majority_baseline(result([("x", "1")], task="synthetic_points")) is None
+    points = {"task": "synthetic_points", "predictions": [{"prompt": "Point to circles", "reference": {"points": p}}
+                                                          for p in ([], [[1.0, 2.0]], [], [[3.0, 4.0], [5.0, 6.0]])]}
+    assert main.majority_baseline(points) == 0.5  # pointing at nothing scores F1 1 on the two empty golds
 
 
 def test_swapped_images_keep_the_prompt_and_change_the_picture():
