@@ -3,8 +3,8 @@
     python -m experiments.ablate_pooling --arg quick   # 6 variants, a few minutes on 2 CPU cores
     python -m experiments.ablate_pooling --arg full    # 10 variants x 500 steps, about 50 minutes
 
-The sweep (experiments/ablations.py `get_config(arg)`) lists variants; each is trained with the PixMo-lite
-recipe (experiments/lite.py: model, tokenizer, trainer config, data) in <workdir>/<variant>/stage*/ (curves
+The sweep (experiments/ablations.py `get_config(arg)`) lists variants; each is trained with the stage
+recipes' PixMo-lite configs (molmo_jax/recipes) plus its overrides in <workdir>/<variant>/stage*/ (curves
 in stage*/curves.png; an interrupted run resumes from its checkpoints), then evaluated on the held-out
 synthetic split: counting accuracy, clock accuracy (hour and minute exact), pointing F1 (KV-cache greedy
 generation, official scorers) and the held-out caption loss. <workdir>/<variant>/result.json marks a finished
@@ -32,7 +32,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import ablations, lite
+from data_pipelines import factory, vocab
+from experiments import ablations
 from experiments import main as main_lib
 from molmo_jax import config as config_lib
 from molmo_jax import entry_points, sharding
@@ -40,6 +41,7 @@ from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import abstract_params
 from molmo_jax.preprocess import Preprocessor
+from molmo_jax.recipes import lite, stage1, stage2
 from molmo_jax.train import metrics_log, trainer
 
 # (column, eval task, metric key, title); all higher-is-better
@@ -52,24 +54,25 @@ COLUMNS = tuple(m[0] for m in METRICS) + ("caption_loss",)
 
 # ------------------------------------------------------------------------------------------ configs
 
-def variant_config(sweep, variant: dict):
-    """The lite config of one variant: lite's recipe with the sweep's budget and the variant's connector."""
-    cfg = lite.get_config(sweep.lite_arg)
-    cfg.seed = sweep.seed
-    cfg.stage1_steps, cfg.stage2_steps = sweep.stage1_steps, sweep.stage2_steps
-    if sweep.lr:
-        cfg.lr = sweep.lr
-    cfg.eval_examples = sweep.eval_examples
+STAGES = {"stage1": stage1, "stage2": stage2}
+
+
+def variant_config(sweep, variant: dict, stage: str = "stage2"):
+    """The `stage` training config of one variant: the stage recipe's `sweep.recipe` config at the sweep's
+    step budget with `ablations.overrides(sweep, variant)`."""
+    cfg = STAGES[stage].get_config(sweep.recipe)
+    lite.set_steps(cfg, sweep[f"{stage}_steps"])  # stage1_steps 0: stage 1 is not trained
+    cfg.update_from_flattened_dict(ablations.overrides(sweep, variant))
     m = cfg.model
-    m.connector.pooling = variant["pooling"]
-    m.connector.pooling_h, m.connector.pooling_w = (int(x) for x in variant["pool"])
-    m.connector.projector = variant["projector"]
-    m.vit_layers = tuple(int(i) for i in variant["vit_layers"])
     if m.preprocess.crop_mode == "resize" and any(x % p for x in m.preprocess.overlap_margins
                                                   for p in variant["pool"]):
         m.preprocess.overlap_margins = (0, 0)  # unused with one resized crop (see ablations.py)
     config_lib.validate(m)
     return cfg
+
+
+def variant_configs(sweep, variant: dict) -> dict:
+    return {stage: variant_config(sweep, variant, stage) for stage in STAGES}
 
 
 def model_stats(model_cfg) -> dict:
@@ -83,9 +86,9 @@ def model_stats(model_cfg) -> dict:
             "params": sum(size(x) for _, x in leaves), "connector_params": connector}
 
 
-def fingerprint(sweep, cfg) -> str:
-    """Identifies what a result depends on: the variant's full lite config and the evaluation settings."""
-    key = {"cfg": cfg.to_dict(), "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.caption_batches]}
+def fingerprint(sweep, cfgs: dict) -> str:
+    """Identifies what a result depends on: the variant's stage configs and the evaluation settings."""
+    key = {"cfg": {stage: cfg.to_dict() for stage, cfg in cfgs.items()}, "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.caption_batches]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -121,15 +124,14 @@ def _mesh(shape):
     return sharding.make_mesh(tuple(shape), jax.devices()[:int(np.prod(shape))])
 
 
-def train_variant(cfg, tokenizer, vdir: Path) -> tuple[dict, dict]:
-    """Stage 1 (if cfg.stage1_steps) then stage 2 in vdir/stage*; returns (final state, timings)."""
+def train_variant(sweep, cfgs: dict, tokenizer, vdir: Path) -> tuple[dict, dict]:
+    """Stage 1 (if sweep.stage1_steps) then stage 2 in vdir/stage*; returns (final state, timings)."""
     timing, init_from = {}, ""
-    for stage in ("stage1", "stage2"):
-        if stage == "stage1" and not cfg.stage1_steps:
+    for stage, tcfg in cfgs.items():
+        if stage == "stage1" and not sweep.stage1_steps:
             continue
-        tcfg = lite.trainer_config(cfg, stage)
         tcfg.init_from = str(init_from)
-        data = TimedData(lite.data(cfg, stage, tokenizer))
+        data = TimedData(factory.make_data(tcfg, tokenizer))
         start = time.perf_counter()
         state = trainer.train(tcfg, data, vdir / stage, mesh=_mesh(tcfg.mesh))
         timing[stage] = {"seconds": time.perf_counter() - start, "steps_run": max(0, len(data.times)),
@@ -144,8 +146,9 @@ def final_loss(vdir: Path) -> float | None:
     return rows[-1]["loss"] if rows else None
 
 
-def evaluate_variant(sweep, cfg, params, tokenizer, vdir: Path) -> dict:
-    bundle = MolmoBundle(cfg.model, params, tokenizer, Preprocessor(cfg.model, tokenizer))
+def evaluate_variant(sweep, cfgs: dict, params, tokenizer, vdir: Path) -> dict:
+    model_cfg = cfgs["stage2"].model
+    bundle = MolmoBundle(model_cfg, params, tokenizer, Preprocessor(model_cfg, tokenizer))
     out = {"eval": {}}
     for column, task, key, _ in METRICS:
         r = runner.evaluate(bundle, task, n=sweep.eval_examples, batch_size=sweep.eval_batch,
@@ -154,16 +157,16 @@ def evaluate_variant(sweep, cfg, params, tokenizer, vdir: Path) -> dict:
         out[column] = r["metrics"][key]
         out["eval"][task] = {"metrics": r["metrics"], "majority_baseline": main_lib.majority_baseline(r),
                              "seconds": r["seconds"]}
-    out["caption_loss"] = main_lib.caption_loss(cfg, params, tokenizer, batches=sweep.caption_batches)
+    out["caption_loss"] = main_lib.caption_loss(cfgs["stage1"], params, tokenizer, batches=sweep.caption_batches)
     return out
 
 
 def run_variant(sweep, variant: dict, workdir: Path, tokenizer) -> dict:
     """Trains and evaluates one variant, or loads its finished result.json."""
-    cfg = variant_config(sweep, variant)
+    cfgs = variant_configs(sweep, variant)
     vdir = workdir / variant["name"]
     path = vdir / "result.json"
-    fp = fingerprint(sweep, cfg)
+    fp = fingerprint(sweep, cfgs)
     if path.exists():
         done = json.loads(path.read_text())
         if done.get("fingerprint") == fp:
@@ -171,13 +174,14 @@ def run_variant(sweep, variant: dict, workdir: Path, tokenizer) -> dict:
             return {**done, "resumed": True}
         raise RuntimeError(f"{path} was made with another config (fingerprint {done.get('fingerprint')} != {fp}); "
                            "delete that variant directory or use another --workdir")
-    print(f"[{variant['name']}] training {cfg.stage1_steps} + {cfg.stage2_steps} steps", flush=True)
+    print(f"[{variant['name']}] training {sweep.stage1_steps} + {sweep.stage2_steps} steps", flush=True)
     start = time.perf_counter()
-    state, timing = train_variant(cfg, tokenizer, vdir)
-    result = {"name": variant["name"], "variant": dict(variant), "fingerprint": fp, **model_stats(cfg.model),
+    state, timing = train_variant(sweep, cfgs, tokenizer, vdir)
+    result = {"name": variant["name"], "variant": dict(variant), "fingerprint": fp,
+              **model_stats(cfgs["stage2"].model),
               "timing": timing, "step_seconds": timing["stage2"]["step_seconds"],
               "final_train_loss": final_loss(vdir)}
-    result.update(evaluate_variant(sweep, cfg, state["params"], tokenizer, vdir))
+    result.update(evaluate_variant(sweep, cfgs, state["params"], tokenizer, vdir))
     result["seconds"] = time.perf_counter() - start
     result["curves"] = [str(p) for p in sorted(vdir.glob("stage*/curves.png"))]
     result = json.loads(json.dumps(result, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
@@ -196,8 +200,8 @@ def run_sweep(sweep, workdir: str | Path, names: tuple[str, ...] = ()) -> list[d
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {[v['name'] for v in sweep.variants]}")
     for v in variants:
-        variant_config(sweep, v)  # fail fast on an invalid variant
-    tokenizer = lite.build_tokenizer(variant_config(sweep, variants[0]), workdir)
+        variant_configs(sweep, v)  # fail fast on an invalid variant
+    tokenizer = vocab.pixmo_lite_tokenizer(list(variant_configs(sweep, variants[0]).values()), workdir)
     return [run_variant(sweep, v, workdir, tokenizer) for v in variants]
 
 
@@ -209,7 +213,7 @@ def markdown(sweep, results: list[dict], command: str, curves_dir: str | None = 
     first = results[0]["eval"]
     base = {c: first[t]["majority_baseline"] for c, t, _, _ in METRICS}
     lines = [f"# Connector ablation ({sweep.name})", "", f"Made by: `{command}`", "",
-             f"PixMo-lite (experiments/lite.py, lite arg {sweep.lite_arg!r}), seed {sweep.seed}, "
+             f"PixMo-lite (molmo_jax/recipes, arg {sweep.recipe!r}, overrides {dict(sweep.overrides)}), "
              f"stage 1: {sweep.stage1_steps} steps, stage 2: {sweep.stage2_steps} steps "
              f"({'from a random init' if not sweep.stage1_steps else 'from stage 1'}); held-out synthetic "
              f"split, {sweep.eval_examples} examples per task. Step time: seconds per stage-2 train step "

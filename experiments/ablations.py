@@ -3,11 +3,14 @@
     cfg = get_config("quick")   # 6 variants, stage 2 only, a short step budget: a few minutes on 2 CPU cores
     cfg = get_config("full")    # 10 variants: each pooling type, window, projector and ViT-layer choice
 
-A variant is a dict: name, pooling (a `connector.POOLINGS` name: every official type, or one added with
-`register_pooling` in a module listed in `imports`), pool (pooling_h, pooling_w), projector ("mlp",
-"2mlp", "linear"), vit_layers (ViT layers whose features are concatenated, e.g. (-2, -9) or (-1,)).
-Every variant is trained with the same seed, data and steps through experiments/lite.py (its model,
-tokenizer, trainer config and data), then evaluated on the held-out synthetic split.
+The sweep is one config, the stage recipes' PixMo-lite (`molmo_jax.recipes.stage{1,2}.get_config(recipe)`)
+at the sweep's step budget, with overrides: `overrides` (dotted config fields -> values) for every variant,
+then the variant's connector (`overrides(sweep, variant)`). A variant is a dict: name, pooling (a
+`connector.POOLINGS` name: every official type, or one added with `register_pooling` in a module listed in
+`imports`) -> model.connector.pooling, pool -> model.connector.pooling_h / pooling_w, projector ("mlp",
+"2mlp", "linear") -> model.connector.projector, vit_layers (ViT layers whose features are concatenated, e.g.
+(-2, -9) or (-1,)) -> model.vit_layers. Every variant is trained with the same seed, data and steps, then
+evaluated on the held-out synthetic split.
 
 Combinations left out, and why:
   * 'none' pooling only with a 1x1 window (config.validate) and '2mlp' only where the pooled width equals
@@ -52,11 +55,10 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     quick = arg == "quick"
     c = ml_collections.ConfigDict()
     c.name = f"ablate_pooling_{arg}"
-    c.lite_arg = "quick"  # experiments/lite.get_config(arg): model, data and optimizer recipe
-    c.seed = 0  # model init, dropout and data order: the same for every variant
+    c.recipe = "lite"  # the stage recipes' arg: model, data, optimizer; seed, data order the same for every variant
     c.stage1_steps = 0  # 0: stage 2 only, from a random init
     c.stage2_steps = 60 if quick else 500
-    c.lr = 0.0  # 0: lite's learning rate
+    c.overrides = ()  # (dotted config field, value) pairs for every variant, e.g. (("optim.lr.llm", 1e-3),)
     c.eval_examples = 16 if quick else 64  # held-out examples per task
     c.eval_batch = 16
     c.max_new_tokens = 0  # 0: each task's default budget
@@ -64,3 +66,12 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     c.imports = ()  # modules imported first (e.g. ones that call connector.register_pooling)
     c.variants = list(QUICK_VARIANTS if quick else FULL_VARIANTS)
     return c
+
+
+def overrides(sweep, variant: dict) -> dict:
+    """Dotted config field -> value: the sweep's overrides, then the variant's connector."""
+    pool_h, pool_w = (int(x) for x in variant["pool"])
+    return {**dict(sweep.overrides), "model.connector.pooling": variant["pooling"],
+            "model.connector.pooling_h": pool_h, "model.connector.pooling_w": pool_w,
+            "model.connector.projector": variant["projector"],
+            "model.vit_layers": tuple(int(i) for i in variant["vit_layers"])}

@@ -14,8 +14,7 @@ from etils import epath
 
 from molmo_jax import entry_points
 from molmo_jax.cli import Command, register
-
-COMPONENTS = ("connector", "vit", "llm")
+from molmo_jax.config import COMPONENTS
 
 
 def _data_arguments(parser: argparse.ArgumentParser):
@@ -49,7 +48,7 @@ def _validate(args) -> int:
     if args.download:
         _fetch_urls(user_data.UserData(args.file, args.image_dir))
     if args.checkpoint:
-        from molmo_jax.train import finetune
+        from molmo_jax.recipes import finetune
         report = _validate_with_model(_data_config(finetune.get_config(str(args.checkpoint)), args, args.file))
     else:
         report = user_data.validate(args.file, args.image_dir, args.allow_outside_images)
@@ -58,9 +57,9 @@ def _validate(args) -> int:
 
 
 def _validate_with_model(cfg):
+    from data_pipelines import factory
     from molmo_jax.tokenizer import load_tokenizer
-    from molmo_jax.train import finetune
-    return finetune.validate_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
+    return factory.validate_user_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
 
 
 # ----------------------------------------------------------------------------- finetune
@@ -100,7 +99,7 @@ def _data_config(cfg, args, path):
 
 
 def _config(args):
-    from molmo_jax.train import finetune
+    from molmo_jax.recipes import finetune
     cfg = _data_config(finetune.get_config(str(args.checkpoint), args.lora_rank, args.steps), args, args.data)
     cfg.data.mix_pixmo_lite = args.mix_pixmo_lite
     if args.lora_targets:
@@ -120,7 +119,7 @@ def _config(args):
 def _finetune(args) -> int:
     """Exit status 0 when finished and exported; 128 + signal number (143 SIGTERM, 130 SIGINT) when a
     signal stopped it (checkpointed, nothing exported: rerunning resumes)."""
-    from data_pipelines import user_data
+    from data_pipelines import factory, user_data
     from molmo_jax.train import finetune, trainer
     entry_points.check_release_dir(args.checkpoint)
     cfg = _config(args)
@@ -130,7 +129,7 @@ def _finetune(args) -> int:
         print(report.summary(), file=sys.stderr)
         raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")
     try:
-        _, exports = finetune.run(cfg, args.workdir)
+        _, exports = finetune.run(cfg, args.workdir, factory.make_data)
     except trainer.TrainingStopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code

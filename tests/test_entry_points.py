@@ -128,7 +128,7 @@ def test_train_errors_are_one_line_and_import_registers_the_pooling(tmp_path, us
     """`experiments.train --config.model.connector.pooling=max` ends in one line naming the field, not a
     KeyError; with --import the config validates (the run then fails later on a bad data kind, also in
     one line)."""
-    argv = ["--config", "experiments/stage1.py:tiny", f"--workdir={tmp_path / 'w'}",
+    argv = ["--config", "molmo_jax/recipes/stage1.py:tiny", f"--workdir={tmp_path / 'w'}",
             "--config.model.connector.pooling=max"]
     assert train_main(argv, monkeypatch) == 1
     assert capsys.readouterr().err.splitlines() == [

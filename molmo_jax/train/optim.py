@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-COMPONENTS = ("connector", "vit", "llm")
+from molmo_jax.config import COMPONENTS
+
 # Official exclusions with our names for `wte` (embedder) and `ln_f` (final_norm).
 NO_DECAY = ("embedder", "attn_norm", "ff_norm", "final_norm", "pre_ln", "attention_norm", "ffn_norm",
             "lambda1", "lambda2", "positional_embedding", "class_embedding")
