@@ -61,7 +61,7 @@ def run(configs, workers, batches: int, warmup: int, iters: int, workdir: str) -
     rows = [{"config": c, "train_batch": train[c][1], "workers": w, "pipeline_examples_per_s": pipeline[w],
              "train_examples_per_s": train[c][0], "ratio": pipeline[w] / train[c][0]}
             for c in configs for w in workers]
-    return {"pipeline_batch": cfg.batch, "batches": batches,
+    return {"pipeline_batch": cfg.data.global_batch, "batches": batches,
             "iters": iters, "rows": rows, "speedup": min(r["ratio"] for r in rows)}
 
 

@@ -137,5 +137,5 @@ def test_train_errors_are_one_line_and_import_registers_the_pooling(tmp_path, us
         "given to --import)"]
     assert train_main(argv + [f"--import={user_module}", "--config.data.kind=nowhere"], monkeypatch) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == ["experiments.train: error: data.kind='nowhere' is unknown; known: synthetic, pixmo_lite, pixmo"]
+    assert err == ["experiments.train: error: data.kind='nowhere' is unknown; known: synthetic, pixmo_lite, pixmo, user"]
     assert "max" in connector.POOLINGS
