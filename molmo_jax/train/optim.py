@@ -101,7 +101,7 @@ class Optimizer(NamedTuple):
 
 
 def make(optim) -> Optimizer:
-    """The optimizer of an `optim` config section (see experiments/stage1.py).
+    """The optimizer of an `optim` config section (see molmo_jax/recipes/common.py: optimizer).
 
     Fields: steps, alpha_f, b1, b2, eps, max_grad_norm and per component `lr.<c>`, `warmup.<c>`,
     `weight_decay.<c>`.
