@@ -88,7 +88,8 @@ def model_stats(model_cfg) -> dict:
 
 def fingerprint(sweep, cfgs: dict) -> str:
     """Identifies what a result depends on: the variant's stage configs and the evaluation settings."""
-    key = {"cfg": {stage: cfg.to_dict() for stage, cfg in cfgs.items()}, "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.caption_batches]}
+    key = {"cfg": {stage: cfg.to_dict() for stage, cfg in cfgs.items()},
+           "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.caption_batches]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -24,7 +24,8 @@ def same_per_component(value) -> ml_collections.ConfigDict:
     return per_component(*(value,) * len(COMPONENTS))
 
 
-def optimizer(steps: int, lr: ml_collections.ConfigDict, warmup: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def optimizer(steps: int, lr: ml_collections.ConfigDict,
+              warmup: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The `optim` section (`molmo_jax.train.optim.make`): per-component AdamW peak `lr` after linear `warmup`
     steps, cosine decay to 10% over `steps`, per-component gradient clipping, z-loss."""
     o = ml_collections.ConfigDict()
