@@ -36,7 +36,6 @@ when packing), P = patches per crop, D = 3 * patch_size**2, K = pooled tokens pe
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -45,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import grain
 import numpy as np
 
-from data_pipelines import pixmo, pixmo_checks
+from data_pipelines import packing, pixmo, pixmo_checks
 from molmo_jax import config as config_lib
 from molmo_jax import preprocess
 from molmo_jax.tokenizer import MolmoTokenizer
@@ -81,12 +80,6 @@ SYNTHETIC_MIXTURE = (
     Group("pointing", 0.35, {"synthetic_points": None, "synthetic_points_counting": None, "synthetic_count": None}),
 )
 
-# Formatter settings of the two stages (they override the model config's `formatting`).
-STAGE1_FORMATTING = dict(prompt_type="none", message_formatting="none", system_prompt_kind="style_and_length",
-                         multi_annotation_weighting=None)
-STAGE2_FORMATTING = dict(prompt_type="uber_model", message_formatting="role", system_prompt_kind="demo_or_style",
-                         multi_annotation_weighting="root_subsegments")
-STAGE1_SEED, STAGE2_SEED = 95818, 50189  # official data seeds
 EPOCH_SHUFFLE_SALT = 1771  # official: permutation seed of epoch e = seed + e * 1771
 
 SKIP_REASONS = ("bad_image", "empty_annotation", "too_long", "error")  # always in `skipped`; readers add more
@@ -113,13 +106,6 @@ def mixture_rates(sizes: Mapping[str, int], groups: Sequence[Group] = STAGE2_MIX
     if not total:
         raise ValueError("no dataset of the mixture is available")
     return {n: rates[n] / total for n in sorted(rates)}
-
-
-def with_formatting(cfg, formatting: Mapping[str, Any]):
-    """A copy of the model config with `formatting` fields replaced."""
-    cfg = copy.deepcopy(cfg)
-    cfg.formatting.update(dict(formatting))
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,13 +317,13 @@ class SkipAndBatch(grain.IterDataset):
 
 @dataclasses.dataclass(frozen=True)
 class Collate:
-    """Rows of examples -> one batch: each row `preprocess.pack`ed, then `preprocess.collate`d to fixed
+    """Rows of examples -> one batch: each row `packing.pack`ed, then `preprocess.collate`d to fixed
     `seq_len` and `max_crops` (static shapes for jit)."""
     seq_len: int
     max_crops: int
 
     def __call__(self, rows: list[list[dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-        return preprocess.collate([preprocess.pack(row) for row in rows], seq_len=self.seq_len,
+        return preprocess.collate([packing.pack(row) for row in rows], seq_len=self.seq_len,
                                   max_crops=self.max_crops)
 
 
@@ -349,13 +335,13 @@ class Collate:
 class PipelineOptions:
     """batch_size: global batch in rows (divisible by process_count); seq_len: tokens per row (image
     included); pack_crops: 0 = one example per row (official), else examples are packed into the rows
-    (first fit, `preprocess.pack`) up to seq_len tokens and pack_crops crops per row; too_long: "skip"
+    (first fit, `packing.pack`) up to seq_len tokens and pack_crops crops per row; too_long: "skip"
     longer examples or "truncate" them (the official collator cuts); num_workers: grain worker processes
     (0: threads only, best on few cores); num_threads: grain read threads per process; seed: data seed
-    (defaults: the official seed of the stage)."""
+    (the recipes set the official one of each stage)."""
     batch_size: int
     seq_len: int
-    seed: int | None = None
+    seed: int
     process_index: int = 0
     process_count: int = 1
     too_long: str = "skip"
@@ -400,20 +386,18 @@ def example_processor(cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
 
 
 def stage1(source: pixmo.Source, cfg, tokenizer: MolmoTokenizer, options: PipelineOptions) -> grain.IterDataset:
-    """Stage-1 captioning: one dataset (PixMo-Cap, mode transcript_and_caption), stage-1 formatting,
-    conversations in order."""
-    cfg = with_formatting(cfg, STAGE1_FORMATTING)
-    seed = STAGE1_SEED if options.seed is None else options.seed
+    """Stage-1 captioning: one dataset (PixMo-Cap, mode transcript_and_caption), conversations in order,
+    formatted as `cfg.formatting` says (the stage-1 recipe's: `molmo_jax.recipes.common.STAGE1_FORMATTING`)."""
     process = example_processor(cfg, tokenizer, options, shuffle_messages=False)
-    return pipeline(source_stream("stage1", source, process, seed), cfg, options, reader_drops({"stage1": source}))
+    return pipeline(source_stream("stage1", source, process, options.seed), cfg, options,
+                    reader_drops({"stage1": source}))
 
 
 def stage2(sources: Mapping[str, pixmo.Source], cfg, tokenizer: MolmoTokenizer, options: PipelineOptions,
            groups: Sequence[Group] = STAGE2_MIXTURE) -> grain.IterDataset:
-    """Stage-2 multitask mixture of `sources` (name -> source) with `mixture_rates(groups)`."""
-    cfg = with_formatting(cfg, STAGE2_FORMATTING)
-    seed = STAGE2_SEED if options.seed is None else options.seed
+    """Stage-2 multitask mixture of `sources` (name -> source) with `mixture_rates(groups)`, formatted as
+    `cfg.formatting` says."""
     rates = mixture_rates({n: len(s) for n, s in sources.items()}, groups)
     logging.info("mixture rates: %s", ", ".join(f"{n} {100 * r:.2f}%" for n, r in rates.items()))
     process = example_processor(cfg, tokenizer, options, shuffle_messages=True)
-    return pipeline(mixture(sources, rates, process, seed), cfg, options, reader_drops(sources))
+    return pipeline(mixture(sources, rates, process, options.seed), cfg, options, reader_drops(sources))

@@ -325,8 +325,31 @@ class SyntheticSource:
         example["image"] = image
         return example
 
+    def object_masks(self, index: int, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """(float[n, 2] centres (x, y), bool[size, size] masks) of the n shapes of scene example `index`,
+        regenerated from its seed (scene tasks draw the scene first): the pixels the generator paints for
+        each, the pointing eval's object masks. None when the scene does not redraw `image` exactly (a
+        task without a scene)."""
+        shapes = random_scene(task_rng(self.seed, self.task, index), self.image_size)
+        if not np.array_equal(draw_scene(shapes, self.image_size), image):
+            return None
+        centres = np.array([[s.x, s.y] for s in shapes]).reshape(-1, 2)
+        return centres, [(draw_scene([s], self.image_size) != BACKGROUND).any(-1) for s in shapes]
+
 
 def sources(size: int = 10_000, seed: int = 0, image_size: int = 112,
             tasks: tuple[str, ...] = STAGE2_TASKS) -> dict[str, SyntheticSource]:
     """One source per task, named `synthetic_<task>` (the names `mixtures.SYNTHETIC_MIXTURE` uses)."""
     return {f"synthetic_{t}": SyntheticSource(t, size, seed, image_size) for t in tasks}
+
+
+HELD_OUT_SEED = 12345  # generator seed of the held-out sets (training uses the recipes' `data.pixmo_lite_seed`)
+HELD_OUT_SIZE = 1000  # examples of a held-out set
+
+
+def held_out_source(name: str, image_size: int = 112) -> SyntheticSource:
+    """The held-out PixMo-lite set `name` ("synthetic_<task>"), the eval runner's tasks of that name."""
+    task = name.removeprefix("synthetic_")
+    if not name.startswith("synthetic_") or task not in TASKS:
+        raise KeyError(f"unknown PixMo-lite set {name!r}; known: {sorted('synthetic_' + t for t in TASKS)}")
+    return SyntheticSource(task, HELD_OUT_SIZE, HELD_OUT_SEED, image_size)

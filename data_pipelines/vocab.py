@@ -1,35 +1,29 @@
 """A small byte-level BPE tokenizer trained on the text a set of sources produces (for tiny models).
 
-    texts = corpus(synthetic.sources(1000).values(), n_per_source=200)
+    formatters = [formatting.Formatter.from_config(c.model) for c in (stage1_cfg, stage2_cfg)]
+    texts = corpus(synthetic.sources(1000).values(), formatters, n_per_source=200)
     path = train_tokenizer(texts, "/tmp/tok/tokenizer.json", vocab_size=cfg.llm.vocab_size)
     tokenizer = molmo_jax.tokenizer.load_tokenizer(path, cfg.llm.vocab_size)   # adds Molmo's image tokens
+    tokenizer = pixmo_lite_tokenizer([stage1_cfg, stage2_cfg], workdir)        # all of the above, once
 
-The corpus holds every prompt template of the formatter and the formatted conversations of both training
-stages, so prompts, style prefixes, answers and point markup all become short token sequences.
+The corpus holds every prompt template of the formatter and the conversations formatted as each training
+stage formats them, so prompts, style prefixes, answers and point markup all become short token sequences.
 """
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import tokenizers
 from etils import epath
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from data_pipelines import pixmo
+from data_pipelines import pixmo, synthetic
 from molmo_jax import formatting
+from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer
 
 EOS = "<|endoftext|>"
-
-# The formatter settings of stage 1 (captioning) and stage 2 (multitask), as the official launch scripts set
-# them (launch_scripts/train_captioner.py, launch_scripts/train_multitask_model.py).
-STAGE_FORMATTERS = (
-    formatting.Formatter(prompt_templates="none", message_format="none", system_prompt="style_and_length",
-                         always_start_with_space=True),
-    formatting.Formatter(prompt_templates="uber_model", message_format="role", system_prompt="demo_or_style",
-                         always_start_with_space=True),
-)
 
 
 def _flatten(messages) -> Iterator[str]:
@@ -40,15 +34,16 @@ def _flatten(messages) -> Iterator[str]:
             yield from _flatten(m)
 
 
-def corpus(sources: Iterable[pixmo.Source], n_per_source: int = 200, seed: int = 0) -> Iterator[str]:
-    """Prompt templates, then the formatted messages of the first examples of each source (both stages)."""
+def corpus(sources: Iterable[pixmo.Source], formatters: Sequence[formatting.Formatter], n_per_source: int = 200,
+           seed: int = 0) -> Iterator[str]:
+    """Prompt templates, then the messages of the first examples of each source as each formatter writes them."""
     for templates in formatting.GENERAL_PROMPTS_V1.values():
         yield from templates
     rng = np.random.RandomState(seed)
     for source in sources:
         for i in range(min(n_per_source, len(source))):
             example = source.get(i, rng)
-            for formatter in STAGE_FORMATTERS:
+            for formatter in formatters:
                 yield from _flatten(formatter(example, True, False, rng)[0])
 
 
@@ -68,3 +63,19 @@ def train_tokenizer(texts: Iterable[str], path: str | os.PathLike, vocab_size: i
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tok.to_str(pretty=True))
     return os.fspath(path)
+
+
+def pixmo_lite_tokenizer(stage_cfgs: Sequence, workdir: epath.PathLike) -> MolmoTokenizer:
+    """The tokenizer of PixMo-lite training configs (`molmo_jax.recipes.stage1/2.get_config("lite")`):
+    trained once into workdir/tokenizer.json on the text of their PixMo-lite data (`data.pixmo_lite_*` of the
+    first config), formatted as each config formats it; Molmo's image tokens get ids vocab_size + 0..4."""
+    path = epath.Path(workdir) / "tokenizer.json"
+    vocab_size = stage_cfgs[0].model.llm.vocab_size
+    if not path.exists():
+        d = stage_cfgs[0].data
+        sources = list(synthetic.sources(d.pixmo_lite_size, d.pixmo_lite_seed, d.pixmo_lite_image_size).values())
+        sources.append(synthetic.SyntheticSource(synthetic.STAGE1_TASK, d.pixmo_lite_size, d.pixmo_lite_seed,
+                                                 d.pixmo_lite_image_size))
+        formatters = [formatting.Formatter.from_config(c.model) for c in stage_cfgs]
+        train_tokenizer(corpus(sources, formatters, 200), path, vocab_size)
+    return load_tokenizer(path, vocab_size)

@@ -5,10 +5,10 @@
     python -m experiments.ablate_pooling --arg full      # 14 variants x 3 seeds, the recipe's own budget
 
 The sweep (experiments/ablations.py `get_config(arg)`) lists variants and seeds; each (variant, seed) is
-trained with the PixMo-lite recipe (experiments/lite.py: model, tokenizer, trainer config, data) in
-<workdir>/<variant>/seed<k>/stage*/ (an interrupted run resumes from its checkpoints), then evaluated on
-the held-out synthetic split: CapQA, counting, clock accuracy (hour and minute exact), pointing F1
-(KV-cache greedy generation, official scorers) and the held-out caption loss. <workdir>/<variant>/seed<k>/
+trained with the stage recipes' PixMo-lite configs (molmo_jax/recipes) plus the sweep's and the variant's
+overrides in <workdir>/<variant>/seed<k>/stage*/ (an interrupted run resumes from its checkpoints), then
+evaluated on the held-out synthetic split: CapQA, counting, clock accuracy (hour and minute exact), pointing
+F1 (KV-cache greedy generation, official scorers) and the held-out caption loss. <workdir>/<variant>/seed<k>/
 result.json marks a finished run: a rerun loads it instead of retraining.
 
 Per variant and metric: the mean over seeds with its 95% Student-t interval, and the paired difference to
@@ -38,7 +38,8 @@ from absl import logging
 from etils import epath
 from scipy import stats
 
-from experiments import ablations, lite, provenance
+from data_pipelines import factory, vocab
+from experiments import ablations, provenance
 from experiments import main as main_lib
 from molmo_jax import config as config_lib
 from molmo_jax.cli import entry_points
@@ -46,6 +47,7 @@ from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import abstract_params
 from molmo_jax.preprocess import Preprocessor
+from molmo_jax.recipes import lite, stage1, stage2
 from molmo_jax.train import metrics_log, trainer
 
 # (column, eval task, metric key, title); all higher-is-better
@@ -59,28 +61,27 @@ TITLES = {**{column: title for column, *_, title in METRICS}, "caption_loss": "h
 
 # ------------------------------------------------------------------------------------------ configs
 
-def variant_config(sweep, variant: dict, seed: int | None = None):
-    """The lite config of one variant: lite's recipe with the sweep's budget (-1: the recipe's own) and
-    learning rates (0: the recipe's), the variant's connector and `seed` (default the sweep's first)."""
-    cfg = lite.get_config(sweep.lite_arg)
-    cfg.seed = sweep.seeds[0] if seed is None else seed
-    for stage in ("stage1_steps", "stage2_steps"):
-        if sweep[stage] >= 0:
-            cfg[stage] = sweep[stage]
-    for lr in ("lr", "image_lr"):
-        if sweep[lr]:
-            cfg[lr] = sweep[lr]
-    cfg.eval_examples = sweep.eval_examples
+STAGES = {"stage1": stage1, "stage2": stage2}
+
+
+def variant_config(sweep, variant: dict, stage: str = "stage2", seed: int | None = None):
+    """The `stage` training config of one variant: the stage recipe's `sweep.recipe` config at the sweep's
+    step budget (-1: the recipe's own) with `ablations.overrides(sweep, variant, seed)` (default seed: the
+    sweep's first)."""
+    cfg = STAGES[stage].get_config(sweep.recipe)
+    if sweep[f"{stage}_steps"] >= 0:
+        lite.set_steps(cfg, sweep[f"{stage}_steps"])  # stage1_steps 0: stage 1 is not trained
+    cfg.update_from_flattened_dict(ablations.overrides(sweep, variant, sweep.seeds[0] if seed is None else seed))
     m = cfg.model
-    m.connector.pooling = variant["pooling"]
-    m.connector.pooling_h, m.connector.pooling_w = (int(x) for x in variant["pool"])
-    m.connector.projector = variant["projector"]
-    m.vit_layers = tuple(int(i) for i in variant["vit_layers"])
     if m.preprocess.crop_mode == "resize" and any(x % p for x in m.preprocess.overlap_margins
                                                   for p in variant["pool"]):
         m.preprocess.overlap_margins = (0, 0)  # unused with one resized crop (see ablations.py)
     config_lib.validate(m)
     return cfg
+
+
+def variant_configs(sweep, variant: dict, seed: int | None = None) -> dict:
+    return {stage: variant_config(sweep, variant, stage, seed) for stage in STAGES}
 
 
 def model_stats(model_cfg) -> dict:
@@ -94,9 +95,10 @@ def model_stats(model_cfg) -> dict:
             "params": sum(size(x) for _, x in leaves), "connector_params": connector}
 
 
-def fingerprint(sweep, cfg) -> str:
-    """Identifies what a result depends on: the variant's full lite config and the evaluation settings."""
-    key = {"cfg": cfg.to_dict(), "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.caption_batches]}
+def fingerprint(sweep, cfgs: dict) -> str:
+    """Identifies what a result depends on: the variant's stage configs and the evaluation settings."""
+    key = {"cfg": {stage: cfg.to_dict() for stage, cfg in cfgs.items()},
+           "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.caption_batches]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -131,15 +133,14 @@ class TimedData:
         return float(np.mean(self.image_tokens)) if self.image_tokens else None
 
 
-def train_variant(cfg, tokenizer, vdir: epath.Path) -> tuple[dict, dict]:
-    """Stage 1 (if cfg.stage1_steps) then stage 2 in vdir/stage*; returns (final state, timings)."""
+def train_variant(sweep, cfgs: dict, tokenizer, vdir: epath.Path) -> tuple[dict, dict]:
+    """Stage 1 (unless sweep.stage1_steps is 0) then stage 2 in vdir/stage*; returns (final state, timings)."""
     timing, init_from = {}, ""
-    for stage in ("stage1", "stage2"):
-        if stage == "stage1" and not cfg.stage1_steps:
+    for stage, tcfg in cfgs.items():
+        if stage == "stage1" and not sweep.stage1_steps:
             continue
-        tcfg = lite.trainer_config(cfg, stage)
         tcfg.init_from = str(init_from)
-        data = TimedData(lite.data(cfg, stage, tokenizer))
+        data = TimedData(factory.make_data(tcfg, tokenizer))
         start = time.perf_counter()
         state = trainer.train(tcfg, data, vdir / stage)
         timing[stage] = {"seconds": time.perf_counter() - start, "steps_run": len(data.times),
@@ -154,8 +155,9 @@ def final_loss(vdir: epath.Path) -> float | None:
     return rows[-1]["loss"] if rows else None
 
 
-def evaluate_variant(sweep, cfg, params, tokenizer, vdir: epath.Path) -> dict:
-    bundle = MolmoBundle(cfg.model, params, tokenizer, Preprocessor(cfg.model, tokenizer))
+def evaluate_variant(sweep, cfgs: dict, params, tokenizer, vdir: epath.Path) -> dict:
+    model_cfg = cfgs["stage2"].model
+    bundle = MolmoBundle(model_cfg, params, tokenizer, Preprocessor(model_cfg, tokenizer))
     out = {"eval": {}}
     for column, task, key, _ in METRICS:
         r = runner.evaluate(bundle, task, n=sweep.eval_examples, batch_size=sweep.eval_batch,
@@ -164,16 +166,16 @@ def evaluate_variant(sweep, cfg, params, tokenizer, vdir: epath.Path) -> dict:
         out[column] = r["metrics"][key]
         out["eval"][task] = {"metrics": r["metrics"], "majority_baseline": main_lib.majority_baseline(r),
                              "seconds": r["seconds"]}
-    out["caption_loss"] = main_lib.caption_loss(cfg, params, tokenizer, batches=sweep.caption_batches)
+    out["caption_loss"] = main_lib.caption_loss(cfgs["stage1"], params, tokenizer, batches=sweep.caption_batches)
     return out
 
 
 def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer) -> dict:
     """Trains and evaluates one variant with one seed, or loads its finished result.json."""
-    cfg = variant_config(sweep, variant, seed)
+    cfgs = variant_configs(sweep, variant, seed)
     vdir = workdir / variant["name"] / f"seed{seed}"
     path = vdir / "result.json"
-    fp = fingerprint(sweep, cfg)
+    fp = fingerprint(sweep, cfgs)
     if path.exists():
         done = json.loads(path.read_text())
         if done.get("fingerprint") == fp:
@@ -181,13 +183,14 @@ def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer)
             return {**done, "resumed": True}
         raise RuntimeError(f"{path} was made with another config (fingerprint {done.get('fingerprint')} != {fp}); "
                            "delete that variant directory or use another --workdir")
-    print(f"[{variant['name']} seed {seed}] training {cfg.stage1_steps} + {cfg.stage2_steps} steps", flush=True)
+    stage1_steps = cfgs["stage1"].optim.steps if sweep.stage1_steps else 0
+    print(f"[{variant['name']} seed {seed}] training {stage1_steps} + {cfgs['stage2'].optim.steps} steps", flush=True)
     start = time.perf_counter()
-    state, timing = train_variant(cfg, tokenizer, vdir)
+    state, timing = train_variant(sweep, cfgs, tokenizer, vdir)
     result = {"name": variant["name"], "seed": seed, "variant": dict(variant), "fingerprint": fp,
-              **model_stats(cfg.model), "timing": timing, "step_seconds": timing["stage2"]["step_seconds"],
+              **model_stats(cfgs["stage2"].model), "timing": timing, "step_seconds": timing["stage2"]["step_seconds"],
               "image_tokens_per_row": timing["stage2"]["image_tokens_per_row"], "final_train_loss": final_loss(vdir)}
-    result.update(evaluate_variant(sweep, cfg, state["params"], tokenizer, vdir))
+    result.update(evaluate_variant(sweep, cfgs, state["params"], tokenizer, vdir))
     result["seconds"] = time.perf_counter() - start
     result = json.loads(json.dumps(result, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
     vdir.mkdir(parents=True, exist_ok=True)
@@ -208,8 +211,8 @@ def run_sweep(sweep, workdir: epath.PathLike, names: tuple[str, ...] = ()) -> li
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {[v['name'] for v in sweep.variants]}")
     for v in variants:
-        variant_config(sweep, v)  # fail fast on an invalid variant
-    tokenizer = lite.build_tokenizer(variant_config(sweep, variants[0]), workdir)
+        variant_configs(sweep, v)  # fail fast on an invalid variant
+    tokenizer = vocab.pixmo_lite_tokenizer(list(variant_configs(sweep, variants[0]).values()), workdir)
     return [run_variant(sweep, v, seed, workdir, tokenizer) for seed in sweep.seeds for v in variants]
 
 
@@ -263,7 +266,8 @@ def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
     budget = (f"stage 1: {'the recipe' if sweep.stage1_steps < 0 else sweep.stage1_steps} steps, stage 2: "
               f"{'the recipe' if sweep.stage2_steps < 0 else sweep.stage2_steps} steps")
     lines = [f"# Connector ablation ({sweep.name})", "", f"Made by: `{command}`", "",
-             f"PixMo-lite (experiments/lite.py, lite arg {sweep.lite_arg!r}), seeds {tuple(sweep.seeds)}, {budget}; "
+             f"PixMo-lite (molmo_jax/recipes, arg {sweep.recipe!r}, overrides {dict(sweep.overrides)}), seeds "
+             f"{tuple(sweep.seeds)}, {budget}; "
              f"held-out synthetic split, {sweep.eval_examples} examples per task. Cells: mean over seeds ± the "
              f"half-width of its 95% t interval; differences are paired by seed against {ablations.BASE_NAME} "
              "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per stage-2 "

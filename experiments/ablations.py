@@ -4,12 +4,16 @@
     cfg = get_config("reduced")   # the 5 pooling types x 3 seeds, a cut budget (stored in experiments/results)
     cfg = get_config("full")      # every variant x 3 seeds on the PixMo-lite recipe's own budget
 
-A variant is a dict: name, pooling (a `connector.POOLINGS` name: every official type, or one added with
-`register_pooling` in a module listed in `imports`), pool (pooling_h, pooling_w), projector ("mlp",
-"2mlp", "linear"), vit_layers (ViT layers whose features are concatenated, e.g. (-2, -9) or (-1,)).
-Every variant is trained once per seed of `seeds` (the seed sets the model init, the generated training
-data and its order, so two variants of one seed see the same examples), then evaluated on the held-out
-synthetic split; `BASE` (the released connector) is the reference of the paired differences.
+The sweep is one config, the stage recipes' PixMo-lite (`molmo_jax.recipes.stage{1,2}.get_config(recipe)`)
+at the sweep's step budget, with overrides (`overrides(sweep, variant, seed)`): the sweep's `overrides`
+(dotted config fields -> values), the seed, then the variant's connector. A variant is a dict: name, pooling
+(a `connector.POOLINGS` name: every official type, or one added with `register_pooling` in a module listed
+in `imports`) -> model.connector.pooling, pool -> model.connector.pooling_h / pooling_w, projector ("mlp",
+"2mlp", "linear") -> model.connector.projector, vit_layers (ViT layers whose features are concatenated, e.g.
+(-2, -9) or (-1,)) -> model.vit_layers. Every variant is trained once per seed of `seeds` (the seed sets the
+model init, the generated training data and its order, so two variants of one seed see the same examples),
+then evaluated on the held-out synthetic split; `BASE` (the released connector) is the reference of the
+paired differences.
 
 The axes: pooling type (all five official ones at their window), window size = image tokens per crop
 (attention_meanq 1x1 / 2x2 / 3x3 / 4x4: 64 / 16 / 9 / 4 tokens of the 112 px crop's 8x8 patch grid),
@@ -65,13 +69,14 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
         raise ValueError(f"ablations.get_config({arg!r}): arg must be 'quick', 'reduced' or 'full'")
     c = ml_collections.ConfigDict()
     c.name = f"ablate_pooling_{arg}"
-    c.lite_arg = "quick"  # experiments/lite.get_config(arg): model, data and optimizer recipe
+    c.recipe = "lite"  # the stage recipes' arg: model, data, optimizer
     c.seeds = (0, 1) if arg == "quick" else (0, 1, 2)
     c.stage1_steps = {"quick": 0, "reduced": 0, "full": -1}[arg]  # -1: the recipe's; 0: stage 2 from random init
     c.stage2_steps = {"quick": 20, "reduced": 60, "full": -1}[arg]
-    # peak learning rates of the LLM and of the ViT + connector (0: lite's 5e-4); the 60-step reduced sweep
-    # uses 2x / 4x lite's so that its models move further from the text prior in the steps it has
-    c.lr, c.image_lr = (1e-3, 2e-3) if arg == "reduced" else (0.0, 0.0)
+    # (dotted config field, value) pairs for every variant; the 60-step reduced sweep uses 2x / 4x lite's
+    # learning rates so that its models move further from the text prior in the steps it has
+    c.overrides = ((("optim.lr.llm", 1e-3), ("optim.lr.connector", 2e-3), ("optim.lr.vit", 2e-3))
+                   if arg == "reduced" else ())
     c.eval_examples = {"quick": 8, "reduced": 16, "full": 64}[arg]  # held-out examples per task
     c.eval_batch = 16
     c.max_new_tokens = 64 if arg == "reduced" else 0  # 0: each task's default budget (192 for pointing)
@@ -79,3 +84,14 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     c.imports = ()  # modules imported first (e.g. ones that call connector.register_pooling)
     c.variants = list({"quick": QUICK_VARIANTS, "reduced": REDUCED_VARIANTS, "full": FULL_VARIANTS}[arg])
     return c
+
+
+def overrides(sweep, variant: dict, seed: int) -> dict:
+    """Dotted config field -> value: the sweep's overrides, the seed (model init, PixMo-lite data), then the
+    variant's connector."""
+    pool_h, pool_w = (int(x) for x in variant["pool"])
+    return {**dict(sweep.overrides), "seed": seed, "data.pixmo_lite_seed": seed,
+            "model.connector.pooling": variant["pooling"],
+            "model.connector.pooling_h": pool_h, "model.connector.pooling_w": pool_w,
+            "model.connector.projector": variant["projector"],
+            "model.vit_layers": tuple(int(i) for i in variant["vit_layers"])}

@@ -2,10 +2,10 @@
 
     python -m experiments.bench_pipeline --quick --out /tmp/bench_pipeline.json
 
-Pipeline: the main job's stage-2 data (`lite.data`: the PixMo-lite mixture through `mixtures.stage2`,
-112 px images, 8 packed rows of 192 tokens, the PixMo-lite BPE), with 0 (threads only) and 2 grain worker
-processes (`data.num_workers`); the rate is examples/s over timed batches after warm-up batches (worker
-start-up excluded).
+Pipeline: the main job's stage-2 data (`stage2.get_config("lite")` through `factory.make_data`: the
+PixMo-lite mixture through `mixtures.stage2`, 112 px images, 8 packed rows of 192 tokens, the PixMo-lite
+BPE), with 0 (threads only) and 2 grain worker processes (`data.num_workers`); the rate is examples/s over
+timed batches after warm-up batches (worker start-up excluded).
 Training: `bench_train.ours` (the jitted train step, float32, text-only batches of `bench_train.SHAPES`)
 of the tiny and small configs; examples/s = batch / median step time. Rows are config x workers; JSON
 top level "speedup" = min over rows of pipeline examples/s / train-step examples/s (> 1: the pipeline
@@ -18,15 +18,16 @@ import time
 
 from absl import flags
 
-from experiments import bench_common, bench_train, lite
-from experiments import data as data_lib
+from data_pipelines import factory, vocab
+from experiments import bench_common, bench_train
+from molmo_jax.recipes import stage1, stage2
 
 
 def pipeline_rate(cfg, tokenizer, workers: int, batches: int, warmup: int) -> float:
-    """Examples/s of the main job's stage-2 pipeline (`lite.data`) with `workers` grain processes."""
-    tcfg = lite.trainer_config(cfg, "stage2")
-    tcfg.data.num_workers = workers
-    it = data_lib.make_data(tcfg, tokenizer)
+    """Examples/s of the main job's stage-2 pipeline (the stage-2 config `cfg`) with `workers` grain
+    processes."""
+    cfg.data.num_workers = workers
+    it = factory.make_data(cfg, tokenizer)
     for _ in range(warmup):
         next(it)
     start, examples = time.perf_counter(), 0
@@ -53,14 +54,14 @@ def table(rows: list[dict]) -> str:
 
 
 def run(configs, workers, batches: int, warmup: int, iters: int, workdir: str) -> dict:
-    cfg = lite.get_config()
-    tokenizer = lite.build_tokenizer(cfg, workdir)
+    cfg = stage2.get_config("lite")
+    tokenizer = vocab.pixmo_lite_tokenizer([stage1.get_config("lite"), cfg], workdir)
     pipeline = {w: pipeline_rate(cfg, tokenizer, w, batches, warmup) for w in workers}
     train = {c: train_rate(c, iters) for c in configs}
     rows = [{"config": c, "train_batch": train[c][1], "workers": w, "pipeline_examples_per_s": pipeline[w],
              "train_examples_per_s": train[c][0], "ratio": pipeline[w] / train[c][0]}
             for c in configs for w in workers]
-    return {"pipeline_batch": cfg.batch, "batches": batches,
+    return {"pipeline_batch": cfg.data.global_batch, "batches": batches,
             "iters": iters, "rows": rows, "speedup": min(r["ratio"] for r in rows)}
 
 

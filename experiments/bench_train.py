@@ -41,9 +41,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import bench_common, stage1
+from experiments import bench_common
 from molmo_jax import config, distributed, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, param_count
+from molmo_jax.recipes import stage1
 from molmo_jax.train import optim, trainer
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import dataclasses
 import json
 import re
@@ -35,25 +36,35 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from experiments import lite, provenance
+from data_pipelines import factory, synthetic, vocab
+from experiments import provenance
+from molmo_jax import io
 from molmo_jax.cli import entry_points
 from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.preprocess import Preprocessor
+from molmo_jax.recipes import stage1, stage2
+from molmo_jax.tokenizer import MolmoTokenizer
 from molmo_jax.train import checkpointing, trainer
 from molmo_jax.train.loss import cross_entropy
 
 EVAL_TASKS = ("synthetic_count", "synthetic_clocks", "synthetic_cap_qa", "synthetic_docs_charts",
               "synthetic_points")
+EVAL_EXAMPLES = {"quick": 64, "long": 64, "smoke": 4}  # held-out examples per task
 
 
-def caption_loss(cfg, params, tokenizer, batches: int = 4) -> float:
-    """Mean CE on held-out stage-1 caption batches (another generator seed)."""
-    held_out = lite.get_config()
-    held_out.update(seed=cfg.eval_seed, model=cfg.model)
-    data = lite.data(held_out, "stage1", tokenizer)
-    forward = jax.jit(lambda p, b: cross_entropy(Molmo(cfg.model).apply(
+def recipe_arg(arg: str) -> str:
+    """The stage recipes' PixMo-lite arg of the job's --arg."""
+    return "lite" if arg == "quick" else f"lite-{arg}"
+
+
+def caption_loss(stage1_cfg, params, tokenizer, batches: int = 4) -> float:
+    """Mean CE on held-out stage-1 caption batches (the stage-1 data, another generator seed)."""
+    held_out = copy.deepcopy(stage1_cfg)
+    held_out.data.pixmo_lite_seed = synthetic.HELD_OUT_SEED
+    data = factory.make_data(held_out, tokenizer)
+    forward = jax.jit(lambda p, b: cross_entropy(Molmo(stage1_cfg.model).apply(
         {"params": p}, b["input_ids"], images=b["images"], image_masks=b.get("image_masks"),
         image_input_idx=b["image_input_idx"], position_ids=b["position_ids"],
         subsegment_ids=b["subsegment_ids"]), b["labels"], b["loss_masks"]))
@@ -101,15 +112,15 @@ class SwappedImages:
         return example
 
 
-def evaluate(cfg, params, tokenizer, out_dir: epath.Path) -> dict:
-    """Each EVAL_TASKS metric on the held-out split, its baselines, and the same prompts with the images
-    swapped between examples."""
+def evaluate(cfg, params, tokenizer, out_dir: epath.Path, eval_examples: int) -> dict:
+    """Each EVAL_TASKS metric on the held-out split of the stage-2 config `cfg`'s PixMo-lite, its baselines,
+    and the same prompts with the images swapped between examples."""
     model_cfg = cfg.model
     bundle = MolmoBundle(model_cfg, params, tokenizer, Preprocessor(model_cfg, tokenizer))
     results = {}
-    score = dict(n=cfg.eval_examples, batch_size=16, show=False, scoring={"count_none_is_zero": True})
+    score = dict(n=eval_examples, batch_size=16, show=False, scoring={"count_none_is_zero": True})
     for task in EVAL_TASKS:
-        source = runner.held_out_source(task, cfg.image_size)
+        source = synthetic.held_out_source(task, cfg.data.pixmo_lite_image_size)
         result = runner.evaluate(bundle, source, task, out_dir=out_dir, **score)
         swapped = runner.evaluate(bundle, SwappedImages(source), task, **score)["metrics"]
         results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result),
@@ -171,26 +182,44 @@ def main(argv=None):
         run(args)
 
 
+def run_stage(cfg, stage: str, tokenizer: MolmoTokenizer, workdir: epath.PathLike, init_from: str = ""):
+    """Trains the stage config `cfg` in workdir/<stage> (resuming if it was interrupted); a stage that
+    completes exports its model to workdir/<stage>/export/orbax.
+
+    Returns (final train state, the stage's run directory: a checkpoint for the next stage's init_from).
+    """
+    out = epath.Path(workdir) / stage
+    cfg = copy.deepcopy(cfg)
+    cfg.init_from = str(init_from)
+    io.save_run_files(out, cfg.model, tokenizer)
+    state = trainer.train(cfg, factory.make_data(cfg, tokenizer), out)  # raises TrainingStopped when stopped
+    io.export_run(out, state["params"], cfg.model, tokenizer)
+    return state, out
+
+
 def run(args):
     logging.set_verbosity(logging.WARNING)
     start = time.perf_counter()
     workdir = epath.Path(args.workdir)
-    cfg = lite.get_config(args.arg)
-    tokenizer = lite.build_tokenizer(cfg, workdir)
-    init = init_params(cfg.model, jax.random.key(cfg.seed))
-    loss_init = caption_loss(cfg, init, tokenizer)
+    cfgs = {"stage1": stage1.get_config(recipe_arg(args.arg)), "stage2": stage2.get_config(recipe_arg(args.arg))}
+    tokenizer = vocab.pixmo_lite_tokenizer(list(cfgs.values()), workdir)
+    init = init_params(cfgs["stage1"].model, jax.random.key(cfgs["stage1"].seed))
+    loss_init = caption_loss(cfgs["stage1"], init, tokenizer)
     try:
-        stage1_state, stage1_dir = lite.run_stage(cfg, "stage1", tokenizer, workdir)
-        loss_stage1 = caption_loss(cfg, stage1_state["params"], tokenizer)
-        stage2_state, _ = lite.run_stage(cfg, "stage2", tokenizer, workdir, init_from=stage1_dir)
+        stage1_state, stage1_dir = run_stage(cfgs["stage1"], "stage1", tokenizer, workdir)
+        loss_stage1 = caption_loss(cfgs["stage1"], stage1_state["params"], tokenizer)
+        stage2_state, _ = run_stage(cfgs["stage2"], "stage2", tokenizer, workdir, init_from=stage1_dir)
     except trainer.TrainingStopped as stopped:  # checkpointed; no evaluation, no summary
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)
     except checkpointing.ResumeMismatch as mismatch:  # e.g. --arg long on a quick run's workdir
         sys.exit(f"error: {mismatch}")
-    summary = {"workdir": str(workdir), "config": cfg.to_dict(),
+    eval_examples = EVAL_EXAMPLES[args.arg]
+    summary = {"workdir": str(workdir),
+               "config": {**{stage: c.to_dict() for stage, c in cfgs.items()}, "eval_examples": eval_examples,
+                          "eval_seed": synthetic.HELD_OUT_SEED},
                "caption_loss": {"init": loss_init, "after_stage1": loss_stage1},
-               "eval": evaluate(cfg, stage2_state["params"], tokenizer, workdir / "eval"),
+               "eval": evaluate(cfgs["stage2"], stage2_state["params"], tokenizer, workdir / "eval", eval_examples),
                "seconds": time.perf_counter() - start, **provenance.describe()}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (workdir / "results.md").write_text(results_table(summary) + "\n")

@@ -33,10 +33,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import provenance, stage1
+from data_pipelines import random_batches
+from experiments import provenance
 from molmo_jax import io, sharding
 from molmo_jax.models.molmo import Molmo
-from molmo_jax.train import synthetic, trainer
+from molmo_jax.recipes import stage1
+from molmo_jax.train import trainer
 from molmo_jax.train.loss import cross_entropy
 
 MODES = {  # steps, checkpoint_every, eval_every, sample_every, log_every
@@ -77,11 +79,11 @@ class Probe:
     the latest checkpoint every `eval_every` (run when the trainer asks for the batch of that step)."""
 
     def __init__(self, cfg, workdir: Path, mesh, sample_every: int, eval_every: int):
-        self.data = synthetic.SyntheticBatches(cfg.model, cfg.data.global_batch, cfg.data.seq_len, 0, cfg.data.seed)
+        self.data = random_batches.RandomBatches(cfg.model, cfg.data.global_batch, cfg.data.seq_len, 0, cfg.data.seed)
         self.sample_every, self.eval_every = sample_every, eval_every
         self.checkpoints = workdir / "checkpoints"
         self.model_cfg, self.mesh = cfg.model, mesh
-        held_out = synthetic.SyntheticBatches(cfg.model, cfg.data.global_batch, cfg.data.seq_len, 0, cfg.seed + 1)
+        held_out = random_batches.RandomBatches(cfg.model, cfg.data.global_batch, cfg.data.seq_len, 0, cfg.seed + 1)
         self.held_out = [trainer.host_batch(next(held_out)) for _ in range(2)]
         model = Molmo(cfg.model)
         self.loss = jax.jit(lambda p, b: cross_entropy(

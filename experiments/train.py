@@ -1,13 +1,14 @@
 """Train a Molmo model.
 
-    python -m experiments.train --config experiments/stage1.py:tiny --config.optim.steps=50 --workdir /tmp/run
-    python -m experiments.train --config experiments/stage2.py:tiny --config.init_from=/tmp/run \
+    python -m experiments.train --config molmo_jax/recipes/stage1.py:tiny --config.optim.steps=50 --workdir /tmp/run
+    python -m experiments.train --config molmo_jax/recipes/stage2.py:tiny --config.init_from=/tmp/run \
         --workdir /tmp/run2 --export native --config.data.tokenizer=runs/main/tokenizer.json
-    python -m experiments.train --config experiments/stage1.py:Molmo-7B-D-0924 --workdir gs://bucket/s1 \
+    python -m experiments.train --config molmo_jax/recipes/stage1.py:Molmo-7B-D-0924 --workdir gs://bucket/s1 \
         --config.data.data_dir=/data/pixmo --config.data.tokenizer=/models/Qwen2-7B
 
-The batches are those the config's data section names (experiments/stage1.py documents it; built by
-experiments/data.py): random token batches, PixMo-lite or PixMo (+ academic sets in stage 2).
+`--config` is a recipe file of molmo_jax/recipes and its arg. The batches are those the config's data
+section names (molmo_jax/recipes/stage1.py documents it; built by data_pipelines/factory.py): random token
+batches, PixMo-lite or PixMo (+ academic sets in stage 2).
 `--import MODULE` (repeatable) imports a user module first, e.g. one registering a pooling for
 `--config.model.connector.pooling`. Errors print one line (`--debug`: the traceback).
 Re-running with the same workdir resumes from its latest checkpoint (params, optimizer, step, RNG and
@@ -28,16 +29,16 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import stage1
-from experiments.data import make_data
+from data_pipelines.factory import make_data
 from molmo_jax import config as config_lib
 from molmo_jax import distributed, io, paths
 from molmo_jax.cli import entry_points
+from molmo_jax.recipes import stage1
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import trainer
 from molmo_jax.train.trainable import Trainable
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (experiments/stage*.py:arg).",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file and arg (molmo_jax/recipes/stage*.py:arg).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, tb/ and curves.png go here.",
                                required=True)

@@ -6,6 +6,11 @@
 
 The names below are imported on first use, so `import molmo_jax` stays cheap (no JAX import).
 Token-level generation on preprocessed batches is `molmo_jax.decoding.generate(cfg, params, inputs, ...)`.
+
+Imports point one way: `data_pipelines` imports the library, and the library imports `data_pipelines` only
+at its edges, inside functions: the command-line modules (`molmo_jax/cli/`, `*_cli.py`) and the eval
+runner's reader lookup (`eval.runner.open_dataset`); it never imports `experiments`
+(tests/test_layout.py checks both).
 """
 import importlib
 

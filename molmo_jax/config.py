@@ -34,6 +34,7 @@ ATTENTION_IMPLS = ("auto", "xla", "fused")  # see models/layers.py `attention_ke
 MOE_IMPLS = ("auto", "ragged", "dense")  # see models/moe.py `moe_kernel`
 DTYPES = ("float32", "bfloat16", "float16")
 INIT_SCHEMES = ("normal", "fan_in")  # random init of Dense kernels, see `layers.kernel_init`
+COMPONENTS = ("connector", "vit", "llm")  # trained parts: optimizer groups (`train.optim`), what can be frozen
 
 # The remote/HF code spells some enum values with dashes.
 _LEGACY_NAMES = {"attention-meanq": "attention_meanq", "attention-2wide": "attention_2wide"}

@@ -48,16 +48,17 @@ def main(argv=None):
     jax.config.update("jax_num_cpu_devices", args.local_devices)
     jax.config.update("jax_default_matmul_precision", "highest")
 
-    from experiments import stage1
+    from data_pipelines import random_batches
     from molmo_jax import distributed
-    from molmo_jax.train import synthetic, trainer
+    from molmo_jax.recipes import stage1
+    from molmo_jax.train import trainer
 
     distributed.initialize_from_env()
     cfg = stage1.get_config("tiny")
     cfg.optim.steps = args.steps
     cfg.data.crops = args.crops
     d = cfg.data
-    data = ProcessRows(synthetic.SyntheticBatches(cfg.model, d.global_batch, d.seq_len, d.crops, d.seed),
+    data = ProcessRows(random_batches.RandomBatches(cfg.model, d.global_batch, d.seq_len, d.crops, d.seed),
                        d.global_batch)
     trainer.train(cfg, data, args.workdir)
     if jax.process_count() > 1:

@@ -186,8 +186,8 @@ def test_sweep_is_deterministic(first_run, tmp_path):
 
 
 def lite_pack_crops() -> int:
-    from experiments import lite
-    return lite.get_config().pack_crops
+    from molmo_jax.recipes import stage2
+    return stage2.get_config("lite").data.pack_crops
 
 
 def test_interval_and_paired_difference_match_hand_values():

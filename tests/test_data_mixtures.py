@@ -1,4 +1,5 @@
 """grain pipelines: mixture rates, packing, host sharding, exact resume, skipping bad examples."""
+import copy
 import dataclasses
 import json
 import math
@@ -8,6 +9,7 @@ import pytest
 
 from data_pipelines import mixtures, synthetic
 from molmo_jax import config
+from molmo_jax.recipes import common
 from molmo_jax.tokenizer import load_tokenizer
 
 FIXTURE = "tests/fixtures/molmo_ref/qwen2_7b_d"
@@ -18,6 +20,14 @@ SEQ_LEN = 1024
 def cfg():
     c = config.from_official(json.load(open(f"{FIXTURE}/config.json")))
     c.preprocess.crop_mode = "resize"  # one crop per image: fast
+    common.set_stage_formatting(c, 2)
+    return c
+
+
+@pytest.fixture(scope="module")
+def stage1_cfg(cfg):
+    c = copy.deepcopy(cfg)
+    common.set_stage_formatting(c, 1)
     return c
 
 
@@ -99,8 +109,7 @@ def test_each_epoch_is_a_new_permutation():
 
 def test_multi_annotation_packing(cfg, tok):
     example = synthetic.SyntheticSource("docs_charts", size=3, image_size=56).get(0, np.random.RandomState(0))
-    process = mixtures.example_processor(mixtures.with_formatting(cfg, mixtures.STAGE2_FORMATTING), tok,
-                                         _opts(), shuffle_messages=True)
+    process = mixtures.example_processor(cfg, tok, _opts(), shuffle_messages=True)
     outs = [process(example, np.random.RandomState(s)) for s in range(8)]
     out = outs[0]
     sub, pos, masks = out["subsegment_ids"], out["position_ids"], out["loss_masks"]
@@ -158,8 +167,7 @@ def test_bad_examples_are_skipped_and_counted(cfg, tok):
     )
     source = Listed((good,) + bad)
     opts = _opts(batch_size=2)
-    process = mixtures.example_processor(mixtures.with_formatting(cfg, mixtures.STAGE2_FORMATTING), tok, opts,
-                                         shuffle_messages=True)
+    process = mixtures.example_processor(cfg, tok, opts, shuffle_messages=True)
     it = iter(mixtures.pipeline(mixtures.source_stream("bad", source, process, seed=0), cfg, opts))
     batches = [next(it) for _ in range(3)]
     assert all(b["input_ids"].shape == (2, SEQ_LEN) for b in batches)
@@ -168,19 +176,19 @@ def test_bad_examples_are_skipped_and_counted(cfg, tok):
     assert it.get_state()["drops"] == it.drops and set(it.drops) == {f"bad/{r}" for r in mixtures.SKIP_REASONS}
 
 
-def test_too_long_can_truncate_as_the_official_collator(cfg, tok):
+def test_too_long_can_truncate_as_the_official_collator(stage1_cfg, tok):
     good = synthetic.SyntheticSource("cap", size=1, image_size=56).get(0, None)
     long = dict(good, message_list=[dict(text="word " * 500, style="long_caption")])
     opts = _opts(batch_size=1, too_long="truncate")
-    it = iter(mixtures.stage1(Listed((long,)), cfg, tok, opts))
+    it = iter(mixtures.stage1(Listed((long,)), stage1_cfg, tok, opts))
     assert next(it)["input_ids"].shape == (1, SEQ_LEN) and it.skipped["too_long"] == 0
 
 
-def test_stage1_uses_captioning_format(cfg, tok):
+def test_stage1_uses_captioning_format(stage1_cfg, tok):
     source = synthetic.SyntheticSource(synthetic.STAGE1_TASK, size=4, image_size=56)
-    batch = next(iter(mixtures.stage1(source, cfg, tok, _opts(batch_size=1))))
+    batch = next(iter(mixtures.stage1(source, stage1_cfg, tok, _opts(batch_size=1))))
     ids = batch["input_ids"][0]
-    text = tok.decode([t for t in ids if 0 <= t < cfg.llm.vocab_size and t != tok.eos_id])
+    text = tok.decode([t for t in ids if 0 <= t < stage1_cfg.llm.vocab_size and t != tok.eos_id])
     assert "User:" not in text and "long_caption" in text and "transcript" in text
     assert text.index("long_caption") < text.index("transcript")  # stage 1 keeps the conversation order
 

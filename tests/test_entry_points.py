@@ -117,7 +117,7 @@ def test_train_errors_are_one_line_and_import_registers_the_pooling(tmp_path, us
     """`experiments.train --config.model.connector.pooling=max` ends in one line naming the field, not a
     KeyError; with --import the config validates (the run then fails later on a bad data kind, also in
     one line)."""
-    argv = ["--config", "experiments/stage1.py:tiny", f"--workdir={tmp_path / 'w'}",
+    argv = ["--config", "molmo_jax/recipes/stage1.py:tiny", f"--workdir={tmp_path / 'w'}",
             "--config.model.connector.pooling=max"]
     assert train_main(argv, monkeypatch) == 1
     assert capsys.readouterr().err.splitlines() == [
@@ -126,7 +126,7 @@ def test_train_errors_are_one_line_and_import_registers_the_pooling(tmp_path, us
         "given to --import)"]
     assert train_main(argv + [f"--import={user_module}", "--config.data.kind=nowhere"], monkeypatch) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == ["experiments.train: error: data.kind='nowhere' is unknown; known: synthetic, pixmo_lite, pixmo"]
+    assert err == ["experiments.train: error: data.kind='nowhere' is unknown; known: synthetic, pixmo_lite, pixmo, user"]
     assert "max" in connector.POOLINGS
 
 
@@ -145,14 +145,14 @@ def test_readme_pooling_trains_exports_and_reloads_with_equal_params(tmp_path, u
     """The README's "max" pooling: `experiments.train --import my_poolings` trains the tiny stage 1 with it
     (from random params in a native checkpoint, so only the step compiles) and exports the native format;
     the export names the pooling and reloads to the params of the run's last checkpoint."""
-    from experiments import stage1
+    from molmo_jax.recipes import stage1
     entry_points.import_extensions([str(user_module)])
     cfg = stage1.get_config("tiny").model
     cfg.connector.pooling = "max"
     initial = random_params(config.validate(cfg))
     save(initial, cfg, tmp_path / "init", "native")
     workdir = tmp_path / "s1_max"
-    argv = ["--config", "experiments/stage1.py:tiny", f"--workdir={workdir}", f"--import={user_module}",
+    argv = ["--config", "molmo_jax/recipes/stage1.py:tiny", f"--workdir={workdir}", f"--import={user_module}",
             "--config.model.connector.pooling=max", "--config.optim.steps=2", "--export=native",
             f"--config.init_from={tmp_path / 'init'}", f"--config.data.tokenizer={ROOT / 'qwen2_7b_d'}"]
     assert train_main(argv, monkeypatch) == 0

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import molmo_jax
+from data_pipelines import synthetic
 from fixture_cases import ROOT
 from molmo_jax import api, cli, io, points
 from molmo_jax.eval import runner, tasks
@@ -49,7 +50,7 @@ class GoldBundle:
 
 
 def items_of(name: str, n: int, seed: int = 0) -> list[runner.EvalItem]:
-    source = runner.held_out_source(name)
+    source = synthetic.held_out_source(name)
     return list(runner.eval_items(source, runner.TASKS[name], n, runner.prompt_formatter(fixture_cfg()), seed))
 
 
@@ -62,7 +63,7 @@ def test_prompts_are_the_official_inference_prompts(name):
     expected = []
     for index in range(3):
         rng = np.random.RandomState(7 + index)
-        messages, _ = official(runner.held_out_source(name).get(index, rng), False, True, rng)
+        messages, _ = official(synthetic.held_out_source(name).get(index, rng), False, True, rng)
         expected += [m[0] for m in messages] if isinstance(messages[0], list) else messages
     assert [f" User: {it.prompt} Assistant:" for it in items] == expected
     if name == "synthetic_clocks":
@@ -110,11 +111,11 @@ def test_pointing_masks_come_from_the_shapes_else_a_disc():
     for (x, y), mask in zip(ref["points"], ref["masks"]):
         assert mask[round(y), round(x)] and 20 < mask.sum() < 0.2 * mask.size
     message = dict(points=ref["points"])
-    disc = runner.pointing_reference(message, item.image, shapes=None)
+    disc = runner.pointing_reference(message, item.image, objects=None)
     assert disc["mask_source"] == "disc"
     for (x, y), mask in zip(ref["points"], disc["masks"]):
         assert mask[round(y), round(x)] and mask.sum() == pytest.approx(np.pi * (0.05 * 112) ** 2, rel=0.2)
-    given = runner.pointing_reference(dict(message, masks=ref["masks"]), item.image, shapes=None)
+    given = runner.pointing_reference(dict(message, masks=ref["masks"]), item.image, objects=None)
     assert given["mask_source"] == "dataset"
 
 
@@ -139,7 +140,7 @@ def test_eval_rejects_bad_arguments():
     with pytest.raises(ValueError, match="has 1000 examples"):
         runner.evaluate(None, "synthetic_clocks", n=1001)
     with pytest.raises(ValueError, match="needs the task"):
-        runner.evaluate(None, runner.held_out_source("synthetic_clocks"))
+        runner.evaluate(None, synthetic.held_out_source("synthetic_clocks"))
 
 
 def test_cli_eval_writes_the_result_and_prints_the_table(tmp_path, capsys):

@@ -19,12 +19,12 @@ from flax import traverse_util
 from PIL import Image
 
 import molmo_jax
-from data_pipelines import user_data
-from experiments import finetune as finetune_experiment
+from data_pipelines import factory, user_data
 from fixture_cases import ROOT
-from molmo_jax import cli, formatting, io, lora, sharding
+from molmo_jax import cli, config, formatting, io, lora, sharding
 from molmo_jax.cli import finetune as finetune_cli
 from molmo_jax.models.molmo import Molmo, abstract_params
+from molmo_jax.recipes import finetune as recipe
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import checkpointing, finetune, hooks, metrics_log, optim, trainable, trainer
 from molmo_jax.train.trainable import Trainable
@@ -116,7 +116,7 @@ def test_validate_reports_every_bad_row_with_its_line_number(tmp_path, data_file
 
 
 def test_lora_adapters_shard_like_their_kernels_and_merge_exactly():
-    cfg = finetune.get_config(str(CHECKPOINT), lora_rank=4)
+    cfg = recipe.get_config(str(CHECKPOINT), lora_rank=4)
     lcfg = lora.LoraConfig.from_config(cfg.lora)
     mesh = sharding.make_mesh((2, 2, 2))
     base = traverse_util.flatten_dict(sharding.param_shardings(abstract_params(cfg.model), mesh), sep="/")
@@ -143,7 +143,7 @@ def test_lora_adapters_shard_like_their_kernels_and_merge_exactly():
 
 
 def tiny_config(data_file: Path, tmp_path: Path, lora_rank: int, lr: float):
-    cfg = finetune.get_config(str(CHECKPOINT), lora_rank=lora_rank, steps=4)
+    cfg = recipe.get_config(str(CHECKPOINT), lora_rank=lora_rank, steps=4)
     cfg.model.dtype = "float32"
     cfg.model.llm.residual_dropout = 0.0
     cfg.data.update(path=str(data_file), global_batch=2, seq_len=448)
@@ -155,7 +155,19 @@ def tiny_config(data_file: Path, tmp_path: Path, lora_rank: int, lr: float):
 
 
 def fixed_batch(cfg) -> dict[str, np.ndarray]:
-    return trainer.host_batch(next(finetune.make_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))))
+    return trainer.host_batch(next(factory.make_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))))
+
+
+def test_user_data_takes_the_factorys_packing(tmp_path, data_file):
+    """Fine-tuning batches come from `factory.make_data` like every other kind: data.pack_crops packs
+    several user examples into each row (positions restart inside a row)."""
+    cfg = tiny_config(data_file, tmp_path, lora_rank=0, lr=1e-3)
+    tok = load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size)
+    plain = next(factory.make_data(cfg, tok))
+    assert (plain["position_ids"] == 0).sum(-1).tolist() == [1, 1]
+    cfg.data.update(seq_len=4 * 448, pack_crops=4 * config.max_total_crops(cfg.model))
+    packed = next(factory.make_data(cfg, tok))
+    assert (packed["position_ids"] == 0).sum() > 2 and packed["input_ids"].shape == (2, 4 * 448)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +212,7 @@ def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp
     model_cfg = io.load_config(CHECKPOINT)
     every_2 = [hooks.EvalHook(2, lambda params: {"loss": mean_loss(forward(params, batch), batch)}),
                hooks.ExportHook(2, tmp_path / "steps", model_cfg, io.load_tokenizer(CHECKPOINT, model_cfg))]
-    state, exports = finetune.run(cfg, tmp_path / "run", mesh, every_2)
+    state, exports = finetune.run(cfg, tmp_path / "run", factory.make_data, mesh, every_2)
 
     assert_identical(traverse_util.flatten_dict(state["frozen"], sep="/"), traverse_util.flatten_dict(base, sep="/"))
     adapters = traverse_util.flatten_dict(state["params"], sep="/")
@@ -228,7 +240,7 @@ def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp
     other = tiny_config(data_file, tmp_path, lora_rank=8, lr=3e-3)
     other.freeze = ("connector", "llm")
     with pytest.raises(checkpointing.ResumeMismatch) as error:
-        finetune.run(other, tmp_path / "run", mesh)
+        finetune.run(other, tmp_path / "run", factory.make_data, mesh)
     message = str(error.value)
     assert "\n" not in message and "lora.rank: 4 -> 8" in message
     assert "freeze: ['connector', 'vit', 'llm'] -> ['connector', 'llm']" in message
@@ -236,7 +248,7 @@ def test_lora_finetune_trains_only_the_adapters_and_exports_the_merged_model(tmp
     # a workdir without the record (an older run): the restore itself fails, in one line
     (tmp_path / "run" / checkpointing.SETTINGS_FILE).unlink()
     with pytest.raises(checkpointing.ResumeMismatch, match=r"step 4 does not fit this run's train state") as error:
-        finetune.run(other, tmp_path / "run", mesh)
+        finetune.run(other, tmp_path / "run", factory.make_data, mesh)
     assert "\n" not in str(error.value) and len(str(error.value)) < 600
 
 
@@ -248,7 +260,7 @@ def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, 
     mesh = one_device()
     base = io.load_params(cfg.init_from, cfg.model, mesh)
     batch = fixed_batch(cfg)
-    state, _ = finetune.run(cfg, tmp_path / "run", mesh)
+    state, _ = finetune.run(cfg, tmp_path / "run", factory.make_data, mesh)
 
     trained = Trainable.of(cfg).model_params(state)
     before, after = by_component(base), by_component(trained)
@@ -280,8 +292,8 @@ def test_sigterm_stops_finetune_with_a_checkpoint_and_no_export(tmp_path, data_f
 
 
 def test_checkpoint_interval_defaults_and_flags():
-    assert finetune.get_config(str(CHECKPOINT), steps=1000).checkpoint.every == 100
-    assert finetune.get_config(str(CHECKPOINT), steps=50).checkpoint.every == 5
+    assert recipe.get_config(str(CHECKPOINT), steps=1000).checkpoint.every == 100
+    assert recipe.get_config(str(CHECKPOINT), steps=50).checkpoint.every == 5
     args = cli.build_parser().parse_args(["finetune", "--checkpoint", str(CHECKPOINT), "--data", "x.jsonl",
                                           "--workdir", "w", "--checkpoint-every", "7",
                                           "--checkpoint-every-minutes", "30"])
@@ -312,9 +324,9 @@ def test_readme_example_runs_as_written(tmp_path):
 
 
 def test_experiment_config_arg():
-    cfg = finetune_experiment.get_config(f"{CHECKPOINT},lora=8")
+    cfg = recipe.get_config(f"{CHECKPOINT},lora=8")
     assert cfg.lora.rank == 8 and cfg.freeze == tuple(optim.COMPONENTS) and cfg.init_from == str(CHECKPOINT)
-    assert finetune_experiment.get_config(str(CHECKPOINT)).lora.rank == 0
+    assert recipe.get_config(str(CHECKPOINT)).lora.rank == 0
 
 
 def test_validate_names_each_defect_class_and_goes_on(tmp_path, data_file):
@@ -352,7 +364,7 @@ def test_validate_names_each_defect_class_and_goes_on(tmp_path, data_file):
 
 
 def test_validate_with_the_model_names_rows_without_an_answer_token(tmp_path, data_file):
-    cfg = finetune.get_config(str(CHECKPOINT))
+    cfg = recipe.get_config(str(CHECKPOINT))
     tok = load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size)
     good = json.loads(data_file.read_text().splitlines()[0])
     rows = [dict(good, points=[[1, 1]]), dict(good, conversations=[{"user": "why " * 300, "assistant": "Red."}])]
@@ -360,8 +372,8 @@ def test_validate_with_the_model_names_rows_without_an_answer_token(tmp_path, da
     path = data_file.parent / "lengths.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg.data.path, cfg.data.seq_len = str(path), 100_000
-    assert finetune.validate_data(cfg, tok).ok
+    assert factory.validate_user_data(cfg, tok).ok
     cfg.data.seq_len = 400
-    report = finetune.validate_data(cfg, tok)
+    report = factory.validate_user_data(cfg, tok)
     assert report.bad_lines == [2], report.summary()
     assert "no answer token within the sequence length 400" in report.problems[0][1]

@@ -2,6 +2,7 @@
 for pointing always pointing at nothing."""
 import numpy as np
 
+from data_pipelines import synthetic
 from experiments import main
 
 
@@ -22,7 +23,7 @@ def test_question_prior_is_the_per_question_type_majority():
 
 
 def test_swapped_images_keep_the_prompt_and_change_the_picture():
-    source = main.runner.held_out_source("synthetic_count")
+    source = synthetic.held_out_source("synthetic_count")
     swapped = main.SwappedImages(source)
     rng = lambda: np.random.RandomState(3)
     original, changed = source.get(2, rng()), swapped.get(2, rng())

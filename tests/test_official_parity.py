@@ -17,7 +17,7 @@ from molmo_jax import io, plan
 from molmo_jax.models.molmo import Molmo, dummy_inputs
 from molmo_jax.preprocess import Preprocessor
 from molmo_jax.tokenizer import load_tokenizer
-from molmo_jax.train.synthetic import make_batch
+from data_pipelines.random_batches import make_batch
 from molmo_jax.train.loss import cross_entropy
 
 TOL = dict(rtol=1e-4, atol=1e-4)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import mixtures, synthetic
+from data_pipelines import mixtures, packing, synthetic
 from molmo_jax import config, preprocess
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.tokenizer import load_tokenizer
@@ -58,14 +58,13 @@ def test_packed_rows_hold_the_stream_in_order(cfg, tok):
 
 def test_packing_changes_no_logit_and_no_loss(cfg, tok):
     """Three multi-annotation examples in one row vs one per row: same logits at every real token."""
-    opts = mixtures.PipelineOptions(batch_size=1, seq_len=SEQ_LEN)
-    process = mixtures.example_processor(mixtures.with_formatting(cfg, mixtures.STAGE2_FORMATTING), tok, opts,
-                                         shuffle_messages=False)
+    opts = mixtures.PipelineOptions(batch_size=1, seq_len=SEQ_LEN, seed=0)
+    process = mixtures.example_processor(cfg, tok, opts, shuffle_messages=False)  # the stage-2 formatting
     sources = synthetic.sources(size=3, image_size=56)
     examples = [process(sources[name].get(0, np.random.RandomState(0)), np.random.RandomState(0))
                 for name in ("synthetic_docs_charts", "synthetic_count", "synthetic_cap_qa")]
     assert len(set(np.unique(examples[0]["subsegment_ids"]))) == 3  # two conversations + the image
-    packed = preprocess.collate([preprocess.pack(examples)])
+    packed = preprocess.collate([packing.pack(examples)])
     single = preprocess.collate(examples)
     model, params = Molmo(cfg), init_params(cfg, jax.random.key(0))
 
@@ -89,17 +88,17 @@ def test_pack_shifts_image_columns_and_subsegments():
     a = {"input_tokens": np.arange(3), "target_tokens": np.arange(3), "loss_masks": np.ones(3, np.float32),
          "subsegment_ids": np.array([10000, 1, 1], np.int32), "position_ids": np.arange(3),
          "images": np.zeros((1, 4, 2)), "image_input_idx": np.array([[1, -1]], np.int32)}
-    out = preprocess.pack([a, a])
+    out = packing.pack([a, a])
     np.testing.assert_array_equal(out["image_input_idx"], [[1, -1], [4, -1]])
     np.testing.assert_array_equal(out["subsegment_ids"], [10000, 1, 1, 20001, 10002, 10002])
     np.testing.assert_array_equal(out["position_ids"], [0, 1, 2, 0, 1, 2])
     with pytest.raises(ValueError, match="images"):
-        preprocess.pack([a, {k: v for k, v in a.items() if k not in ("images", "image_input_idx")}])
+        packing.pack([a, {k: v for k, v in a.items() if k not in ("images", "image_input_idx")}])
 
 
 def test_pack_crops_is_validated(cfg, tok):
     with pytest.raises(ValueError, match="pack_crops"):
-        mixtures.PipelineOptions(batch_size=2, seq_len=SEQ_LEN, pack_crops=-1)
+        mixtures.PipelineOptions(batch_size=2, seq_len=SEQ_LEN, seed=0, pack_crops=-1)
     multicrop = config.validate(cfg.copy_and_resolve_references())
     multicrop.preprocess.crop_mode = "overlap-and-resize-c2"
     with pytest.raises(ValueError, match="less than"):

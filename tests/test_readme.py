@@ -134,7 +134,7 @@ def test_every_block_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "my_poolings", raising=False)  # the README's module, fresh (it registers)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("experiments", "tests"):
+    for name in ("experiments", "molmo_jax", "tests"):  # molmo_jax: the recipe files --config names
         (tmp_path / name).symlink_to(REPO / name)
     Image.open(IMAGE).convert("RGB").save(tmp_path / "cat.jpg")
     write_eval_data(tmp_path)

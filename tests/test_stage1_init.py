@@ -15,11 +15,12 @@ import tokenizers
 import torch
 import transformers
 
-from experiments import stage1, train
+from experiments import train
 from molmo_jax import config, convert_base, io
 from molmo_jax.config import ConfigError
 from molmo_jax.models.molmo import Molmo, init_params
 from molmo_jax.models.vit import VisionTransformer
+from molmo_jax.recipes import stage1
 from test_hf_parity import hf_clip, hf_llm, patchify, token_batch
 
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -19,11 +19,12 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import stage1, stage2
 import molmo_jax
+from data_pipelines import random_batches
 from molmo_jax import io, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params
-from molmo_jax.train import checkpointing, metrics_log, optim, synthetic, trainer
+from molmo_jax.recipes import common, stage1, stage2
+from molmo_jax.train import checkpointing, metrics_log, optim, trainer
 from test_official_parity import TRAIN_CASES, case_id, load_arrays, load_model, model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,8 +102,8 @@ def test_optimizer_step_matches_hand_computation():
     grads = [jax.tree.map(lambda s: (rng.standard_normal(s) * 3).astype(np.float32), shapes, is_leaf=is_shape)
              for _ in range(2)]
     grads[0]["vit"] = jax.tree.map(lambda x: x * 1e-3, grads[0]["vit"])  # vit unclipped at step 1
-    cfg = optim_config(steps=10, lr=stage1.per_component(1e-2, 3e-2, 2e-2),
-                       warmup=stage1.per_component(2, 4, 3), weight_decay=stage1.per_component(0.1, 0.2, 0.3))
+    cfg = optim_config(steps=10, lr=common.per_component(1e-2, 3e-2, 2e-2),
+                       warmup=common.per_component(2, 4, 3), weight_decay=common.per_component(0.1, 0.2, 0.3))
     opt = optim.make(cfg)
     state, ours = opt.tx.init(params), params
     update = jax.jit(opt.tx.update)
@@ -184,7 +185,7 @@ def test_restore_onto_another_mesh(tmp_path):
     src = trainer.abstract_state(cfg.model, opt, sharding.make_mesh((8, 1, 1)))
     dst = trainer.abstract_state(cfg.model, opt, sharding.make_mesh((2, 4, 1)))
     state = random_state(src, 0)
-    data = synthetic.SyntheticBatches(cfg.model, 2, 8)
+    data = random_batches.RandomBatches(cfg.model, 2, 8)
     data.set_state({"next_index": 7})
     ckpt = checkpointing.Checkpointer(tmp_path, every=1)
     assert ckpt.save(3, state, data)
@@ -206,9 +207,9 @@ KILL_DURING_SAVE = textwrap.dedent("""
     import sys, time
     import jax, numpy as np
     from molmo_jax.train.checkpointing import Checkpointer
-    from molmo_jax.train.synthetic import SyntheticBatches
+    from data_pipelines.random_batches import RandomBatches
     ckpt = Checkpointer(sys.argv[1], every=1)
-    data = SyntheticBatches(None, 1, 8)
+    data = RandomBatches(None, 1, 8)
     def state(seed):  # 64 MB of random floats: a save takes most of a second here
         return {"w": jax.numpy.asarray(np.random.default_rng(seed).standard_normal(1 << 24, np.float32))}
     data.set_state({"next_index": 1}); ckpt.save(1, state(1), data); ckpt.wait()
@@ -227,7 +228,7 @@ def test_kill_during_async_save_keeps_previous_checkpoint(tmp_path):
     assert any(p.name.startswith("2.orbax-checkpoint-tmp") for p in tmp_path.iterdir())  # killed mid-save
     ckpt = checkpointing.Checkpointer(tmp_path, every=1)
     assert ckpt.latest_step() == 1
-    data = synthetic.SyntheticBatches(None, 1, 8)
+    data = random_batches.RandomBatches(None, 1, 8)
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     restored = ckpt.restore({"w": jax.ShapeDtypeStruct((1 << 24,), jnp.float32, sharding=one_device)}, data)
     expected = np.random.default_rng(1).standard_normal(1 << 24, np.float32)
@@ -284,7 +285,7 @@ def run_training(workdir: Path, cache: Path, steps: int, stop_after: int | None 
     fixture's tokenizer for the Orbax export when finished); with `stop_after`, sends `sig` once this run has
     logged that many steps (SIGTERM: then SIGINT during the save it causes); with `kill_at` (a
     `SAVE_MOMENTS` value), SIGKILLs it at that moment of its first save. Returns (exit code, stderr)."""
-    cmd = [sys.executable, "-m", "experiments.train", "--config", "experiments/stage1.py:tiny",
+    cmd = [sys.executable, "-m", "experiments.train", "--config", "molmo_jax/recipes/stage1.py:tiny",
            f"--workdir={workdir}", f"--config.optim.steps={steps}", f"--config.checkpoint.every={every}",
            "--config.data.crops=0", "--config.data.seq_len=32", "--config.log_every=1", "--export=orbax",
            f"--config.data.tokenizer={TOKENIZER}"]

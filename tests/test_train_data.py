@@ -1,4 +1,4 @@
-"""experiments/data.py make_data: PixMo-lite and PixMo (tiny hub-schema files) through the official
+"""data_pipelines/factory.py make_data: PixMo-lite and PixMo (tiny hub-schema files) through the official
 pipelines for both stages, packed or not, the config errors, and a 2-step training run on PixMo-lite."""
 import json
 import subprocess
@@ -7,10 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipelines import sources
-from experiments import data as data_lib
-from experiments import stage1, stage2
+from data_pipelines import factory, sources
 from molmo_jax import config, sharding
+from molmo_jax.recipes import common, lite, stage1, stage2
 from molmo_jax.train import metrics_log, trainer
 from test_data_pixmo import _png, _write
 
@@ -44,7 +43,7 @@ def check_batch(batch, cfg, crops: int):
 def test_pixmo_lite_batches(stage, pack_crops):
     cfg = tiny(stage, pack_crops=pack_crops)
     cfg.data.seq_len = 2 * SEQ_LEN if pack_crops else SEQ_LEN  # room for several captions per row
-    it = data_lib.make_data(cfg)
+    it = factory.make_data(cfg)
     batch = next(it)
     check_batch(batch, cfg, crops=pack_crops or 1)
     if pack_crops:  # several examples per row: positions restart inside a row
@@ -75,9 +74,9 @@ def pixmo_dir(tmp_path_factory):
 
 def test_pixmo_stage1_and_stage2_from_hub_files(pixmo_dir):
     cfg = tiny(1, kind="pixmo", data_dir=str(pixmo_dir))
-    check_batch(next(data_lib.make_data(cfg)), cfg, crops=1)
+    check_batch(next(factory.make_data(cfg)), cfg, crops=1)
     cfg = tiny(2, kind="pixmo", data_dir=str(pixmo_dir), datasets=("pixmo_docs_charts", "pixmo_count"))
-    it = data_lib.make_data(cfg)
+    it = factory.make_data(cfg)
     check_batch(next(it), cfg, crops=1)
     assert it.skipped["bad_image"] == it.skipped["error"] == 0
     # the default stage-2 set needs every PixMo set of the mixture, and takes the academic sets present
@@ -93,7 +92,7 @@ def test_pixmo_stage1_and_stage2_from_hub_files(pixmo_dir):
 
 
 @pytest.mark.parametrize("fields, match", [
-    (dict(kind="webdataset"), "data.kind='webdataset' is unknown; known: synthetic, pixmo_lite, pixmo"),
+    (dict(kind="webdataset"), "data.kind='webdataset' is unknown; known: synthetic, pixmo_lite, pixmo, user"),
     (dict(tokenizer=""), "needs data.tokenizer"),
     (dict(kind="pixmo"), "needs data.data_dir"),
     (dict(stage=3), "data.stage=3"),
@@ -101,7 +100,7 @@ def test_pixmo_stage1_and_stage2_from_hub_files(pixmo_dir):
 ])
 def test_config_errors_name_the_field(fields, match):
     with pytest.raises(ValueError, match=match):
-        data_lib.make_data(tiny(1, **fields))
+        factory.make_data(tiny(1, **fields))
 
 
 def test_stage_configs_name_their_data():
@@ -110,10 +109,30 @@ def test_stage_configs_name_their_data():
     assert (s2.kind, s2.stage, s2.pack_crops, s2.too_long) == ("pixmo", 2, 0, "skip")
 
 
+@pytest.mark.parametrize("arg", ["tiny", "Molmo-7B-D-0924", "lite", "lite-smoke"])
+def test_stage_configs_format_and_seed_as_their_stage(arg):
+    """The recipes, not the pipeline, set each stage's official formatting and data seed."""
+    for stage, recipe in ((1, stage1), (2, stage2)):
+        cfg = recipe.get_config(arg)
+        assert cfg.data.stage == stage and cfg.data.seed == common.STAGE_SEEDS[stage]
+        assert {k: cfg.model.formatting[k] for k in common.STAGE_FORMATTING[stage]} == common.STAGE_FORMATTING[stage]
+
+
+def test_pixmo_lite_is_an_arg_of_the_stage_recipes():
+    s1, s2, smoke = stage1.get_config("lite"), stage2.get_config("lite"), stage2.get_config("lite-smoke")
+    assert s1.data.kind == s2.data.kind == "pixmo_lite" and s1.model.name == "pixmo-lite"
+    assert (s1.optim.steps, s2.optim.steps, stage2.get_config("lite-long").optim.steps, smoke.optim.steps) == \
+        (250, 1500, 6000, 2)
+    assert s2.optim.warmup.llm == 75 and s2.checkpoint.every == 375 and smoke.checkpoint.every == 50
+    with pytest.raises(ValueError, match="recipe arg 'lite-huge'.*lite, lite-long, lite-smoke"):
+        stage1.get_config("lite-huge")
+    assert lite.is_lite("lite-long") and not lite.is_lite("tiny-olmo")
+
+
 def test_two_training_steps_on_pixmo_lite(tmp_path):
     cfg = tiny(1)
     cfg.optim.steps, cfg.log_every = 2, 1
-    trainer.train(cfg, data_lib.make_data(cfg), tmp_path, mesh=sharding.make_mesh())
+    trainer.train(cfg, factory.make_data(cfg), tmp_path, mesh=sharding.make_mesh())
     rows = metrics_log.read(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
     assert "skipped/too_long" in rows[-1]

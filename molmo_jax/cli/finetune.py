@@ -11,9 +11,9 @@ import sys
 from etils import epath
 
 from molmo_jax.cli import entry_points
+from molmo_jax.config import COMPONENTS
 
 HELP = "fine-tune a checkpoint on a JSONL file (full or LoRA) and export it"
-COMPONENTS = ("connector", "vit", "llm")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser):
@@ -32,10 +32,10 @@ def fetch_urls(data) -> None:
 
 
 def validate_with_model(cfg):
-    """The fine-tuning config's data checked with its model's tokenizer (`finetune.validate_data`)."""
+    """The fine-tuning config's data checked with its model's tokenizer (`factory.validate_user_data`)."""
+    from data_pipelines import factory
     from molmo_jax.tokenizer import load_tokenizer
-    from molmo_jax.train import finetune
-    return finetune.validate_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
+    return factory.validate_user_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -73,7 +73,7 @@ def data_config(cfg, args, path):
 
 
 def _config(args):
-    from molmo_jax.train import finetune
+    from molmo_jax.recipes import finetune
     cfg = data_config(finetune.get_config(str(args.checkpoint), args.lora_rank, args.steps), args, args.data)
     cfg.data.mix_pixmo_lite = args.mix_pixmo_lite
     if args.lora_targets:
@@ -93,7 +93,7 @@ def _config(args):
 def run(args: argparse.Namespace) -> int:
     """Exit status 0 when finished and exported; 128 + signal number (143 SIGTERM, 130 SIGINT) when a
     signal stopped it (checkpointed, nothing exported: rerunning resumes)."""
-    from data_pipelines import user_data
+    from data_pipelines import factory, user_data
     from molmo_jax.train import finetune, trainer
     entry_points.check_release_dir(args.checkpoint)
     cfg = _config(args)
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.summary(), file=sys.stderr)
         raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")
     try:
-        _, exports = finetune.run(cfg, args.workdir)
+        _, exports = finetune.run(cfg, args.workdir, factory.make_data)
     except trainer.TrainingStopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.download:
         finetune_command.fetch_urls(user_data.UserData(args.file, args.image_dir))
     if args.checkpoint:
-        from molmo_jax.train import finetune
+        from molmo_jax.recipes import finetune
         cfg = finetune_command.data_config(finetune.get_config(str(args.checkpoint)), args, args.file)
         report = finetune_command.validate_with_model(cfg)
     else:

@@ -7,9 +7,10 @@
 
 Tasks (`tasks.TASKS`) are the paper's benchmarks, the academic validation sets, pointing, AndroidControl
 (read by `data_pipelines.eval_sets` from `data_dir`, with the official inference settings: answer length,
-max crops) and the held-out PixMo-lite sets (`synthetic`, generator seed `HELD_OUT_SEED`; training uses
-seed 0). `evaluate` also takes any `pixmo.Source` with a task. Example `i` is
-read and formatted with `np.random.RandomState(seed + i)`, the rng of the official `DeterministicDataset`.
+max crops) and the held-out PixMo-lite sets (`data_pipelines.synthetic.held_out_source`: another
+generator seed than training's); `open_dataset` is this module's one edge to `data_pipelines`. `evaluate`
+also takes any `pixmo.Source` with a task. Example `i` is read and formatted with
+`np.random.RandomState(seed + i)`, the rng of the official `DeterministicDataset`.
 Every conversation of an example (each `message_list` entry; of a multi-turn one, its first exchange) is
 one prompt: the official inference prompt, `Formatter(..., for_inference=True)` (prompt template and style
 prefix, e.g. "point_count: How many circles?"), wrapped in role tags by `bundle.predict_batch`, answered
@@ -24,9 +25,9 @@ it builds per prompt:
   clock         {"hour", "minute", "second"}              clocks (`ClockEval`; metadata, -1 = not shown)
   counting      {"count"}                                 count, points_counting (`PointCountEval`)
   pointing      {"points", "masks", "image_size"}         points (`PointingEval` precision / recall / F1)
-Pointing masks are the example's own "masks" when it has them; for PixMo-lite scenes the object masks
-rendered from the generator's shape geometry ("shapes": the scene is regenerated from its seed and must
-redraw the example's image exactly); else a distance fallback ("disc"): a disc of radius `DISC_RADIUS` x
+Pointing masks are the example's own "masks" when it has them; the object masks of a dataset that
+renders them (`dataset.object_masks(index, image)`: PixMo-lite scenes, from the generator's shape geometry)
+("shapes"); else a distance fallback ("disc"): a disc of radius `DISC_RADIUS` x
 the image's short side around each gold point, so a matched point within that distance is a hit, unlike
 the official mask test. The result's "mask_source" says which were used.
 
@@ -50,7 +51,6 @@ import numpy as np
 from etils import epath
 from PIL import Image, ImageDraw
 
-from data_pipelines import eval_sets, synthetic
 from molmo_jax import points
 from molmo_jax.eval.answers import answer_all, predictions_file, write_submission
 from molmo_jax.eval.metrics import score
@@ -58,8 +58,6 @@ from molmo_jax.eval.tasks import PAPER_TASKS, TASKS, EvalTask, resolve_task
 from molmo_jax.formatting import Formatter
 from molmo_jax.preprocess import ImageError, Preprocessor, load_image
 
-HELD_OUT_SEED = 12345  # generator seed of the held-out PixMo-lite sets (experiments/lite.py `eval_seed`)
-HELD_OUT_SIZE = 1000  # examples of a held-out PixMo-lite set
 DISC_RADIUS = 0.05  # fallback pointing "mask": this fraction of the image's short side around a gold point
 DRAW_MIN_SIDE = 448  # drawings of smaller images are upscaled (nearest) to about this short side
 ANSWER_FIELDS = ("answer", "answers", "answer_idx", "options")  # message fields the official scorers read
@@ -79,14 +77,6 @@ class EvalItem:
 
 
 # ----------------------------------------------------------------------------- datasets and tasks
-
-def held_out_source(name: str, image_size: int = 112) -> synthetic.SyntheticSource:
-    """The held-out PixMo-lite set `name` ("synthetic_<task>")."""
-    task = name.removeprefix("synthetic_")
-    if not name.startswith("synthetic_") or task not in synthetic.TASKS:
-        raise KeyError(f"unknown PixMo-lite set {name!r}; known: {sorted('synthetic_' + t for t in synthetic.TASKS)}")
-    return synthetic.SyntheticSource(task, HELD_OUT_SIZE, HELD_OUT_SEED, image_size)
-
 
 def prompt_formatter(cfg) -> Formatter:
     """The model's formatter writing bare prompts (template, style prefix): `predict_batch` adds role tags.
@@ -123,18 +113,11 @@ def gold_pixels(message: Mapping[str, Any], width: int, height: int) -> np.ndarr
     return pts
 
 
-def scene_shapes(dataset, index: int, image: np.ndarray) -> list[synthetic.Shape] | None:
-    """The shapes of a PixMo-lite scene example regenerated from its seed (scene tasks draw the scene
-    first); None for other datasets or when they do not redraw `image` exactly."""
-    if not isinstance(dataset, synthetic.SyntheticSource):
-        return None
-    shapes = synthetic.random_scene(synthetic.task_rng(dataset.seed, dataset.task, index), dataset.image_size)
-    return shapes if np.array_equal(synthetic.draw_scene(shapes, dataset.image_size), image) else None
-
-
-def shape_mask(shape: synthetic.Shape, size: int) -> np.ndarray:
-    """bool[size, size]: the pixels the generator paints for `shape`."""
-    return (synthetic.draw_scene([shape], size) != synthetic.BACKGROUND).any(-1)
+def object_masks(dataset, index: int, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """(object centres float[n, 2], their bool[H, W] masks) of example `index` from a dataset that renders
+    them (`object_masks`, e.g. PixMo-lite scenes); None for others."""
+    render = getattr(dataset, "object_masks", None)
+    return None if render is None else render(index, image)
 
 
 def disc_mask(point: np.ndarray, width: int, height: int, radius: float) -> np.ndarray:
@@ -143,16 +126,17 @@ def disc_mask(point: np.ndarray, width: int, height: int, radius: float) -> np.n
     return (x - point[0]) ** 2 + (y - point[1]) ** 2 <= radius ** 2
 
 
-def pointing_reference(message: Mapping[str, Any], image: np.ndarray, shapes) -> dict[str, Any]:
-    """`PointingEval` reference; each gold point's mask is the message's, its nearest shape's, or a disc."""
+def pointing_reference(message: Mapping[str, Any], image: np.ndarray, objects) -> dict[str, Any]:
+    """`PointingEval` reference; each gold point's mask is the message's, its nearest object's (`objects`:
+    `object_masks`), or a disc."""
     height, width = image.shape[:2]
     gold = gold_pixels(message, width, height)
     if "masks" in message:
         masks, source = [np.asarray(m, bool) for m in message["masks"]], "dataset"
-    elif shapes is not None:
-        centres = np.array([[s.x, s.y] for s in shapes]).reshape(-1, 2)
+    elif objects is not None:
+        centres, object_mask = objects
         nearest = [int(np.argmin(((centres - p) ** 2).sum(-1))) for p in gold]
-        masks, source = [shape_mask(shapes[j], width) for j in nearest], "shapes"
+        masks, source = [object_mask[j] for j in nearest], "shapes"
     else:
         radius = DISC_RADIUS * min(width, height)
         masks, source = [disc_mask(p, width, height, radius) for p in gold], "disc"
@@ -188,11 +172,11 @@ def fields_reference(message: Mapping[str, Any], metadata: Mapping[str, Any]) ->
     return {**{k: message[k] for k in ANSWER_FIELDS if k in message}, **metadata}
 
 
-def reference(kind: str, message: Mapping[str, Any], image: np.ndarray, shapes,
+def reference(kind: str, message: Mapping[str, Any], image: np.ndarray, objects,
               metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The scorer's reference of one message for a task of `kind`."""
     if kind == "pointing":
-        return pointing_reference(message, image, shapes)
+        return pointing_reference(message, image, objects)
     if kind == "fields":
         return fields_reference(message, metadata or {})
     return MESSAGE_REFERENCES[kind](message)
@@ -224,14 +208,14 @@ def eval_items(dataset, task: EvalTask, n: int, formatter: Formatter, seed: int 
             if dropped is not None:
                 dropped.append((index, f"{type(e).__name__}: {e}"))
             continue
-        shapes = scene_shapes(dataset, index, image) if task.kind == "pointing" else None
+        objects = object_masks(dataset, index, image) if task.kind == "pointing" else None
         for message in conversations(example):
             message["image"] = image
             (prompt,), extra = formatter.format_example(message, is_training=False, for_inference=True, rng=rng)
             metadata = {**example.get("metadata", {}), **message.get("metadata", {}),
                         **{k: v for k, v in (extra or {}).items() if k not in ANSWER_FIELDS}}
             yield EvalItem(index, image, prompt, training_answer(formatter, message),
-                           reference(task.kind, message, image, shapes, metadata),
+                           reference(task.kind, message, image, objects, metadata),
                            metadata.get("question_id"))
 
 
@@ -286,9 +270,11 @@ def print_table(result: Mapping[str, Any]):
 
 def open_dataset(task: EvalTask, split: str | None = None, data_dir=None, image_dir=None):
     """The dataset of `task`: its eval set read from `data_dir` (`split` default: the task's), or its
-    held-out PixMo-lite set."""
+    held-out PixMo-lite set (the library's edge to `data_pipelines`, its readers)."""
+    from data_pipelines import eval_sets, synthetic
+
     if task.dataset is None:
-        return held_out_source(task.name)
+        return synthetic.held_out_source(task.name)
     split = split or task.split
     if split not in task.splits:
         raise ValueError(f"{task.name}: no split {split!r}; allowed: {', '.join(task.splits)}")

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-COMPONENTS = ("connector", "vit", "llm")
+from molmo_jax.config import COMPONENTS
+
 # Official exclusions with our names for `wte` (embedder) and `ln_f` (final_norm).
 NO_DECAY = ("embedder", "attn_norm", "ff_norm", "final_norm", "pre_ln", "attention_norm", "ffn_norm",
             "lambda1", "lambda2", "positional_embedding", "class_embedding")
@@ -100,7 +101,7 @@ class Optimizer(NamedTuple):
 
 
 def make(optim) -> Optimizer:
-    """The optimizer of an `optim` config section (see experiments/stage1.py).
+    """The optimizer of an `optim` config section (see molmo_jax/recipes/common.py: optimizer).
 
     Fields: steps, alpha_f, b1, b2, eps, max_grad_norm and per component `lr.<c>`, `warmup.<c>`,
     `weight_decay.<c>`.

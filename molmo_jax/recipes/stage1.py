@@ -1,23 +1,23 @@
 """Stage 1 of Molmo training: dense captioning on PixMo-Cap (allenai/molmo launch_scripts/train_captioner.py).
 
-    python -m experiments.train --config experiments/stage1.py:tiny --workdir /tmp/s1
-    python -m experiments.train --config experiments/stage1.py:Molmo-7B-D-0924 --workdir gs://bucket/s1 \
+    python -m experiments.train --config molmo_jax/recipes/stage1.py:tiny --workdir /tmp/s1
+    python -m experiments.train --config molmo_jax/recipes/stage1.py:Molmo-7B-D-0924 --workdir gs://bucket/s1 \
         --config.init.vit=gs://bucket/clip-vit-large-patch14-336 --config.init.llm=gs://bucket/Qwen2-7B \
         --config.data.data_dir=gs://bucket/pixmo --config.data.tokenizer=gs://bucket/Qwen2-7B
 
-`arg`: "tiny" (= "tiny-qwen2"), "tiny-olmo", "tiny-olmoe" or a released model name. Released models get
-the official hyper-parameters, PixMo data (`data.data_dir`, `data.tokenizer`) and start from the
-pretrained towers the release started from (`init.vit`, `init.llm`: transformers directories, see
-`BASE_MODELS`); tiny ones a 100-step run from a random init on synthetic batches with larger learning
-rates (`--config.data.kind=pixmo_lite` for the synthetic PixMo).
+`arg`: "tiny" (= "tiny-qwen2"), "tiny-olmo", "tiny-olmoe", a released model name, or "lite" / "lite-long" /
+"lite-smoke" (PixMo-lite, `recipes/lite.py`). Released models get the official hyper-parameters, PixMo data
+(`data.data_dir`, `data.tokenizer`) and start from the pretrained towers the release started from
+(`init.vit`, `init.llm`: transformers directories, see `BASE_MODELS`); tiny ones a 100-step run from a random
+init on synthetic batches with larger learning rates (`--config.data.kind=pixmo_lite` for the synthetic PixMo).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from molmo_jax import config as config_lib
+from molmo_jax.recipes import common, lite
 
-COMPONENTS = ("connector", "vit", "llm")
 VIT_BASE = "openai/clip-vit-large-patch14-336"  # every release's ViT (23 of its 24 layers kept)
 # The base LLM each release started from (MolmoE-1B officially from the "fp32" revision of its repo).
 BASE_MODELS = {"Molmo-7B-D-0924": "Qwen/Qwen2-7B", "Molmo-72B-0924": "Qwen/Qwen2-72B",
@@ -42,10 +42,6 @@ def check_init(cfg) -> None:
         raise ValueError(f"init_from={cfg.init_from!r} and init.vit / init.llm are both set; give one")
 
 
-def per_component(connector, vit, llm) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(connector=connector, vit=vit, llm=llm))
-
-
 def model_config(arg: str) -> ml_collections.ConfigDict:
     """The model section: tiny models compute in float32, released ones in bfloat16 (fp32 master params)."""
     name = "tiny-qwen2" if arg == "tiny" else arg
@@ -56,27 +52,22 @@ def model_config(arg: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if lite.is_lite(arg):
+        return lite.configure(get_config("tiny"), 1, arg)
     tiny = arg.startswith("tiny")
     c = ml_collections.ConfigDict()
     c.model = model_config(arg)
     c.model.llm.residual_dropout = 0.0
     c.model.llm.response_residual_dropout = 0.1  # the paper's "text-only dropout"
+    common.set_stage_formatting(c.model, 1)
 
-    o = c.optim = ml_collections.ConfigDict()
     # 4 epochs of PixMo-Cap at batch 128: 4 * ceil(N / 128) with N ~ 710k examples; recompute for a download.
-    o.steps = 100 if tiny else 22_000
-    o.lr = per_component(1e-3, 1e-3, 1e-3) if tiny else per_component(2e-4, 6e-6, 2e-5)
-    o.warmup = per_component(10, 20, 20) if tiny else per_component(200, 2000, 2000)
-    o.weight_decay = per_component(0.0, 0.0, 0.0)
-    o.alpha_f = 0.1  # cosine decays to 10% of the peak
-    o.b1, o.b2, o.eps = 0.9, 0.95, 1e-6
-    o.max_grad_norm = 1.0  # per component
-    o.z_loss = 1e-4
-    o.grad_accum = 1  # micro-batches per update (same global-weight normaliser)
+    c.optim = (common.optimizer(100, common.same_per_component(1e-3), common.per_component(10, 20, 20)) if tiny else
+               common.optimizer(22_000, common.per_component(2e-4, 6e-6, 2e-5), common.per_component(200, 2000, 2000)))
 
     d = c.data = ml_collections.ConfigDict()
-    # What to train on (experiments/train.py:make_data):
-    #   "synthetic"   random token batches with noise images (molmo_jax/train/synthetic.py; needs nothing)
+    # What to train on (data_pipelines/factory.py: make_data):
+    #   "synthetic"   random token batches with noise images (data_pipelines/token_batches.py; needs nothing)
     #   "pixmo_lite"  the offline synthetic PixMo (data_pipelines/synthetic.py) through the official
     #                 pipelines (data_pipelines/mixtures.py); needs `tokenizer`
     #   "pixmo"       the PixMo hub files in `data_dir` (+ the academic sets in stage 2); needs `tokenizer`
@@ -85,7 +76,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     d.global_batch = 8 if tiny else 128  # rows per update, all processes together
     d.seq_len = 64 if tiny else 2304  # tokens per row, image tokens included
     d.crops = 1 if tiny else config_lib.max_total_crops(c.model)  # "synthetic" only: image crops per row
-    d.seed = 95818  # data order (the official stage-1 seed)
+    d.seed = common.STAGE_SEEDS[1]  # data order
     d.tokenizer = ""  # tokenizer.json or its directory (a released model's, the base LLM's; see vocab.py)
     d.pack_crops = 0  # 0: one example per row; n > 0: pack examples into rows, at most n images per row
     d.too_long = "skip"  # examples longer than seq_len: "skip" (counted) or "truncate" (official collator)
@@ -114,10 +105,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.init.vit = "" if tiny else placeholder(VIT_BASE)  # a CLIP directory (CLIPModel or CLIPVisionModel)
     c.init.llm = "" if tiny else placeholder(BASE_MODELS[arg])  # a Qwen2 / OLMo-2 / OLMoE causal LM directory
 
-    k = c.checkpoint = ml_collections.ConfigDict()
-    k.every = 25 if tiny else 1000  # steps between checkpoints (0: none by step count)
-    k.every_minutes = 0.0  # also checkpoint once this many minutes passed since the last save (0: off)
-    k.max_to_keep = 3
-    k.async_save = True
+    c.checkpoint = common.checkpoint(every=25 if tiny else 1000, max_to_keep=3)
     c.log_every = 1 if tiny else 10
     return c

@@ -45,7 +45,7 @@ def make_batch(cfg, rng: np.random.Generator, batch_size: int, seq_len: int, cro
     return batch
 
 
-class SyntheticBatches:
+class RandomBatches:
     """Infinite iterator of `make_batch` batches; batch i is drawn from np.random.default_rng([seed, i])."""
 
     def __init__(self, cfg, batch_size: int, seq_len: int, crops: int = 1, seed: int = 0):

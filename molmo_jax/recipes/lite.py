@@ -1,0 +1,74 @@
+"""PixMo-lite: a tiny Molmo trained in two stages on the offline synthetic PixMo, on a CPU.
+
+The stage recipes take it as their arg: `stage1.get_config("lite")`, `stage2.get_config("lite")` (the main
+job, experiments/main.py: about 9 minutes on 2 idle CPU cores), "lite-long" (4x the steps) or "lite-smoke"
+(2 steps per stage: checks that the job runs, learns nothing). Each is the stage's tiny recipe with the
+model of `model_config` (a 112 px ViT, one crop per image, a 128-wide LLM), the stage's official formatting
+and PixMo-lite data (`data.kind="pixmo_lite"`) packed several examples into each 192-token row.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from molmo_jax import config as config_lib
+from molmo_jax.recipes import common
+
+SCALES = {"quick": 1, "long": 4, "smoke": 0}  # step multiplier; 0: 2 steps per stage
+STAGE_STEPS = {1: 250, 2: 1500}  # at scale 1
+IMAGE_SIZE = 112
+TRAIN_EXAMPLES = 20_000  # per synthetic task (examples are generated on the fly)
+BATCH = 8  # rows of SEQ_LEN tokens; packed, about 18 examples per step
+SEQ_LEN = 192
+PACK_CROPS = 3  # pack examples into rows, at most 3 images per row (0: one example per row)
+LR = 5e-4  # the LLM's peak learning rate
+IMAGE_LR = 5e-4  # the ViT's and connector's (2x was not clearly better: see the README)
+SEED = 0  # model init and the generator of the training examples
+
+
+def model_config(image_size: int = IMAGE_SIZE, vocab_size: int = 512) -> ml_collections.ConfigDict:
+    """Tiny Qwen2-family Molmo for 112 px images: one crop (the global view), 4x4 pooled tokens.
+
+    The ViT and connector start from fan-in init (`layers.kernel_init`): with the official N(0, 0.02^2)
+    the image features of this narrow model start ~1e4 times smaller than the token embeddings and the
+    LLM learns to ignore them (gradients into the ViT fall to ~1e-7 within a few hundred steps).
+    """
+    cfg = config_lib.tiny("qwen2")
+    cfg.name = "pixmo-lite"
+    grid = image_size // cfg.vit.patch_size
+    cfg.vit.update(image_size=(image_size, image_size), num_pos=grid * grid + 1)
+    cfg.llm.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_hidden=384,
+                   vocab_size=vocab_size, embedding_size=vocab_size, max_sequence_length=512)
+    cfg.connector.projector_hidden = 384
+    cfg.vit.init = cfg.connector.init = "fan_in"
+    cfg.preprocess.update(crop_mode="resize", max_crops=1)
+    return config_lib.validate(cfg)
+
+
+def is_lite(arg: str) -> bool:
+    return arg == "lite" or arg.startswith("lite-")
+
+
+def set_steps(c, steps: int) -> None:
+    """A training length of `steps` updates, with the warm-up and checkpoint spacing that go with it."""
+    c.optim.steps = steps
+    c.optim.warmup = common.same_per_component(max(1, steps // 20))
+    c.checkpoint.every = max(50, steps // 4)
+
+
+def configure(c, stage: int, arg: str = "lite") -> ml_collections.ConfigDict:
+    """The stage's tiny recipe `c` turned into PixMo-lite's (`arg`: "lite", "lite-long", "lite-smoke")."""
+    scale = arg.removeprefix("lite").removeprefix("-") or "quick"
+    if scale not in SCALES:
+        raise ValueError(f"recipe arg {arg!r}: PixMo-lite's are " + ", ".join(
+            "lite" if s == "quick" else f"lite-{s}" for s in SCALES))
+    c.model = model_config()
+    common.set_stage_formatting(c.model, stage)
+    c.optim.lr = common.per_component(connector=IMAGE_LR, vit=IMAGE_LR, llm=LR)
+    c.data.update(kind="pixmo_lite", global_batch=BATCH, seq_len=SEQ_LEN, pack_crops=PACK_CROPS,
+                  pixmo_lite_size=TRAIN_EXAMPLES, pixmo_lite_seed=SEED, pixmo_lite_image_size=IMAGE_SIZE)
+    c.mesh = (1, 1, 1)
+    c.seed = SEED
+    set_steps(c, STAGE_STEPS[stage] * SCALES[scale] or 2)
+    c.checkpoint.max_to_keep = 1
+    c.log_every = 10
+    return c
