@@ -209,7 +209,7 @@ def test_stored_sweep_has_the_columns_the_readme_quotes():
     assert stored["commit"] != "unknown" and stored["command"].startswith("python -m experiments.ablate_pooling")
     names = {v["name"] for v in ablations.get_config(stored["sweep"]["name"].split("_")[-1]).variants}
     assert {r["name"] for r in stored["summary"]} == names
-    assert {r["variant"]["pooling"] for r in stored["summary"]} == set(config_lib.POOLING_TYPES)
+    assert {r["variant"]["pooling"] for r in stored["summary"]} == {v["pooling"] for v in ALL_VARIANTS.values()}
     for row in stored["summary"]:
         assert len(row["seeds"]) >= 3, row["name"]
         for key in ("step_seconds", "image_tokens_per_row") + ablate_pooling.COLUMNS:
