@@ -69,7 +69,7 @@ def small_config():
     """LLM 512 x 8 (8 heads, 4 kv heads), ViT at the real 336/14 geometry but 256 wide x 6 layers."""
     cfg = config.tiny("qwen2")
     cfg.name = "small-qwen2"
-    cfg.vit.update(width=256, num_heads=4, num_kv_heads=4, head_dim=64, mlp_dim=1024, num_layers=6)
+    cfg.vit.update(d_model=256, n_heads=4, n_kv_heads=4, head_dim=64, mlp_hidden=1024, n_layers=6)
     cfg.vit_layers = (-2, -5)
     cfg.llm.update(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, head_dim=64, mlp_hidden=1536,
                    vocab_size=8192, embedding_size=8192)
@@ -98,9 +98,9 @@ def official_model(src: str, cfg, params):
              mlp_hidden_size=2 * llm.mlp_hidden, vocab_size=llm.vocab_size, embedding_size=llm.embedding_size,
              rope_theta=llm.rope_theta, layer_norm_eps=llm.norm_eps, vit_layers=list(cfg.vit_layers),
              max_crops=cfg.preprocess.max_crops, init_device="cpu")
-    d["vision_backbone"].update(image_emb_dim=v.width, image_num_heads=v.num_heads,
-                                image_num_key_value_heads=v.num_kv_heads, image_head_dim=v.head_dim,
-                                image_mlp_dim=v.mlp_dim, image_num_layers=v.num_layers, image_num_pos=v.num_pos)
+    d["vision_backbone"].update(image_emb_dim=v.d_model, image_num_heads=v.n_heads,
+                                image_num_key_value_heads=v.n_kv_heads, image_head_dim=v.head_dim,
+                                image_mlp_dim=v.mlp_hidden, image_num_layers=v.n_layers, image_num_pos=v.num_pos)
     model = OfficialMolmo(ModelConfig.new(**d), init_params=False)
     tensors = {k: torch.tensor(x) for k, x in checkpoints.params_to_native(params, cfg).items()}
     model.load_state_dict(tensors, strict=True)

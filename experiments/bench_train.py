@@ -56,7 +56,7 @@ def model_config(size: str, dtype: str):
     elif size == "medium":
         cfg.model.llm.update(d_model=2048, n_layers=8, n_heads=16, n_kv_heads=4, head_dim=128, mlp_hidden=5632,
                              vocab_size=32768, embedding_size=32768)
-    cfg.model.llm.remat_policy = "none"
+    cfg.model.vit.remat_policy = cfg.model.llm.remat_policy = "none"
     cfg.model.dtype = dtype
     return cfg
 
@@ -248,6 +248,7 @@ def molmo_config(n_layers: int, remat: str, smoke: bool):
     cfg = stage1.get_config("tiny" if smoke else "Molmo-7B-D-0924")
     cfg.init.vit = cfg.init.llm = ""
     cfg.model.llm.update(n_layers=n_layers, remat_policy=remat)
+    cfg.model.vit.remat_policy = remat
     cfg.model.dtype = "bfloat16"
     if smoke:
         smoke_images(cfg.model)
@@ -306,7 +307,7 @@ def molmo_flops(cfg, batch) -> dict[str, float]:
         applied = next(n for prefix, n in tokens.items() if name.startswith(prefix))
         flops[name.split("/")[0]] += 6.0 * int(np.prod(leaf.shape)) * applied
     v, llm = model.vit, model.llm
-    flops["vit"] += 12.0 * v.num_layers * real * vit_tokens ** 2 * v.num_heads * v.head_dim
+    flops["vit"] += 12.0 * v.n_layers * real * vit_tokens ** 2 * v.n_heads * v.head_dim
     flops["llm"] += 12.0 * llm.n_layers * rows * seq ** 2 * llm.n_heads * llm.head_dim
     return flops
 

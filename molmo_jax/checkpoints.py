@@ -46,7 +46,7 @@ def native_rules(cfg) -> list[Rule]:
         rules += [rule(f"{vit_n}.pre_ln.{t}", f"{vit_o}/pre_ln/{o}", identity())
                   for t, o in (("weight", "scale"), ("bias", "bias"))]
     blk_n, blk_o = f"{vit_n}.transformer.resblocks.{{i}}", f"{vit_o}/blocks"
-    rules += attention_rules(f"{blk_n}.attention", f"{blk_o}/attention", v.num_heads, v.num_kv_heads,
+    rules += attention_rules(f"{blk_n}.attention", f"{blk_o}/attention", v.n_heads, v.n_kv_heads,
                              v.head_dim, separate=True, bias=True, out_bias=True, layered=True)
     for n, o in (("w1", "wi"), ("w2", "wo")):
         rules.append(rule(f"{blk_n}.feed_forward.{n}.weight", f"{blk_o}/feed_forward/{o}/kernel", linear(),
@@ -120,7 +120,7 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _layer_count(path: str, cfg) -> int:
-    return cfg.vit.num_layers if path.startswith("vit/") else cfg.llm.n_layers
+    return cfg.vit.n_layers if path.startswith("vit/") else cfg.llm.n_layers
 
 
 # ----------------------------------------------------------------------------- conversion

@@ -50,17 +50,19 @@ def vit_config(kind: str = "openai") -> ml_collections.ConfigDict:
     c.kind = kind  # openai (CLIP / MetaCLIP) | siglip | dino
     c.image_size = (336, 336)
     c.patch_size = 14
-    c.width = 1024
-    c.num_heads = 16
-    c.num_kv_heads = 16
+    c.d_model = 1024
+    c.n_heads = 16
+    c.n_kv_heads = 16
     c.head_dim = 64
-    c.mlp_dim = 4096
-    c.num_layers = 23
+    c.mlp_hidden = 4096
+    c.n_layers = 23
     c.activation = "quick_gelu"
     c.norm_eps = 1e-5
     c.num_pos = 577  # positional-embedding rows (incl. the class position when there is one)
     c.dropout = 0.0  # training: attention outputs of the ViT and of an attention pooling (official residual_dropout)
     c.init = "normal"  # random init of its Dense kernels (INIT_SCHEMES); released weights replace it
+    c.remat_policy = "full"
+    c.scan_unroll = 1  # layers unrolled per scan iteration
     # Crops the ViT encodes per (micro-)batch: only the real crops, gathered into this many static slots
     # (0: every crop slot, padding crops included). A batch with more real crops encodes every slot.
     c.crop_budget = 0
@@ -183,7 +185,7 @@ def tiny(family: str = "qwen2") -> ml_collections.ConfigDict:
         raise ConfigError(f"tiny(family={family!r}): family must be one of {sorted(base)}")
     cfg = base[family]()
     cfg.name = f"tiny-{family}"
-    cfg.vit.update(width=64, num_heads=4, num_kv_heads=4, head_dim=16, mlp_dim=128, num_layers=9)
+    cfg.vit.update(d_model=64, n_heads=4, n_kv_heads=4, head_dim=16, mlp_hidden=128, n_layers=9)
     hidden = {"qwen2": 128, "olmo": 172, "olmoe": 32}[family]
     cfg.llm.update(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2 if family == "qwen2" else 4,
                    head_dim=16, mlp_hidden=hidden, vocab_size=512, embedding_size=512)
@@ -273,8 +275,8 @@ def _check_heads(section: str, names: tuple[str, str, str, str], c):
 
 def validate(cfg) -> ml_collections.ConfigDict:
     """Checks every field the model reads; returns cfg. Raises ConfigError naming the field."""
-    for field in ("vit.patch_size", "vit.width", "vit.num_heads", "vit.num_kv_heads", "vit.head_dim",
-                  "vit.mlp_dim", "vit.num_layers", "vit.num_pos",
+    for field in ("vit.patch_size", "vit.d_model", "vit.n_heads", "vit.n_kv_heads", "vit.head_dim",
+                  "vit.mlp_hidden", "vit.n_layers", "vit.num_pos",
                   "llm.d_model", "llm.n_layers", "llm.n_heads", "llm.n_kv_heads", "llm.head_dim",
                   "llm.mlp_hidden", "llm.vocab_size", "llm.embedding_size", "llm.max_sequence_length",
                   "connector.pooling_h", "connector.pooling_w", "connector.projector_hidden",
@@ -286,16 +288,16 @@ def validate(cfg) -> ml_collections.ConfigDict:
     _require(v.activation in ACTIVATIONS, "vit.activation", v.activation, f"allowed: {ACTIVATIONS}")
     for field, scheme in (("vit.init", v.init), ("connector.init", cfg.connector.init)):
         _require(scheme in INIT_SCHEMES, field, scheme, f"allowed: {INIT_SCHEMES}")
-    _check_heads("vit", ("num_heads", "num_kv_heads", "head_dim", "width"), v)
+    _check_heads("vit", ("n_heads", "n_kv_heads", "head_dim", "d_model"), v)
     _require(all(s % v.patch_size == 0 for s in v.image_size), "vit.image_size", v.image_size,
              f"both sides must be multiples of vit.patch_size={v.patch_size}")
     gh, gw = patch_grid(cfg)
     n_pos = gh * gw + num_prefix_tokens(cfg)
     _require(math.isqrt(v.num_pos - num_prefix_tokens(cfg)) ** 2 == v.num_pos - num_prefix_tokens(cfg),
              "vit.num_pos", v.num_pos, f"minus the prefix tokens must be a square grid (e.g. {n_pos})")
-    _require(len(cfg.vit_layers) >= 1 and all(isinstance(i, int) and -v.num_layers <= i < v.num_layers
+    _require(len(cfg.vit_layers) >= 1 and all(isinstance(i, int) and -v.n_layers <= i < v.n_layers
                                               for i in cfg.vit_layers),
-             "vit_layers", tuple(cfg.vit_layers), f"indices into the {v.num_layers} ViT layers")
+             "vit_layers", tuple(cfg.vit_layers), f"indices into the {v.n_layers} ViT layers")
 
     _require(con.padding_embed in PADDING_EMBED_TYPES, "connector.padding_embed", con.padding_embed,
              f"allowed: {PADDING_EMBED_TYPES}")
@@ -333,9 +335,10 @@ def validate(cfg) -> ml_collections.ConfigDict:
     for field in ("residual_dropout", "response_residual_dropout", "attention_dropout",
                   "embedding_dropout"):
         _require(0.0 <= llm[field] < 1.0, f"llm.{field}", llm[field], "must be in [0, 1)")
-    _require(llm.remat_policy in REMAT_POLICIES, "llm.remat_policy", llm.remat_policy,
-             f"allowed: {REMAT_POLICIES}")
-    _positive(cfg, "llm.scan_unroll")
+    for tower in ("vit", "llm"):
+        _require(cfg[tower].remat_policy in REMAT_POLICIES, f"{tower}.remat_policy", cfg[tower].remat_policy,
+                 f"allowed: {REMAT_POLICIES}")
+        _positive(cfg, f"{tower}.scan_unroll")
     _require(llm.moe_impl in MOE_IMPLS, "llm.moe_impl", llm.moe_impl, f"allowed: {MOE_IMPLS}")
     _require(llm.attention_impl in ATTENTION_IMPLS, "llm.attention_impl", llm.attention_impl,
              f"allowed: {ATTENTION_IMPLS}")
@@ -357,8 +360,8 @@ def validate(cfg) -> ml_collections.ConfigDict:
 
 _VIT_FIELDS = {  # official VisionBackboneConfig field -> ours
     "image_model_type": "kind", "image_default_input_size": "image_size", "image_patch_size": "patch_size",
-    "image_emb_dim": "width", "image_num_heads": "num_heads", "image_num_key_value_heads": "num_kv_heads",
-    "image_head_dim": "head_dim", "image_mlp_dim": "mlp_dim", "image_num_layers": "num_layers",
+    "image_emb_dim": "d_model", "image_num_heads": "n_heads", "image_num_key_value_heads": "n_kv_heads",
+    "image_head_dim": "head_dim", "image_mlp_dim": "mlp_hidden", "image_num_layers": "n_layers",
     "image_mlp_activations": "activation", "image_norm_eps": "norm_eps", "image_num_pos": "num_pos",
     "residual_dropout": "dropout",
 }

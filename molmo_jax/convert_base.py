@@ -18,7 +18,7 @@ _olmo_1024_preview, _olmoe, _clip), so that
   CLIP     q/k/v/out_proj -> wq/wk/wv/wo, fc1/fc2 -> w1/w2, layer_norm1/2 -> attention_norm/ffn_norm,
            pre_layrnorm -> pre_ln, patch conv [C, 3, p, p] permuted to [C, p, p, 3] and flattened
            ((dy, dx, c) pixel order), class / position embeddings; layers beyond the config's
-           `vit.num_layers` and post_layernorm are dropped (Molmo keeps 23 of CLIP-L's 24 layers).
+           `vit.n_layers` and post_layernorm are dropped (Molmo keeps 23 of CLIP-L's 24 layers).
 
 Conversion is strict: every tensor of the HF state dict is used or explicitly dropped, otherwise a
 `checkpoints.CheckpointError` names the leftovers. The config builders read transformers-5 configs
@@ -133,8 +133,8 @@ def vit_fields_from_hf(clip_config, num_layers: int | None = None) -> dict[str, 
         raise ConfigError(f"num_layers={kept} must be in [1, {d['num_hidden_layers']}] (CLIP layers)")
     n_heads = d["num_attention_heads"]
     return dict(kind="openai", image_size=(d["image_size"], d["image_size"]), patch_size=d["patch_size"],
-                width=d["hidden_size"], num_heads=n_heads, num_kv_heads=n_heads,
-                head_dim=d["hidden_size"] // n_heads, mlp_dim=d["intermediate_size"], num_layers=kept,
+                d_model=d["hidden_size"], n_heads=n_heads, n_kv_heads=n_heads,
+                head_dim=d["hidden_size"] // n_heads, mlp_hidden=d["intermediate_size"], n_layers=kept,
                 activation=d.get("hidden_act", "quick_gelu"), norm_eps=float(d.get("layer_norm_eps", 1e-5)),
                 num_pos=grid * grid + 1)
 
@@ -290,7 +290,7 @@ def check_llm_config(cfg, hf_config):
 
 def check_vit_config(cfg, clip_config):
     """Raises ConfigError naming each `cfg.vit` field that disagrees with the HF CLIP vision tower."""
-    fields = vit_fields_from_hf(clip_config, cfg.vit.num_layers)
+    fields = vit_fields_from_hf(clip_config, cfg.vit.n_layers)
     wrong = [f"vit.{k}={cfg.vit[k]!r} (HF: {v!r})" for k, v in fields.items() if _as_tuple(cfg.vit[k]) != _as_tuple(v)]
     if wrong:
         raise ConfigError(f"config does not match the HF CLIP vision tower: {', '.join(wrong)}")
@@ -325,7 +325,7 @@ def init_params_from_hf(cfg, rng: jax.Array, llm: tuple[Mapping[str, Any], Any] 
         check_llm_config(cfg, llm[1])
         converted["transformer."] = llm_to_native(*llm)
     if clip is not None:
-        converted[f"{_VIT_NATIVE}."] = clip_to_native(clip, cfg.vit.num_layers)
+        converted[f"{_VIT_NATIVE}."] = clip_to_native(clip, cfg.vit.n_layers)
     native = checkpoints.params_to_native(init_params(cfg, rng), cfg)
     for tower, tensors in converted.items():
         _overlay(native, tensors, tower)

@@ -321,40 +321,42 @@ def extract_points(text: str, image_w: float, image_h: float) -> np.ndarray:
 # The formatter
 
 
+CONFIG_FIELDS = ("prompt_type", "message_formatting", "system_prompt_kind", "always_start_with_space",
+                 "default_inference_len")  # the Formatter fields a model config's `formatting` section sets
+
+
 @dataclasses.dataclass
 class Formatter:
-    """Official `DataFormatter`: prompt templates, style prefixes, role tags.
+    """Official `DataFormatter`: prompt templates, style prefixes, role tags. Its fields `prompt_templates`,
+    `message_format` and `system_prompt` are named here as the model config names them (`cfg.formatting`).
 
-    prompt_templates: "uber_model" (released models) or "none" (stage-1 captioning).
-    message_format: "role" ("User: ... Assistant:") or "none".
-    system_prompt: one of SYSTEM_PROMPT_KINDS.
+    prompt_type: "uber_model" (released models) or "none" (stage-1 captioning).
+    message_formatting: "role" ("User: ... Assistant:") or "none".
+    system_prompt_kind: one of SYSTEM_PROMPT_KINDS.
     always_start_with_space: every message (not only the later ones) gets a leading space.
     default_inference_len: length hint of "style_and_length" prefixes at inference.
     select_answer: "best" (most frequent, random tie break) or "first" (smallest).
     debug: deterministic (first template, no random style prefixes).
     """
-    prompt_templates: str = "none"
-    message_format: str | None = "none"
-    system_prompt: str | None = None
+    prompt_type: str = "none"
+    message_formatting: str | None = "none"
+    system_prompt_kind: str | None = None
     always_start_with_space: bool = False
     default_inference_len: int | None = 65
     select_answer: str = "best"
     debug: bool = False
 
     def __post_init__(self):
-        if self.prompt_templates not in ("none", "uber_model"):
-            raise ValueError(f"prompt_templates={self.prompt_templates!r}; allowed 'none', 'uber_model'")
-        if self.message_format not in (None, "none", "role"):
-            raise ValueError(f"message_format={self.message_format!r}; allowed None, 'none', 'role'")
-        if self.system_prompt not in SYSTEM_PROMPT_KINDS:
-            raise ValueError(f"system_prompt={self.system_prompt!r}; allowed {SYSTEM_PROMPT_KINDS}")
+        if self.prompt_type not in ("none", "uber_model"):
+            raise ValueError(f"prompt_type={self.prompt_type!r}; allowed 'none', 'uber_model'")
+        if self.message_formatting not in (None, "none", "role"):
+            raise ValueError(f"message_formatting={self.message_formatting!r}; allowed None, 'none', 'role'")
+        if self.system_prompt_kind not in SYSTEM_PROMPT_KINDS:
+            raise ValueError(f"system_prompt_kind={self.system_prompt_kind!r}; allowed {SYSTEM_PROMPT_KINDS}")
 
     @classmethod
     def from_config(cls, cfg) -> "Formatter":
-        f = cfg.formatting
-        return cls(prompt_templates=f.prompt_type, message_format=f.message_formatting,
-                   system_prompt=f.system_prompt_kind, always_start_with_space=f.always_start_with_space,
-                   default_inference_len=f.default_inference_len)
+        return cls(**{name: cfg.formatting[name] for name in CONFIG_FIELDS})
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -417,7 +419,7 @@ class Formatter:
         """Role tags on user (even) messages and the leading spaces."""
         out = []
         for i, message in enumerate(messages):
-            if self.message_format == "role" and i % 2 == 0:
+            if self.message_formatting == "role" and i % 2 == 0:
                 message = "User: " + message + " Assistant:"
             if i != 0 or self.always_start_with_space:
                 message = " " + message
@@ -427,7 +429,7 @@ class Formatter:
     def get_system_prompt(self, style: str | None, for_inference: bool, messages: Sequence[str], rng) -> str:
         """The style prefix of the first user message ("" for none)."""
         style = EVAL_STYLE_ALIASES.get(style, style)
-        kind = self.system_prompt
+        kind = self.system_prompt_kind
         if kind == "style":
             return style + ":"
         if kind == "demo_or_style":
@@ -450,7 +452,7 @@ class Formatter:
         if "question" in example:
             return example["question"]
         label = example["label"].lower() if "label" in example else example["label_cased"]
-        if self.prompt_templates == "none":
+        if self.prompt_type == "none":
             return label
         return apply_keyword_prompt(GENERAL_PROMPTS_V1[style], dict(example, label=label), rng, self.debug)
 
@@ -462,9 +464,9 @@ class Formatter:
         has_options = "question" in example and ("options" in example or "unlabelled_options" in example)
         if "prompt" in example:
             prompt = example["prompt"]
-        elif self.prompt_templates == "uber_model" and not isinstance(style, str):
+        elif self.prompt_type == "uber_model" and not isinstance(style, str):
             answer, prompt, metadata = self.format_options(example)
-        elif self.prompt_templates == "uber_model" and style == "long_caption":
+        elif self.prompt_type == "uber_model" and style == "long_caption":
             prompt = apply_keyword_prompt(GENERAL_PROMPTS_V1["long_caption"], example, rng, self.debug)
         elif style in ("pointing", "point_count"):
             prompt = self._labelled_prompt(example, style, rng)
@@ -508,7 +510,7 @@ class Formatter:
             metadata.update(extra or {})
             messages = [prompt] if for_inference else [prompt, response]
 
-        if self.system_prompt and self.system_prompt != "none":
+        if self.system_prompt_kind and self.system_prompt_kind != "none":
             style = message.get("style") if isinstance(message, Mapping) else None
             prefix = self.get_system_prompt(style, for_inference, messages, rng)
             if prefix and messages[0]:

@@ -254,8 +254,8 @@ def llm_layer(cfg, b: int, t: int, mesh: Mapping[str, int], dtype_bytes: int) ->
 def vit_layer(cfg, crops: int, mesh: Mapping[str, int], dtype_bytes: int) -> LayerShape:
     v, tp = cfg.vit, mesh["tensor"]
     tokens = math.prod(config_lib.patch_grid(cfg)) + config_lib.num_prefix_tokens(cfg)
-    return LayerShape(crops, tokens, v.width, -(-v.num_heads // tp), -(-v.num_kv_heads // tp), v.head_dim,
-                      -(-v.mlp_dim // tp), dtype_bytes, gated=False, causal_mask=False)
+    return LayerShape(crops, tokens, v.d_model, -(-v.n_heads // tp), -(-v.n_kv_heads // tp), v.head_dim,
+                      -(-v.mlp_hidden // tp), dtype_bytes, gated=False, causal_mask=False)
 
 
 def connector_bytes(cfg, crops: int, dtype_bytes: int, tensor: int) -> int:
@@ -263,7 +263,7 @@ def connector_bytes(cfg, crops: int, dtype_bytes: int, tensor: int) -> int:
     the pooled tokens and the projector's three hidden activations."""
     patches = math.prod(config_lib.patch_grid(cfg))
     tokens = crops * math.prod(config_lib.pooled_grid(cfg))
-    features = crops * patches * cfg.vit.width * len(cfg.vit_layers)
+    features = crops * patches * cfg.vit.d_model * len(cfg.vit_layers)
     hidden = tokens * -(-cfg.connector.projector_hidden // tensor)
     return dtype_bytes * (4 * features + tokens * config_lib.pooled_dim(cfg) + 3 * hidden)
 
@@ -280,8 +280,8 @@ def activation_bytes(cfg, b: int, seq_len: int, crops: int, mesh: Mapping[str, i
     if crops:
         vit = vit_layer(cfg, b * crops, mesh, c)
         carry = (1 + len(cfg.vit_layers)) * vit.n * vit.d * c  # x and the selected layers' outputs
-        vit_mem = layer_memory(vit, carry, policy)
-        out["vit_saved"] = cfg.vit.num_layers * vit_mem["saved"]
+        vit_mem = layer_memory(vit, carry, cfg.vit.remat_policy)
+        out["vit_saved"] = cfg.vit.n_layers * vit_mem["saved"]
         working["vit_layer"] = vit_mem["working"]
         working["connector"] = connector_bytes(cfg, b * crops, c, mesh["tensor"])
     vocab = -(-cfg.llm.embedding_size // mesh["tensor"])

@@ -63,7 +63,7 @@ def test_variant_builds_and_preprocessor_agrees_with_connector(name):
     special = SpecialIds(*range(m.llm.vocab_size, m.llm.vocab_size + 5))
     idx = ImageProcessor(m, special)(np.zeros((112, 112, 3), np.uint8)).input_idx
     assert idx.shape == (1, stats["image_tokens"]) and (idx >= 0).all()
-    x = jax.ShapeDtypeStruct((1, 1, gh * gw, m.vit.width * len(m.vit_layers)), np.float32)
+    x = jax.ShapeDtypeStruct((1, 1, gh * gw, m.vit.d_model * len(m.vit_layers)), np.float32)
     masks = jax.ShapeDtypeStruct((1, 1, gh * gw), np.float32)
     out = jax.eval_shape(lambda x, mk, k: Connector(m).init_with_output(k, x, mk)[0], x, masks, jax.random.key(0))
     assert out.shape == (1, 1, stats["image_tokens"], m.llm.d_model)
@@ -97,7 +97,7 @@ def test_registered_pooling_needs_only_a_function_and_a_config_value(monkeypatch
     cfg = ablate_pooling.variant_config(ablations.get_config("quick"), ablations.variant("max_2x2", pooling="max"))
     assert ablate_pooling.model_stats(cfg.model)["image_tokens"] == 16
     m = cfg.model
-    x = jax.random.normal(jax.random.key(1), (1, 1, 64, m.vit.width * len(m.vit_layers)))
+    x = jax.random.normal(jax.random.key(1), (1, 1, 64, m.vit.d_model * len(m.vit_layers)))
     params = Connector(m).init(jax.random.key(0), x, jnp.ones((1, 1, 64)))
     out, variables = Connector(m).apply(params, x, jnp.ones((1, 1, 64)), mutable=["intermediates"])
     assert out.shape == (1, 1, 16, m.llm.d_model)

@@ -20,7 +20,7 @@ def connector_cfg(pooling="attention_meanq", projector="mlp", padding="pad_and_p
     cfg.connector.update(pooling=pooling, projector=projector, padding_embed=padding, pooling_h=pool,
                          pooling_w=pool)
     if projector == "2mlp":  # the residual MLP needs pooled width == LLM width
-        cfg.llm.update(d_model=cfg.vit.width * (2 if pooling == "attention_2wide" else 1))
+        cfg.llm.update(d_model=cfg.vit.d_model * (2 if pooling == "attention_2wide" else 1))
         cfg.llm.update(head_dim=cfg.llm.d_model // cfg.llm.n_heads)
     return config.validate(cfg)
 
@@ -28,7 +28,7 @@ def connector_cfg(pooling="attention_meanq", projector="mlp", padding="pad_and_p
 def features(cfg, seed=0):
     rng = np.random.default_rng(seed)
     p = int(np.prod(config.patch_grid(cfg)))
-    c = cfg.vit.width * len(cfg.vit_layers)
+    c = cfg.vit.d_model * len(cfg.vit_layers)
     masks = rng.choice([0.0, 0.25, 1.0, -1.0], (B, T, p)).astype(np.float32)
     return rng.normal(size=(B, T, p, c)).astype(np.float32), masks
 
@@ -83,7 +83,7 @@ def test_attention_pooling_against_numpy(pooling):
     win = windows(cfg, x.astype(np.float64))
     query = win.mean(axis=3) if pooling == "attention_meanq" else win[:, :, :, 0]
     p = jax.tree.map(np.asarray, params["pooling"]["attention"])
-    expected = attention_pool_reference(p, query, win, cfg.vit.num_heads)
+    expected = attention_pool_reference(p, query, win, cfg.vit.n_heads)
     np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-4)
 
 

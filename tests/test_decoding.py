@@ -33,7 +33,7 @@ def test_greedy_matches_official(pair):
 @functools.lru_cache(maxsize=None)
 def tiny_model(family: str):
     cfg = config.tiny(family)
-    cfg.vit.num_layers, cfg.vit_layers, cfg.preprocess.max_crops = 3, (-1, -3), 1
+    cfg.vit.n_layers, cfg.vit_layers, cfg.preprocess.max_crops = 3, (-1, -3), 1
     params = init_params(cfg, jax.random.key(1), config_mesh())
     params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), params)
     return config.validate(cfg), params

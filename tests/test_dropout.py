@@ -73,7 +73,7 @@ def _connector_cfg(pooling: str, pool: int, feature_dropout=0.0, vit_dropout=0.0
 
 def _pooled(cfg, deterministic: bool) -> np.ndarray:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(1, 2, int(np.prod(config.patch_grid(cfg))), 2 * cfg.vit.width)).astype(np.float32)
+    x = rng.normal(size=(1, 2, int(np.prod(config.patch_grid(cfg))), 2 * cfg.vit.d_model)).astype(np.float32)
     params = Connector(cfg).init(jax.random.key(0), x, None)["params"]
     _, state = Connector(cfg, deterministic).apply({"params": params}, x, None, mutable=["intermediates"],
                                                    rngs={"dropout": jax.random.key(2)})
@@ -97,7 +97,7 @@ def test_attention_pooling_output_gets_the_vision_dropout():
 @functools.lru_cache(maxsize=None)
 def _tiny():
     cfg = config.tiny("qwen2")
-    cfg.vit.num_layers, cfg.vit_layers, cfg.preprocess.max_crops = 3, (-1, -3), 1
+    cfg.vit.n_layers, cfg.vit_layers, cfg.preprocess.max_crops = 3, (-1, -3), 1
     cfg.vit.image_size = (56, 56)  # 4x4 patches: 4 pooled tokens per crop
     cfg = config.validate(cfg)
     params = init_params(cfg, jax.random.key(0))

@@ -72,7 +72,7 @@ def test_rows_become_official_examples(data_file):
     dialogue, pointing = example["message_list"]
     assert dialogue == {"messages": ["What colour is the square?", "Red.", "Is it big?", "No, it is small."],
                         "style": "demo"}
-    fmt = formatting.Formatter(prompt_templates="uber_model", message_format="role", system_prompt="demo_or_style")
+    fmt = formatting.Formatter(prompt_type="uber_model", message_formatting="role", system_prompt_kind="demo_or_style")
     _, answer, _ = fmt.get_user_prompt(pointing, rng=np.random.RandomState(0))
     x, y = SQUARES[0]
     assert answer == formatting.points_to_text([[100 * x / 64, 100 * y / 48]], 100, "square", "square")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from molmo_jax import formatting
 
 FIXTURES = os.environ.get("MOLMO_FIXTURES", os.path.join(os.path.dirname(__file__), "fixtures", "molmo_ref"))
-RELEASED = formatting.Formatter(prompt_templates="uber_model", message_format="role", system_prompt="demo_or_style",
+RELEASED = formatting.Formatter(prompt_type="uber_model", message_formatting="role", system_prompt_kind="demo_or_style",
                                 always_start_with_space=True)
 
 
@@ -126,7 +126,7 @@ def test_demo_styles_prefix_ten_percent():
 
 
 def test_style_and_length_and_none():
-    f = formatting.Formatter(system_prompt="style_and_length", message_format="none")
+    f = formatting.Formatter(system_prompt_kind="style_and_length", message_formatting="none")
     assert f({"question": "", "style": "long_caption"}, False, True, np.random)[0] == ["long_caption 65:"]
     rng = np.random.RandomState(1)
     text = "x" * 300

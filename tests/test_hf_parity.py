@@ -144,13 +144,13 @@ def patchify(pixels: np.ndarray, p: int) -> np.ndarray:
 
 def test_clip_vit_matches_transformers():
     cfg, params = converted("qwen2")
-    assert cfg.vit.num_layers == 3 and cfg.vit.num_pos == 65
+    assert cfg.vit.n_layers == 3 and cfg.vit.num_pos == 65
     pixels = np.random.default_rng(1).normal(size=(2, 3, 112, 112)).astype(np.float32)
     with torch.no_grad():
         hidden = hf_clip()(pixel_values=torch.tensor(pixels), output_hidden_states=True).hidden_states
     ours = np.asarray(jax.jit(VisionTransformer(cfg).apply)({"params": params["vit"]}, patchify(pixels, 14)))
     for i, layer in enumerate(cfg.vit_layers):
-        expected = hidden[layer % cfg.vit.num_layers + 1].numpy()  # hidden_states[0] = pre_layrnorm output
+        expected = hidden[layer % cfg.vit.n_layers + 1].numpy()  # hidden_states[0] = pre_layrnorm output
         print(f"vit layer {layer}: max |diff| = {np.abs(ours[i] - expected).max():.2e}")
         np.testing.assert_allclose(ours[i], expected, **TOL)
 
@@ -162,7 +162,7 @@ def test_round_trip_is_bit_exact(kind):
     """HF -> native -> params -> native returns the converted native tensors bit for bit."""
     cfg, params = converted(kind)
     llm_native = convert_base.llm_to_native(state_dict(hf_llm(kind)), hf_llm(kind).config)
-    vit_native = convert_base.clip_to_native(state_dict(hf_clip()), cfg.vit.num_layers)
+    vit_native = convert_base.clip_to_native(state_dict(hf_clip()), cfg.vit.n_layers)
     back = checkpoints.params_to_native(params, cfg)
     for k, x in {**llm_native, **vit_native}.items():
         assert back[k].dtype == x.dtype

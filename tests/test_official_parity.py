@@ -62,7 +62,7 @@ def test_vit_features(pair):
     cfg, _, _ = load_model(pair[0])
     _, inter = run_case(*pair)
     features = inter["vit_features"][0]  # [len(vit_layers), crops, tokens, width]
-    n = cfg.vit.num_layers
+    n = cfg.vit.n_layers
     for i, layer in enumerate(cfg.vit_layers):
         np.testing.assert_allclose(features[i], arrays[f"vit_hidden_layer{layer % n}"], **TOL)
     assert len(cfg.vit_layers) == len(image_layer_keys(arrays))
@@ -161,7 +161,7 @@ def test_model_without_image_masks(no_mask_fixture):
         params, model_inputs(arrays))
     for i, layer in enumerate(cfg.vit_layers):
         np.testing.assert_allclose(state["intermediates"]["vit_features"][0][i],
-                                   arrays[f"vit_hidden_layer{layer % cfg.vit.num_layers}"], **TOL)
+                                   arrays[f"vit_hidden_layer{layer % cfg.vit.n_layers}"], **TOL)
     _, base_params, fn = load_model("qwen2_7b_d")
     zero_pad = {**base_params, "connector": {**base_params["connector"],
                                              "pad_embed": np.zeros_like(base_params["connector"]["pad_embed"])}}

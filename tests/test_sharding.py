@@ -36,7 +36,7 @@ def batch(cfg, n: int = 8, seq_len: int = 48) -> dict[str, np.ndarray]:
 def small(family: str):
     """The tiny config with a shallower ViT and two crops per image: compiles in seconds on 8 devices."""
     cfg = config.tiny(family)
-    cfg.vit.num_layers, cfg.vit_layers, cfg.preprocess.max_crops = 3, (-1, -3), 1
+    cfg.vit.n_layers, cfg.vit_layers, cfg.preprocess.max_crops = 3, (-1, -3), 1
     return config.validate(cfg)
 
 

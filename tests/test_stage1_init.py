@@ -65,7 +65,7 @@ def test_stage1_starts_from_the_pretrained_towers(towers, tmp_path):
     features = np.asarray(jax.jit(VisionTransformer(cfg.model).apply)({"params": params["vit"]},
                                                                       patchify(pixels, 14)))
     for i, layer in enumerate(cfg.model.vit_layers):
-        np.testing.assert_allclose(features[i], hidden[layer % cfg.model.vit.num_layers + 1].numpy(), **TOL)
+        np.testing.assert_allclose(features[i], hidden[layer % cfg.model.vit.n_layers + 1].numpy(), **TOL)
 
     ids, valid = token_batch()
     with torch.no_grad():
@@ -101,9 +101,9 @@ def test_released_stage1_configs_name_their_towers():
 def test_towers_that_do_not_fit_the_config(towers, tmp_path):
     clip, qwen2 = towers
     cfg = stage1_config(clip, qwen2)
-    cfg.model.vit.num_heads = cfg.model.vit.num_kv_heads = 2
+    cfg.model.vit.n_heads = cfg.model.vit.n_kv_heads = 2
     cfg.model.vit.head_dim = 32
-    with pytest.raises(ConfigError, match=r"does not match the HF CLIP vision tower: vit\.num_heads=2 \(HF: 4\)"):
+    with pytest.raises(ConfigError, match=r"does not match the HF CLIP vision tower: vit\.n_heads=2 \(HF: 4\)"):
         convert_base.init_params_from_hf_dirs(cfg.model, jax.random.key(0), vit=clip)
     with pytest.raises(ConfigError, match=r"model_type 'qwen2' is not a CLIP vision tower"):
         convert_base.init_params_from_hf_dirs(cfg.model, jax.random.key(0), vit=qwen2)

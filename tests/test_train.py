@@ -252,7 +252,8 @@ def test_resume_check_names_each_differing_field_and_allows_runtime_changes(tmp_
     checkpointing.check_resume(tmp_path, checkpointing.run_settings(cfg), resuming=False)
     runtime = stage1.get_config("tiny")
     runtime.mesh = (2, -1, 1)  # another mesh reshards on restore
-    runtime.model.llm.remat_policy, runtime.optim.grad_accum, runtime.checkpoint.every = "none", 2, 1
+    runtime.model.vit.remat_policy = runtime.model.llm.remat_policy = "none"
+    runtime.optim.grad_accum, runtime.checkpoint.every = 2, 1
     checkpointing.check_resume(tmp_path, checkpointing.run_settings(runtime), resuming=True)
     other = stage1.get_config("tiny")
     other.model.llm.n_layers, other.optim.lr.llm = 3, 1.0

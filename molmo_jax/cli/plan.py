@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_lib.get_config(name)
         cfg.dtype = args.dtype
         if args.remat:
-            cfg.llm.remat_policy = args.remat
+            cfg.vit.remat_policy = cfg.llm.remat_policy = args.remat
         plans += [plan.plan(cfg, mesh, args.batch, args.seq, args.crops, args.grad_accum, args.headroom,
                             args.compile) for mesh in args.mesh]
     print(plan.table(plans))

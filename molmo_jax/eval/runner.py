@@ -85,10 +85,10 @@ def prompt_formatter(cfg) -> Formatter:
     kinds of the released models (demo_or_style) or none; other kinds would get a second prefix.
     """
     formatter = Formatter.from_config(cfg)
-    if formatter.system_prompt in ("style", "style_and_length"):
-        raise NotImplementedError(f"system_prompt_kind={formatter.system_prompt!r}: predict_batch would add the "
+    if formatter.system_prompt_kind in ("style", "style_and_length"):
+        raise NotImplementedError(f"system_prompt_kind={formatter.system_prompt_kind!r}: predict_batch would add the "
                                   "'demo' style prefix to the eval prompt; evaluate needs demo_or_style or none")
-    return dataclasses.replace(formatter, message_format="none", always_start_with_space=False)
+    return dataclasses.replace(formatter, message_formatting="none", always_start_with_space=False)
 
 
 def conversations(example: Mapping[str, Any]) -> list[dict[str, Any]]:

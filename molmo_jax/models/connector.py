@@ -33,7 +33,7 @@ class AttentionPool(nn.Module):
         v = self.cfg.vit
         scale = 2 if self.wide else 1
         query = windows.mean(axis=1, keepdims=True) if self.mean_query else windows[:, :1]
-        out = Attention(v.num_heads, v.num_kv_heads, scale * v.head_dim, scale * v.width, qkv_bias=True,
+        out = Attention(v.n_heads, v.n_kv_heads, scale * v.head_dim, scale * v.d_model, qkv_bias=True,
                         out_bias=True, dtype=dtype_of(self.cfg.dtype),
                         param_dtype=dtype_of(self.cfg.param_dtype), init_scheme=self.cfg.connector.init,
                         impl=self.cfg.llm.attention_impl, name="attention")(query, windows)
@@ -50,7 +50,7 @@ class StackPool(nn.Module):
 
 def input_width(cfg) -> int:
     """Width C_in of a window member: the concatenated features of the selected ViT layers."""
-    return cfg.vit.width * len(cfg.vit_layers)
+    return cfg.vit.d_model * len(cfg.vit_layers)
 
 
 def no_params(cfg) -> list[conversion.Rule]:
@@ -83,10 +83,10 @@ def _attention_spec(mean_query: bool, wide: bool) -> PoolingSpec:
     scale = 2 if wide else 1
     return PoolingSpec(
         build=lambda cfg, name: AttentionPool(cfg, mean_query=mean_query, wide=wide, name=name),
-        width=lambda cfg: scale * cfg.vit.width,
+        width=lambda cfg: scale * cfg.vit.d_model,
         export_rules=lambda cfg: conversion.attention_rules(
-            "vision_backbone.image_pooling_2d", "connector/pooling/attention", cfg.vit.num_heads,
-            cfg.vit.num_kv_heads, scale * cfg.vit.head_dim, separate=True, bias=True, out_bias=True,
+            "vision_backbone.image_pooling_2d", "connector/pooling/attention", cfg.vit.n_heads,
+            cfg.vit.n_kv_heads, scale * cfg.vit.head_dim, separate=True, bias=True, out_bias=True,
             layered=False),
         output_dropout=True)
 

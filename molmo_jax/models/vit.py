@@ -29,17 +29,17 @@ class VitBlock(nn.Module):
         x, selected, layer = carry
         v = self.cfg.vit
         dtype, pdtype = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
-        h = Attention(v.num_heads, v.num_kv_heads, v.head_dim, v.width, qkv_bias=True, out_bias=True,
+        h = Attention(v.n_heads, v.n_kv_heads, v.head_dim, v.d_model, qkv_bias=True, out_bias=True,
                       dtype=dtype, param_dtype=pdtype, init_scheme=v.init, out_dropout=v.dropout,
                       deterministic=self.deterministic, impl=self.cfg.llm.attention_impl, name="attention")(
             LayerNorm(v.norm_eps, name="attention_norm")(x))
         if v.kind == "dino":
-            h = h * param_with_axes(self, "lambda1", nn.initializers.ones, (v.width,), ("embed",), pdtype)
+            h = h * param_with_axes(self, "lambda1", nn.initializers.ones, (v.d_model,), ("embed",), pdtype)
         x = x + h
-        h = Mlp(v.mlp_dim, gated=False, act=v.activation, use_bias=True, dtype=dtype, param_dtype=pdtype,
+        h = Mlp(v.mlp_hidden, gated=False, act=v.activation, use_bias=True, dtype=dtype, param_dtype=pdtype,
                 init_scheme=v.init, name="feed_forward")(LayerNorm(v.norm_eps, name="ffn_norm")(x))
         if v.kind == "dino":
-            h = h * param_with_axes(self, "lambda2", nn.initializers.ones, (v.width,), ("embed",), pdtype)
+            h = h * param_with_axes(self, "lambda2", nn.initializers.ones, (v.d_model,), ("embed",), pdtype)
         x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
         selected = jnp.where((selected_layers == layer)[:, None, None, None], x[None], selected)
         return (x, selected, layer + 1), None
@@ -64,21 +64,21 @@ class VisionTransformer(nn.Module):
         v = self.cfg.vit
         dtype, pdtype = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         prefix = num_prefix_tokens(self.cfg)
-        x = Dense((v.width,), ("pixels",), ("embed",), v.kind != "openai", dtype, pdtype,
+        x = Dense((v.d_model,), ("pixels",), ("embed",), v.kind != "openai", dtype, pdtype,
                   v.init, name="patch_embedding")(patches)
-        pos = param_with_axes(self, "positional_embedding", normal(v.width ** -0.5), (v.num_pos, v.width),
+        pos = param_with_axes(self, "positional_embedding", normal(v.d_model ** -0.5), (v.num_pos, v.d_model),
                               ("pos", "embed"), pdtype)
         pos = jnp.concatenate([pos[:prefix], resize_positions(pos[prefix:], patch_grid(self.cfg))])
         if prefix:
-            cls = param_with_axes(self, "class_embedding", normal(v.width ** -0.5), (v.width,), ("embed",),
+            cls = param_with_axes(self, "class_embedding", normal(v.d_model ** -0.5), (v.d_model,), ("embed",),
                                   pdtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, v.width)), x], 1)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, v.d_model)), x], 1)
         x = x + pos.astype(x.dtype)
         if v.kind == "openai":
             x = LayerNorm(v.norm_eps, name="pre_ln")(x)
-        layers = jnp.asarray([i % v.num_layers for i in self.cfg.vit_layers], jnp.int32)
+        layers = jnp.asarray([i % v.n_layers for i in self.cfg.vit_layers], jnp.int32)
         selected = jnp.zeros((len(self.cfg.vit_layers),) + x.shape, x.dtype)
-        blocks = scanned(VitBlock, v.num_layers, self.cfg.llm.remat_policy, n_broadcast=1,
-                         unroll=self.cfg.llm.scan_unroll)(self.cfg, self.deterministic, name="blocks")
+        blocks = scanned(VitBlock, v.n_layers, v.remat_policy, n_broadcast=1,
+                         unroll=v.scan_unroll)(self.cfg, self.deterministic, name="blocks")
         (_, selected, _), _ = blocks((x, selected, jnp.int32(0)), layers)
         return selected

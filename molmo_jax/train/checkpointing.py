@@ -120,7 +120,8 @@ class Checkpointer:
 
 SETTINGS_FILE = "run_settings.json"
 # How a run executes rather than what it trains: these may change between a run and its resumption.
-RUNTIME_FIELDS = ("model.llm.remat_policy", "model.llm.scan_unroll", "model.llm.attention_impl",
+RUNTIME_FIELDS = ("model.vit.remat_policy", "model.vit.scan_unroll", "model.llm.remat_policy",
+                  "model.llm.scan_unroll", "model.llm.attention_impl",
                   "model.llm.moe_impl", "model.vit.crop_budget", "optim.grad_accum")
 _UNSET = "<unset>"
 
