@@ -8,6 +8,7 @@ import pytest
 
 from data_pipelines import pixmo, synthetic, vocab
 from molmo_jax import config, formatting, preprocess
+from molmo_jax.recipes import stage1, stage2
 from molmo_jax.tokenizer import load_tokenizer
 
 FIXTURE = "tests/fixtures/molmo_ref/qwen2_7b_d"
@@ -95,7 +96,8 @@ def test_captions_qa_and_docs_answers():
 
 def test_trained_tokenizer_is_small_and_exact(tmp_path):
     cfg = config.from_official(json.load(open(f"{FIXTURE}/config.json")))
-    texts = vocab.corpus(synthetic.sources(100).values(), n_per_source=30)
+    formatters = [formatting.Formatter.from_config(recipe.get_config("lite").model) for recipe in (stage1, stage2)]
+    texts = vocab.corpus(synthetic.sources(100).values(), formatters, n_per_source=30)
     path = vocab.train_tokenizer(texts, tmp_path / "tokenizer.json", vocab_size=cfg.llm.vocab_size)
     tok = load_tokenizer(path, cfg.llm.vocab_size)
     assert tok.special.im_start == cfg.llm.vocab_size and tok.bos_id == tok.eos_id
