@@ -58,7 +58,7 @@ class Checkpointer:
     """Periodic async checkpoints of the train state and the data position.
 
     every: save when step % every == 0 (0: never by step count); every_minutes: also save the first
-    step at least that many minutes after the last save (0: never by time; every process agrees on
+    step at least that many minutes after the last save started (0: never by time; every process agrees on
     it); both besides `save(..., force=True)`. max_to_keep: older checkpoints are deleted once a newer
     one is committed.
     """
@@ -93,11 +93,12 @@ class Checkpointer:
             due = distributed.any_process(time.monotonic() - self._last_save >= 60 * self.every_minutes) or due
         if not due or step in self.manager.all_steps():
             return False
-        self._last_save = time.monotonic()
         args = {"state": ocp.args.PyTreeSave(state)}
         if data is not None and has_state(data):
             args["data"] = grain.checkpoint.CheckpointSave(_IteratorState(data))
-        return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+        saved = self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+        self._last_save = time.monotonic()  # the clock restarts once the save has started (a slow start does not count)
+        return saved
 
     def restore(self, abstract_state: Any, data=None, step: int | None = None) -> Any:
         """The state of `step` (default: latest) laid out as `abstract_state` (ShapeDtypeStructs with
