@@ -1,6 +1,6 @@
 """Autoregressive generation with a KV cache: one prefill, then a `lax.while_loop` of decode steps.
 
-The whole loop is one jitted function per shape bucket (batch, padded prompt length, crops,
+The whole loop is one jitted function per shape bucket (batch, padded prompt length, crop slots,
 max_new_tokens), so no token triggers a recompile. Prompts are right-padded with -1 (the collator's
 layout); rows may have different lengths, crop counts or no image. As in the official `Molmo.generate`,
 the first token comes from the logits at each row's last real token, new tokens are written after the
@@ -102,16 +102,33 @@ def bucket(length: int, multiple: int = 64) -> int:
     return -(-length // multiple) * multiple
 
 
+def crop_bucket(crops: int, capacity: int) -> int:
+    """The crop slots a batch whose rows hold at most `crops` real crops runs: the next power of two,
+    at most `capacity` (the collated slots), so a model compiles at most log2(capacity) + 2 crop shapes."""
+    return min(capacity, 1 << max(crops - 1, 0).bit_length())
+
+
 MODEL_INPUTS = ("input_ids", "images", "image_masks", "image_input_idx")
 
 
-def pad_prompts(inputs: Mapping[str, np.ndarray], multiple: int = 64) -> dict[str, np.ndarray]:
-    """The model inputs of a collated batch, input_ids right-padded with -1 to a multiple of `multiple`
-    (other keys, e.g. labels, are dropped: they would add compiled shapes)."""
+def bucketed_inputs(inputs: Mapping[str, np.ndarray], multiple: int = 64) -> dict[str, np.ndarray]:
+    """The model inputs of a collated batch in a few static shapes: input_ids right-padded with -1 to a
+    multiple of `multiple`; the crop axis of images / image_masks / image_input_idx cut to
+    `crop_bucket` of the slots holding real crops (the cut ones are padding crops, all -1, that no
+    token reads: they would only cost ViT time). Other keys, e.g. labels, are dropped: they
+    would add compiled shapes."""
     out = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
     ids = np.asarray(inputs["input_ids"])
     out["input_ids"] = np.pad(ids, ((0, 0), (0, bucket(ids.shape[1], multiple) - ids.shape[1])),
                               constant_values=-1).astype(np.int32)
+    if "images" in out:
+        images = np.asarray(out["images"])
+        real = ~np.all(images == -1, axis=(2, 3))  # bool[B, C]
+        used = int(np.max(np.where(real, np.arange(1, real.shape[1] + 1), 0)))  # last real slot + 1
+        slots = crop_bucket(used, images.shape[1])
+        for k in MODEL_INPUTS[1:]:
+            if k in out:
+                out[k] = np.asarray(out[k])[:, :slots]
     return out
 
 
@@ -124,7 +141,7 @@ def generate(cfg, params, inputs: Mapping[str, np.ndarray], sampling: Sampling =
     With `mesh`, params must already be sharded on it; the batch is sharded over data x fsdp x expert,
     padded to a multiple of their size (any B works; the padding rows are dropped).
     """
-    inputs = pad_prompts(inputs, length_multiple)
+    inputs = bucketed_inputs(inputs, length_multiple)
     rng = jax.random.key(0) if rng is None else rng
     fn = functools.partial(_generate_jit, cfg=ml_collections.FrozenConfigDict(cfg), sampling=sampling)
     if mesh is None:

@@ -92,6 +92,35 @@ def test_batch_gives_the_same_tokens_as_rows(family):
         np.testing.assert_array_equal(generate(cfg, params, row, sampling, length_multiple=8)[0], together[i])
 
 
+def with_padding_crops(inputs: dict[str, np.ndarray], extra: int) -> dict[str, np.ndarray]:
+    """`inputs` with `extra` trailing padding crop slots (all -1), as `collate(..., max_crops=...)` adds."""
+    pad = lambda x: np.concatenate([x, np.full((x.shape[0], extra) + x.shape[2:], -1, x.dtype)], axis=1)
+    return {k: pad(v) if k in ("images", "image_masks", "image_input_idx") else v for k, v in inputs.items()}
+
+
+def test_prompt_lengths_and_padding_crops_reuse_the_compiled_program():
+    """Batches differing only in prompt length (within a bucket) or in trailing padding crops run one
+    compiled program, with the same tokens: the padding crops are cut before the ViT, not run through it."""
+    cfg, params = tiny_model("qwen2")
+    sampling = Sampling(max_new_tokens=3)
+    first = prompts(cfg, lengths=(11, 7))
+    expected = generate(cfg, params, first, sampling, length_multiple=16)
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        padded = generate(cfg, params, with_padding_crops(first, 3), sampling, length_multiple=16)
+        generate(cfg, params, with_padding_crops(prompts(cfg, lengths=(13, 9)), 2), sampling, length_multiple=16)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    np.testing.assert_array_equal(padded, expected)
+    assert not compiles, f"{len(compiles)} programs compiled for batches of an already compiled shape bucket"
+
+
 def test_stop_token_ends_row_and_pads_with_minus_one():
     cfg, params = tiny_model("qwen2")
     inputs = prompts(cfg)
