@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from molmo_jax import sharding
-from molmo_jax.models.molmo import Molmo, default_positions, init_cache
+from molmo_jax.models.molmo import Molmo, default_positions, init_cache, real_crops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ def bucketed_inputs(inputs: Mapping[str, np.ndarray], multiple: int = 64) -> dic
                               constant_values=-1).astype(np.int32)
     if "images" in out:
         images = np.asarray(out["images"])
-        real = ~np.all(images == -1, axis=(2, 3))  # bool[B, C]
+        real = real_crops(images)  # bool[B, C]
         used = int(np.max(np.where(real, np.arange(1, real.shape[1] + 1), 0)))  # last real slot + 1
         slots = crop_bucket(used, images.shape[1])
         for k in MODEL_INPUTS[1:]:

@@ -38,6 +38,11 @@ def attention_mask(key_valid: jax.Array, num_queries: int, query_start: jax.Arra
     return mask
 
 
+def real_crops(images):
+    """bool[...]: which crops of images float[..., P, p*p*3] (numpy or jax) are real, not padding (all -1)."""
+    return ~(images == -1).all(axis=(-2, -1))
+
+
 def default_positions(valid: jax.Array) -> jax.Array:
     """int[B, T] positions counting valid tokens only (left- and right-padding safe)."""
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
@@ -79,7 +84,7 @@ class Molmo(nn.Module):
             return self._encode_crops(images, image_masks)
         flat = images.reshape(b * c, *images.shape[2:])
         flat_masks = None if image_masks is None else image_masks.reshape(b * c, -1)
-        real = ~jnp.all(flat == -1, axis=(1, 2))
+        real = real_crops(flat)
         (slots,) = jnp.nonzero(real, size=budget, fill_value=b * c)  # unused slots: out of range
 
         def gathered(module):
@@ -98,8 +103,7 @@ class Molmo(nn.Module):
         layers = self.vit(flat)  # [L, B*C, prefix + P, width]
         self.sow("intermediates", "vit_features", layers)
         features = jnp.concatenate(list(layers), axis=-1)[:, config_lib.num_prefix_tokens(self.cfg):]
-        real_crop = ~jnp.all(flat == -1, axis=(1, 2))
-        features = features * real_crop[:, None, None].astype(features.dtype)
+        features = features * real_crops(flat)[:, None, None].astype(features.dtype)
         features = self.connector(features.reshape(b, c, p, -1), image_masks)
         self.sow("intermediates", "image_features", features)
         return features
