@@ -2,7 +2,8 @@
 
     python -m experiments.ablate_pooling --arg quick     # smoke: 3 variants x 2 seeds, 20 steps
     python -m experiments.ablate_pooling --arg reduced   # 5 pooling types x 3 seeds, 60 stage-2 steps
-    python -m experiments.ablate_pooling --arg full      # 14 variants x 3 seeds, the recipe's own budget
+    python -m experiments.ablate_pooling --arg full      # 15 variants x 3 seeds, the recipe's own budget
+    python -m experiments.ablate_pooling --arg full --only meanq_2x2 --seeds 0   # one run of it (its time)
 
 The sweep (experiments/ablations.py `get_config(arg)`) lists variants and seeds; each (variant, seed) is
 trained with the stage recipes' PixMo-lite configs (molmo_jax/recipes) plus the sweep's and the variant's
@@ -262,18 +263,10 @@ def _cell(stat: dict | None, signed: bool = False) -> str:
     return mean if stat["ci95"] is None else f"{mean} ± {stat['ci95']:.2f}"
 
 
-def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
-    budget = (f"stage 1: {'the recipe' if sweep.stage1_steps < 0 else sweep.stage1_steps} steps, stage 2: "
-              f"{'the recipe' if sweep.stage2_steps < 0 else sweep.stage2_steps} steps")
-    lines = [f"# Connector ablation ({sweep.name})", "", f"Made by: `{command}`", "",
-             f"PixMo-lite (molmo_jax/recipes, arg {sweep.recipe!r}, overrides {dict(sweep.overrides)}), seeds "
-             f"{tuple(sweep.seeds)}, {budget}; "
-             f"held-out synthetic split, {sweep.eval_examples} examples per task. Cells: mean over seeds ± the "
-             f"half-width of its 95% t interval; differences are paired by seed against {ablations.BASE_NAME} "
-             "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per stage-2 "
-             "train step after compilation on this machine; image tokens per row: mean over the packed "
-             "training rows.", "",
-             "| variant | pooling | window | projector | ViT layers | image tokens / crop | image tokens / row "
+def tables(summary: list[dict], majority: dict) -> str:
+    """Two markdown tables: per variant its connector, image tokens, step time and each column's mean ± 95%
+    interval (then the majority-answer row); per variant its paired difference to the base."""
+    lines = ["| variant | pooling | window | projector | ViT layers | image tokens / crop | image tokens / row "
              "| connector params | step s | " + " | ".join(TITLES[c] for c in COLUMNS) + " |",
              "|" + "---|" * (9 + len(COLUMNS))]
     for r in summary:
@@ -289,6 +282,35 @@ def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
         if r["name"] != ablations.BASE_NAME:
             lines.append(f"| {r['name']} | " + " | ".join(_cell(r["difference"][c], signed=True) for c in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def clear_differences(summary: list[dict]) -> list[tuple[str, str, dict]]:
+    """(variant, column, paired difference) for every difference whose 95% interval excludes 0."""
+    return [(r["name"], c, d) for r in summary for c, d in r["difference"].items()
+            if d and d["mean"] is not None and d["ci95"] is not None and abs(d["mean"]) > d["ci95"]]
+
+
+def differences_line(summary: list[dict]) -> str:
+    """One sentence naming the paired differences whose interval excludes 0 (or saying there are none)."""
+    clear = clear_differences(summary)
+    if not clear:
+        return f"No paired difference to {ablations.BASE_NAME} has a 95% interval that excludes 0."
+    return (f"Paired differences to {ablations.BASE_NAME} whose 95% interval excludes 0: "
+            + "; ".join(f"{name} {TITLES[c].split(' (')[0]} {_cell(d, signed=True)}" for name, c, d in clear) + ".")
+
+
+def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
+    budget = (f"stage 1: {'the recipe' if sweep.stage1_steps < 0 else sweep.stage1_steps} steps, stage 2: "
+              f"{'the recipe' if sweep.stage2_steps < 0 else sweep.stage2_steps} steps")
+    return "\n".join([
+        f"# Connector ablation ({sweep.name})", "", f"Made by: `{command}`", "",
+        f"PixMo-lite (molmo_jax/recipes, arg {sweep.recipe!r}, overrides {dict(sweep.overrides)}), seeds "
+        f"{tuple(sweep.seeds)}, {budget}; "
+        f"held-out synthetic split, {sweep.eval_examples} examples per task. Cells: mean over seeds ± the "
+        f"half-width of its 95% t interval; differences are paired by seed against {ablations.BASE_NAME} "
+        "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per stage-2 "
+        "train step after compilation on this machine; image tokens per row: mean over the packed "
+        "training rows.", "", tables(summary, majority), "", differences_line(summary)])
 
 
 def plot(summary: list[dict], path: epath.Path):
@@ -344,6 +366,8 @@ def main(argv=None):
     parser.add_argument("--workdir", default=None, help="default runs/ablate_pooling_<arg>")
     parser.add_argument("--out", default=None, help="output prefix; default experiments/results/ablate_pooling_<arg>")
     parser.add_argument("--only", nargs="*", default=(), help="variant names to run (default all)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=(),
+                        help="seeds to run instead of the sweep's (e.g. --only meanq_2x2 --seeds 0: one run, timed)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     with entry_points.one_line_errors("experiments.ablate_pooling", args.debug):
@@ -355,6 +379,8 @@ def run(args, argv=None):
     command = "python -m experiments.ablate_pooling " + " ".join(shlex.quote(a) for a in
                                                                  (sys.argv[1:] if argv is None else argv))
     sweep = ablations.get_config(args.arg)
+    if args.seeds:
+        sweep.seeds = tuple(args.seeds)
     start = time.perf_counter()
     results = run_sweep(sweep, args.workdir or f"runs/ablate_pooling_{args.arg}", tuple(args.only))
     out = args.out or f"experiments/results/ablate_pooling_{args.arg}"

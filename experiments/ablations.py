@@ -2,7 +2,7 @@
 
     cfg = get_config("quick")     # a smoke run: 3 variants x 2 seeds, a few steps each (minutes on 2 CPU cores)
     cfg = get_config("reduced")   # the 5 pooling types x 3 seeds, a cut budget (stored in experiments/results)
-    cfg = get_config("full")      # every variant x 3 seeds on the PixMo-lite recipe's own budget
+    cfg = get_config("full")      # all 15 variants x 3 seeds on the PixMo-lite recipe's own budget
 
 The sweep is one config, the stage recipes' PixMo-lite (`molmo_jax.recipes.stage{1,2}.get_config(recipe)`)
 at the sweep's step budget, with overrides (`overrides(sweep, variant, seed)`): the sweep's `overrides`
@@ -17,7 +17,8 @@ paired differences.
 
 The axes: pooling type (all five official ones at their window), window size = image tokens per crop
 (attention_meanq 1x1 / 2x2 / 3x3 / 4x4: 64 / 16 / 9 / 4 tokens of the 112 px crop's 8x8 patch grid),
-projector (mlp / 2mlp / linear) and ViT layers ((-2, -9) official, (-1,), (-2,), (-3, -6)).
+projector (mlp / 2mlp / linear) and ViT layers (both official choices: (-2, -9) for CLIP, (-3, -9) for the
+other encoders (launch_scripts/train_captioner.py); the last, the second-last alone, and (-3, -6)).
 
 Combinations left out, and why:
   * 'none' pooling only with a 1x1 window (config.validate) and '2mlp' only where the pooled width equals
@@ -54,6 +55,7 @@ FULL_VARIANTS = [
     variant("meanq_2x2_last", vit_layers=(-1,)),
     variant("meanq_2x2_second_last", vit_layers=(-2,)),
     variant("meanq_2x2_mid", vit_layers=(-3, -6)),
+    variant("meanq_2x2_siglip_layers", vit_layers=(-3, -9)),  # official for SigLIP / DINOv2 / MetaCLIP
 ]
 QUICK_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "none_1x1", "meanq_4x4")]
 # the five official pooling types, each at its window
@@ -63,7 +65,7 @@ REDUCED_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "attent
 
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     """arg "quick" (smoke: 3 variants x 2 seeds, 20 stage-2 steps), "reduced" (5 variants x 3 seeds, stage 2
-    only, 60 steps, 16 held-out examples per task: what the shared 2-core CPU could run) or "full" (14
+    only, 60 steps, 16 held-out examples per task: what the shared 2-core CPU could run) or "full" (15
     variants x 3 seeds, the recipe's stage 1 + stage 2 budget, 64 examples per task)."""
     if arg not in ("quick", "reduced", "full"):
         raise ValueError(f"ablations.get_config({arg!r}): arg must be 'quick', 'reduced' or 'full'")

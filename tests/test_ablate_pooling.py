@@ -42,7 +42,8 @@ def test_quick_sweep_is_a_subset_and_covers_every_official_type():
     assert {v["pooling"] for v in full} == {"attention_meanq", "attention", "attention_2wide", "stack", "none"}
     assert {v["projector"] for v in full} == {"mlp", "2mlp", "linear"}
     assert {tuple(v["pool"]) for v in full} == {(1, 1), (2, 2), (3, 3), (4, 4)}
-    assert {tuple(v["vit_layers"]) for v in full} == {(-2, -9), (-1,), (-2,), (-3, -6)}
+    # both official layer choices (CLIP's and the other encoders', train_captioner.py) and three others
+    assert {tuple(v["vit_layers"]) for v in full} == {(-2, -9), (-3, -9), (-1,), (-2,), (-3, -6)}
     assert ALL_VARIANTS[ablations.BASE_NAME] == dict(ablations.BASE, name=ablations.BASE_NAME)
     for arg in ("reduced", "full"):
         assert len(ablations.get_config(arg).seeds) >= 3
