@@ -50,11 +50,16 @@ def corpus(sources: Iterable[pixmo.Source], formatters: Sequence[formatting.Form
 def train_tokenizer(texts: Iterable[str], path: str | os.PathLike, vocab_size: int = 512) -> str:
     """Trains a byte-level BPE with `vocab_size` entries (EOS included) and saves it as tokenizer.json.
 
+    Digits are split one per token before the byte-level BPE, as Qwen2's pre-tokenizer does (`\\p{N}`):
+    a merged BPE writes "36" as one token but "37" as "3" "7", so point coordinates and counts would be
+    spelled two ways, and no token would stand for one digit of a coordinate.
+
     `molmo_jax.tokenizer.load_tokenizer(path, vocab_size)` then appends the five image tokens at ids
     vocab_size .. vocab_size + 4, as the model config expects.
     """
     tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_pipelines import hub, mixtures, pixmo, pixmo_checks
+from data_pipelines import mixtures, pixmo, pixmo_checks
 from data_pipelines.download import image_file
 from molmo_jax import cli
 from molmo_jax.train import metrics_log, trainer

@@ -101,10 +101,13 @@ def test_trained_tokenizer_is_small_and_exact(tmp_path):
     path = vocab.train_tokenizer(texts, tmp_path / "tokenizer.json", vocab_size=cfg.llm.vocab_size)
     tok = load_tokenizer(path, cfg.llm.vocab_size)
     assert tok.special.im_start == cfg.llm.vocab_size and tok.bos_id == tok.eos_id
-    for text, most in ((" 10:55", 4), (" There are 2 red circles and 1 blue square.", 12),
+    for text, most in ((" 10:55", 6), (" There are 2 red circles and 1 blue square.", 12),
                        (" User: clocks: What time is being shown? Assistant:", 14)):
         ids = tok.encode(text)
         assert len(ids) <= most and tok.decode(ids) == text
+    # One token per digit (as Qwen2's pre-tokenizer): every coordinate is spelled the same way.
+    for number in ("36.3", "37.5", "90.9", "12.0", "100.0"):
+        assert [tok.decode([i]) for i in tok.encode(f' x="{number}"')[2:]] == [*number, '"']
 
 
 def test_every_task_preprocesses():
