@@ -66,12 +66,14 @@ class VisionTransformer(nn.Module):
         prefix = num_prefix_tokens(self.cfg)
         x = Dense((v.d_model,), ("pixels",), ("embed",), v.kind != "openai", dtype, pdtype,
                   v.init, name="patch_embedding")(patches)
-        pos = param_with_axes(self, "positional_embedding", normal(v.d_model ** -0.5), (v.num_pos, v.d_model),
-                              ("pos", "embed"), pdtype)
+        # fan_in: unit-variance positions, on the scale of the fan-in patch embedding (the official
+        # d**-0.5 leaves them ~10x below it and the image tokens of a narrow ViT without their positions)
+        embed_init = normal(1.0 if v.init == "fan_in" else v.d_model ** -0.5)
+        pos = param_with_axes(self, "positional_embedding", embed_init, (v.num_pos, v.d_model), ("pos", "embed"),
+                              pdtype)
         pos = jnp.concatenate([pos[:prefix], resize_positions(pos[prefix:], patch_grid(self.cfg))])
         if prefix:
-            cls = param_with_axes(self, "class_embedding", normal(v.d_model ** -0.5), (v.d_model,), ("embed",),
-                                  pdtype)
+            cls = param_with_axes(self, "class_embedding", embed_init, (v.d_model,), ("embed",), pdtype)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, v.d_model)), x], 1)
         x = x + pos.astype(x.dtype)
         if v.kind == "openai":
