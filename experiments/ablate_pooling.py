@@ -346,6 +346,7 @@ def plot(summary: list[dict], path: epath.Path):
 
 def write_outputs(sweep, results: list[dict], out: epath.PathLike, command: str):
     """<out>.md, <out>.json (every run, the summary, provenance) and <out>.png."""
+    source = provenance.describe(command)  # before writing: rewriting stored outputs would read as "+dirty"
     out = epath.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
@@ -353,8 +354,7 @@ def write_outputs(sweep, results: list[dict], out: epath.PathLike, command: str)
     majority = {c: first[t]["majority_baseline"] for c, t, _, _ in METRICS}
     out.with_suffix(".md").write_text(markdown(sweep, summary, command, majority) + "\n")
     runs = [{k: v for k, v in r.items() if k != "resumed"} for r in results]
-    document = {**provenance.describe(command), "sweep": sweep.to_dict(), "majority_baseline": majority,
-                "summary": summary, "runs": runs}
+    document = {**source, "sweep": sweep.to_dict(), "majority_baseline": majority, "summary": summary, "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(document, indent=1, default=str))
     plot(summary, out.with_suffix(".png"))
     return summary
