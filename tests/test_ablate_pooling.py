@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -206,14 +207,37 @@ def test_interval_and_paired_difference_match_hand_values():
 
 
 def test_stored_sweep_has_the_columns_the_readme_quotes():
-    stored = json.loads((Path(__file__).parents[1] / "experiments/results/ablate_pooling_reduced.json").read_text())
-    assert stored["commit"] != "unknown" and stored["command"].startswith("python -m experiments.ablate_pooling")
-    names = {v["name"] for v in ablations.get_config(stored["sweep"]["name"].split("_")[-1]).variants}
-    assert {r["name"] for r in stored["summary"]} == names
+    """The README's "Ablate the connector" block is tools/readme_tables.py's rendering of the stored JSON
+    (tests/test_readme.py checks it is current): every cell it quotes must be in the JSON, made by the
+    documented command from the current sweep config."""
+    root = Path(__file__).parents[1]
+    stored = json.loads((root / "experiments/results/ablate_pooling_reduced.json").read_text())
+    assert stored["commit"] != "unknown" and "+dirty" not in stored["commit"]
+    assert stored["command"].startswith("python -m experiments.ablate_pooling --arg reduced")
+    current = json.loads(json.dumps(ablations.get_config("reduced").to_dict()))
+    assert stored["sweep"] == current, "stale: rerun the README's --arg reduced command"
+    names = [v["name"] for v in current["variants"]]
+    assert [r["name"] for r in stored["summary"]] == names
     assert {r["variant"]["pooling"] for r in stored["summary"]} == {v["pooling"] for v in ALL_VARIANTS.values()}
+    assert sorted((r["name"], r["seed"]) for r in stored["runs"]) == sorted(
+        (name, seed) for name in names for seed in current["seeds"])
+    assert all(r["seconds"] > 0 for r in stored["runs"])
+    assert set(stored["majority_baseline"]) == {c for c, *_ in ablate_pooling.METRICS}
     for row in stored["summary"]:
         assert len(row["seeds"]) >= 3, row["name"]
         for key in ("step_seconds", "image_tokens_per_row") + ablate_pooling.COLUMNS:
             assert row["metrics"][key]["ci95"] is not None, (row["name"], key)
         for column in ablate_pooling.COLUMNS:
             assert (row["difference"][column] is None) == (row["name"] == ablations.BASE_NAME)
+            if row["name"] != ablations.BASE_NAME:
+                assert row["difference"][column]["n"] == 3 and row["difference"][column]["ci95"] is not None
+
+    sys.path.insert(0, str(root / "tools"))
+    import readme_tables
+    block = readme_tables.ablation_table("ablate_pooling_reduced")
+    assert "<!-- generated: ablate_pooling_reduced (tools/readme_tables.py) -->" in (root / "README.md").read_text()
+    table_rows = [line for line in block.splitlines() if line.startswith("| ")]
+    for name in names:  # a row in both tables but the base's, which has no difference row
+        assert sum(line.startswith(f"| {name} |") for line in table_rows) == (1 if name == ablations.BASE_NAME else 2)
+    assert all(ablate_pooling.TITLES[c] in block for c in ablate_pooling.COLUMNS)
+    assert stored["commit"] in block and stored["command"] in block

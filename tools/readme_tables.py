@@ -13,7 +13,8 @@ and NAME is a key of `TABLES`:
 - main_job: `experiments.main.results_table` of experiments/results/main_job.json (the main job's
   runs/main/summary.json, copied after a run),
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
-- speed_h200, speed_cpu: experiments/results/bench_train_*.json (`python -m experiments.bench_train --out`).
+- speed_h200, speed_cpu: experiments/results/bench_train_*.json (`python -m experiments.bench_train --out`),
+- ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`).
 Each stored result names its commit, command and machine, and the table says them.
 """
 from __future__ import annotations
@@ -81,6 +82,22 @@ def speed_table(name: str) -> str:
             f"{result['iters']} timed steps; {_source(result)}.\n")
 
 
+def ablation_table(name: str) -> str:
+    """The connector ablation's tables (`experiments.ablate_pooling.tables`), the differences it can see, and
+    the sweep's budget and wall time (its runs' seconds, summed)."""
+    from experiments import ablate_pooling
+    result = json.loads((RESULTS / f"{name}.json").read_text())
+    sweep, summary = result["sweep"], result["summary"]
+    steps = lambda stage: "the recipe's" if sweep[f"{stage}_steps"] < 0 else f"{sweep[f'{stage}_steps']:,}"
+    overrides = "".join(f", {field}={value}" for field, value in sweep["overrides"])
+    minutes = sum(r["seconds"] for r in result["runs"]) / 60
+    return (ablate_pooling.tables(summary, result["majority_baseline"]) + "\n\n"
+            + ablate_pooling.differences_line(summary) + "\n\n"
+            f"{len(summary)} variants x {len(sweep['seeds'])} seeds; recipe {sweep['recipe']!r}, stage 1: "
+            f"{steps('stage1')} steps, stage 2: {steps('stage2')} steps{overrides}; {sweep['eval_examples']} "
+            f"held-out examples per task; {minutes:.0f} minutes (the runs' seconds, summed); {_source(result)}.\n")
+
+
 def _si(x: float) -> str:
     return f"{x / 1e3:.1f}k" if x < 1e5 else f"{x / 1e3:.0f}k"
 
@@ -94,6 +111,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "plan": plan_table,
     "speed_h200": lambda: speed_table("bench_train_h200"),
     "speed_cpu": lambda: speed_table("bench_train_cpu"),
+    "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
 }
 
 
