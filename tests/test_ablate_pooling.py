@@ -241,3 +241,15 @@ def test_stored_sweep_has_the_columns_the_readme_quotes():
         assert sum(line.startswith(f"| {name} |") for line in table_rows) == (1 if name == ablations.BASE_NAME else 2)
     assert all(ablate_pooling.TITLES[c] in block for c in ablate_pooling.COLUMNS)
     assert stored["commit"] in block and stored["command"] in block
+
+
+def test_stored_runs_were_made_with_the_current_configs():
+    """Every stored run's fingerprint (its stage configs and evaluation settings) is what the current code
+    builds: a change to the PixMo-lite recipe or the model defaults makes the stored results stale."""
+    stored = json.loads((Path(__file__).parents[1] / "experiments/results/ablate_pooling_reduced.json").read_text())
+    sweep = ablations.get_config("reduced")
+    variants = {v["name"]: v for v in sweep.variants}
+    for run in stored["runs"]:
+        cfgs = ablate_pooling.variant_configs(sweep, variants[run["name"]], run["seed"])
+        assert run["fingerprint"] == ablate_pooling.fingerprint(sweep, cfgs), (
+            f"{run['name']} seed {run['seed']}: stale, rerun the README's --arg reduced command")
