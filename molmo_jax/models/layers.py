@@ -46,47 +46,46 @@ def kernel_init(scheme: str | Callable, n_in: int, n_out: int) -> Callable:
     raise ValueError(f"init scheme {scheme!r}: allowed {config_lib.INIT_SCHEMES} or an initializer")
 
 
-# checkpoint names of the half-precision `einsum` outputs (the remat policies save them as they save dots)
+# checkpoint names of the `einsum` outputs (the "dots" remat policies save them)
 DOT, BATCHED_DOT = "dot", "batched_dot"
 HALF_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     """Two-operand `jnp.einsum` accumulating in float32, returned in the operands' dtype: every matmul of
-    the model goes through it.
+    the model goes through it. Every label of an operand must appear in the other operand or the output.
 
-    float32 operands: plain `jnp.einsum`. Half-precision operands (bf16 / fp16): the dot emits
-    float32 and is cast back, forward and backward (a custom VJP: JAX's own transpose would upcast the
-    saved operand and run float32 x float32 dots). XLA:CPU has a fast bf16 kernel only for half x
-    half -> float32 (it runs a bf16-output dot as a float32 one, converts included); cuBLAS and the
-    TPU MXU accumulate in float32 anyway. The custom VJP hides the dot from the "dots" remat policies,
-    so the output is named `DOT` / `BATCHED_DOT` (a label in both operands and the output) for them.
-    Every label of an operand must appear in the other operand or the output.
+    A custom VJP writes the backward dots as einsums of the same kind: bf16 / fp16 dots are half x half
+    -> float32 forward and backward (JAX's own transpose would upcast the saved operand and run float32
+    x float32 dots; XLA:CPU has a fast bf16 kernel only for half x half -> float32 and runs a bf16-output
+    dot as a float32 one, converts included; cuBLAS and the TPU MXU accumulate in float32 anyway), and
+    the weight gradient is x^T g rather than JAX's (g^T x)^T, which spares XLA:CPU a transposed copy of
+    g. float32: the forward is `jnp.einsum` bit for bit; gradients are the same sums, up to summation
+    order. The custom VJP hides the dot from `dots_saveable`, so the output is named `DOT` or
+    `BATCHED_DOT` (a label in both operands and the output) for the remat policies.
     """
-    if jnp.result_type(a, b) not in HALF_DTYPES:
-        return jnp.einsum(spec, a, b)
     inputs, out = spec.split("->")
     batched = set(inputs.split(",")[0]) & set(inputs.split(",")[1]) & set(out)
-    return checkpoint_name(_half_einsum(spec, a, b), BATCHED_DOT if batched else DOT)
+    return checkpoint_name(_einsum(spec, a, b), BATCHED_DOT if batched else DOT)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _half_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
 
 
-def _half_einsum_fwd(spec: str, a: jax.Array, b: jax.Array):
-    return _half_einsum(spec, a, b), (a, b)
+def _einsum_fwd(spec: str, a: jax.Array, b: jax.Array):
+    return _einsum(spec, a, b), (a, b)
 
 
-def _half_einsum_bwd(spec: str, residuals, g: jax.Array):
+def _einsum_bwd(spec: str, residuals, g: jax.Array):
     a, b = residuals
     (in_a, in_b), out = spec.split("->")[0].split(","), spec.split("->")[1]
-    return (_half_einsum(f"{out},{in_b}->{in_a}", g, b).astype(a.dtype),
-            _half_einsum(f"{in_a},{out}->{in_b}", a, g).astype(b.dtype))
+    return (_einsum(f"{out},{in_b}->{in_a}", g, b).astype(a.dtype),
+            _einsum(f"{in_a},{out}->{in_b}", a, g).astype(b.dtype))
 
 
-_half_einsum.defvjp(_half_einsum_fwd, _half_einsum_bwd)
+_einsum.defvjp(_einsum_fwd, _einsum_bwd)
 
 
 def param_with_axes(module: nn.Module, name: str, init: Callable, shape: Sequence[int],
@@ -289,7 +288,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
         k = jnp.repeat(k, h // k.shape[2], axis=2)
         v = jnp.repeat(v, h // v.shape[2], axis=2)
     q = q.astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
-    scores = jnp.einsum("bthd,bshd->bhts", q, k.astype(jnp.float32))
+    scores = einsum("bthd,bshd->bhts", q, k.astype(jnp.float32))
     if mask is not None:
         scores = scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None]
     probs = jax.nn.softmax(scores, axis=-1)
@@ -333,7 +332,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, ker
 
 
 _policies = jax.checkpoint_policies
-REMAT_POLICIES = {
+REMAT_POLICIES = {  # our dots are `einsum`s, saved by name; the fused attention's are plain dots
     "full": _policies.nothing_saveable,
     "dots": _policies.save_from_both_policies(_policies.dots_saveable,
                                               _policies.save_only_these_names(DOT, BATCHED_DOT)),
