@@ -5,10 +5,11 @@
 For the tiny and a small Qwen2-family config (and a "medium" one for accelerators: --sizes), in float32
 and bfloat16 compute (float32 master params):
   * ours: `trainer.train_step` (per-component clip + AdamW, z-loss, dropout as configured) on text-only
-    batches of B x T real tokens, 1 device, no remat; tokens/s, model FLOP/s (6 * matmul params * tokens
-    + 12 * L * T^2 * d attention, no recomputation counted) as a fraction of this CPU's f32 matmul peak
-    (a jitted 2048^3 matmul measured in the same run), XLA's peak memory (arguments + temporaries) vs
-    an analytic estimate (16 bytes per param for params, grads, Adam m and v, plus activations);
+    batches of B x T real tokens, 1 device, no remat, the layer scan fully unrolled (`llm.scan_unroll`);
+    tokens/s, model FLOP/s (6 * matmul params * tokens + 12 * L * T^2 * d attention, no recomputation
+    counted) as a fraction of this CPU's f32 matmul peak (a jitted 2048^3 matmul measured in the same
+    run), XLA's peak memory (arguments + temporaries) vs an analytic estimate (16 bytes per param for
+    params, grads, Adam m and v, plus activations);
   * torch: Qwen2ForCausalLM of the same LLM config (sdpa attention), loss.backward, clip_grad_norm_ 1.0,
     torch.optim.AdamW(betas (0.9, 0.95), eps 1e-6); bf16 rows use torch.autocast (fp32 master params).
 On a GPU both run there (torch on "cuda", synchronised after each step; float32 matmuls may use TF32 on
@@ -171,6 +172,7 @@ def torch_step(cfg, batch, dtype: str, threads: int):
 
 def bench_row(size: str, dtype: str, iters: int, peak_flops: float) -> dict:
     cfg = model_config(size, dtype)
+    cfg.model.llm.scan_unroll = cfg.model.llm.n_layers  # one straight-line program, like torch's layer loop
     b, t = SHAPES[size]
     batch = random_batch(cfg, b, t)
     ours_step, xla_peak = ours(cfg, batch)

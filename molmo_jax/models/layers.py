@@ -5,11 +5,14 @@ docstrings: B batch, T query length, S key length, H query heads, K kv heads, D 
 """
 from __future__ import annotations
 
+import functools
+import string
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from molmo_jax import config as config_lib
 
@@ -43,6 +46,48 @@ def kernel_init(scheme: str | Callable, n_in: int, n_out: int) -> Callable:
     raise ValueError(f"init scheme {scheme!r}: allowed {config_lib.INIT_SCHEMES} or an initializer")
 
 
+# checkpoint names of the `einsum` outputs (the "dots" remat policies save them)
+DOT, BATCHED_DOT = "dot", "batched_dot"
+HALF_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Two-operand `jnp.einsum` accumulating in float32, returned in the operands' dtype: every matmul of
+    the model goes through it. Every label of an operand must appear in the other operand or the output.
+
+    A custom VJP writes the backward dots as einsums of the same kind: bf16 / fp16 dots are half x half
+    -> float32 forward and backward (JAX's own transpose would upcast the saved operand and run float32
+    x float32 dots; XLA:CPU has a fast bf16 kernel only for half x half -> float32 and runs a bf16-output
+    dot as a float32 one, converts included; cuBLAS and the TPU MXU accumulate in float32 anyway), and
+    the weight gradient is x^T g rather than JAX's (g^T x)^T, which spares XLA:CPU a transposed copy of
+    g. float32: the forward is `jnp.einsum` bit for bit; gradients are the same sums, up to summation
+    order. The custom VJP hides the dot from `dots_saveable`, so the output is named `DOT` or
+    `BATCHED_DOT` (a label in both operands and the output) for the remat policies.
+    """
+    inputs, out = spec.split("->")
+    batched = set(inputs.split(",")[0]) & set(inputs.split(",")[1]) & set(out)
+    return checkpoint_name(_einsum(spec, a, b), BATCHED_DOT if batched else DOT)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
+
+
+def _einsum_fwd(spec: str, a: jax.Array, b: jax.Array):
+    return _einsum(spec, a, b), (a, b)
+
+
+def _einsum_bwd(spec: str, residuals, g: jax.Array):
+    a, b = residuals
+    (in_a, in_b), out = spec.split("->")[0].split(","), spec.split("->")[1]
+    return (_einsum(f"{out},{in_b}->{in_a}", g, b).astype(a.dtype),
+            _einsum(f"{in_a},{out}->{in_b}", a, g).astype(b.dtype))
+
+
+_einsum.defvjp(_einsum_fwd, _einsum_bwd)
+
+
 def param_with_axes(module: nn.Module, name: str, init: Callable, shape: Sequence[int],
                     axes: Sequence[str | None], dtype: Dtype):
     return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
@@ -69,8 +114,10 @@ class Dense(nn.Module):
         kernel = param_with_axes(self, "kernel", kernel_init(self.init_scheme, n_in, len(features)),
                                  x.shape[-n_in:] + features, tuple(self.in_axes) + tuple(self.out_axes),
                                  self.param_dtype)
-        contract = tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        batch, contract, out = (string.ascii_letters[:x.ndim - n_in], string.ascii_letters[x.ndim - n_in:x.ndim],
+                                string.ascii_letters[x.ndim:x.ndim + len(features)])
+        y = einsum(f"{batch}{contract},{contract}{out}->{batch}{out}", x.astype(self.dtype),
+                   kernel.astype(self.dtype))
         if self.use_bias:
             bias = param_with_axes(self, "bias", nn.initializers.zeros, features, self.out_axes,
                                    self.param_dtype)
@@ -241,14 +288,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
         k = jnp.repeat(k, h // k.shape[2], axis=2)
         v = jnp.repeat(v, h // v.shape[2], axis=2)
     q = q.astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
-    scores = jnp.einsum("bthd,bshd->bhts", q, k.astype(jnp.float32))
+    scores = einsum("bthd,bshd->bhts", q, k.astype(jnp.float32))
     if mask is not None:
         scores = scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None]
     probs = jax.nn.softmax(scores, axis=-1)
     if drop_probs is not None:
         probs = drop_probs(probs)
-    probs = probs.astype(v.dtype)
-    return jnp.einsum("bhts,bshd->bthd", probs, v)
+    return einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
 
 
 def attention_kernel(impl: str, dtype: Dtype, head_dim: int, backend: str | None = None) -> str:
@@ -263,7 +309,7 @@ def attention_kernel(impl: str, dtype: Dtype, head_dim: int, backend: str | None
     TPU: no Pallas kernel is wired in).
     """
     backend = backend or jax.default_backend()
-    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    half = jnp.dtype(dtype) in HALF_DTYPES
     if impl == "auto":
         impl = "fused" if backend in ("gpu", "tpu") and half else "xla"
     if impl == "xla":
@@ -285,10 +331,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, ker
     return out.astype(q.dtype)
 
 
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+_policies = jax.checkpoint_policies
+REMAT_POLICIES = {  # our dots are `einsum`s, saved by name; the fused attention's are plain dots
+    "full": _policies.nothing_saveable,
+    "dots": _policies.save_from_both_policies(_policies.dots_saveable,
+                                              _policies.save_only_these_names(DOT, BATCHED_DOT)),
+    "dots_no_batch": _policies.save_from_both_policies(_policies.dots_with_no_batch_dims_saveable,
+                                                       _policies.save_only_these_names(DOT)),
 }
 
 

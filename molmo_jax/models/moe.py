@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from molmo_jax import config as config_lib
-from molmo_jax.models.layers import Dense, dtype_of, normal, param_with_axes
+from molmo_jax.models.layers import Dense, dtype_of, einsum, normal, param_with_axes
 
 
 def moe_kernel(impl: str, backend: str | None = None) -> str:
@@ -50,9 +50,9 @@ def dense_experts(tokens, weights, experts, gate, up, down) -> jax.Array:
     """Every expert on every token, weighted by the routing weight (0 outside the top-k); shapes as
     `ragged_experts`. On an expert-parallel mesh the tokens are gathered and each shard runs its experts."""
     combine = jnp.sum(jax.nn.one_hot(experts, gate.shape[0], dtype=weights.dtype) * weights[..., None], axis=1)
-    h = jax.nn.silu(jnp.einsum("nd,edf->enf", tokens, gate)) * jnp.einsum("nd,edf->enf", tokens, up)
+    h = jax.nn.silu(einsum("nd,edf->enf", tokens, gate)) * einsum("nd,edf->enf", tokens, up)
     h = nn.with_logical_constraint(h, ("expert", None, "mlp"))  # each expert shard runs its own experts
-    return jnp.einsum("enf,efd->nd", h * combine.T[:, :, None], down)
+    return einsum("enf,efd->nd", h * combine.T[:, :, None], down)
 
 
 class MoeMlp(nn.Module):
