@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from molmo_jax import sharding
+from molmo_jax.models.llm import unstack_layers
 from molmo_jax.models.molmo import Molmo, default_positions, init_cache, real_crops
 
 
@@ -65,11 +66,14 @@ def _generate(params, inputs: Mapping[str, jax.Array], rng: jax.Array, *, cfg, s
     valid = ids != -1
     positions = default_positions(valid)
     last = jnp.sum(valid, axis=-1) - 1  # index of each row's last real token
-    cache = init_cache(cfg, b, s + n)
+    # On CPU the LLM layers run unrolled on weights sliced once here (an extra copy of the layers' params
+    # while generating): under the layer scan every decode step copied every weight (see `Decoder`).
+    layers = unstack_layers(params["llm"]["blocks"]) if jax.default_backend() == "cpu" else None
+    cache = init_cache(cfg, b, s + n, per_layer=layers is not None)
     logits, cache = model.apply({"params": params}, ids, images=inputs.get("images"),
                                 image_masks=inputs.get("image_masks"),
                                 image_input_idx=inputs.get("image_input_idx"), position_ids=positions,
-                                cache=cache)
+                                cache=cache, layer_params=layers)
     rng, step_rng = jax.random.split(rng)
     token = sample(logits[jnp.arange(b), last], step_rng, sampling)
     next_position = jnp.take_along_axis(positions, last[:, None], axis=1) + 1
@@ -85,7 +89,7 @@ def _generate(params, inputs: Mapping[str, jax.Array], rng: jax.Array, *, cfg, s
         t, tokens, token, cache, done, rng = state
         rng, step_rng = jax.random.split(rng)
         logits, cache = model.apply({"params": params}, token[:, None], position_ids=next_position + t - 1,
-                                    cache=cache)
+                                    cache=cache, layer_params=layers)
         new = sample(logits[:, -1], step_rng, sampling)
         new = jnp.where(done, -1, new)
         tokens = tokens.at[:, t].set(new)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from molmo_jax import config
+from molmo_jax.models import layers
 from molmo_jax.models.layers import Attention, attention_kernel
 from molmo_jax.models.molmo import Molmo, attention_mask, default_positions, dummy_inputs, init_params
 
@@ -97,3 +98,15 @@ def test_fused_model_equals_ours():
     logits = {impl: np.asarray(jax.jit(Molmo(_cfg(impl)).apply)({"params": params}, **inputs))
               for impl in ("xla", "fused")}
     np.testing.assert_allclose(logits["fused"], logits["xla"], atol=F32_TOL, rtol=0)
+
+
+def test_causal_blocks_equal_one_causal_softmax():
+    """Ours with a causal mask runs query blocks on the keys up to each block's end: the same outputs as
+    one softmax over every key, for right-padded rows and a length that is no multiple of the block."""
+    t = layers.CAUSAL_BLOCK + 37
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, t, h, D)).astype(np.float32)) for h in (H, K, K))
+    valid = np.arange(t)[None] < np.array([[t], [t - 50]])
+    mask = attention_mask(jnp.asarray(valid), t)
+    blocked = layers.attend(q, k, v, mask, "ours", is_causal=True)
+    np.testing.assert_allclose(blocked, layers.dot_product_attention(q, k, v, mask), rtol=0, atol=F32_TOL)

@@ -10,6 +10,7 @@ import pytest
 from fixture_cases import case_id
 from molmo_jax import config
 from molmo_jax.decoding import Sampling, generate, sample
+from molmo_jax.models.llm import unstack_layers
 from molmo_jax.models.molmo import Molmo, dummy_inputs, init_cache, init_params
 from test_official_parity import BATCH_CASES, SINGLE_CASES, batch_images, load_arrays, load_model, model_inputs
 
@@ -60,22 +61,26 @@ def prompts(cfg, lengths=(11, 7), images=(True, False)) -> dict[str, np.ndarray]
     return inputs
 
 
-@pytest.mark.parametrize("family", ["qwen2", "olmo", "olmoe"])
-@pytest.mark.parametrize("batch", [1, 2])
-def test_cached_decoding_equals_recomputation(family, batch):
+@pytest.mark.parametrize("family,batch,per_layer", [("qwen2", 1, False), ("qwen2", 2, False), ("olmo", 1, False),
+                                                    ("olmo", 2, False), ("olmoe", 1, False), ("olmoe", 2, False),
+                                                    ("qwen2", 2, True)])
+def test_cached_decoding_equals_recomputation(family, batch, per_layer):
+    """The KV cache, stacked under the layer scan or per layer on unstacked weights (generation on CPU;
+    OLMoE's per-layer path: test_greedy_matches_official)."""
     cfg, params = tiny_model(family)
     inputs = {k: v[:batch] for k, v in prompts(cfg).items()}
     model = Molmo(cfg)
     forward = jax.jit(lambda p, kw: model.apply({"params": p}, **kw))
+    layers = {"layer_params": unstack_layers(params["llm"]["blocks"])} if per_layer else {}
     new = np.random.default_rng(4).integers(1, cfg.llm.vocab_size, (batch, 3)).astype(np.int32)
     s = inputs["input_ids"].shape[1]
-    cache = init_cache(cfg, batch, s + new.shape[1])
-    logits, cache = forward(params, {**inputs, "cache": cache})
+    cache = init_cache(cfg, batch, s + new.shape[1], per_layer=per_layer)
+    logits, cache = forward(params, {**inputs, "cache": cache, **layers})
     positions = np.asarray(np.sum(inputs["input_ids"] != -1, axis=1))[:, None]
     stepped = [logits]
     for t in range(new.shape[1]):
         step_logits, cache = forward(params, {"input_ids": new[:, t:t + 1], "position_ids": positions + t,
-                                              "cache": cache})
+                                              "cache": cache, **layers})
         stepped.append(step_logits)
     full = forward(params, {**inputs, "input_ids": np.concatenate([inputs["input_ids"], new], 1)})
     np.testing.assert_allclose(np.concatenate(stepped, axis=1), full, rtol=1e-5, atol=1e-5)

@@ -281,20 +281,22 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
                           drop_probs: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(D) + bias) v with float32 scores; masked keys get a finfo.min bias as in the
     official model. q: [B,T,H,D], k/v: [B,S,K,D] -> [B,T,H,D]. Heads-major layout: kv heads are repeated
-    to H (XLA's CPU backend runs the grouped 5-D einsum 1.3-3x slower). `drop_probs` (training) is
-    applied to the probabilities float32[B,H,T,S]."""
+    to H (XLA's CPU backend runs the grouped 5-D einsum 1.3-3x slower) and q, k, v are transposed to
+    [B,H,*,D] before both matmuls (XLA:CPU runs them 1.3-2x slower on the [B,*,H,D] layout). `drop_probs`
+    (training) is applied to the probabilities float32[B,H,T,S]."""
     h, d = q.shape[2], q.shape[3]
     if k.shape[2] != h:
         k = jnp.repeat(k, h // k.shape[2], axis=2)
         v = jnp.repeat(v, h // v.shape[2], axis=2)
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
     q = q.astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
-    scores = einsum("bthd,bshd->bhts", q, k.astype(jnp.float32))
+    scores = einsum("bhtd,bhsd->bhts", q, k.astype(jnp.float32))
     if mask is not None:
         scores = scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None]
     probs = jax.nn.softmax(scores, axis=-1)
     if drop_probs is not None:
         probs = drop_probs(probs)
-    return einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
+    return einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), v).transpose(0, 2, 1, 3)
 
 
 def attention_kernel(impl: str, dtype: Dtype, head_dim: int, backend: str | None = None) -> str:
@@ -319,12 +321,23 @@ def attention_kernel(impl: str, dtype: Dtype, head_dim: int, backend: str | None
     return "cudnn" if backend == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128 else "jax_xla"
 
 
+CAUSAL_BLOCK = 128  # query block of ours with a causal mask
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, kernel: str,
            is_causal: bool = False) -> jax.Array:
     """Attention by `kernel` (see `attention_kernel`). q: [B,T,H,D], k/v: [B,S,K,D], mask: bool[B,T,S]
-    (True = attend) -> [B,T,H,D] in q's dtype. `is_causal`: `mask` is already causal (T == S)."""
+    (True = attend) -> [B,T,H,D] in q's dtype. `is_causal`: `mask` is already causal (T == S); ours then
+    runs blocks of CAUSAL_BLOCK queries on the keys up to the block's end only (the keys after it are
+    masked for every query of the block: 2-3x faster at 768 tokens on XLA:CPU)."""
     if kernel == "ours":
-        return dot_product_attention(q, k, v, mask)
+        t = q.shape[1]
+        if not is_causal or mask is None or t <= CAUSAL_BLOCK:
+            return dot_product_attention(q, k, v, mask)
+        return jnp.concatenate([dot_product_attention(q[:, i:i + CAUSAL_BLOCK], k[:, :i + CAUSAL_BLOCK],
+                                                      v[:, :i + CAUSAL_BLOCK],
+                                                      mask[:, i:i + CAUSAL_BLOCK, :i + CAUSAL_BLOCK])
+                                for i in range(0, t, CAUSAL_BLOCK)], axis=1)
     mask = None if mask is None else mask[:, None]
     out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=is_causal,
                                        implementation="cudnn" if kernel == "cudnn" else "xla")

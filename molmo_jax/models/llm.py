@@ -122,14 +122,26 @@ class Decoder(nn.Module):
         """ids: int[B, T] -> float[B, T, d]."""
         return self.embedder(ids)
 
-    def __call__(self, x, mask, positions, response_mask=None, cache=None):
+    def __call__(self, x, mask, positions, response_mask=None, cache=None, layer_params=None):
         """x: float[B, T, d] input embeddings -> float32[B, T, embedding_size] logits.
 
         With `cache` (see `init_cache`) also returns the updated cache: (logits, cache).
+        With `layer_params` (generation: `unstack_layers` of the blocks' params, one tree per layer) and a
+        per-layer cache (`init_cache(..., per_layer=True)`) the layers run as a Python loop on those
+        instead of under nn.scan, whose per-layer dynamic slices copy every weight and the layer's cache
+        on every call (XLA:CPU's matmuls do not read a dynamic slice in place).
         """
-        layer_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
         index = None if cache is None else cache["index"]
-        x, new_cache = self.blocks(x, mask, positions, response_mask, index, layer_cache)
+        if layer_params is None:
+            layer_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+            x, new_cache = self.blocks(x, mask, positions, response_mask, index, layer_cache)
+        else:
+            block = DecoderBlock(self.cfg, self.deterministic, parent=None)
+            updated = []
+            for p, k, v in zip(layer_params, cache["k"], cache["v"], strict=True):
+                x, kv = block.apply({"params": p}, x, mask, positions, response_mask, index, {"k": k, "v": v})
+                updated.append(kv)
+            new_cache = {"k": tuple(kv["k"] for kv in updated), "v": tuple(kv["v"] for kv in updated)}
         x = self.final_norm(x)
         self.sow("intermediates", "final_hidden", x)
         logits = self.lm_head(x).astype(jnp.float32)
@@ -138,9 +150,19 @@ class Decoder(nn.Module):
         return logits, {**new_cache, "index": index + x.shape[1]}
 
 
-def init_cache(cfg, batch: int, max_len: int) -> dict:
-    """An empty KV cache: k/v float[L, B, max_len, K, D] in the compute dtype, write index 0."""
+def init_cache(cfg, batch: int, max_len: int, per_layer: bool = False) -> dict:
+    """An empty KV cache: k/v float[L, B, max_len, K, D] in the compute dtype (`per_layer`: tuples of L
+    float[B, max_len, K, D], for `Decoder(..., layer_params=...)`), write index 0."""
     llm = cfg.llm
-    shape = (llm.n_layers, batch, max_len, llm.n_kv_heads, llm.head_dim)
-    zeros = jnp.zeros(shape, dtype_of(cfg.dtype))
+    shape = (batch, max_len, llm.n_kv_heads, llm.head_dim)
+    if per_layer:
+        zeros = tuple(jnp.zeros(shape, dtype_of(cfg.dtype)) for _ in range(llm.n_layers))
+    else:
+        zeros = jnp.zeros((llm.n_layers, *shape), dtype_of(cfg.dtype))
     return {"k": zeros, "v": zeros, "index": jnp.int32(0)}
+
+
+def unstack_layers(block_params) -> list:
+    """The scanned blocks' params (leading layer axis) as one param tree per layer."""
+    n = jax.tree.leaves(block_params)[0].shape[0]
+    return [jax.tree.map(lambda x, i=i: x[i], block_params) for i in range(n)]

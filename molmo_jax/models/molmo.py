@@ -111,7 +111,7 @@ class Molmo(nn.Module):
     def __call__(self, input_ids: jax.Array, images: jax.Array | None = None,
                  image_masks: jax.Array | None = None, image_input_idx: jax.Array | None = None,
                  position_ids: jax.Array | None = None, subsegment_ids: jax.Array | None = None,
-                 response_mask: jax.Array | None = None, cache: dict | None = None):
+                 response_mask: jax.Array | None = None, cache: dict | None = None, layer_params=None):
         """input_ids: int[B, T] (-1 = padding) -> float32[B, T, embedding_size] logits.
 
         The optional arrays are the preprocessor's: images float[B, C, P, 588], image_masks
@@ -119,6 +119,7 @@ class Molmo(nn.Module):
         response_mask float[B, T] (only read by response-token residual dropout in training).
         With `cache` (from `init_cache`) the tokens are written at the cache's index and
         (logits, updated cache) is returned; position_ids are then required after the first call.
+        `layer_params`: the LLM layers' params unstacked, for a per-layer cache (see `Decoder`).
         """
         valid = input_ids != -1
         t = input_ids.shape[1]
@@ -141,14 +142,15 @@ class Molmo(nn.Module):
         mask = attention_mask(key_valid, t, start, subsegment_ids)
         if cache is None:
             return self.llm(x, mask, position_ids, response_mask)
-        logits, llm_cache = self.llm(x, mask, position_ids, response_mask, cache=cache)
+        logits, llm_cache = self.llm(x, mask, position_ids, response_mask, cache=cache, layer_params=layer_params)
         return logits, {**llm_cache, "valid": key_valid}
 
 
-def init_cache(cfg, batch: int, max_len: int) -> dict:
-    """An empty cache for `Molmo(...)(..., cache=...)`: per-layer k/v float[L, B, max_len, K, D],
-    valid bool[B, max_len] (which columns hold real tokens) and the write index."""
-    return {**llm_init_cache(cfg, batch, max_len), "valid": jnp.zeros((batch, max_len), bool)}
+def init_cache(cfg, batch: int, max_len: int, per_layer: bool = False) -> dict:
+    """An empty cache for `Molmo(...)(..., cache=...)`: per-layer k/v float[L, B, max_len, K, D] (or
+    tuples of L float[B, max_len, K, D]: see `llm.init_cache`), valid bool[B, max_len] (which columns
+    hold real tokens) and the write index."""
+    return {**llm_init_cache(cfg, batch, max_len, per_layer), "valid": jnp.zeros((batch, max_len), bool)}
 
 
 def aux_loss(state: dict) -> jax.Array:
