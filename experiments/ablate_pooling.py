@@ -40,7 +40,7 @@ from etils import epath
 from scipy import stats
 
 from data_pipelines import factory, vocab
-from experiments import ablations, provenance
+from experiments import ablations, image_gain, provenance
 from experiments import main as main_lib
 from molmo_jax import config as config_lib
 from molmo_jax.cli import entry_points
@@ -56,8 +56,13 @@ METRICS = (("capqa_acc", "synthetic_cap_qa", "em", "CapQA accuracy (counts, colo
            ("count_acc", "synthetic_count", "correct", "counting accuracy"),
            ("clock_acc", "synthetic_clocks", "overall_exact", "clock accuracy"),
            ("point_f1", "synthetic_points", "f1", "pointing F1"))
-COLUMNS = tuple(m[0] for m in METRICS) + ("caption_loss",)
-TITLES = {**{column: title for column, *_, title in METRICS}, "caption_loss": "held-out caption loss (lower is better)"}
+# per image_gain task (captions first): the held-out teacher-forced answer loss with the own image and its
+# image gain (the loss with swapped images minus it)
+GAIN_COLUMNS = tuple(f"{task}_{kind}" for task, *_ in image_gain.TASKS for kind in ("loss", "gain"))
+COLUMNS = GAIN_COLUMNS + tuple(m[0] for m in METRICS)
+TITLES = {**{f"{task}_loss": f"{task} loss" for task, *_ in image_gain.TASKS},
+          **{f"{task}_gain": f"{task} image gain" for task, *_ in image_gain.TASKS},
+          **{column: title for column, *_, title in METRICS}}
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -85,6 +90,11 @@ def variant_configs(sweep, variant: dict, seed: int | None = None) -> dict:
     return {stage: variant_config(sweep, variant, stage, seed) for stage in STAGES}
 
 
+def trained_stages(sweep) -> tuple[str, ...]:
+    """The stages the sweep trains (a step budget of 0 skips a stage)."""
+    return tuple(stage for stage in STAGES if sweep[f"{stage}_steps"])
+
+
 def model_stats(model_cfg) -> dict:
     """Image tokens per crop (after pooling), pooled width, parameter counts (all / connector)."""
     params = abstract_params(model_cfg)
@@ -99,7 +109,7 @@ def model_stats(model_cfg) -> dict:
 def fingerprint(sweep, cfgs: dict) -> str:
     """Identifies what a result depends on: the variant's stage configs and the evaluation settings."""
     key = {"cfg": {stage: cfg.to_dict() for stage, cfg in cfgs.items()},
-           "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.caption_batches]}
+           "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.gain_examples]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -135,11 +145,10 @@ class TimedData:
 
 
 def train_variant(sweep, cfgs: dict, tokenizer, vdir: epath.Path) -> tuple[dict, dict]:
-    """Stage 1 (unless sweep.stage1_steps is 0) then stage 2 in vdir/stage*; returns (final state, timings)."""
+    """The trained stages in order in vdir/stage*, each from the last; returns (final state, timings)."""
     timing, init_from = {}, ""
-    for stage, tcfg in cfgs.items():
-        if stage == "stage1" and not sweep.stage1_steps:
-            continue
+    for stage in trained_stages(sweep):
+        tcfg = cfgs[stage]
         tcfg.init_from = str(init_from)
         data = TimedData(factory.make_data(tcfg, tokenizer))
         start = time.perf_counter()
@@ -151,23 +160,29 @@ def train_variant(sweep, cfgs: dict, tokenizer, vdir: epath.Path) -> tuple[dict,
 
 
 def final_loss(vdir: epath.Path) -> float | None:
-    path = vdir / "stage2" / "metrics.jsonl"
+    path = vdir / "metrics.jsonl"
     rows = metrics_log.read(path) if path.exists() else []
     return rows[-1]["loss"] if rows else None
 
 
 def evaluate_variant(sweep, cfgs: dict, params, tokenizer, vdir: epath.Path) -> dict:
+    """The answer loss and image gain of each image_gain task of a trained stage on sweep.gain_examples
+    held-out examples (GAIN_COLUMNS; all of image_gain's numbers under "answer_losses"), and with
+    sweep.eval_examples (stage 2 trained) the METRICS of generated answers."""
     model_cfg = cfgs["stage2"].model
     bundle = MolmoBundle(model_cfg, params, tokenizer, Preprocessor(model_cfg, tokenizer))
     out = {"eval": {}}
-    for column, task, key, _ in METRICS:
+    for column, task, key, _ in METRICS if sweep.eval_examples and sweep.stage2_steps else ():
         r = runner.evaluate(bundle, task, n=sweep.eval_examples, batch_size=sweep.eval_batch,
                             out_dir=vdir / "eval", show=False, max_new_tokens=sweep.max_new_tokens or None,
                             scoring={"count_none_is_zero": True})
         out[column] = r["metrics"][key]
         out["eval"][task] = {"metrics": r["metrics"], "majority_baseline": main_lib.majority_baseline(r),
                              "seconds": r["seconds"]}
-    out["caption_loss"] = main_lib.caption_loss(cfgs["stage1"], params, tokenizer, batches=sweep.caption_batches)
+    tasks = image_gain.held_out_tasks(cfgs, trained_stages(sweep))
+    out["answer_losses"] = image_gain.answer_losses(params, tokenizer, tasks, sweep.gain_examples)
+    for task, r in out["answer_losses"].items():
+        out[f"{task}_loss"], out[f"{task}_gain"] = r["own"], r["gain"]
     return out
 
 
@@ -184,13 +199,15 @@ def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer)
             return {**done, "resumed": True}
         raise RuntimeError(f"{path} was made with another config (fingerprint {done.get('fingerprint')} != {fp}); "
                            "delete that variant directory or use another --workdir")
-    stage1_steps = cfgs["stage1"].optim.steps if sweep.stage1_steps else 0
-    print(f"[{variant['name']} seed {seed}] training {stage1_steps} + {cfgs['stage2'].optim.steps} steps", flush=True)
+    stages = trained_stages(sweep)
+    print(f"[{variant['name']} seed {seed}] training " + " + ".join(f"{cfgs[s].optim.steps} {s}" for s in stages)
+          + " steps", flush=True)
     start = time.perf_counter()
     state, timing = train_variant(sweep, cfgs, tokenizer, vdir)
+    last = timing[stages[-1]]
     result = {"name": variant["name"], "seed": seed, "variant": dict(variant), "fingerprint": fp,
-              **model_stats(cfgs["stage2"].model), "timing": timing, "step_seconds": timing["stage2"]["step_seconds"],
-              "image_tokens_per_row": timing["stage2"]["image_tokens_per_row"], "final_train_loss": final_loss(vdir)}
+              **model_stats(cfgs["stage2"].model), "timing": timing, "step_seconds": last["step_seconds"],
+              "image_tokens_per_row": last["image_tokens_per_row"], "final_train_loss": final_loss(vdir / stages[-1])}
     result.update(evaluate_variant(sweep, cfgs, state["params"], tokenizer, vdir))
     result["seconds"] = time.perf_counter() - start
     result = json.loads(json.dumps(result, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
@@ -228,9 +245,15 @@ def interval(values) -> dict:
     return {"mean": float(x.mean()), "ci95": half, "n": int(len(x))}
 
 
+def columns_of(rows: list[dict]) -> list[str]:
+    """The COLUMNS that runs (or summary rows' "metrics") have, in COLUMNS order."""
+    return [c for c in COLUMNS if c in rows[0].get("metrics", rows[0])]
+
+
 def summarize(results: list[dict], base: str = ablations.BASE_NAME) -> list[dict]:
     """Per variant (in order of appearance): each column's mean and 95% interval over seeds, and the
     paired difference to `base` (per seed the variant minus the base, over the seeds both finished)."""
+    columns = columns_of(results)
     by_name = collections.defaultdict(dict)
     for r in results:
         by_name[r["name"]][r["seed"]] = r
@@ -240,10 +263,10 @@ def summarize(results: list[dict], base: str = ablations.BASE_NAME) -> list[dict
         row = {"name": name, "variant": first["variant"], "seeds": sorted(runs),
                "image_tokens": first["image_tokens"], "pooled_dim": first["pooled_dim"],
                "connector_params": first["connector_params"], "metrics": {}, "difference": {}}
-        for key in ("step_seconds", "image_tokens_per_row", "final_train_loss") + COLUMNS:
+        for key in ("step_seconds", "image_tokens_per_row", "final_train_loss", *columns):
             row["metrics"][key] = interval(r[key] for r in runs.values())
         shared = sorted(set(runs) & set(by_name.get(base, {})))
-        for column in COLUMNS:
+        for column in columns:
             row["difference"][column] = (None if name == base else
                                          interval(runs[s][column] - by_name[base][s][column] for s in shared))
         rows.append(row)
@@ -264,23 +287,25 @@ def _cell(stat: dict | None, signed: bool = False) -> str:
 
 
 def tables(summary: list[dict], majority: dict) -> str:
-    """Two markdown tables: per variant its connector, image tokens, step time and each column's mean ± 95%
-    interval (then the majority-answer row); per variant its paired difference to the base."""
+    """Three markdown tables: per variant its connector, image tokens, parameters and step time; each
+    column's mean ± 95% interval (then the majority-answer row where a generated-answer metric is shown);
+    per variant its paired difference to the base."""
+    columns = columns_of(summary)
     lines = ["| variant | pooling | window | projector | ViT layers | image tokens / crop | image tokens / row "
-             "| connector params | step s | " + " | ".join(TITLES[c] for c in COLUMNS) + " |",
-             "|" + "---|" * (9 + len(COLUMNS))]
+             "| connector params | step s |", "|" + "---|" * 9]
     for r in summary:
         v, m = r["variant"], r["metrics"]
         lines.append(f"| {r['name']} | {v['pooling']} | {v['pool'][0]}x{v['pool'][1]} | {v['projector']} | "
                      f"{tuple(v['vit_layers'])} | {r['image_tokens']} | {_fmt(m['image_tokens_per_row']['mean'], 1)} | "
-                     f"{r['connector_params']:,} | {_fmt(m['step_seconds']['mean'])} | "
-                     + " | ".join(_cell(m[c]) for c in COLUMNS) + " |")
-    lines.append("| majority answer |" + " |" * 8 + " " + " | ".join(_fmt(majority.get(c)) for c in COLUMNS) + " |")
-    lines += ["", f"Difference to {ablations.BASE_NAME} (paired by seed):", "",
-              "| variant | " + " | ".join(TITLES[c] for c in COLUMNS) + " |", "|" + "---|" * (1 + len(COLUMNS))]
-    for r in summary:
-        if r["name"] != ablations.BASE_NAME:
-            lines.append(f"| {r['name']} | " + " | ".join(_cell(r["difference"][c], signed=True) for c in COLUMNS) + " |")
+                     f"{r['connector_params']:,} | {_fmt(m['step_seconds']['mean'])} |")
+    header = ["| variant | " + " | ".join(TITLES[c] for c in columns) + " |", "|" + "---|" * (1 + len(columns))]
+    lines += [""] + header
+    lines += [f"| {r['name']} | " + " | ".join(_cell(r["metrics"][c]) for c in columns) + " |" for r in summary]
+    if any(c in majority for c in columns):
+        lines.append("| majority answer | " + " | ".join(_fmt(majority.get(c)) for c in columns) + " |")
+    lines += ["", f"Difference to {ablations.BASE_NAME} (paired by seed):", ""] + header
+    lines += [f"| {r['name']} | " + " | ".join(_cell(r["difference"][c], signed=True) for c in columns) + " |"
+              for r in summary if r["name"] != ablations.BASE_NAME]
     return "\n".join(lines)
 
 
@@ -299,14 +324,24 @@ def differences_line(summary: list[dict]) -> str:
             + "; ".join(f"{name} {TITLES[c].split(' (')[0]} {_cell(d, signed=True)}" for name, c, d in clear) + ".")
 
 
+def evaluation(sweep) -> str:
+    """What the sweep (a config or its stored dict) measures, in words."""
+    parts = [f"per task (stage-1 captions, stage-2 tasks) the teacher-forced answer loss on "
+             f"{sweep['gain_examples']} held-out examples (nats per answer token, lower is better) and its "
+             "image gain: the same with each image swapped for another example's, minus it (higher: the "
+             "answers use the image more)"]
+    if sweep["eval_examples"]:
+        parts.append(f"generated answers on {sweep['eval_examples']} held-out examples per task")
+    return "; ".join(parts)
+
+
 def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
     budget = (f"stage 1: {'the recipe' if sweep.stage1_steps < 0 else sweep.stage1_steps} steps, stage 2: "
               f"{'the recipe' if sweep.stage2_steps < 0 else sweep.stage2_steps} steps")
     return "\n".join([
         f"# Connector ablation ({sweep.name})", "", f"Made by: `{command}`", "",
         f"PixMo-lite (molmo_jax/recipes, arg {sweep.recipe!r}, overrides {dict(sweep.overrides)}), seeds "
-        f"{tuple(sweep.seeds)}, {budget}; "
-        f"held-out synthetic split, {sweep.eval_examples} examples per task. Cells: mean over seeds ± the "
+        f"{tuple(sweep.seeds)}, {budget}; {evaluation(sweep)}. Cells: mean over seeds ± the "
         f"half-width of its 95% t interval; differences are paired by seed against {ablations.BASE_NAME} "
         "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per stage-2 "
         "train step after compilation on this machine; image tokens per row: mean over the packed "
@@ -314,19 +349,20 @@ def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
 
 
 def plot(summary: list[dict], path: epath.Path):
-    """Per column: each variant's mean with its 95% interval (top) and its paired difference to the base
-    (bottom), variants annotated with image tokens per crop and step time."""
+    """Per column (one row of panels each): every variant's mean with its 95% interval (left) and its
+    paired difference to the base (right), variants annotated with image tokens per crop and step time."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    columns = columns_of(summary)
     names = [r["name"] for r in summary]
     labels = [f"{r['name']} ({r['image_tokens']} tok, {_fmt(r['metrics']['step_seconds']['mean'])} s)" for r in summary]
     y = np.arange(len(summary))
-    fig, axes = plt.subplots(2, len(COLUMNS), figsize=(4 * len(COLUMNS) + 3, 0.45 * len(summary) * 2 + 3),
+    fig, axes = plt.subplots(len(columns), 2, figsize=(11, (0.3 * len(summary) + 1) * len(columns) + 1),
                              sharey=True, squeeze=False)
-    for col, column in enumerate(COLUMNS):
-        for row, (key, title) in enumerate((("metrics", TITLES[column]), ("difference", f"- {ablations.BASE_NAME}"))):
+    for row, column in enumerate(columns):
+        for col, key in enumerate(("metrics", "difference")):
             ax = axes[row, col]
             stats_ = [r[key][column] or {"mean": None, "ci95": None} for r in summary]
             mean = np.array([np.nan if s["mean"] is None else s["mean"] for s in stats_])
@@ -334,13 +370,14 @@ def plot(summary: list[dict], path: epath.Path):
             ax.errorbar(mean, y, xerr=err, fmt="o", capsize=3)
             ax.axvline(0 if key == "difference" else mean[names.index(ablations.BASE_NAME)]
                        if ablations.BASE_NAME in names else np.nan, color="grey", linestyle="--", linewidth=1)
-            ax.set_title(title if row == 0 else f"{TITLES[column].split(' (')[0]} {title}", fontsize=9)
+            title = TITLES[column] if key == "metrics" else f"{TITLES[column].split(' (')[0]} - {ablations.BASE_NAME}"
+            ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
     axes[0, 0].set_yticks(y, labels, fontsize=8)  # shared by every panel
     axes[0, 0].invert_yaxis()
-    fig.suptitle("mean over seeds with 95% intervals (top); paired difference to the released connector (bottom)")
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=90)
+    fig.suptitle("mean over seeds with 95% intervals (left); paired difference to the released connector (right)")
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -351,7 +388,7 @@ def write_outputs(sweep, results: list[dict], out: epath.PathLike, command: str)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     first = results[0]["eval"]
-    majority = {c: first[t]["majority_baseline"] for c, t, _, _ in METRICS}
+    majority = {c: first[t]["majority_baseline"] for c, t, _, _ in METRICS if t in first}
     out.with_suffix(".md").write_text(markdown(sweep, summary, command, majority) + "\n")
     runs = [{k: v for k, v in r.items() if k != "resumed"} for r in results]
     document = {**source, "sweep": sweep.to_dict(), "majority_baseline": majority, "summary": summary, "runs": runs}
@@ -381,8 +418,12 @@ def run(args, argv=None):
     sweep = ablations.get_config(args.arg)
     if args.seeds:
         sweep.seeds = tuple(args.seeds)
+    workdir = epath.Path(args.workdir or f"runs/ablate_pooling_{args.arg}")
+    # the seeds of a variant compile the same programs (train step, evaluation): compile each once
+    jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     start = time.perf_counter()
-    results = run_sweep(sweep, args.workdir or f"runs/ablate_pooling_{args.arg}", tuple(args.only))
+    results = run_sweep(sweep, workdir, tuple(args.only))
     out = args.out or f"experiments/results/ablate_pooling_{args.arg}"
     summary = write_outputs(sweep, results, out, command.strip())
     print(markdown(sweep, summary, command.strip(), {}))

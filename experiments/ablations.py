@@ -82,7 +82,8 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     c.eval_examples = {"quick": 8, "reduced": 16, "full": 64}[arg]  # held-out examples per task
     c.eval_batch = 16
     c.max_new_tokens = 64 if arg == "reduced" else 0  # 0: each task's default budget (192 for pointing)
-    c.caption_batches = 1 if arg == "quick" else 4  # held-out stage-1 batches for the caption loss
+    # held-out examples per task for the teacher-forced answer losses and image gains (experiments/image_gain.py)
+    c.gain_examples = {"quick": 16, "reduced": 64, "full": 64}[arg]
     c.imports = ()  # modules imported first (e.g. ones that call connector.register_pooling)
     c.variants = list({"quick": QUICK_VARIANTS, "reduced": REDUCED_VARIANTS, "full": FULL_VARIANTS}[arg])
     return c

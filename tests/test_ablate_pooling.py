@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import ablate_pooling, ablations
+from experiments import ablate_pooling, ablations, image_gain
 from molmo_jax import config as config_lib
 from molmo_jax.models.connector import Connector
 from molmo_jax.models.molmo import Molmo, dummy_inputs
@@ -32,7 +32,7 @@ ALL_VARIANTS = {v["name"]: v for v in ablations.get_config("full").variants}
 def tiny_sweep(**overrides):
     sweep = ablations.get_config("quick")
     sweep.update({**dict(seeds=(0,), stage1_steps=0, stage2_steps=2, eval_examples=2, eval_batch=2,
-                         max_new_tokens=2, caption_batches=1), **overrides})
+                         max_new_tokens=2, gain_examples=2), **overrides})
     return sweep
 
 
@@ -143,9 +143,13 @@ def test_variant_trains_evaluates_writes_outputs_and_resumes(first_run, tmp_path
     sweep, workdir, (result,) = first_run
     assert result["name"] == "meanq_2x2" and result["seed"] == 0 and not result["resumed"]
     assert result["timing"]["stage2"]["steps_run"] == 2 and "stage1" not in result["timing"]
-    for column in ablate_pooling.COLUMNS:
+    # stage 1 is not trained: no caption columns; every other column is there
+    assert ablate_pooling.columns_of([result]) == [c for c in ablate_pooling.COLUMNS if not c.startswith("caption_")]
+    for column in ablate_pooling.columns_of([result]):
         assert np.isfinite(result[column]), column
     assert all(0 <= result[c] <= 1 for c, *_ in ablate_pooling.METRICS)
+    for task, r in result["answer_losses"].items():  # the gain columns are image_gain's, per task
+        assert result[f"{task}_gain"] == r["swapped"] - r["own"] and r["examples"] == 2, task
     assert result["image_tokens"] == 16 and result["pooled_dim"] == 64
     assert 16 <= result["image_tokens_per_row"] <= 16 * lite_pack_crops()  # 1..pack_crops images per row
     run_dir = workdir / "meanq_2x2" / "seed0"
@@ -165,6 +169,7 @@ def test_variant_trains_evaluates_writes_outputs_and_resumes(first_run, tmp_path
     md = out.with_suffix(".md").read_text()
     assert "`python -m experiments.ablate_pooling --arg quick`" in md.splitlines()[2]
     assert "| meanq_2x2 | attention_meanq | 2x2 | mlp |" in md
+    assert all(ablate_pooling.TITLES[c] in md for c in ablate_pooling.columns_of([result]))
     stored = json.loads(out.with_suffix(".json").read_text())
     assert stored["command"] == "python -m experiments.ablate_pooling --arg quick" and stored["commit"]
     assert [r["name"] for r in stored["summary"]] == ["meanq_2x2", "other"]
@@ -178,7 +183,7 @@ def test_sweep_is_deterministic(first_run, tmp_path):
     sweep, _, (result,) = first_run
     (again,) = ablate_pooling.run_sweep(sweep, tmp_path, ("meanq_2x2",))
     assert not again["resumed"]
-    for key in ("final_train_loss",) + ablate_pooling.COLUMNS:
+    for key in ("final_train_loss", *ablate_pooling.columns_of([result])):
         assert again[key] == result[key], key
     for task, r in result["eval"].items():
         assert again["eval"][task]["metrics"] == r["metrics"], task
@@ -222,12 +227,18 @@ def test_stored_sweep_has_the_columns_the_readme_quotes():
     assert sorted((r["name"], r["seed"]) for r in stored["runs"]) == sorted(
         (name, seed) for name in names for seed in current["seeds"])
     assert all(r["seconds"] > 0 for r in stored["runs"])
-    assert set(stored["majority_baseline"]) == {c for c, *_ in ablate_pooling.METRICS}
+    generated = ({c for c, *_ in ablate_pooling.METRICS} if current["eval_examples"] and current["stage2_steps"]
+                 else set())
+    assert set(stored["majority_baseline"]) == generated
+    columns = ablate_pooling.columns_of(stored["summary"])
+    stages = ablate_pooling.trained_stages(ablations.get_config("reduced"))
+    assert set(columns) == generated | {f"{task}_{kind}" for task, _, stage in image_gain.TASKS if stage in stages
+                                        for kind in ("loss", "gain")}
     for row in stored["summary"]:
         assert len(row["seeds"]) >= 3, row["name"]
-        for key in ("step_seconds", "image_tokens_per_row") + ablate_pooling.COLUMNS:
+        for key in ("step_seconds", "image_tokens_per_row", *columns):
             assert row["metrics"][key]["ci95"] is not None, (row["name"], key)
-        for column in ablate_pooling.COLUMNS:
+        for column in columns:
             assert (row["difference"][column] is None) == (row["name"] == ablations.BASE_NAME)
             if row["name"] != ablations.BASE_NAME:
                 assert row["difference"][column]["n"] == 3 and row["difference"][column]["ci95"] is not None
@@ -237,9 +248,9 @@ def test_stored_sweep_has_the_columns_the_readme_quotes():
     block = readme_tables.ablation_table("ablate_pooling_reduced")
     assert "<!-- generated: ablate_pooling_reduced (tools/readme_tables.py) -->" in (root / "README.md").read_text()
     table_rows = [line for line in block.splitlines() if line.startswith("| ")]
-    for name in names:  # a row in both tables but the base's, which has no difference row
-        assert sum(line.startswith(f"| {name} |") for line in table_rows) == (1 if name == ablations.BASE_NAME else 2)
-    assert all(ablate_pooling.TITLES[c] in block for c in ablate_pooling.COLUMNS)
+    for name in names:  # a row in all three tables but the base's, which has no difference row
+        assert sum(line.startswith(f"| {name} |") for line in table_rows) == (2 if name == ablations.BASE_NAME else 3)
+    assert all(ablate_pooling.TITLES[c] in block for c in columns)
     assert stored["commit"] in block and stored["command"] in block
 
 

@@ -94,8 +94,9 @@ def ablation_table(name: str) -> str:
     return (ablate_pooling.tables(summary, result["majority_baseline"]) + "\n\n"
             + ablate_pooling.differences_line(summary) + "\n\n"
             f"{len(summary)} variants x {len(sweep['seeds'])} seeds; recipe {sweep['recipe']!r}, stage 1: "
-            f"{steps('stage1')} steps, stage 2: {steps('stage2')} steps{overrides}; {sweep['eval_examples']} "
-            f"held-out examples per task; {minutes:.0f} minutes (the runs' seconds, summed); {_source(result)}.\n")
+            f"{steps('stage1')} steps, stage 2: {steps('stage2')} steps{overrides}; "
+            f"{ablate_pooling.evaluation(sweep)}; {minutes:.0f} minutes (the runs' seconds, summed); "
+            f"{_source(result)}.\n")
 
 
 def _si(x: float) -> str:
