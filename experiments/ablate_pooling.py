@@ -1,16 +1,19 @@
 """Connector ablation on PixMo-lite: pooling type x window x projector x ViT layers, several seeds each.
 
     python -m experiments.ablate_pooling --arg quick     # smoke: 3 variants x 2 seeds, 20 steps
-    python -m experiments.ablate_pooling --arg reduced   # 5 pooling types x 3 seeds, 60 stage-2 steps
+    python -m experiments.ablate_pooling --arg reduced   # 4 connectors x 3 seeds, 200 stage-1 steps
     python -m experiments.ablate_pooling --arg full      # 15 variants x 3 seeds, the recipe's own budget
     python -m experiments.ablate_pooling --arg full --only meanq_2x2 --seeds 0   # one run of it (its time)
 
 The sweep (experiments/ablations.py `get_config(arg)`) lists variants and seeds; each (variant, seed) is
 trained with the stage recipes' PixMo-lite configs (molmo_jax/recipes) plus the sweep's and the variant's
 overrides in <workdir>/<variant>/seed<k>/stage*/ (an interrupted run resumes from its checkpoints), then
-evaluated on the held-out synthetic split: CapQA, counting, clock accuracy (hour and minute exact), pointing
-F1 (KV-cache greedy generation, official scorers) and the held-out caption loss. <workdir>/<variant>/seed<k>/
-result.json marks a finished run: a rerun loads it instead of retraining.
+evaluated on the held-out synthetic split: per task of a trained stage (stage 1: captions; stage 2: points,
+counting, clocks, charts, CapQA) the teacher-forced answer loss and its image gain (the loss with the images
+swapped between examples minus it: how much the answers use the image, experiments/image_gain.py), and
+with `eval_examples` the generated answers' CapQA, counting, clock accuracy (hour and minute exact) and
+pointing F1 (KV-cache greedy generation, official scorers). <workdir>/<variant>/seed<k>/result.json marks a
+finished run: a rerun loads it instead of retraining.
 
 Per variant and metric: the mean over seeds with its 95% Student-t interval, and the paired difference to
 the released connector (`ablations.BASE`, same seed = same init key, data and order) with its interval;
