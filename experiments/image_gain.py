@@ -31,7 +31,7 @@ TASKS = (("caption", "synthetic_cap_with_transcripts", "stage1"), ("points", "sy
          ("count", "synthetic_count", "stage2"), ("clocks", "synthetic_clocks", "stage2"),
          ("charts", "synthetic_docs_charts", "stage2"), ("capqa", "synthetic_cap_qa", "stage2"))
 BATCH = 32  # rows per forward pass
-MIN_LENGTH = 64  # each set's rows are padded to the power of two >= its longest example and this
+MIN_LENGTH = 64  # rows are padded to the power of two >= the longest example and this
 
 
 def encode(cfg, tokenizer, source, examples: int) -> tuple[list[dict], int]:
@@ -50,15 +50,15 @@ def encode(cfg, tokenizer, source, examples: int) -> tuple[list[dict], int]:
 
 
 def mean_losses(model_cfg, params, sets: dict[str, list[dict]]) -> dict[str, tuple[float, int]]:
-    """name -> (mean weighted CE per loss token, loss tokens) of each list of encoded examples (a few
-    padded lengths: one compiled forward each)."""
+    """name -> (mean weighted CE per loss token, loss tokens) of each list of encoded examples, all padded
+    to one length (one compiled forward)."""
+    longest = max(MIN_LENGTH, *(len(e["input_tokens"]) for examples in sets.values() for e in examples))
+    seq_len = 2 ** math.ceil(math.log2(longest))
     crops = config_lib.max_total_crops(model_cfg)
     model = Molmo(model_cfg)
     forward = jax.jit(lambda p, b: trainer.loss_sums(p, b, jax.random.key(0), model=model, z_loss=0.0))
     out = {}
     for name, examples in sets.items():
-        longest = max(MIN_LENGTH, *(len(e["input_tokens"]) for e in examples))
-        seq_len = 2 ** math.ceil(math.log2(longest))
         ce = weight = tokens = 0.0
         for start in range(0, len(examples), BATCH):
             batch = trainer.host_batch(preprocess.collate(examples[start:start + BATCH], seq_len, crops))
