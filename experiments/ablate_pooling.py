@@ -346,9 +346,9 @@ def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
         f"PixMo-lite (molmo_jax/recipes, arg {sweep.recipe!r}, overrides {dict(sweep.overrides)}), seeds "
         f"{tuple(sweep.seeds)}, {budget}; {evaluation(sweep)}. Cells: mean over seeds ± the "
         f"half-width of its 95% t interval; differences are paired by seed against {ablations.BASE_NAME} "
-        "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per stage-2 "
-        "train step after compilation on this machine; image tokens per row: mean over the packed "
-        "training rows.", "", tables(summary, majority), "", differences_line(summary)])
+        "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per train "
+        "step of the last trained stage after compilation on this machine; image tokens per row: mean over "
+        "its packed training rows.", "", tables(summary, majority), "", differences_line(summary)])
 
 
 def plot(summary: list[dict], path: epath.Path):
@@ -376,7 +376,9 @@ def plot(summary: list[dict], path: epath.Path):
             title = TITLES[column] if key == "metrics" else f"{TITLES[column].split(' (')[0]} - {ablations.BASE_NAME}"
             ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
-    axes[0, 0].set_yticks(y, labels, fontsize=8)  # shared by every panel
+    axes[0, 0].set_yticks(y, labels)  # shared by every panel
+    for ax in axes[:, 0]:
+        ax.tick_params(axis="y", labelsize=8)
     axes[0, 0].invert_yaxis()
     fig.suptitle("mean over seeds with 95% intervals (left); paired difference to the released connector (right)")
     fig.tight_layout(rect=(0, 0, 1, 0.98))
