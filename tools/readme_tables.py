@@ -13,7 +13,7 @@ and NAME is a key of `TABLES`:
 - main_job: `experiments.main.results_table` of experiments/results/main_job.json (the main job's
   runs/main/summary.json, copied after a run),
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
-- speed_h200, speed_cpu: experiments/results/bench_train_*.json (`python -m experiments.bench_train --out`),
+- speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
 - ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`).
 Each stored result names its commit, command and machine, and the table says them.
 """
@@ -77,9 +77,13 @@ def speed_table(name: str) -> str:
         lines.append(f"| {r['config']} ({r['batch']} x {r['seq_len']}) | {r['dtype']} | "
                      f"{_si(r['ours_tokens_per_s'])} | {_si(r['torch_tokens_per_s'])} | {r['speedup']:.2f} | "
                      f"{_percent(r['ours_fraction_of_peak'])} | {_percent(r['torch_fraction_of_peak'])} |")
+    budget = result["crop_budget"]
     return ("\n".join(lines) + "\n\n"
             f"f32 matmul peak {peak / 1e9:,.0f} GFLOP/s (jitted n^3 matmul), "
-            f"{result['iters']} timed steps; {_source(result)}.\n")
+            f"{result['iters']} timed steps. Crop budget row ({budget['rows']} rows, {budget['crop_slots']} crop "
+            f"slots, {budget['real_crops']} real crops): every slot {budget['every_slot_examples_per_s']:.2f} "
+            f"examples/s, the real crops only {budget['real_crops_only_examples_per_s']:.2f} "
+            f"({budget['speedup']:.2f}x); {_source(result)}.\n")
 
 
 def ablation_table(name: str) -> str:
@@ -109,7 +113,6 @@ def _percent(x: float) -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "main_job": main_job_table,
     "plan": plan_table,
-    "speed_h200": lambda: speed_table("bench_train_h200"),
     "speed_cpu": lambda: speed_table("bench_train_cpu"),
     "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
 }
