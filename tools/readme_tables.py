@@ -14,7 +14,8 @@ and NAME is a key of `TABLES`:
   runs/main/summary.json, copied after a run),
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
 - speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
-- ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`).
+- ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`),
+- hf_export: experiments/results/check_hf_export.json (`python -m experiments.check_hf_export`).
 Each stored result names its commit, command and machine, and the table says them.
 """
 from __future__ import annotations
@@ -102,6 +103,17 @@ def ablation_table(name: str) -> str:
             f"held-out examples per task; {minutes:.0f} minutes (the runs' seconds, summed); {_source(result)}.\n")
 
 
+def hf_export_line() -> str:
+    """The official remote code vs our logits on our `hf_release` exports (experiments/check_hf_export.py)."""
+    result = json.loads((RESULTS / "check_hf_export.json").read_text())
+    runs = result["runs"].values()
+    diffs = ", ".join(f"{r['max_abs_diff']:.1e} ({r['checkpoint'].rsplit('/', 1)[-1]})" for r in runs)
+    crops = "/".join(sorted({str(r["crops"]) for r in runs}))
+    std = "/".join(sorted({f"{r['logit_std']:.1f}" for r in runs}))
+    return (f"Max |difference| of the logits {diffs} on a {crops}-crop image, logit std {std}; transformers "
+            f"{result['transformers']}; {_source(result)}.\n")
+
+
 def _si(x: float) -> str:
     return f"{x / 1e3:.1f}k" if x < 1e5 else f"{x / 1e3:.0f}k"
 
@@ -114,6 +126,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "main_job": main_job_table,
     "plan": plan_table,
     "speed_cpu": lambda: speed_table("bench_train_cpu"),
+    "hf_export": hf_export_line,
     "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
 }
 
