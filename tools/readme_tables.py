@@ -15,7 +15,8 @@ and NAME is a key of `TABLES`:
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
 - speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
 - ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`),
-- hf_export: experiments/results/check_hf_export.json (`python -m experiments.check_hf_export`).
+- hf_export: experiments/results/check_hf_export.json (`python -m experiments.check_hf_export`),
+- soak: experiments/results/soak_*.json (`python -m experiments.soak`).
 Each stored result names its commit, command and machine, and the table says them.
 """
 from __future__ import annotations
@@ -114,6 +115,18 @@ def hf_export_line() -> str:
             f"{result['transformers']}; {_source(result)}.\n")
 
 
+def soak_line(name: str) -> str:
+    """Memory and descriptors of one soak run (experiments/soak.py)."""
+    r = json.loads((RESULTS / f"{name}.json").read_text())
+    (first_step, first_loss), (last_step, last_loss) = r["evals"][0], r["evals"][-1]
+    arenas = f" with MALLOC_ARENA_MAX={r['malloc_arena_max']}" if r.get("malloc_arena_max") else ""
+    return (f"- {r['mode']}{arenas}, {r['steps']:,} steps in {r['seconds']:.0f} s: live device arrays {r['device_mb_start']:.2f} -> "
+            f"{r['device_mb_end']:.2f} MB ({r['device_slope_percent_per_1k_steps']:+.2f}% per 1,000 steps), host "
+            f"RSS {r['rss_mb_start']:.0f} -> {r['rss_mb_end']:.0f} MB ({r['rss_slope_percent_per_1k_steps']:+.2f}% per "
+            f"1,000 steps), open descriptors {r['open_fds_start']} -> {r['open_fds_end']}, held-out loss "
+            f"{first_loss:.2f} at step {first_step} to {last_loss:.3f} at {last_step}; {_source(r)}.\n")
+
+
 def _si(x: float) -> str:
     return f"{x / 1e3:.1f}k" if x < 1e5 else f"{x / 1e3:.0f}k"
 
@@ -127,6 +140,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "plan": plan_table,
     "speed_cpu": lambda: speed_table("bench_train_cpu"),
     "hf_export": hf_export_line,
+    "soak": lambda: "".join(soak_line(n) for n in ("soak_full", "soak_full_malloc_arena_max_2", "soak_quick")),
     "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
 }
 
