@@ -118,13 +118,13 @@ def hf_export_line() -> str:
 def soak_line(name: str) -> str:
     """Memory and descriptors of one soak run (experiments/soak.py)."""
     r = json.loads((RESULTS / f"{name}.json").read_text())
-    (first_step, first_loss), (last_step, last_loss) = r["evals"][0], r["evals"][-1]
+    (_, first_step, first_loss), (_, last_step, last_loss) = r["evals"][0], r["evals"][-1]
     arenas = f" with MALLOC_ARENA_MAX={r['malloc_arena_max']}" if r.get("malloc_arena_max") else ""
     return (f"- {r['mode']}{arenas}, {r['steps']:,} steps in {r['seconds']:.0f} s: live device arrays {r['device_mb_start']:.2f} -> "
             f"{r['device_mb_end']:.2f} MB ({r['device_slope_percent_per_1k_steps']:+.2f}% per 1,000 steps), host "
             f"RSS {r['rss_mb_start']:.0f} -> {r['rss_mb_end']:.0f} MB ({r['rss_slope_percent_per_1k_steps']:+.2f}% per "
-            f"1,000 steps), open descriptors {r['open_fds_start']} -> {r['open_fds_end']}, held-out loss "
-            f"{first_loss:.2f} at step {first_step} to {last_loss:.3f} at {last_step}; {_source(r)}.\n")
+            f"1,000 steps), open descriptors {r['open_fds_start']} -> {r['open_fds_end']}, held-out loss of the "
+            f"checkpoints {first_loss:.2f} (step {first_step}) to {last_loss:.3f} (step {last_step}); {_source(r)}.\n")
 
 
 def _si(x: float) -> str:
