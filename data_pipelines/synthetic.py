@@ -39,6 +39,21 @@ BACKGROUND = (245, 245, 245)
 
 
 @dataclasses.dataclass(frozen=True)
+class SceneStyle:
+    """How scenes are drawn: shape radii uniform in `radius` (fractions of the image side) and 0..max_per_kind
+    shapes of each kind. Shapes that find no free place in 200 tries are left out (a crowded scene of big
+    shapes has fewer objects than drawn counts; its rows and masks describe the shapes placed)."""
+    radius: tuple[float, float] = (1 / 16, 1 / 11)
+    max_per_kind: int = 4
+
+    def __post_init__(self):
+        lo, hi = self.radius
+        if not 0 < lo <= hi < 0.5 or self.max_per_kind < 1:
+            raise ValueError(f"scene style {self}: radius needs 0 < low <= high < 0.5 (fractions of the image "
+                             "side) and max_per_kind >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class Shape:
     """One object of a scene: kind, colour name, centre (x, y) and radius in pixels."""
     kind: str
@@ -66,18 +81,22 @@ def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
 # Drawing
 
 
-def random_scene(rng: np.random.Generator, size: int, max_per_kind: int = 4, max_tries: int = 200) -> list[Shape]:
-    """Non-overlapping shapes: 0..max_per_kind of each kind (at least one shape), random colours."""
-    counts = rng.integers(0, max_per_kind + 1, size=len(SHAPES))
+def random_scene(rng: np.random.Generator, size: int, style: SceneStyle = SceneStyle(),
+                 max_tries: int = 200) -> list[Shape]:
+    """Non-overlapping shapes inside the image (their boxes 2 px apart): 0..style.max_per_kind of each kind (at least one
+    shape), radii in style.radius, random colours."""
+    counts = rng.integers(0, style.max_per_kind + 1, size=len(SHAPES))
     if counts.sum() == 0:
         counts[rng.integers(len(SHAPES))] = 1
     shapes: list[Shape] = []
     for kind, n in zip(SHAPES, counts):
         for _ in range(n):
             for _ in range(max_tries):
-                r = rng.uniform(size / 16, size / 11)
+                r = rng.uniform(*(f * size for f in style.radius))
                 x, y = rng.uniform(r + 1, size - r - 1, size=2)
-                if all((x - s.x) ** 2 + (y - s.y) ** 2 > (r + s.r + 2) ** 2 for s in shapes):
+                # Each shape lies in its box of half-side r: boxes 2 px apart keep square and triangle
+                # corners (r * sqrt(2) from the centre) off their neighbours.
+                if all(max(abs(x - s.x), abs(y - s.y)) > r + s.r + 2 for s in shapes):
                     shapes.append(Shape(kind, str(rng.choice(list(COLORS))), float(x), float(y), float(r)))
                     break
     return shapes
@@ -176,9 +195,9 @@ def transcripts(shapes: list[Shape]) -> list[str]:
     return ["i see " + " and ".join(parts), "so there are " + " and ".join(reversed(parts))]
 
 
-def scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[Shape]]:
+def scene(rng: np.random.Generator, size: int, style: SceneStyle) -> tuple[np.ndarray, list[Shape]]:
     """A random scene and its picture."""
-    shapes = random_scene(rng, size)
+    shapes = random_scene(rng, size, style)
     return draw_scene(shapes, size), shapes
 
 
@@ -230,10 +249,10 @@ def _distinct_values(rng: np.random.Generator) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Tasks: (rng, size, index) -> (image, rows) and the real reader's converter
+# Tasks: (rng, size, index, scene style) -> (image, rows) and the real reader's converter
 
 
-def _clock(rng, size, index):
+def _clock(rng, size, index, style):
     hour, minute = int(rng.integers(1, 13)), 5 * int(rng.integers(12))
     rows = {"example_id": [f"synthetic-{index}"], "watchface_id": ["synthetic"], "watchface_name": ["plain"],
             "watch_time": [f"{hour:02d}:{minute:02d}:00"], "time_format": ["12"], "shows_seconds": [False],
@@ -242,29 +261,29 @@ def _clock(rng, size, index):
 
 
 def _points(method):
-    def make(rng, size, index):
-        image, shapes = scene(rng, size)
+    def make(rng, size, index, style):
+        image, shapes = scene(rng, size, style)
         return image, points_rows(shapes, size, method)
     return make
 
 
-def _count(rng, size, index):
-    image, shapes = scene(rng, size)
+def _count(rng, size, index, style):
+    image, shapes = scene(rng, size, style)
     return image, count_rows(shapes, rng)
 
 
-def _cap(rng, size, index):
-    image, shapes = scene(rng, size)
+def _cap(rng, size, index, style):
+    image, shapes = scene(rng, size, style)
     return image, {"caption": [describe(shapes)], "transcripts": [transcripts(shapes)]}
 
 
-def _cap_qa(rng, size, index):
-    image, shapes = scene(rng, size)
+def _cap_qa(rng, size, index, style):
+    image, shapes = scene(rng, size, style)
     return image, cap_qa_rows(shapes, rng)
 
 
 def _docs(draw):
-    def make(rng, size, index):
+    def make(rng, size, index, style):
         values = _distinct_values(rng)
         return draw(values, size), docs_rows(values, index, rng)
     return make
@@ -272,7 +291,7 @@ def _docs(draw):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    make: Callable[[np.random.Generator, int, int], tuple[np.ndarray, dict[str, list]]]
+    make: Callable[[np.random.Generator, int, int, SceneStyle], tuple[np.ndarray, dict[str, list]]]
     convert: Callable[[dict[str, list], Any], dict[str, Any]]
     schema: str  # the `pixmo.SCHEMAS` entry its rows follow
 
@@ -300,11 +319,13 @@ STAGE2_TASKS = tuple(t for t in TASKS if t != STAGE1_TASK)  # the tasks of `mixt
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSource:
-    """`size` examples of one task (a `pixmo.Source`); images are `image_size` px squares."""
+    """`size` examples of one task (a `pixmo.Source`); images are `image_size` px squares, scenes drawn in
+    `style`."""
     task: str
     size: int = 10_000
     seed: int = 0
     image_size: int = 112
+    style: SceneStyle = SceneStyle()
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -317,7 +338,7 @@ class SyntheticSource:
         """The image and the hub-schema rows of example `index`."""
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} examples")
-        return TASKS[self.task].make(task_rng(self.seed, self.task, index), self.image_size, index)
+        return TASKS[self.task].make(task_rng(self.seed, self.task, index), self.image_size, index, self.style)
 
     def get(self, index: int, rng) -> dict[str, Any]:
         image, rows = self.rows(index)
@@ -330,26 +351,37 @@ class SyntheticSource:
         regenerated from its seed (scene tasks draw the scene first): the pixels the generator paints for
         each, the pointing eval's object masks. None when the scene does not redraw `image` exactly (a
         task without a scene)."""
-        shapes = random_scene(task_rng(self.seed, self.task, index), self.image_size)
+        shapes = random_scene(task_rng(self.seed, self.task, index), self.image_size, self.style)
         if not np.array_equal(draw_scene(shapes, self.image_size), image):
             return None
         centres = np.array([[s.x, s.y] for s in shapes]).reshape(-1, 2)
         return centres, [(draw_scene([s], self.image_size) != BACKGROUND).any(-1) for s in shapes]
 
 
-def sources(size: int = 10_000, seed: int = 0, image_size: int = 112,
-            tasks: tuple[str, ...] = STAGE2_TASKS) -> dict[str, SyntheticSource]:
+def sources(size: int = 10_000, seed: int = 0, image_size: int = 112, tasks: tuple[str, ...] = STAGE2_TASKS,
+            style: SceneStyle = SceneStyle()) -> dict[str, SyntheticSource]:
     """One source per task, named `synthetic_<task>` (the names `mixtures.SYNTHETIC_MIXTURE` uses)."""
-    return {f"synthetic_{t}": SyntheticSource(t, size, seed, image_size) for t in tasks}
+    return {f"synthetic_{t}": SyntheticSource(t, size, seed, image_size, style) for t in tasks}
+
+
+def config_style(data_cfg) -> SceneStyle:
+    """The scene style of a config's data section (`data.pixmo_lite_shape_radius`, `pixmo_lite_max_per_kind`)."""
+    return SceneStyle(tuple(data_cfg.pixmo_lite_shape_radius), data_cfg.pixmo_lite_max_per_kind)
 
 
 HELD_OUT_SEED = 12345  # generator seed of the held-out sets (training uses the recipes' `data.pixmo_lite_seed`)
 HELD_OUT_SIZE = 1000  # examples of a held-out set
 
 
-def held_out_source(name: str, image_size: int = 112) -> SyntheticSource:
-    """The held-out PixMo-lite set `name` ("synthetic_<task>"), the eval runner's tasks of that name."""
+def held_out_source(name: str, image_size: int = 112, style: SceneStyle = SceneStyle()) -> SyntheticSource:
+    """The held-out PixMo-lite set `name` ("synthetic_<task>"), the eval runner's tasks of that name; a model
+    trained on another scene style is evaluated on held-out scenes of its own `style`."""
     task = name.removeprefix("synthetic_")
     if not name.startswith("synthetic_") or task not in TASKS:
         raise KeyError(f"unknown PixMo-lite set {name!r}; known: {sorted('synthetic_' + t for t in TASKS)}")
-    return SyntheticSource(task, HELD_OUT_SIZE, HELD_OUT_SEED, image_size)
+    return SyntheticSource(task, HELD_OUT_SIZE, HELD_OUT_SEED, image_size, style)
+
+
+def config_held_out_source(name: str, data_cfg) -> SyntheticSource:
+    """The held-out set `name` drawn as a config's PixMo-lite data is (its image size and scene style)."""
+    return held_out_source(name, data_cfg.pixmo_lite_image_size, config_style(data_cfg))

@@ -42,7 +42,7 @@ from absl import logging
 from etils import epath
 from scipy import stats
 
-from data_pipelines import factory, vocab
+from data_pipelines import factory, synthetic, vocab
 from experiments import ablations, image_gain, provenance
 from experiments import main as main_lib
 from molmo_jax import config as config_lib
@@ -176,7 +176,8 @@ def evaluate_variant(sweep, cfgs: dict, params, tokenizer, vdir: epath.Path) -> 
     bundle = MolmoBundle(model_cfg, params, tokenizer, Preprocessor(model_cfg, tokenizer))
     out = {"eval": {}}
     for column, task, key, _ in METRICS if sweep.eval_examples and sweep.stage2_steps else ():
-        r = runner.evaluate(bundle, task, n=sweep.eval_examples, batch_size=sweep.eval_batch,
+        r = runner.evaluate(bundle, synthetic.config_held_out_source(task, cfgs["stage2"].data), task,
+                            n=sweep.eval_examples, batch_size=sweep.eval_batch,
                             out_dir=vdir / "eval", show=False, max_new_tokens=sweep.max_new_tokens or None,
                             scoring={"count_none_is_zero": True})
         out[column] = r["metrics"][key]

@@ -13,6 +13,7 @@ import shlex
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +40,13 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) 
     args.command = shlex.join(["python", "-m", f"experiments.{Path(script).stem}", *argv])
     args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return args
+
+
+def stub_torchvision_ops() -> None:
+    """Lets transformers (and the official code) import torchvision beside a torch build its compiled ops do
+    not load with: `torchvision._meta_registrations` is stubbed; nothing run here calls those ops. Call it
+    before the first transformers import."""
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
 
 
 def torch_device() -> str:

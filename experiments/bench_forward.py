@@ -33,18 +33,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-import types
 from pathlib import Path
 from typing import Callable
 
-sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+from experiments import bench_common
+
+bench_common.stub_torchvision_ops()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from experiments import bench_common  # noqa: E402
 from molmo_jax import checkpoints, config, convert_base  # noqa: E402
 from molmo_jax.models.molmo import Molmo  # noqa: E402
 

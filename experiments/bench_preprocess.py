@@ -71,7 +71,7 @@ def _load(name: str, path: str):
 
 def import_official(src: str):
     """(model_preprocessor, data_formatter, tokenizer) modules of the official code, heavy deps stubbed."""
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    bench_common.stub_torchvision_ops()
     pkg = os.path.join(src, "olmo")
     _stub("olmo", __path__=[pkg])
     _stub("olmo.data", __path__=[os.path.join(pkg, "data")])

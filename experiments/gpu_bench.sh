@@ -3,9 +3,8 @@
 # device call's 10 minutes (the timeouts below add up to 580 s):
 #   1. bench_train --molmo: the Molmo-7B-D-shaped train step (ViT-L/14 336 px on one image's 13 crops, 2x2
 #      attention pooling, as many Qwen2-7B-width decoder layers as fit, two packed 2304-token rows, bf16),
-#      full remat and dots_no_batch; tokens/s and MFU against the spec bf16 peak; plus the tiny / small /
-#      the tiny row against transformers' Qwen2 (small / medium: experiments/results/bench_train_h200.json)
-#      and the crop-budget row;
+#      full remat and dots_no_batch; tokens/s and MFU against the spec bf16 peak; plus the tiny row
+#      against transformers' Qwen2 and the crop-budget row;
 #   2. bench_moe: ragged_dot (GPU grouped kernel) vs the dense-dispatch path vs transformers' OLMoE block;
 #   3. bench_forward / bench_generate --quick (text rows vs transformers);
 #   4. one jax.profiler trace of the Molmo row (its top ops: tools/ or TensorBoard's profile plugin).

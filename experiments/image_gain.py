@@ -71,8 +71,8 @@ def mean_losses(model_cfg, params, sets: dict[str, list[dict]]) -> dict[str, tup
 
 def held_out_tasks(cfgs: dict, stages: tuple[str, ...] = ("stage1", "stage2")) -> dict[str, tuple]:
     """name -> (training config, held-out source) of the TASKS of `stages`; `cfgs`: stage -> PixMo-lite
-    training config (its model, formatting and image size)."""
-    return {name: (cfgs[stage], synthetic.held_out_source(held_out, cfgs[stage].data.pixmo_lite_image_size))
+    training config (its model, formatting, image size and scene style)."""
+    return {name: (cfgs[stage], synthetic.config_held_out_source(held_out, cfgs[stage].data))
             for name, held_out, stage in TASKS if stage in stages}
 
 

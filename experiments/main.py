@@ -120,7 +120,7 @@ def evaluate(cfg, params, tokenizer, out_dir: epath.Path, eval_examples: int) ->
     results = {}
     score = dict(n=eval_examples, batch_size=16, show=False, scoring={"count_none_is_zero": True})
     for task in EVAL_TASKS:
-        source = synthetic.held_out_source(task, cfg.data.pixmo_lite_image_size)
+        source = synthetic.config_held_out_source(task, cfg.data)
         result = runner.evaluate(bundle, source, task, out_dir=out_dir, **score)
         swapped = runner.evaluate(bundle, SwappedImages(source), task, **score)["metrics"]
         results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result),

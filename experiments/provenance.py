@@ -13,13 +13,14 @@ from pathlib import Path
 import jax
 
 
-def commit() -> str:
-    """The checkout's commit (short hash, "+dirty" with uncommitted changes), or "unknown" outside git."""
-    root = Path(__file__).resolve().parents[1]
+def commit(root: Path = Path(__file__).resolve().parents[1]) -> str:
+    """The checkout's commit (short hash, "+dirty" with uncommitted changes to anything but stored results and
+    Markdown) in the checkout at `root`, or "unknown" outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)experiments/results", ":(exclude)*.md"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -98,16 +98,18 @@ class Probe:
         if step % self.sample_every == 0 or step == 1:
             self.samples.append((step, rss_bytes(), device_bytes(), open_fds()))
         if step % self.eval_every == 0:
-            self.evals.append((step, self.evaluate()))
+            self.evals.append((step, *self.evaluate()))
         return next(self.data)
 
-    def evaluate(self) -> float | None:
-        """Mean held-out loss of the latest committed checkpoint (None before the first)."""
-        if not any(p.name.isdigit() for p in self.checkpoints.glob("*")):
-            return None
+    def evaluate(self) -> tuple[int | None, float | None]:
+        """(step, mean held-out loss) of the latest committed checkpoint ((None, None) before the first); an
+        async save still in flight is not committed, so the step can lag the training step by a save or two."""
+        committed = [int(p.name) for p in self.checkpoints.glob("*") if p.name.isdigit()]
+        if not committed:
+            return None, None
         params = io.load_params(self.checkpoints, self.model_cfg, self.mesh)
         sums = [jax.device_get(self.loss(params, b)) for b in self.held_out]
-        return float(sum(s[0].sum() for s in sums) / sum(s[1] for s in sums))
+        return max(committed), float(sum(s[0].sum() for s in sums) / sum(s[1] for s in sums))
 
     def get_state(self):
         return self.data.get_state()
@@ -185,7 +187,7 @@ def main(argv=None):
     out.write_text(json.dumps(result, indent=1))
     plot(result, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k not in ("samples", "evals")}, indent=1))
-    print(f"evaluations (step, held-out loss): {result['evals']}")
+    print(f"evaluations (training step, checkpoint step, held-out loss): {result['evals']}")
     flat = all(abs(result[k]) < 1.0 for k in ("rss_slope_percent_per_1k_steps", "device_slope_percent_per_1k_steps"))
     print(f"{'flat' if flat else 'NOT flat'}: target |slope| < 1% of the start per 1,000 steps; report in {out}")
 

@@ -8,6 +8,7 @@ import importlib
 import json
 import math
 import pathlib
+import subprocess
 
 import pytest
 import torch
@@ -47,3 +48,23 @@ def test_benchmark_smoke(name, tmp_path):
     if name == "bench_moe":  # both MoE paths timed, the backend's pick recorded
         assert all(r["ragged_tokens_per_s"] > 0 and r["dense_tokens_per_s"] > 0 and r["auto_path"] == "dense"
                    for r in result["rows"])
+
+
+def test_commit_is_dirty_for_code_changes_only(tmp_path):
+    """Rewriting a stored result or the README does not mark the commit "+dirty"; a code change does."""
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                                       check=True, capture_output=True)
+    (tmp_path / "experiments" / "results").mkdir(parents=True)
+    files = {"experiments/results/r.json": "{}", "README.md": "a", "code.py": "x = 1"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    clean = provenance.commit(tmp_path)
+    assert clean and "+dirty" not in clean
+    (tmp_path / "experiments/results/r.json").write_text('{"new": 1}')
+    (tmp_path / "README.md").write_text("b")
+    assert provenance.commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2")
+    assert provenance.commit(tmp_path) == clean + "+dirty"

@@ -1,4 +1,5 @@
 """PixMo-lite: determinism, hub schemas, correctness of the rendered answers, tokenizer, preprocessing."""
+import itertools
 import json
 import re
 
@@ -118,3 +119,53 @@ def test_every_task_preprocesses():
         out = pre.from_example(synthetic.SyntheticSource(task, size=2, image_size=56).get(1, _rng()),
                                for_inference=False, is_training=True, rng=_rng())
         assert out["loss_masks"].sum() > 0 and out["images"].shape[0] == 1
+
+
+BIG = synthetic.SceneStyle(radius=(1 / 8, 1 / 6), max_per_kind=2)
+
+
+@pytest.mark.parametrize("style", [synthetic.SceneStyle(), BIG, synthetic.SceneStyle((0.2, 0.3), 2)],
+                         ids=["default", "lite", "crowded"])
+def test_scene_style_keeps_scenes_valid(style):
+    """Shapes lie inside the image, their boxes 2 px apart, radii and per-kind counts as the style says; the rows (points,
+    counts) and the held-out set's object masks describe exactly the shapes drawn."""
+    size, lo, hi = 112, style.radius[0] * 112, style.radius[1] * 112
+    for source in (synthetic.SyntheticSource("points", 40, 0, size, style),
+                   synthetic.held_out_source("synthetic_points", size, style)):
+        for i in range(40):
+            image, rows = source.rows(i)
+            shapes = synthetic.random_scene(synthetic.task_rng(source.seed, "points", i), size, style)
+            assert shapes and all(lo <= s.r <= hi and s.r < s.x < size - s.r and s.r < s.y < size - s.r
+                                  for s in shapes)
+            for a, b in itertools.combinations(shapes, 2):
+                assert max(abs(a.x - b.x), abs(a.y - b.y)) > a.r + b.r + 2
+            assert rows["count"] == [sum(s.kind == k for s in shapes) for k in synthetic.SHAPES]
+            assert max(rows["count"]) <= style.max_per_kind
+            centres, masks = source.object_masks(i, image)
+            assert len(masks) == sum(rows["count"]) == len(shapes)
+            # Disjoint masks that cover the painted pixels: no shape hides part of another.
+            assert sum(m.sum() for m in masks) == (image != synthetic.BACKGROUND).any(-1).sum()
+            assert all(mask[int(y), int(x)] for (x, y), mask in zip(centres, masks))  # centres are painted
+            gold = sorted((p["x"], p["y"]) for pts in rows["points"] for p in pts)
+            np.testing.assert_allclose(gold, sorted(map(tuple, 100 * centres / size)))
+    count = synthetic.SyntheticSource("count", 20, 0, size, style)
+    for i in range(20):
+        image, rows = count.rows(i)
+        centres, masks = count.object_masks(i, image)
+        xs = rows["points"][0]["x"]
+        assert 1 <= rows["count"][0] == len(xs) <= style.max_per_kind
+        assert set(xs) <= set(centres[:, 0])
+
+
+def test_scene_style_rejects_bad_values_and_comes_from_the_config():
+    with pytest.raises(ValueError, match="radius"):
+        synthetic.SceneStyle((0.3, 0.2))
+    with pytest.raises(ValueError, match="max_per_kind"):
+        synthetic.SceneStyle(max_per_kind=0)
+    lite = stage2.get_config("lite").data
+    assert synthetic.config_style(lite) == synthetic.SceneStyle(lite.pixmo_lite_shape_radius,
+                                                                lite.pixmo_lite_max_per_kind)
+    assert synthetic.config_style(stage1.get_config("tiny").data) == synthetic.SceneStyle()
+    held_out = synthetic.config_held_out_source("synthetic_points", lite)  # what the main job evaluates on
+    assert (held_out.style, held_out.seed, held_out.image_size) == (synthetic.config_style(lite),
+                                                                    synthetic.HELD_OUT_SEED, lite.pixmo_lite_image_size)

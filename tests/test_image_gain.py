@@ -38,7 +38,7 @@ class OneImage:
 
 def test_answer_loss_is_the_models_mean_answer_token_loss(setup):
     cfg, tokenizer, params = setup
-    source = synthetic.held_out_source("synthetic_count", cfg.data.pixmo_lite_image_size)
+    source = synthetic.config_held_out_source("synthetic_count", cfg.data)
     examples, failed = image_gain.encode(cfg, tokenizer, source, 3)
     assert failed == 0 and len(examples) == 3
     (loss, tokens), = image_gain.mean_losses(cfg.model, params, {"count": examples}).values()
@@ -58,7 +58,7 @@ def test_answer_loss_is_the_models_mean_answer_token_loss(setup):
 
 def test_gain_is_zero_when_the_swapped_image_is_the_same(setup):
     cfg, tokenizer, params = setup
-    source = synthetic.held_out_source("synthetic_count", cfg.data.pixmo_lite_image_size)
+    source = synthetic.config_held_out_source("synthetic_count", cfg.data)
     out = image_gain.answer_losses(params, tokenizer, {"same": (cfg, OneImage(source)), "count": (cfg, source)}, 4)
     same, count = out["same"], out["count"]
     assert same["gain"] == 0.0 and same["own"] == same["swapped"] and same["examples"] == 4

@@ -13,8 +13,10 @@ and NAME is a key of `TABLES`:
 - main_job: `experiments.main.results_table` of experiments/results/main_job.json (the main job's
   runs/main/summary.json, copied after a run),
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
-- speed_h200, speed_cpu: experiments/results/bench_train_*.json (`python -m experiments.bench_train --out`),
-- ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`).
+- speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
+- ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`),
+- hf_export: experiments/results/check_hf_export.json (`python -m experiments.check_hf_export`),
+- soak: experiments/results/soak_*.json (`python -m experiments.soak`).
 Each stored result names its commit, command and machine, and the table says them.
 """
 from __future__ import annotations
@@ -77,9 +79,13 @@ def speed_table(name: str) -> str:
         lines.append(f"| {r['config']} ({r['batch']} x {r['seq_len']}) | {r['dtype']} | "
                      f"{_si(r['ours_tokens_per_s'])} | {_si(r['torch_tokens_per_s'])} | {r['speedup']:.2f} | "
                      f"{_percent(r['ours_fraction_of_peak'])} | {_percent(r['torch_fraction_of_peak'])} |")
+    budget = result["crop_budget"]
     return ("\n".join(lines) + "\n\n"
             f"f32 matmul peak {peak / 1e9:,.0f} GFLOP/s (jitted n^3 matmul), "
-            f"{result['iters']} timed steps; {_source(result)}.\n")
+            f"{result['iters']} timed steps. Crop budget row ({budget['rows']} rows, {budget['crop_slots']} crop "
+            f"slots, {budget['real_crops']} real crops): every slot {budget['every_slot_examples_per_s']:.2f} "
+            f"examples/s, the real crops only {budget['real_crops_only_examples_per_s']:.2f} "
+            f"({budget['speedup']:.2f}x); {_source(result)}.\n")
 
 
 def ablation_table(name: str) -> str:
@@ -99,6 +105,29 @@ def ablation_table(name: str) -> str:
             f"{_source(result)}.\n")
 
 
+def hf_export_line() -> str:
+    """The official remote code vs our logits on our `hf_release` exports (experiments/check_hf_export.py)."""
+    result = json.loads((RESULTS / "check_hf_export.json").read_text())
+    runs = result["runs"].values()
+    diffs = ", ".join(f"{r['max_abs_diff']:.1e} ({r['checkpoint'].rsplit('/', 1)[-1]})" for r in runs)
+    crops = "/".join(sorted({str(r["crops"]) for r in runs}))
+    std = "/".join(sorted({f"{r['logit_std']:.1f}" for r in runs}))
+    return (f"Max |difference| of the logits {diffs} on a {crops}-crop image, logit std {std}; transformers "
+            f"{result['transformers']}; {_source(result)}.\n")
+
+
+def soak_line(name: str) -> str:
+    """Memory and descriptors of one soak run (experiments/soak.py)."""
+    r = json.loads((RESULTS / f"{name}.json").read_text())
+    (_, first_step, first_loss), (_, last_step, last_loss) = r["evals"][0], r["evals"][-1]
+    arenas = f" with MALLOC_ARENA_MAX={r['malloc_arena_max']}" if r.get("malloc_arena_max") else ""
+    return (f"- {r['mode']}{arenas}, {r['steps']:,} steps in {r['seconds']:.0f} s: live device arrays {r['device_mb_start']:.2f} -> "
+            f"{r['device_mb_end']:.2f} MB ({r['device_slope_percent_per_1k_steps']:+.2f}% per 1,000 steps), host "
+            f"RSS {r['rss_mb_start']:.0f} -> {r['rss_mb_end']:.0f} MB ({r['rss_slope_percent_per_1k_steps']:+.2f}% per "
+            f"1,000 steps), open descriptors {r['open_fds_start']} -> {r['open_fds_end']}, held-out loss of the "
+            f"checkpoints {first_loss:.2f} (step {first_step}) to {last_loss:.3f} (step {last_step}); {_source(r)}.\n")
+
+
 def _si(x: float) -> str:
     return f"{x / 1e3:.1f}k" if x < 1e5 else f"{x / 1e3:.0f}k"
 
@@ -110,8 +139,9 @@ def _percent(x: float) -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "main_job": main_job_table,
     "plan": plan_table,
-    "speed_h200": lambda: speed_table("bench_train_h200"),
     "speed_cpu": lambda: speed_table("bench_train_cpu"),
+    "hf_export": hf_export_line,
+    "soak": lambda: "".join(soak_line(n) for n in ("soak_full", "soak_full_malloc_arena_max_2", "soak_quick")),
     "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
 }
 

@@ -16,6 +16,10 @@ from molmo_jax.recipes import common
 SCALES = {"quick": 1, "long": 4, "smoke": 0}  # step multiplier; 0: 2 steps per stage
 STAGE_STEPS = {1: 250, 2: 1500}  # at scale 1
 IMAGE_SIZE = 112
+# Scene shapes of radius 14-19 px (1/8-1/6 of the side), at most 2 per kind: the tiny ViT (14 px patches)
+# tells the generator's default 7-10 px circles, squares and triangles apart barely above chance.
+SHAPE_RADIUS = (1 / 8, 1 / 6)
+MAX_PER_KIND = 2
 TRAIN_EXAMPLES = 20_000  # per synthetic task (examples are generated on the fly)
 BATCH = 8  # rows of SEQ_LEN tokens; packed, about 18 examples per step
 SEQ_LEN = 192
@@ -65,7 +69,8 @@ def configure(c, stage: int, arg: str = "lite") -> ml_collections.ConfigDict:
     common.set_stage_formatting(c.model, stage)
     c.optim.lr = common.per_component(connector=IMAGE_LR, vit=IMAGE_LR, llm=LR)
     c.data.update(kind="pixmo_lite", global_batch=BATCH, seq_len=SEQ_LEN, pack_crops=PACK_CROPS,
-                  pixmo_lite_size=TRAIN_EXAMPLES, pixmo_lite_seed=SEED, pixmo_lite_image_size=IMAGE_SIZE)
+                  pixmo_lite_size=TRAIN_EXAMPLES, pixmo_lite_seed=SEED, pixmo_lite_image_size=IMAGE_SIZE,
+                  pixmo_lite_shape_radius=SHAPE_RADIUS, pixmo_lite_max_per_kind=MAX_PER_KIND)
     c.mesh = (1, 1, 1)
     c.seed = SEED
     set_steps(c, STAGE_STEPS[stage] * SCALES[scale] or 2)

@@ -95,6 +95,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     d.pixmo_lite_size = 10_000  # "pixmo_lite": examples per task
     d.pixmo_lite_seed = 0  # "pixmo_lite": generator seed (another seed = other examples, e.g. held out)
     d.pixmo_lite_image_size = 112  # "pixmo_lite": image side in pixels
+    d.pixmo_lite_shape_radius = (1 / 16, 1 / 11)  # "pixmo_lite": scene shape radii, fractions of the image side
+    d.pixmo_lite_max_per_kind = 4  # "pixmo_lite": at most this many shapes of each kind in a scene
 
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
     c.seed = 6198
