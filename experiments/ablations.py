@@ -64,7 +64,7 @@ REDUCED_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "attent
 
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     """arg "quick" (smoke: 3 variants x 2 seeds, 20 stage-2 steps), "reduced" (4 variants x 3 seeds, stage 1
-    only, 200 steps, held-out caption loss and image gain: about 30 minutes on 2 idle CPU cores) or "full"
+    only, 200 steps, held-out caption loss and image gain: 16 minutes on this 2-core CPU at load 5-8) or "full"
     (15 variants x 3 seeds, the recipe's stage 1 + stage 2 budget, 64 examples per task)."""
     if arg not in ("quick", "reduced", "full"):
         raise ValueError(f"ablations.get_config({arg!r}): arg must be 'quick', 'reduced' or 'full'")
@@ -73,9 +73,10 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     c.recipe = "lite"  # the stage recipes' arg: model, data, optimizer
     c.seeds = (0, 1) if arg == "quick" else (0, 1, 2)
     # -1: the recipe's budget; 0: the stage is not trained (stage 2 then starts from random init). On the
-    # lite recipe the image path is learned in stage 1 (held-out caption image gain 0.0007 / 0.0055 / 0.07 /
-    # 0.14 nats per token after 50 / 100 / 150 / 250 steps) while 200 stage-2 steps from random init leave
-    # every stage-2 task's gain at 0 (experiments/image_gain.py): the reduced sweep trains stage 1 only
+    # lite recipe the image path is learned in stage 1 (probed before its scene style changed: held-out
+    # caption image gain 0.0007 / 0.0055 / 0.07 / 0.14 nats per token after 50 / 100 / 150 / 250 steps) while
+    # the stage-2 tasks' gains stay under 0.001 for 200 stage-2 steps and need the recipe's 1,500
+    # (experiments/image_gain.py; the README's "Ablate the connector"): the reduced sweep trains stage 1 only
     c.stage1_steps = {"quick": 0, "reduced": 200, "full": -1}[arg]
     c.stage2_steps = {"quick": 20, "reduced": 0, "full": -1}[arg]
     c.overrides = ()  # (dotted config field, value) pairs for every variant

@@ -223,7 +223,10 @@ def test_stored_sweep_has_the_columns_the_readme_quotes():
     assert stored["sweep"] == current, "stale: rerun the README's --arg reduced command"
     names = [v["name"] for v in current["variants"]]
     assert [r["name"] for r in stored["summary"]] == names
-    assert {r["variant"]["pooling"] for r in stored["summary"]} == {v["pooling"] for v in ALL_VARIANTS.values()}
+    # the README reads it as image tokens per crop 64 / 16 / 4 and, at 16, the first patch vs the mean as query
+    assert sorted(r["image_tokens"] for r in stored["summary"]) == [4, 16, 16, 64]
+    assert {r["variant"]["pooling"] for r in stored["summary"] if r["image_tokens"] == 16} == {"attention_meanq",
+                                                                                               "attention"}
     assert sorted((r["name"], r["seed"]) for r in stored["runs"]) == sorted(
         (name, seed) for name in names for seed in current["seeds"])
     assert all(r["seconds"] > 0 for r in stored["runs"])
