@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -30,6 +31,22 @@ def arg_parser(doc: str) -> argparse.ArgumentParser:
                       help="the smallest size, one timed call: checks the benchmark runs (times mean nothing)")
     parser.add_argument("--out", help="write the results as JSON here (a local or gs:// path)")
     return parser
+
+
+def add_threads_flag(parser: argparse.ArgumentParser):
+    """--threads: the CPU threads of both frameworks (default: every core)."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU threads of torch and XLA (1: both single-threaded, the fair comparison on a "
+                             "machine other jobs load; default: every core)")
+
+
+def set_threads(threads: int):
+    """torch's intra-op threads = `threads`; with 1, XLA:CPU's too (`--xla_cpu_multi_thread_eigen=false`).
+    Call before JAX's first computation (the flag is read when the CPU backend starts)."""
+    import torch
+    torch.set_num_threads(threads)
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:

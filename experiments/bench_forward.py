@@ -9,7 +9,8 @@ ViT geometry with a 256-wide 6-layer ViT, LLM 512 wide x 8 layers, Qwen2 family)
          only with --official-src
 Each timing is the median of several runs after a warm-up (ours: after compilation); ours and the
 reference take turns, so a shared machine's changing load affects both alike. torch uses as many
-threads as the machine has cores, as XLA's CPU backend does. Each row also records the max |logit
+threads as the machine has cores, as XLA's CPU backend does (`--threads 1`: one each, the comparison that
+survives other jobs' load: PyTorch's threads collapse under it). Each row also records the max |logit
 difference| to its reference, so a throughput is only compared between models that compute the same thing.
 JSON (--out): per-row numbers and top-level "speedup" = min over rows of ours / reference throughput.
 
@@ -31,7 +32,6 @@ torchvision's compiled ops do not load beside this torch build; the official mod
 from __future__ import annotations
 
 import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -178,9 +178,10 @@ def print_table(rows: list[dict]):
 def main(argv=None) -> dict:
     parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text prefill rows")
+    bench_common.add_threads_flag(parser)
     args = bench_common.parse(parser, argv, __file__)
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
+    threads = args.threads
+    bench_common.set_threads(threads)
     configs, repeats = {"smoke": (["tiny"], 1), "quick": (CONFIGS, 5), "full": (CONFIGS, 15)}[args.mode]
     rows = [r for name in configs for r in bench_config(name, repeats, args.official_src)]
     print_table(rows)

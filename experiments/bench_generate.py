@@ -20,17 +20,17 @@ With the official reference: the separate transformers-4.46.3 venv of bench_forw
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from experiments import bench_common, bench_forward  # bench_forward stubs torchvision before transformers loads
 from experiments.bench_forward import build_models, official_model, prefill_inputs
 
+import ml_collections
 import numpy as np
 import torch
 import transformers
 
-from molmo_jax.decoding import Sampling, generate
+from molmo_jax.decoding import Sampling, generate, generation_params
 
 PROMPT = 64  # prompt tokens of the text rows (one length bucket: no padding)
 OFFICIAL_TOKENIZER = bench_forward.OFFICIAL_TEMPLATE.parent / "base_tokenizer"
@@ -39,6 +39,8 @@ Generator = Callable[[int], np.ndarray]  # new-token count -> int[B, n] generate
 
 
 def ours(cfg, params, inputs: dict[str, np.ndarray]) -> Generator:
+    """`generate` as `MolmoBundle` calls it: config frozen and weights in `generation_params` once."""
+    cfg, params = ml_collections.FrozenConfigDict(cfg), generation_params(params)
     return lambda n: generate(cfg, params, inputs, Sampling(max_new_tokens=n))
 
 
@@ -122,9 +124,10 @@ def print_table(rows: list[dict]):
 def main(argv=None) -> dict:
     parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text rows")
+    bench_common.add_threads_flag(parser)
     args = bench_common.parse(parser, argv, __file__)
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
+    threads = args.threads
+    bench_common.set_threads(threads)
     configs, batches, n, repeats = {"smoke": (["tiny"], (2,), 4, 1), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3),
                                     "full": (bench_forward.CONFIGS, (1, 8), 128, 5)}[args.mode]
     rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches)]

@@ -4,12 +4,13 @@ from __future__ import annotations
 import functools
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from fixture_cases import case_id
 from molmo_jax import config
-from molmo_jax.decoding import Sampling, generate, sample
+from molmo_jax.decoding import Sampling, generate, generation_params, sample
 from molmo_jax.models.llm import unstack_layers
 from molmo_jax.models.molmo import Molmo, dummy_inputs, init_cache, init_params
 from test_official_parity import BATCH_CASES, SINGLE_CASES, batch_images, load_arrays, load_model, model_inputs
@@ -95,6 +96,23 @@ def test_batch_gives_the_same_tokens_as_rows(family):
     for i in range(3):
         row = {k: v[i:i + 1] for k, v in inputs.items()}
         np.testing.assert_array_equal(generate(cfg, params, row, sampling, length_multiple=8)[0], together[i])
+
+
+def test_generation_params_view_the_stacked_weights_and_give_the_same_tokens():
+    """`generation_params` (what MolmoBundle generates with) holds the LLM blocks per layer as views of the
+    stacked buffers, so no second copy of the weights; they, and a frozen config, give the same tokens."""
+    cfg, params = tiny_model("qwen2")
+    prepared = generation_params(params)
+    layers = prepared["llm"]["blocks"]
+    assert isinstance(layers, tuple) and len(layers) == cfg.llm.n_layers
+    per_layer = zip(*(jax.tree.leaves(layer) for layer in layers))
+    for stacked, rows in zip(jax.tree.leaves(params["llm"]["blocks"]), per_layer, strict=True):
+        np.testing.assert_array_equal(np.stack(rows), stacked)
+        assert [r.unsafe_buffer_pointer() for r in rows] == \
+            [stacked.unsafe_buffer_pointer() + i * rows[0].nbytes for i in range(len(rows))]
+    inputs, sampling = prompts(cfg), Sampling(max_new_tokens=5)
+    np.testing.assert_array_equal(generate(ml_collections.FrozenConfigDict(cfg), prepared, inputs, sampling),
+                                  generate(cfg, params, inputs, sampling))
 
 
 def with_padding_crops(inputs: dict[str, np.ndarray], extra: int) -> dict[str, np.ndarray]:
