@@ -74,9 +74,9 @@ def _generate(params, inputs: Mapping[str, jax.Array], rng: jax.Array, *, cfg, s
     logits, cache = model.apply({"params": params}, ids, images=inputs.get("images"),
                                 image_masks=inputs.get("image_masks"),
                                 image_input_idx=inputs.get("image_input_idx"), position_ids=positions,
-                                cache=cache, layer_params=layers)
+                                cache=cache, layer_params=layers, logits_at=last)
     rng, step_rng = jax.random.split(rng)
-    token = sample(logits[jnp.arange(b), last], step_rng, sampling)
+    token = sample(logits[:, 0], step_rng, sampling)
     next_position = jnp.take_along_axis(positions, last[:, None], axis=1) + 1
     stop_ids = jnp.asarray(sampling.stop_ids or (-2,), jnp.int32)
     tokens = jnp.full((b, n), -1, jnp.int32).at[:, 0].set(token)

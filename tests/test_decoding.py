@@ -87,6 +87,16 @@ def test_cached_decoding_equals_recomputation(family, batch, per_layer):
     np.testing.assert_allclose(np.concatenate(stepped, axis=1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_logits_at_gives_each_rows_logits_at_its_position():
+    """Generation's prefill runs the output head on each row's last real token only (`logits_at`)."""
+    cfg, params = tiny_model("qwen2")
+    inputs, at = prompts(cfg), np.array([10, 6], np.int32)
+    forward = jax.jit(lambda kw: Molmo(cfg).apply({"params": params}, **kw))
+    full = np.asarray(forward(inputs))
+    np.testing.assert_allclose(forward({**inputs, "logits_at": at})[:, 0], full[np.arange(2), at], rtol=1e-6,
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("family", ["qwen2", "olmoe"])
 def test_batch_gives_the_same_tokens_as_rows(family):
     cfg, params = tiny_model(family)

@@ -122,9 +122,11 @@ class Decoder(nn.Module):
         """ids: int[B, T] -> float[B, T, d]."""
         return self.embedder(ids)
 
-    def __call__(self, x, mask, positions, response_mask=None, cache=None, layer_params=None):
+    def __call__(self, x, mask, positions, response_mask=None, cache=None, layer_params=None, logits_at=None):
         """x: float[B, T, d] input embeddings -> float32[B, T, embedding_size] logits.
 
+        `logits_at` int[B]: only the logits at that position of each row, float32[B, 1, embedding_size]
+        (generation's prefill samples from one position: the output head runs on one token per row).
         With `cache` (see `init_cache`) also returns the updated cache: (logits, cache).
         With `layer_params` (generation: `unstack_layers` of the blocks' params, one tree per layer) and a
         per-layer cache (`init_cache(..., per_layer=True)`) the layers run as a Python loop on those
@@ -144,10 +146,13 @@ class Decoder(nn.Module):
             new_cache = {"k": tuple(kv["k"] for kv in updated), "v": tuple(kv["v"] for kv in updated)}
         x = self.final_norm(x)
         self.sow("intermediates", "final_hidden", x)
+        length = x.shape[1]
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
         logits = self.lm_head(x).astype(jnp.float32)
         if cache is None:
             return logits
-        return logits, {**new_cache, "index": index + x.shape[1]}
+        return logits, {**new_cache, "index": index + length}
 
 
 def init_cache(cfg, batch: int, max_len: int, per_layer: bool = False) -> dict:
