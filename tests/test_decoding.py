@@ -11,6 +11,8 @@ import pytest
 from fixture_cases import case_id
 from molmo_jax import config
 from molmo_jax.decoding import Sampling, generate, generation_params, sample
+from molmo_jax.models import layers
+from molmo_jax.models.layers import dot_product_attention
 from molmo_jax.models.llm import unstack_layers
 from molmo_jax.models.molmo import Molmo, dummy_inputs, init_cache, init_params
 from test_official_parity import BATCH_CASES, SINGLE_CASES, batch_images, load_arrays, load_model, model_inputs
@@ -85,6 +87,25 @@ def test_cached_decoding_equals_recomputation(family, batch, per_layer):
         stepped.append(step_logits)
     full = forward(params, {**inputs, "input_ids": np.concatenate([inputs["input_ids"], new], 1)})
     np.testing.assert_allclose(np.concatenate(stepped, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_on_a_fresh_cache_runs_causal_blocks_with_the_same_logits(monkeypatch):
+    """A prefill (cache index the Python int 0) longer than CAUSAL_BLOCK runs ours in causal query blocks
+    (generation's per-layer path), with the logits of the forward without a cache."""
+    cfg, params = tiny_model("qwen2")
+    inputs = prompts(cfg, lengths=(40, 29))
+    monkeypatch.setattr(layers, "CAUSAL_BLOCK", 16)
+    calls = []
+    monkeypatch.setattr(layers, "dot_product_attention", lambda q, *a, **kw: calls.append(q.shape[1]) or
+                        dot_product_attention(q, *a, **kw))
+    model, s = Molmo(cfg), inputs["input_ids"].shape[1]
+    layer_params = unstack_layers(params["llm"]["blocks"])  # generation on CPU: the layers unrolled
+    prefill = jax.jit(lambda kw: model.apply({"params": params}, **kw, layer_params=layer_params,
+                                             cache=init_cache(cfg, 2, s + 4, per_layer=True))[0])
+    cached = np.asarray(prefill(inputs))
+    assert {16, 8} <= set(calls)  # the LLM's 40 queries as blocks of 16, 16 and 8
+    np.testing.assert_allclose(cached, jax.jit(lambda kw: model.apply({"params": params}, **kw))(inputs),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_logits_at_gives_each_rows_logits_at_its_position():

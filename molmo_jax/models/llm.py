@@ -68,7 +68,8 @@ class DecoderBlock(nn.Module):
         def attn(y):
             if cache is None:
                 return attention(y, mask=mask, positions=positions, is_causal=True)
-            out, updated = attention(y, mask=mask, positions=positions, cache={**cache, "index": cache_index})
+            out, updated = attention(y, mask=mask, positions=positions, cache={**cache, "index": cache_index},
+                                     is_causal=True)
             new_cache.append({"k": updated["k"], "v": updated["v"]})
             return out
 
@@ -157,14 +158,15 @@ class Decoder(nn.Module):
 
 def init_cache(cfg, batch: int, max_len: int, per_layer: bool = False) -> dict:
     """An empty KV cache: k/v float[L, B, max_len, K, D] in the compute dtype (`per_layer`: tuples of L
-    float[B, max_len, K, D], for `Decoder(..., layer_params=...)`), write index 0."""
+    float[B, max_len, K, D], for `Decoder(..., layer_params=...)`), write index 0 (a Python int: a call on
+    it is a prefill, whose attention runs in causal blocks)."""
     llm = cfg.llm
     shape = (batch, max_len, llm.n_kv_heads, llm.head_dim)
     if per_layer:
         zeros = tuple(jnp.zeros(shape, dtype_of(cfg.dtype)) for _ in range(llm.n_layers))
     else:
         zeros = jnp.zeros((llm.n_layers, *shape), dtype_of(cfg.dtype))
-    return {"k": zeros, "v": zeros, "index": jnp.int32(0)}
+    return {"k": zeros, "v": zeros, "index": 0}
 
 
 def unstack_layers(block_params) -> list:
