@@ -70,18 +70,24 @@ def torch_device() -> str:
     return "cuda"
 
 
-def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
+def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int,
+                        min_seconds: float = 0.0) -> dict[str, tuple[float, Any]]:
     """{name: (median seconds, last output)} of each call, after one warm-up call each.
 
-    The calls take turns (A B A B ...), so a shared machine's changing load hits all of them alike.
+    The calls take turns (A B A B ...), so a shared machine's changing load hits all of them alike;
+    `repeats` rounds at least, more until the rounds took `min_seconds` (millisecond calls then get
+    hundreds of samples, whose median a few preempted ones cannot move).
     """
     outputs = {name: call() for name, call in calls.items()}
     times = {name: [] for name in calls}
-    for _ in range(repeats):
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or time.perf_counter() - start < min_seconds:
+        rounds += 1
         for name, call in calls.items():
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             outputs[name] = call()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - t0)
     return {name: (statistics.median(times[name]), outputs[name]) for name in calls}
 
 

@@ -65,10 +65,10 @@ def official(model, inputs: dict[str, np.ndarray]) -> Generator:
 
 
 def row(name: str, workload: str, inputs, mine: Generator, ref: Generator, reference: str, n: int,
-        repeats: int) -> dict:
+        repeats: int, min_seconds: float = 0.0) -> dict:
     """Times 1-token and n-token generations of both, interleaved; TTFT, decode tokens/s, agreement."""
     calls = {"ours_1": lambda: mine(1), "ref_1": lambda: ref(1), "ours_n": lambda: mine(n), "ref_n": lambda: ref(n)}
-    timed = bench_common.interleaved_medians(calls, repeats)
+    timed = bench_common.interleaved_medians(calls, repeats, min_seconds)
     (t1_ours, _), (t1_ref, _), (tn_ours, tok_ours), (tn_ref, tok_ref) = (timed[k] for k in calls)
     b = inputs["input_ids"].shape[0]
     steps = min(tok_ours.shape[1], tok_ref.shape[1])
@@ -91,7 +91,8 @@ def decode_rate(batch: int, t1: float, tn: float, count: int) -> float | None:
     return batch * (count - 1) / (tn - t1) if tn > t1 and count > 1 else None
 
 
-def bench_config(name: str, n: int, repeats: int, official_src: str | None, batches=(1, 8)) -> list[dict]:
+def bench_config(name: str, n: int, repeats: int, official_src: str | None, batches=(1, 8),
+                 min_seconds: float = 0.0) -> list[dict]:
     cfg = bench_forward.CONFIGS[name]()
     model, params = build_models(cfg)
     rng = np.random.default_rng(0)
@@ -99,13 +100,13 @@ def bench_config(name: str, n: int, repeats: int, official_src: str | None, batc
     for b in batches:
         text = {"input_ids": rng.integers(1, cfg.llm.vocab_size, (b, PROMPT), dtype=np.int32)}
         rows.append(row(name, "text", text, ours(cfg, params, text), hf(model, text),
-                        f"transformers {transformers.__version__} Qwen2 generate", n, repeats))
+                        f"transformers {transformers.__version__} Qwen2 generate", n, repeats, min_seconds))
     if official_src:
         reference = official_model(official_src, cfg, params)
         reference.config.tokenizer.identifier = str(OFFICIAL_TOKENIZER)  # its EOS id, for generate
         inputs = prefill_inputs(cfg)
         rows.append(row(name, "image", inputs, ours(cfg, params, inputs), official(reference, inputs),
-                        "official allenai/molmo Molmo.generate", n, repeats))
+                        "official allenai/molmo Molmo.generate", n, repeats, min_seconds))
     return rows
 
 
@@ -128,13 +129,14 @@ def main(argv=None) -> dict:
     args = bench_common.parse(parser, argv, __file__)
     threads = args.threads
     bench_common.set_threads(threads)
-    configs, batches, n, repeats = {"smoke": (["tiny"], (2,), 4, 1), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3),
-                                    "full": (bench_forward.CONFIGS, (1, 8), 128, 5)}[args.mode]
-    rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches)]
+    configs, batches, n, repeats, min_seconds = {
+        "smoke": (["tiny"], (2,), 4, 1, 0), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3, 2),
+        "full": (bench_forward.CONFIGS, (1, 8), 128, 5, 5)}[args.mode]
+    rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches, min_seconds)]
     print_table(rows)
     resolved = [r["speedup"] for r in rows if r["speedup"] is not None]
     result = dict(speedup=min(resolved) if resolved else float("nan"), threads=threads, repeats=repeats,
-                  new_tokens=n, official_src=args.official_src, torch=torch.__version__,
+                  min_seconds=min_seconds, new_tokens=n, official_src=args.official_src, torch=torch.__version__,
                   transformers=transformers.__version__, rows=rows)
     return bench_common.finish(result, args, "min over rows, ours / reference decode tokens/s")
 

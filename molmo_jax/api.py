@@ -20,7 +20,6 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -110,7 +109,7 @@ class MolmoBundle:
         self._check_length(examples, sampling.max_new_tokens)
         with_images = any("images" in ex for ex in examples)
         batch = collate(examples, max_crops=config_lib.max_total_crops(self.cfg) if with_images else None)
-        tokens = decoding.generate(*self._generation_args(), batch, sampling, jax.random.key(seed), self.mesh)
+        tokens = decoding.generate(*self._generation_args(), batch, sampling, seed, self.mesh)
         texts = [_truncate(self.tokenizer.decode(ids), stop_strings)
                  for ids in decoding.trim(tokens, sampling.stop_ids)]
         return [Prediction(text, to_pixels(text)) for text, (_, to_pixels) in zip(texts, encoded)]
