@@ -17,6 +17,8 @@ Run (text rows; the project venv):
 With the official reference: the separate transformers-4.46.3 venv of bench_forward.py's docstring:
   HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python -m experiments.bench_generate --quick \
       --official-src /tmp/molmo --out /tmp/bench_generate.json
+`--threads 1`: one thread each (a machine that other jobs load); ours runs as `MolmoBundle` runs it
+(config frozen and weights in `decoding.generation_params` once).
 """
 from __future__ import annotations
 
