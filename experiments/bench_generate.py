@@ -17,20 +17,22 @@ Run (text rows; the project venv):
 With the official reference: the separate transformers-4.46.3 venv of bench_forward.py's docstring:
   HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python -m experiments.bench_generate --quick \
       --official-src /tmp/molmo --out /tmp/bench_generate.json
+`--threads 1`: one thread each (a machine that other jobs load); ours runs as `MolmoBundle` runs it
+(config frozen and weights in `decoding.generation_params` once).
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from experiments import bench_common, bench_forward  # bench_forward stubs torchvision before transformers loads
 from experiments.bench_forward import build_models, official_model, prefill_inputs
 
+import ml_collections
 import numpy as np
 import torch
 import transformers
 
-from molmo_jax.decoding import Sampling, generate
+from molmo_jax.decoding import Sampling, generate, generation_params
 
 PROMPT = 64  # prompt tokens of the text rows (one length bucket: no padding)
 OFFICIAL_TOKENIZER = bench_forward.OFFICIAL_TEMPLATE.parent / "base_tokenizer"
@@ -39,6 +41,8 @@ Generator = Callable[[int], np.ndarray]  # new-token count -> int[B, n] generate
 
 
 def ours(cfg, params, inputs: dict[str, np.ndarray]) -> Generator:
+    """`generate` as `MolmoBundle` calls it: config frozen and weights in `generation_params` once."""
+    cfg, params = ml_collections.FrozenConfigDict(cfg), generation_params(params)
     return lambda n: generate(cfg, params, inputs, Sampling(max_new_tokens=n))
 
 
@@ -63,10 +67,10 @@ def official(model, inputs: dict[str, np.ndarray]) -> Generator:
 
 
 def row(name: str, workload: str, inputs, mine: Generator, ref: Generator, reference: str, n: int,
-        repeats: int) -> dict:
+        repeats: int, min_seconds: float = 0.0) -> dict:
     """Times 1-token and n-token generations of both, interleaved; TTFT, decode tokens/s, agreement."""
     calls = {"ours_1": lambda: mine(1), "ref_1": lambda: ref(1), "ours_n": lambda: mine(n), "ref_n": lambda: ref(n)}
-    timed = bench_common.interleaved_medians(calls, repeats)
+    timed = bench_common.interleaved_medians(calls, repeats, min_seconds)
     (t1_ours, _), (t1_ref, _), (tn_ours, tok_ours), (tn_ref, tok_ref) = (timed[k] for k in calls)
     b = inputs["input_ids"].shape[0]
     steps = min(tok_ours.shape[1], tok_ref.shape[1])
@@ -89,7 +93,8 @@ def decode_rate(batch: int, t1: float, tn: float, count: int) -> float | None:
     return batch * (count - 1) / (tn - t1) if tn > t1 and count > 1 else None
 
 
-def bench_config(name: str, n: int, repeats: int, official_src: str | None, batches=(1, 8)) -> list[dict]:
+def bench_config(name: str, n: int, repeats: int, official_src: str | None, batches=(1, 8),
+                 min_seconds: float = 0.0) -> list[dict]:
     cfg = bench_forward.CONFIGS[name]()
     model, params = build_models(cfg)
     rng = np.random.default_rng(0)
@@ -97,13 +102,13 @@ def bench_config(name: str, n: int, repeats: int, official_src: str | None, batc
     for b in batches:
         text = {"input_ids": rng.integers(1, cfg.llm.vocab_size, (b, PROMPT), dtype=np.int32)}
         rows.append(row(name, "text", text, ours(cfg, params, text), hf(model, text),
-                        f"transformers {transformers.__version__} Qwen2 generate", n, repeats))
+                        f"transformers {transformers.__version__} Qwen2 generate", n, repeats, min_seconds))
     if official_src:
         reference = official_model(official_src, cfg, params)
         reference.config.tokenizer.identifier = str(OFFICIAL_TOKENIZER)  # its EOS id, for generate
         inputs = prefill_inputs(cfg)
         rows.append(row(name, "image", inputs, ours(cfg, params, inputs), official(reference, inputs),
-                        "official allenai/molmo Molmo.generate", n, repeats))
+                        "official allenai/molmo Molmo.generate", n, repeats, min_seconds))
     return rows
 
 
@@ -122,16 +127,18 @@ def print_table(rows: list[dict]):
 def main(argv=None) -> dict:
     parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text rows")
+    bench_common.add_threads_flag(parser)
     args = bench_common.parse(parser, argv, __file__)
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
-    configs, batches, n, repeats = {"smoke": (["tiny"], (2,), 4, 1), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3),
-                                    "full": (bench_forward.CONFIGS, (1, 8), 128, 5)}[args.mode]
-    rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches)]
+    threads = args.threads
+    bench_common.set_threads(threads)
+    configs, batches, n, repeats, min_seconds = {
+        "smoke": (["tiny"], (2,), 4, 1, 0), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3, 2),
+        "full": (bench_forward.CONFIGS, (1, 8), 128, 5, 5)}[args.mode]
+    rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches, min_seconds)]
     print_table(rows)
     resolved = [r["speedup"] for r in rows if r["speedup"] is not None]
     result = dict(speedup=min(resolved) if resolved else float("nan"), threads=threads, repeats=repeats,
-                  new_tokens=n, official_src=args.official_src, torch=torch.__version__,
+                  min_seconds=min_seconds, new_tokens=n, official_src=args.official_src, torch=torch.__version__,
                   transformers=transformers.__version__, rows=rows)
     return bench_common.finish(result, args, "min over rows, ours / reference decode tokens/s")
 
