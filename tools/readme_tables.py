@@ -50,7 +50,7 @@ def main_job_table() -> str:
     from experiments import main
     summary = json.loads((RESULTS / "main_job.json").read_text())
     c = summary["caption_loss"]
-    return (main.results_table(summary) + "\n\n"
+    return (main.results_table(summary) + "\n\n" + main.landing_line(summary) + " "
             f"Held-out caption loss {c['init']:.2f} at init, {c['after_stage1']:.2f} after stage 1; "
             f"{summary['seconds'] / 60:.1f} minutes in all ({_source(summary)}).\n")
 
