@@ -9,7 +9,7 @@ Per row: time to first token (a 1-token generation: prefill + first sample + tra
 throughput B * (N - 1) / (t(N tokens) - t(1 token)), the medians of interleaved runs (bench_common's
 `interleaved_medians`, after compilation / warm-up), and the fraction of generated tokens on which
 ours and the reference agree (random weights: a late float-rounding flip of a close argmax is possible).
-Also the end-to-end rate B * N / t(N tokens). JSON (--out): the rows and top-level "speedup" = min over rows
+Also the end-to-end rate B * N / t(N tokens), and the per-call overhead of the tiny text row (`overhead`). JSON (--out): the rows and top-level "speedup" = min over rows
 of ours / reference decode tokens/s (rows whose decode time drowned in the machine's noise, "-", left out).
 
 Run (text rows; the project venv):
@@ -22,16 +22,19 @@ With the official reference: the separate transformers-4.46.3 venv of bench_forw
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from experiments import bench_common, bench_forward  # bench_forward stubs torchvision before transformers loads
 from experiments.bench_forward import build_models, official_model, prefill_inputs
 
+import jax
 import ml_collections
 import numpy as np
 import torch
 import transformers
 
+from molmo_jax import decoding
 from molmo_jax.decoding import Sampling, generate, generation_params
 
 PROMPT = 64  # prompt tokens of the text rows (one length bucket: no padding)
@@ -112,6 +115,31 @@ def bench_config(name: str, n: int, repeats: int, official_src: str | None, batc
     return rows
 
 
+def overhead(repeats: int, min_seconds: float) -> dict[str, float]:
+    """What one `generate` call of the tiny text row (batch 1, 1 new token) is made of, median seconds:
+    the whole call as `MolmoBundle` makes it, the jitted program alone (dispatch and run on device-ready
+    inputs, waiting for its result; and with its tokens copied to the host: the difference is the
+    transfer), an empty jitted call (dispatch), bucketing the inputs, and the two per-call costs a prepared
+    call skips (freezing the config, making the PRNG key)."""
+    cfg = bench_forward.CONFIGS["tiny"]()
+    _, params = build_models(cfg)
+    inputs = {"input_ids": np.random.default_rng(0).integers(1, cfg.llm.vocab_size, (1, PROMPT), dtype=np.int32)}
+    frozen, prepared, sampling = ml_collections.FrozenConfigDict(cfg), generation_params(params), Sampling(1)
+    program = functools.partial(decoding._generate_jit, cfg=frozen, sampling=sampling)
+    device_inputs, key = jax.device_put(decoding.bucketed_inputs(inputs)), jax.random.key(0)
+    empty = jax.jit(lambda x: x)
+    scalar = jax.device_put(np.int32(0))
+    calls = {"generate": lambda: generate(frozen, prepared, inputs, sampling),
+             "program": lambda: program(prepared, device_inputs, key).block_until_ready(),
+             "empty_jit": lambda: empty(scalar).block_until_ready(),
+             "bucketing": lambda: decoding.bucketed_inputs(inputs),
+             "program_to_host": lambda: np.asarray(program(prepared, device_inputs, key)),
+             "freeze_config": lambda: ml_collections.FrozenConfigDict(cfg),
+             "prng_key": lambda: jax.random.key(0).block_until_ready()}
+    timed = bench_common.interleaved_medians(calls, repeats, min_seconds)
+    return {f"{name}_s": seconds for name, (seconds, _) in timed.items()}
+
+
 def print_table(rows: list[dict]):
     fmt = lambda x, spec: "-" if x is None else format(x, spec)
     print(f"{'config':7} {'workload':8} {'B':>2} {'framework':42} {'TTFT ms':>8} {'decode tok/s':>12} "
@@ -136,10 +164,13 @@ def main(argv=None) -> dict:
         "full": (bench_forward.CONFIGS, (1, 8), 128, 5, 5)}[args.mode]
     rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches, min_seconds)]
     print_table(rows)
+    calls = overhead(repeats, min_seconds)
+    print("per-call overhead, tiny text batch 1, 1 new token (ms): "
+          + ", ".join(f"{name.removesuffix('_s')} {1e3 * t:.3f}" for name, t in calls.items()))
     resolved = [r["speedup"] for r in rows if r["speedup"] is not None]
     result = dict(speedup=min(resolved) if resolved else float("nan"), threads=threads, repeats=repeats,
                   min_seconds=min_seconds, new_tokens=n, official_src=args.official_src, torch=torch.__version__,
-                  transformers=transformers.__version__, rows=rows)
+                  transformers=transformers.__version__, rows=rows, overhead=calls)
     return bench_common.finish(result, args, "min over rows, ours / reference decode tokens/s")
 
 
