@@ -357,6 +357,14 @@ class SyntheticSource:
         centres = np.array([[s.x, s.y] for s in shapes]).reshape(-1, 2)
         return centres, [(draw_scene([s], self.image_size) != BACKGROUND).any(-1) for s in shapes]
 
+    def kinds_at(self, index: int, points: np.ndarray) -> list[str | None]:
+        """The kind of the scene shape painted under each point (float[n, 2] pixel (x, y)) of scene example
+        `index`; None where a point falls on the background."""
+        shapes = random_scene(task_rng(self.seed, self.task, index), self.image_size, self.style)
+        painted = [(s.kind, (draw_scene([s], self.image_size) != BACKGROUND).any(-1)) for s in shapes]
+        cells = np.clip(np.asarray(points, np.float64).reshape(-1, 2).astype(int), 0, self.image_size - 1)
+        return [next((kind for kind, mask in painted if mask[y, x]), None) for x, y in cells]
+
 
 def sources(size: int = 10_000, seed: int = 0, image_size: int = 112, tasks: tuple[str, ...] = STAGE2_TASKS,
             style: SceneStyle = SceneStyle()) -> dict[str, SyntheticSource]:

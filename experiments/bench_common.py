@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -31,6 +32,22 @@ def arg_parser(doc: str) -> argparse.ArgumentParser:
                       help="the smallest size, one timed call: checks the benchmark runs (times mean nothing)")
     parser.add_argument("--out", help="write the results as JSON here (a local or gs:// path)")
     return parser
+
+
+def add_threads_flag(parser: argparse.ArgumentParser):
+    """--threads: the CPU threads of both frameworks (default: every core)."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU threads of torch and XLA (1: both single-threaded, the fair comparison on a "
+                             "machine other jobs load; default: every core)")
+
+
+def set_threads(threads: int):
+    """torch's intra-op threads = `threads`; with 1, XLA:CPU's too (`--xla_cpu_multi_thread_eigen=false`).
+    Call before JAX's first computation (the flag is read when the CPU backend starts)."""
+    import torch
+    torch.set_num_threads(threads)
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:
@@ -61,18 +78,24 @@ def torch_device() -> str:
     return "cuda"
 
 
-def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
+def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int,
+                        min_seconds: float = 0.0) -> dict[str, tuple[float, Any]]:
     """{name: (median seconds, last output)} of each call, after one warm-up call each.
 
-    The calls take turns (A B A B ...), so a shared machine's changing load hits all of them alike.
+    The calls take turns (A B A B ...), so a shared machine's changing load hits all of them alike;
+    `repeats` rounds at least, more until the rounds took `min_seconds` (millisecond calls then get
+    hundreds of samples, whose median a few preempted ones cannot move).
     """
     outputs = {name: call() for name, call in calls.items()}
     times = {name: [] for name in calls}
-    for _ in range(repeats):
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or time.perf_counter() - start < min_seconds:
+        rounds += 1
         for name, call in calls.items():
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             outputs[name] = call()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - t0)
     return {name: (statistics.median(times[name]), outputs[name]) for name in calls}
 
 

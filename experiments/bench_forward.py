@@ -9,7 +9,8 @@ ViT geometry with a 256-wide 6-layer ViT, LLM 512 wide x 8 layers, Qwen2 family)
          only with --official-src
 Each timing is the median of several runs after a warm-up (ours: after compilation); ours and the
 reference take turns, so a shared machine's changing load affects both alike. torch uses as many
-threads as the machine has cores, as XLA's CPU backend does. Each row also records the max |logit
+threads as the machine has cores, as XLA's CPU backend does (`--threads 1`: one each, the comparison that
+survives other jobs' load: PyTorch's threads collapse under it). Each row also records the max |logit
 difference| to its reference, so a throughput is only compared between models that compute the same thing.
 JSON (--out): per-row numbers and top-level "speedup" = min over rows of ours / reference throughput.
 
@@ -31,7 +32,6 @@ torchvision's compiled ops do not load beside this torch build; the official mod
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -138,9 +138,10 @@ def torch_call(model, inputs: dict[str, np.ndarray], **fixed) -> Callable[[], np
     return call
 
 
-def row(name: str, workload: str, inputs, ours: Callable, ref: Callable, reference: str, repeats: int) -> dict:
+def row(name: str, workload: str, inputs, ours: Callable, ref: Callable, reference: str, repeats: int,
+        min_seconds: float = 0.0) -> dict:
     """Times ours against the reference on `inputs`; throughputs, ratio and max |logit difference|."""
-    timed = bench_common.interleaved_medians({"ours": ours, "reference": ref}, repeats)
+    timed = bench_common.interleaved_medians({"ours": ours, "reference": ref}, repeats, min_seconds)
     (t_ours, logits_ours), (t_ref, logits_ref) = timed["ours"], timed["reference"]
     tokens = inputs["input_ids"].size
     images = inputs["input_ids"].shape[0] if workload == "image" else 0
@@ -151,17 +152,17 @@ def row(name: str, workload: str, inputs, ours: Callable, ref: Callable, referen
                 max_abs_logit_diff=float(np.abs(logits_ours - logits_ref).max()))
 
 
-def bench_config(name: str, repeats: int, official_src: str | None) -> list[dict]:
+def bench_config(name: str, repeats: int, official_src: str | None, min_seconds: float = 0.0) -> list[dict]:
     cfg = CONFIGS[name]()
     hf, params = build_models(cfg)
     inputs = prefill_inputs(cfg)
     text = {"input_ids": inputs["input_ids"]}
     rows = [row(name, "text", text, ours_call(cfg, params, text), torch_call(hf, text, use_cache=False),
-                f"transformers {transformers.__version__} Qwen2", repeats)]
+                f"transformers {transformers.__version__} Qwen2", repeats, min_seconds)]
     if official_src:
         official = official_model(official_src, cfg, params)
         rows.append(row(name, "image", inputs, ours_call(cfg, params, inputs), torch_call(official, inputs),
-                        "official allenai/molmo", repeats))
+                        "official allenai/molmo", repeats, min_seconds))
     return rows
 
 
@@ -178,13 +179,15 @@ def print_table(rows: list[dict]):
 def main(argv=None) -> dict:
     parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text prefill rows")
+    bench_common.add_threads_flag(parser)
     args = bench_common.parse(parser, argv, __file__)
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
-    configs, repeats = {"smoke": (["tiny"], 1), "quick": (CONFIGS, 5), "full": (CONFIGS, 15)}[args.mode]
-    rows = [r for name in configs for r in bench_config(name, repeats, args.official_src)]
+    threads = args.threads
+    bench_common.set_threads(threads)
+    configs, repeats, min_seconds = {"smoke": (["tiny"], 1, 0), "quick": (CONFIGS, 5, 2), "full": (CONFIGS, 15, 5)}[
+        args.mode]
+    rows = [r for name in configs for r in bench_config(name, repeats, args.official_src, min_seconds)]
     print_table(rows)
-    result = dict(speedup=min(r["speedup"] for r in rows), threads=threads, repeats=repeats,
+    result = dict(speedup=min(r["speedup"] for r in rows), threads=threads, repeats=repeats, min_seconds=min_seconds,
                   official_src=args.official_src, torch=torch.__version__, transformers=transformers.__version__,
                   rows=rows)
     return bench_common.finish(result, args, "min over rows, ours / reference throughput")

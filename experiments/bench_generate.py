@@ -9,7 +9,7 @@ Per row: time to first token (a 1-token generation: prefill + first sample + tra
 throughput B * (N - 1) / (t(N tokens) - t(1 token)), the medians of interleaved runs (bench_common's
 `interleaved_medians`, after compilation / warm-up), and the fraction of generated tokens on which
 ours and the reference agree (random weights: a late float-rounding flip of a close argmax is possible).
-Also the end-to-end rate B * N / t(N tokens). JSON (--out): the rows and top-level "speedup" = min over rows
+Also the end-to-end rate B * N / t(N tokens), and the per-call overhead of the tiny text row (`overhead`). JSON (--out): the rows and top-level "speedup" = min over rows
 of ours / reference decode tokens/s (rows whose decode time drowned in the machine's noise, "-", left out).
 
 Run (text rows; the project venv):
@@ -17,20 +17,25 @@ Run (text rows; the project venv):
 With the official reference: the separate transformers-4.46.3 venv of bench_forward.py's docstring:
   HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python -m experiments.bench_generate --quick \
       --official-src /tmp/molmo --out /tmp/bench_generate.json
+`--threads 1`: one thread each (a machine that other jobs load); ours runs as `MolmoBundle` runs it
+(config frozen and weights in `decoding.generation_params` once).
 """
 from __future__ import annotations
 
-import os
+import functools
 from typing import Callable
 
 from experiments import bench_common, bench_forward  # bench_forward stubs torchvision before transformers loads
 from experiments.bench_forward import build_models, official_model, prefill_inputs
 
+import jax
+import ml_collections
 import numpy as np
 import torch
 import transformers
 
-from molmo_jax.decoding import Sampling, generate
+from molmo_jax import decoding
+from molmo_jax.decoding import Sampling, generate, generation_params
 
 PROMPT = 64  # prompt tokens of the text rows (one length bucket: no padding)
 OFFICIAL_TOKENIZER = bench_forward.OFFICIAL_TEMPLATE.parent / "base_tokenizer"
@@ -39,6 +44,8 @@ Generator = Callable[[int], np.ndarray]  # new-token count -> int[B, n] generate
 
 
 def ours(cfg, params, inputs: dict[str, np.ndarray]) -> Generator:
+    """`generate` as `MolmoBundle` calls it: config frozen and weights in `generation_params` once."""
+    cfg, params = ml_collections.FrozenConfigDict(cfg), generation_params(params)
     return lambda n: generate(cfg, params, inputs, Sampling(max_new_tokens=n))
 
 
@@ -63,10 +70,10 @@ def official(model, inputs: dict[str, np.ndarray]) -> Generator:
 
 
 def row(name: str, workload: str, inputs, mine: Generator, ref: Generator, reference: str, n: int,
-        repeats: int) -> dict:
+        repeats: int, min_seconds: float = 0.0) -> dict:
     """Times 1-token and n-token generations of both, interleaved; TTFT, decode tokens/s, agreement."""
     calls = {"ours_1": lambda: mine(1), "ref_1": lambda: ref(1), "ours_n": lambda: mine(n), "ref_n": lambda: ref(n)}
-    timed = bench_common.interleaved_medians(calls, repeats)
+    timed = bench_common.interleaved_medians(calls, repeats, min_seconds)
     (t1_ours, _), (t1_ref, _), (tn_ours, tok_ours), (tn_ref, tok_ref) = (timed[k] for k in calls)
     b = inputs["input_ids"].shape[0]
     steps = min(tok_ours.shape[1], tok_ref.shape[1])
@@ -89,7 +96,8 @@ def decode_rate(batch: int, t1: float, tn: float, count: int) -> float | None:
     return batch * (count - 1) / (tn - t1) if tn > t1 and count > 1 else None
 
 
-def bench_config(name: str, n: int, repeats: int, official_src: str | None, batches=(1, 8)) -> list[dict]:
+def bench_config(name: str, n: int, repeats: int, official_src: str | None, batches=(1, 8),
+                 min_seconds: float = 0.0) -> list[dict]:
     cfg = bench_forward.CONFIGS[name]()
     model, params = build_models(cfg)
     rng = np.random.default_rng(0)
@@ -97,14 +105,39 @@ def bench_config(name: str, n: int, repeats: int, official_src: str | None, batc
     for b in batches:
         text = {"input_ids": rng.integers(1, cfg.llm.vocab_size, (b, PROMPT), dtype=np.int32)}
         rows.append(row(name, "text", text, ours(cfg, params, text), hf(model, text),
-                        f"transformers {transformers.__version__} Qwen2 generate", n, repeats))
+                        f"transformers {transformers.__version__} Qwen2 generate", n, repeats, min_seconds))
     if official_src:
         reference = official_model(official_src, cfg, params)
         reference.config.tokenizer.identifier = str(OFFICIAL_TOKENIZER)  # its EOS id, for generate
         inputs = prefill_inputs(cfg)
         rows.append(row(name, "image", inputs, ours(cfg, params, inputs), official(reference, inputs),
-                        "official allenai/molmo Molmo.generate", n, repeats))
+                        "official allenai/molmo Molmo.generate", n, repeats, min_seconds))
     return rows
+
+
+def overhead(repeats: int, min_seconds: float) -> dict[str, float]:
+    """What one `generate` call of the tiny text row (batch 1, 1 new token) is made of, median seconds:
+    the whole call as `MolmoBundle` makes it, the jitted program alone (dispatch and run on device-ready
+    inputs, waiting for its result; and with its tokens copied to the host: the difference is the
+    transfer), an empty jitted call (dispatch), bucketing the inputs, and the two per-call costs a prepared
+    call skips (freezing the config, making the PRNG key)."""
+    cfg = bench_forward.CONFIGS["tiny"]()
+    _, params = build_models(cfg)
+    inputs = {"input_ids": np.random.default_rng(0).integers(1, cfg.llm.vocab_size, (1, PROMPT), dtype=np.int32)}
+    frozen, prepared, sampling = ml_collections.FrozenConfigDict(cfg), generation_params(params), Sampling(1)
+    program = functools.partial(decoding._generate_jit, cfg=frozen, sampling=sampling)
+    device_inputs, key = jax.device_put(decoding.bucketed_inputs(inputs)), jax.random.key(0)
+    empty = jax.jit(lambda x: x)
+    scalar = jax.device_put(np.int32(0))
+    calls = {"generate": lambda: generate(frozen, prepared, inputs, sampling),
+             "program": lambda: program(prepared, device_inputs, key).block_until_ready(),
+             "empty_jit": lambda: empty(scalar).block_until_ready(),
+             "bucketing": lambda: decoding.bucketed_inputs(inputs),
+             "program_to_host": lambda: np.asarray(program(prepared, device_inputs, key)),
+             "freeze_config": lambda: ml_collections.FrozenConfigDict(cfg),
+             "prng_key": lambda: jax.random.key(0).block_until_ready()}
+    timed = bench_common.interleaved_medians(calls, repeats, min_seconds)
+    return {f"{name}_s": seconds for name, (seconds, _) in timed.items()}
 
 
 def print_table(rows: list[dict]):
@@ -122,17 +155,22 @@ def print_table(rows: list[dict]):
 def main(argv=None) -> dict:
     parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text rows")
+    bench_common.add_threads_flag(parser)
     args = bench_common.parse(parser, argv, __file__)
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
-    configs, batches, n, repeats = {"smoke": (["tiny"], (2,), 4, 1), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3),
-                                    "full": (bench_forward.CONFIGS, (1, 8), 128, 5)}[args.mode]
-    rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches)]
+    threads = args.threads
+    bench_common.set_threads(threads)
+    configs, batches, n, repeats, min_seconds = {
+        "smoke": (["tiny"], (2,), 4, 1, 0), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3, 2),
+        "full": (bench_forward.CONFIGS, (1, 8), 128, 5, 5)}[args.mode]
+    rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches, min_seconds)]
     print_table(rows)
+    calls = overhead(repeats, min_seconds)
+    print("per-call overhead, tiny text batch 1, 1 new token (ms): "
+          + ", ".join(f"{name.removesuffix('_s')} {1e3 * t:.3f}" for name, t in calls.items()))
     resolved = [r["speedup"] for r in rows if r["speedup"] is not None]
     result = dict(speedup=min(resolved) if resolved else float("nan"), threads=threads, repeats=repeats,
-                  new_tokens=n, official_src=args.official_src, torch=torch.__version__,
-                  transformers=transformers.__version__, rows=rows)
+                  min_seconds=min_seconds, new_tokens=n, official_src=args.official_src, torch=torch.__version__,
+                  transformers=transformers.__version__, rows=rows, overhead=calls)
     return bench_common.finish(result, args, "min over rows, ours / reference decode tokens/s")
 
 

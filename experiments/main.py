@@ -125,7 +125,21 @@ def evaluate(cfg, params, tokenizer, out_dir: epath.Path, eval_examples: int) ->
         swapped = runner.evaluate(bundle, SwappedImages(source), task, **score)["metrics"]
         results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result),
                          "question_prior": majority_baseline(result, question_type), "swapped_images": swapped}
+        if task == "synthetic_points":
+            results[task]["point_landing"] = point_landing(source, result)
     return results
+
+
+def point_landing(source: synthetic.SyntheticSource, result: dict) -> dict[str, float]:
+    """Where a pointing result's predicted points land in its scenes, as fractions of all predicted points:
+    on a shape of the kind the prompt asks for, on a shape of another kind, on the background."""
+    counts = collections.Counter()
+    for p in result["predictions"]:
+        asked = next(kind for kind in synthetic.SHAPES if kind in p["prompt"])
+        for kind in source.kinds_at(p["example"], p["points"]):
+            counts["background" if kind is None else "asked_kind" if kind == asked else "other_kind"] += 1
+    total = sum(counts.values())
+    return {k: counts[k] / total if total else float("nan") for k in ("asked_kind", "other_kind", "background")}
 
 
 def print_summary(summary: dict):
@@ -141,6 +155,7 @@ def print_summary(summary: dict):
           "common answer; q-prior: the most common answer of each question type (shape asked about, count or "
           "colour), what a model that ignores the image can reach; pointing's: the F1 of always pointing at "
           "nothing")
+    print(landing_line(summary))
     c = summary["caption_loss"]
     print(f"held-out caption loss: {c['init']:.3f} at init -> {c['after_stage1']:.3f} after stage 1")
     print(f"total time {summary['seconds'] / 60:.1f} min; outputs in {summary['workdir']}")
@@ -170,6 +185,12 @@ def results_table(summary: dict) -> str:
         cells += [r[b] if b in baselines else None for b in ("majority_baseline", "question_prior")]
         lines.append(f"| {label} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def landing_line(summary: dict) -> str:
+    landing = summary["eval"]["synthetic_points"]["point_landing"]
+    return (f"Predicted points (pointing) land on a shape of the asked kind {landing['asked_kind']:.2f}, on another "
+            f"kind's shape {landing['other_kind']:.2f}, on the background {landing['background']:.2f}.")
 
 
 def main(argv=None):

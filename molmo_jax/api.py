@@ -20,7 +20,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import jax
+import ml_collections
 import numpy as np
 
 from molmo_jax import config as config_lib
@@ -71,6 +71,8 @@ class MolmoBundle:
     tokenizer: MolmoTokenizer
     preprocessor: Preprocessor
     mesh: Any = None
+    # (params, cfg) -> (frozen cfg, `decoding.generation_params`), prepared once, not per call
+    _prepared: tuple = dataclasses.field(default=(None, None, None, None), init=False, repr=False, compare=False)
 
     def sampling(self, sampling: Sampling | None = None, **overrides) -> Sampling:
         """`sampling` (default: greedy, the config's `default_inference_len` tokens) with the non-None
@@ -107,10 +109,19 @@ class MolmoBundle:
         self._check_length(examples, sampling.max_new_tokens)
         with_images = any("images" in ex for ex in examples)
         batch = collate(examples, max_crops=config_lib.max_total_crops(self.cfg) if with_images else None)
-        tokens = decoding.generate(self.cfg, self.params, batch, sampling, jax.random.key(seed), self.mesh)
+        tokens = decoding.generate(*self._generation_args(), batch, sampling, seed, self.mesh)
         texts = [_truncate(self.tokenizer.decode(ids), stop_strings)
                  for ids in decoding.trim(tokens, sampling.stop_ids)]
         return [Prediction(text, to_pixels(text)) for text, (_, to_pixels) in zip(texts, encoded)]
+
+    def _generation_args(self) -> tuple:
+        """(frozen cfg, generation params) for `decoding.generate`, made again only when `cfg` or `params`
+        is replaced (the config is frozen when first used: edit a bundle's config by assigning a new one)."""
+        params, cfg = self._prepared[:2]
+        if params is not self.params or cfg is not self.cfg:
+            self._prepared = (self.params, self.cfg, ml_collections.FrozenConfigDict(self.cfg),
+                              decoding.generation_params(self.params))
+        return self._prepared[2:]
 
     def _check_length(self, examples: Sequence[Mapping[str, np.ndarray]], max_new_tokens: int):
         budget = self.cfg.llm.max_sequence_length

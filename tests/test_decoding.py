@@ -4,12 +4,15 @@ from __future__ import annotations
 import functools
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from fixture_cases import case_id
 from molmo_jax import config
-from molmo_jax.decoding import Sampling, generate, sample
+from molmo_jax.decoding import Sampling, generate, generation_params, sample
+from molmo_jax.models import layers
+from molmo_jax.models.layers import dot_product_attention
 from molmo_jax.models.llm import unstack_layers
 from molmo_jax.models.molmo import Molmo, dummy_inputs, init_cache, init_params
 from test_official_parity import BATCH_CASES, SINGLE_CASES, batch_images, load_arrays, load_model, model_inputs
@@ -86,6 +89,35 @@ def test_cached_decoding_equals_recomputation(family, batch, per_layer):
     np.testing.assert_allclose(np.concatenate(stepped, axis=1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_prefill_on_a_fresh_cache_runs_causal_blocks_with_the_same_logits(monkeypatch):
+    """A prefill (cache index the Python int 0) longer than CAUSAL_BLOCK runs ours in causal query blocks
+    (generation's per-layer path), with the logits of the forward without a cache."""
+    cfg, params = tiny_model("qwen2")
+    inputs = prompts(cfg, lengths=(40, 29))
+    monkeypatch.setattr(layers, "CAUSAL_BLOCK", 16)
+    calls = []
+    monkeypatch.setattr(layers, "dot_product_attention", lambda q, *a, **kw: calls.append(q.shape[1]) or
+                        dot_product_attention(q, *a, **kw))
+    model, s = Molmo(cfg), inputs["input_ids"].shape[1]
+    layer_params = unstack_layers(params["llm"]["blocks"])  # generation on CPU: the layers unrolled
+    prefill = jax.jit(lambda kw: model.apply({"params": params}, **kw, layer_params=layer_params,
+                                             cache=init_cache(cfg, 2, s + 4, per_layer=True))[0])
+    cached = np.asarray(prefill(inputs))
+    assert {16, 8} <= set(calls)  # the LLM's 40 queries as blocks of 16, 16 and 8
+    np.testing.assert_allclose(cached, jax.jit(lambda kw: model.apply({"params": params}, **kw))(inputs),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_logits_at_gives_each_rows_logits_at_its_position():
+    """Generation's prefill runs the output head on each row's last real token only (`logits_at`)."""
+    cfg, params = tiny_model("qwen2")
+    inputs, at = prompts(cfg), np.array([10, 6], np.int32)
+    forward = jax.jit(lambda kw: Molmo(cfg).apply({"params": params}, **kw))
+    full = np.asarray(forward(inputs))
+    np.testing.assert_allclose(forward({**inputs, "logits_at": at})[:, 0], full[np.arange(2), at], rtol=1e-6,
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("family", ["qwen2", "olmoe"])
 def test_batch_gives_the_same_tokens_as_rows(family):
     cfg, params = tiny_model(family)
@@ -95,6 +127,23 @@ def test_batch_gives_the_same_tokens_as_rows(family):
     for i in range(3):
         row = {k: v[i:i + 1] for k, v in inputs.items()}
         np.testing.assert_array_equal(generate(cfg, params, row, sampling, length_multiple=8)[0], together[i])
+
+
+def test_generation_params_view_the_stacked_weights_and_give_the_same_tokens():
+    """`generation_params` (what MolmoBundle generates with) holds the LLM blocks per layer as views of the
+    stacked buffers, so no second copy of the weights; they, and a frozen config, give the same tokens."""
+    cfg, params = tiny_model("qwen2")
+    prepared = generation_params(params)
+    layers = prepared["llm"]["blocks"]
+    assert isinstance(layers, tuple) and len(layers) == cfg.llm.n_layers
+    per_layer = zip(*(jax.tree.leaves(layer) for layer in layers))
+    for stacked, rows in zip(jax.tree.leaves(params["llm"]["blocks"]), per_layer, strict=True):
+        np.testing.assert_array_equal(np.stack(rows), stacked)
+        assert [r.unsafe_buffer_pointer() for r in rows] == \
+            [stacked.unsafe_buffer_pointer() + i * rows[0].nbytes for i in range(len(rows))]
+    inputs, sampling = prompts(cfg), Sampling(max_new_tokens=5)
+    np.testing.assert_array_equal(generate(ml_collections.FrozenConfigDict(cfg), prepared, inputs, sampling),
+                                  generate(cfg, params, inputs, sampling))
 
 
 def with_padding_crops(inputs: dict[str, np.ndarray], extra: int) -> dict[str, np.ndarray]:

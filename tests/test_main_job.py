@@ -30,3 +30,23 @@ def test_swapped_images_keep_the_prompt_and_change_the_picture():
     assert len(swapped) == len(source) and original["label"] == changed["label"]
     assert np.array_equal(changed["image"], source.get(9, rng())["image"])
     assert not np.array_equal(changed["image"], original["image"])
+
+
+def test_point_landing_counts_points_on_the_asked_kind_another_kind_and_the_background():
+    source = synthetic.held_out_source("synthetic_points", style=synthetic.SceneStyle((1 / 8, 1 / 6), 2))
+    index = next(i for i in range(50) if len({s.kind for s in source_scene(source, i)}) >= 2)
+    shapes = source_scene(source, index)
+    asked = shapes[0].kind
+    other = next(s for s in shapes if s.kind != asked)
+    centre = lambda s: [s.x, s.y]
+    assert source.kinds_at(index, np.array([centre(s) for s in shapes])) == [s.kind for s in shapes]
+    background = next([x, y] for x in range(112) for y in range(112)
+                      if source.kinds_at(index, np.array([[x, y]])) == [None])
+    prediction = {"example": index, "prompt": f"Point to {asked}s", "points": [centre(shapes[0]), centre(other),
+                                                                                 background, background]}
+    landing = main.point_landing(source, {"predictions": [prediction]})
+    assert landing == {"asked_kind": 0.25, "other_kind": 0.25, "background": 0.5}
+
+
+def source_scene(source, index):
+    return synthetic.random_scene(synthetic.task_rng(source.seed, source.task, index), source.image_size, source.style)

@@ -13,6 +13,7 @@ and NAME is a key of `TABLES`:
 - main_job: `experiments.main.results_table` of experiments/results/main_job.json (the main job's
   runs/main/summary.json, copied after a run),
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
+- speed_forward, speed_generate: experiments/results/bench_{forward,generate}_cpu.json,
 - speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
 - ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`),
 - hf_export: experiments/results/check_hf_export.json (`python -m experiments.check_hf_export`),
@@ -50,7 +51,7 @@ def main_job_table() -> str:
     from experiments import main
     summary = json.loads((RESULTS / "main_job.json").read_text())
     c = summary["caption_loss"]
-    return (main.results_table(summary) + "\n\n"
+    return (main.results_table(summary) + "\n\n" + main.landing_line(summary) + " "
             f"Held-out caption loss {c['init']:.2f} at init, {c['after_stage1']:.2f} after stage 1; "
             f"{summary['seconds'] / 60:.1f} minutes in all ({_source(summary)}).\n")
 
@@ -105,6 +106,38 @@ def ablation_table(name: str) -> str:
             f"{_source(result)}.\n")
 
 
+def forward_table() -> str:
+    """Prefill (experiments/bench_forward.py) ours vs the reference, from its stored CPU run."""
+    result = json.loads((RESULTS / "bench_forward_cpu.json").read_text())
+    lines = ["| config | workload | tokens | ours tok/s | reference tok/s | ours / reference | reference |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['config']} | {r['workload']} | {r['tokens']} | {_si(r['ours_tokens_per_s'])} | "
+                     f"{_si(r['reference_tokens_per_s'])} | {r['speedup']:.2f} | {r['reference']} |")
+    return "\n".join(lines) + f"\n\n{result['threads'] or 'default'} threads; {_source(result)}.\n"
+
+
+def generate_table() -> str:
+    """Generation (experiments/bench_generate.py) ours vs the reference, and the tiny row's per-call overhead."""
+    result = json.loads((RESULTS / "bench_generate_cpu.json").read_text())
+    ratio = lambda x: "-" if x is None else f"{x:.2f}"
+    rate = lambda x: "-" if x is None else _si(x)
+    lines = ["| config | workload | batch | TTFT ms, ours / reference | decode tok/s, ours / reference | "
+             "decode ours / reference | tokens agreeing |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['config']} | {r['workload']} | {r['batch']} | {1e3 * r['ours_ttft_s']:.1f} / "
+                     f"{1e3 * r['reference_ttft_s']:.1f} | {rate(r['ours_decode_tokens_per_s'])} / "
+                     f"{rate(r['reference_decode_tokens_per_s'])} | {ratio(r['speedup'])} | "
+                     f"{r['token_agreement']:.2f} |")
+    o = {name.removesuffix("_s"): 1e3 * seconds for name, seconds in result["overhead"].items()}
+    return ("\n".join(lines) + f"\n\n{result['new_tokens']} new tokens; {result['threads'] or 'default'} threads. "
+            f"Per call, tiny text, batch 1, 1 new token (ms): `generate` {o['generate']:.2f}, of which the jitted "
+            f"program {o['program']:.2f} ({o['program_to_host']:.2f} with the tokens' transfer to the host), "
+            f"bucketing the inputs {o['bucketing']:.2f}; an empty jitted call {o['empty_jit']:.3f}; skipped by a "
+            f"prepared call: freezing the config {o['freeze_config']:.2f}, making the PRNG key {o['prng_key']:.2f}. "
+            f"{_source(result)}.\n")
+
+
 def hf_export_line() -> str:
     """The official remote code vs our logits on our `hf_release` exports (experiments/check_hf_export.py)."""
     result = json.loads((RESULTS / "check_hf_export.json").read_text())
@@ -141,6 +174,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "plan": plan_table,
     "speed_cpu": lambda: speed_table("bench_train_cpu"),
     "hf_export": hf_export_line,
+    "speed_forward": forward_table,
+    "speed_generate": generate_table,
     "soak": lambda: "".join(soak_line(n) for n in ("soak_full", "soak_full_malloc_arena_max_2", "soak_quick")),
     "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
 }

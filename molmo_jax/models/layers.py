@@ -245,7 +245,8 @@ class Attention(nn.Module):
                  positions: jax.Array | None = None, cache: dict | None = None, is_causal: bool = False):
         """x_q: float[B, T, C]; x_kv: float[B, S, C] (default x_q); mask: bool[B, T, S] (True = attend);
         positions: int[B, T] (needed with RoPE, self-attention only). `is_causal` says that `mask`
-        already hides every key after its query (T == S), which lets a fused kernel skip those blocks.
+        already hides every key after its query, which lets a kernel skip those blocks (with a cache only
+        where its index is the Python int 0, a prefill: query t then sees columns <= t).
 
         With `cache` = {"k", "v": float[B, S_max, K, D], "index": int} (self-attention only) the new keys
         and values are written at columns index..index+T-1 and attention runs over all S_max columns
@@ -261,16 +262,19 @@ class Attention(nn.Module):
             k = RMSNorm(self.qk_norm_eps, ("kv_heads", "head_dim"), name="k_norm")(k)
         if self.rope_theta is not None:
             q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        kernel = attention_kernel(self.impl, q.dtype, self.head_dim)
         if cache is not None:
-            at = (0, cache["index"], 0, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
-            cache = {"k": k, "v": v, "index": cache["index"]}
+            index = cache["index"]
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+            cache = {"k": k, "v": v, "index": index}
+            # causal blocks need query t's keys to end at column t; fused kernels align T != S differently
+            is_causal = is_causal and kernel == "ours" and isinstance(index, int) and index == 0
         if self.probs_dropout and not self.deterministic:  # only our XLA path drops probabilities
             drop_probs = lambda p: nn.Dropout(self.probs_dropout, name="probs_dropout")(p, deterministic=False)
             out = dot_product_attention(q, k, v, mask, drop_probs)
         else:
-            out = attend(q, k, v, mask, attention_kernel(self.impl, q.dtype, self.head_dim), is_causal)
+            out = attend(q, k, v, mask, kernel, is_causal)
         out = Dense((self.out_dim,), ("heads", "head_dim"), ("embed",), self.out_bias, self.dtype,
                     self.param_dtype, self.init_scheme, name="out")(out)
         out = nn.Dropout(self.out_dropout, name="out_dropout")(out, deterministic=self.deterministic)
@@ -327,7 +331,8 @@ CAUSAL_BLOCK = 128  # query block of ours with a causal mask
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, kernel: str,
            is_causal: bool = False) -> jax.Array:
     """Attention by `kernel` (see `attention_kernel`). q: [B,T,H,D], k/v: [B,S,K,D], mask: bool[B,T,S]
-    (True = attend) -> [B,T,H,D] in q's dtype. `is_causal`: `mask` is already causal (T == S); ours then
+    (True = attend) -> [B,T,H,D] in q's dtype. `is_causal`: `mask` is already causal (query t sees keys
+    <= t, T <= S; a fused kernel needs T == S); ours then
     runs blocks of CAUSAL_BLOCK queries on the keys up to the block's end only (the keys after it are
     masked for every query of the block: 2-3x faster at 768 tokens on XLA:CPU)."""
     if kernel == "ours":

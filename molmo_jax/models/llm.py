@@ -68,7 +68,8 @@ class DecoderBlock(nn.Module):
         def attn(y):
             if cache is None:
                 return attention(y, mask=mask, positions=positions, is_causal=True)
-            out, updated = attention(y, mask=mask, positions=positions, cache={**cache, "index": cache_index})
+            out, updated = attention(y, mask=mask, positions=positions, cache={**cache, "index": cache_index},
+                                     is_causal=True)
             new_cache.append({"k": updated["k"], "v": updated["v"]})
             return out
 
@@ -122,9 +123,11 @@ class Decoder(nn.Module):
         """ids: int[B, T] -> float[B, T, d]."""
         return self.embedder(ids)
 
-    def __call__(self, x, mask, positions, response_mask=None, cache=None, layer_params=None):
+    def __call__(self, x, mask, positions, response_mask=None, cache=None, layer_params=None, logits_at=None):
         """x: float[B, T, d] input embeddings -> float32[B, T, embedding_size] logits.
 
+        `logits_at` int[B]: only the logits at that position of each row, float32[B, 1, embedding_size]
+        (generation's prefill samples from one position: the output head runs on one token per row).
         With `cache` (see `init_cache`) also returns the updated cache: (logits, cache).
         With `layer_params` (generation: `unstack_layers` of the blocks' params, one tree per layer) and a
         per-layer cache (`init_cache(..., per_layer=True)`) the layers run as a Python loop on those
@@ -144,22 +147,26 @@ class Decoder(nn.Module):
             new_cache = {"k": tuple(kv["k"] for kv in updated), "v": tuple(kv["v"] for kv in updated)}
         x = self.final_norm(x)
         self.sow("intermediates", "final_hidden", x)
+        length = x.shape[1]
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
         logits = self.lm_head(x).astype(jnp.float32)
         if cache is None:
             return logits
-        return logits, {**new_cache, "index": index + x.shape[1]}
+        return logits, {**new_cache, "index": index + length}
 
 
 def init_cache(cfg, batch: int, max_len: int, per_layer: bool = False) -> dict:
     """An empty KV cache: k/v float[L, B, max_len, K, D] in the compute dtype (`per_layer`: tuples of L
-    float[B, max_len, K, D], for `Decoder(..., layer_params=...)`), write index 0."""
+    float[B, max_len, K, D], for `Decoder(..., layer_params=...)`), write index 0 (a Python int: a call on
+    it is a prefill, whose attention runs in causal blocks)."""
     llm = cfg.llm
     shape = (batch, max_len, llm.n_kv_heads, llm.head_dim)
     if per_layer:
         zeros = tuple(jnp.zeros(shape, dtype_of(cfg.dtype)) for _ in range(llm.n_layers))
     else:
         zeros = jnp.zeros((llm.n_layers, *shape), dtype_of(cfg.dtype))
-    return {"k": zeros, "v": zeros, "index": jnp.int32(0)}
+    return {"k": zeros, "v": zeros, "index": 0}
 
 
 def unstack_layers(block_params) -> list:

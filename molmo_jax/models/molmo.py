@@ -111,7 +111,8 @@ class Molmo(nn.Module):
     def __call__(self, input_ids: jax.Array, images: jax.Array | None = None,
                  image_masks: jax.Array | None = None, image_input_idx: jax.Array | None = None,
                  position_ids: jax.Array | None = None, subsegment_ids: jax.Array | None = None,
-                 response_mask: jax.Array | None = None, cache: dict | None = None, layer_params=None):
+                 response_mask: jax.Array | None = None, cache: dict | None = None, layer_params=None,
+                 logits_at: jax.Array | None = None):
         """input_ids: int[B, T] (-1 = padding) -> float32[B, T, embedding_size] logits.
 
         The optional arrays are the preprocessor's: images float[B, C, P, 588], image_masks
@@ -120,6 +121,7 @@ class Molmo(nn.Module):
         With `cache` (from `init_cache`) the tokens are written at the cache's index and
         (logits, updated cache) is returned; position_ids are then required after the first call.
         `layer_params`: the LLM layers' params unstacked, for a per-layer cache (see `Decoder`).
+        `logits_at` int[B]: the logits at that position of each row only, float32[B, 1, embedding_size].
         """
         valid = input_ids != -1
         t = input_ids.shape[1]
@@ -141,8 +143,9 @@ class Molmo(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         mask = attention_mask(key_valid, t, start, subsegment_ids)
         if cache is None:
-            return self.llm(x, mask, position_ids, response_mask)
-        logits, llm_cache = self.llm(x, mask, position_ids, response_mask, cache=cache, layer_params=layer_params)
+            return self.llm(x, mask, position_ids, response_mask, logits_at=logits_at)
+        logits, llm_cache = self.llm(x, mask, position_ids, response_mask, cache=cache, layer_params=layer_params,
+                                     logits_at=logits_at)
         return logits, {**llm_cache, "valid": key_valid}
 
 
