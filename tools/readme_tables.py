@@ -121,7 +121,7 @@ def generate_table() -> str:
     """Generation (experiments/bench_generate.py) ours vs the reference, and the tiny row's per-call overhead."""
     result = json.loads((RESULTS / "bench_generate_cpu.json").read_text())
     ratio = lambda x: "-" if x is None else f"{x:.2f}"
-    rate = lambda x: "-" if x is None else _si(x)
+    rate = lambda x: "-" if x is None else f"{x:,.0f}" if x < 1e4 else _si(x)
     lines = ["| config | workload | batch | TTFT ms, ours / reference | decode tok/s, ours / reference | "
              "decode ours / reference | tokens agreeing |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -130,11 +130,12 @@ def generate_table() -> str:
                      f"{rate(r['reference_decode_tokens_per_s'])} | {ratio(r['speedup'])} | "
                      f"{r['token_agreement']:.2f} |")
     o = {name.removesuffix("_s"): 1e3 * seconds for name, seconds in result["overhead"].items()}
-    return ("\n".join(lines) + f"\n\n{result['new_tokens']} new tokens; {result['threads'] or 'default'} threads. "
-            f"Per call, tiny text, batch 1, 1 new token (ms): `generate` {o['generate']:.2f}, of which the jitted "
-            f"program {o['program']:.2f} ({o['program_to_host']:.2f} with the tokens' transfer to the host), "
+    return ("\n".join(lines) + f"\n\n{result['new_tokens']} new tokens; {result['threads'] or 'default'} threads; "
+            "-: a decode time within the noise of the first token's. "
+            f"Per call, tiny text, batch 1, 1 new token (ms): `generate` {o['generate']:.2f}; the jitted program "
+            f"alone {o['program']:.2f}, with the tokens' transfer to the host {o['program_to_host']:.2f}; "
             f"bucketing the inputs {o['bucketing']:.2f}; an empty jitted call {o['empty_jit']:.3f}; skipped by a "
-            f"prepared call: freezing the config {o['freeze_config']:.2f}, making the PRNG key {o['prng_key']:.2f}. "
+            f"prepared call: freezing the config {o['freeze_config']:.2f}, making the PRNG key {o['prng_key']:.2f}; "
             f"{_source(result)}.\n")
 
 
