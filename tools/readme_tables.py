@@ -71,17 +71,22 @@ def plan_table() -> str:
             "(`molmo-jax plan --config NAME --mesh MESH --batch SHARDS --seq 2304`).\n")
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows])
+
+
 def speed_table(name: str) -> str:
+    """The train step (experiments/bench_train.py) ours vs torch, and the crop-budget row, from a stored run."""
     result = json.loads((RESULTS / f"{name}.json").read_text())
     peak = result["matmul_peak_flops_per_s"]
-    lines = ["| config (batch x tokens) | dtype | ours tok/s | torch tok/s | ours / torch | ours / f32 matmul peak "
-             "| torch / f32 matmul peak |", "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['config']} ({r['batch']} x {r['seq_len']}) | {r['dtype']} | "
-                     f"{_si(r['ours_tokens_per_s'])} | {_si(r['torch_tokens_per_s'])} | {r['speedup']:.2f} | "
-                     f"{_percent(r['ours_fraction_of_peak'])} | {_percent(r['torch_fraction_of_peak'])} |")
+    header = ["config (batch x tokens)", "dtype", "ours tok/s", "torch tok/s", "ours / torch", "ours / f32 matmul peak",
+              "torch / f32 matmul peak"]
+    rows = [[f"{r['config']} ({r['batch']} x {r['seq_len']})", r["dtype"], _si(r["ours_tokens_per_s"]),
+             _si(r["torch_tokens_per_s"]), f"{r['speedup']:.2f}", _percent(r["ours_fraction_of_peak"]),
+             _percent(r["torch_fraction_of_peak"])] for r in result["rows"]]
     budget = result["crop_budget"]
-    return ("\n".join(lines) + "\n\n"
+    return (_markdown(header, rows) + "\n\n"
             f"f32 matmul peak {peak / 1e9:,.0f} GFLOP/s (jitted n^3 matmul), "
             f"{result['iters']} timed steps. Crop budget row ({budget['rows']} rows, {budget['crop_slots']} crop "
             f"slots, {budget['real_crops']} real crops): every slot {budget['every_slot_examples_per_s']:.2f} "
@@ -109,12 +114,10 @@ def ablation_table(name: str) -> str:
 def forward_table() -> str:
     """Prefill (experiments/bench_forward.py) ours vs the reference, from its stored CPU run."""
     result = json.loads((RESULTS / "bench_forward_cpu.json").read_text())
-    lines = ["| config | workload | tokens | ours tok/s | reference tok/s | ours / reference | reference |",
-             "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['config']} | {r['workload']} | {r['tokens']} | {_si(r['ours_tokens_per_s'])} | "
-                     f"{_si(r['reference_tokens_per_s'])} | {r['speedup']:.2f} | {r['reference']} |")
-    return "\n".join(lines) + f"\n\n{result['threads'] or 'default'} threads; {_source(result)}.\n"
+    rows = [[r["config"], r["workload"], str(r["tokens"]), _si(r["ours_tokens_per_s"]), _si(r["reference_tokens_per_s"]),
+             f"{r['speedup']:.2f}", r["reference"]] for r in result["rows"]]
+    header = ["config", "workload", "tokens", "ours tok/s", "reference tok/s", "ours / reference", "reference"]
+    return _markdown(header, rows) + f"\n\n{result['threads']} threads; {_source(result)}.\n"
 
 
 def generate_table() -> str:
@@ -122,21 +125,20 @@ def generate_table() -> str:
     result = json.loads((RESULTS / "bench_generate_cpu.json").read_text())
     ratio = lambda x: "-" if x is None else f"{x:.2f}"
     rate = lambda x: "-" if x is None else f"{x:,.0f}" if x < 1e4 else _si(x)
-    lines = ["| config | workload | batch | TTFT ms, ours / reference | decode tok/s, ours / reference | "
-             "decode ours / reference | tokens agreeing |", "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['config']} | {r['workload']} | {r['batch']} | {1e3 * r['ours_ttft_s']:.1f} / "
-                     f"{1e3 * r['reference_ttft_s']:.1f} | {rate(r['ours_decode_tokens_per_s'])} / "
-                     f"{rate(r['reference_decode_tokens_per_s'])} | {ratio(r['speedup'])} | "
-                     f"{r['token_agreement']:.2f} |")
-    o = {name.removesuffix("_s"): 1e3 * seconds for name, seconds in result["overhead"].items()}
-    return ("\n".join(lines) + f"\n\n{result['new_tokens']} new tokens; {result['threads'] or 'default'} threads; "
-            "-: a decode time within the noise of the first token's. "
-            f"Per call, tiny text, batch 1, 1 new token (ms): `generate` {o['generate']:.2f}; the jitted program "
-            f"alone {o['program']:.2f}, with the tokens' transfer to the host {o['program_to_host']:.2f}; "
-            f"bucketing the inputs {o['bucketing']:.2f}; an empty jitted call {o['empty_jit']:.3f}; skipped by a "
-            f"prepared call: freezing the config {o['freeze_config']:.2f}, making the PRNG key {o['prng_key']:.2f}; "
-            f"{_source(result)}.\n")
+    rows = [[r["config"], r["workload"], str(r["batch"]),
+             f"{1e3 * r['ours_ttft_s']:.1f} / {1e3 * r['reference_ttft_s']:.1f}",
+             f"{rate(r['ours_decode_tokens_per_s'])} / {rate(r['reference_decode_tokens_per_s'])}",
+             ratio(r["speedup"]), f"{r['token_agreement']:.2f}"] for r in result["rows"]]
+    header = ["config", "workload", "batch", "TTFT ms, ours / reference", "decode tok/s, ours / reference",
+              "decode ours / reference", "tokens agreeing"]
+    ms = {name.removesuffix("_s"): f"{1e3 * seconds:.2f}" for name, seconds in result["overhead"].items()}
+    parts = [f"`generate` {ms['generate']}", f"the jitted program alone {ms['program']}",
+             f"with the tokens' transfer to the host {ms['program_to_host']}", f"bucketing the inputs {ms['bucketing']}",
+             f"an empty jitted call {ms['empty_jit']}", f"skipped by a prepared call: freezing the config "
+             f"{ms['freeze_config']}, making the PRNG key {ms['prng_key']}"]
+    return (_markdown(header, rows) + f"\n\n{result['new_tokens']} new tokens; {result['threads']} threads; -: a "
+            "decode time within the noise of the first token's. Per call, tiny text, batch 1, 1 new token (ms): "
+            + "; ".join(parts) + f"; {_source(result)}.\n")
 
 
 def hf_export_line() -> str:
