@@ -83,8 +83,8 @@ def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
 
 def random_scene(rng: np.random.Generator, size: int, style: SceneStyle = SceneStyle(),
                  max_tries: int = 200) -> list[Shape]:
-    """Non-overlapping shapes inside the image (their boxes 2 px apart): 0..style.max_per_kind of each kind (at least one
-    shape), radii in style.radius, random colours."""
+    """Non-overlapping shapes inside the image (their boxes 2 px apart): 0..style.max_per_kind of each kind
+    (at least one shape), radii in style.radius, random colours."""
     counts = rng.integers(0, style.max_per_kind + 1, size=len(SHAPES))
     if counts.sum() == 0:
         counts[rng.integers(len(SHAPES))] = 1
@@ -351,19 +351,25 @@ class SyntheticSource:
         regenerated from its seed (scene tasks draw the scene first): the pixels the generator paints for
         each, the pointing eval's object masks. None when the scene does not redraw `image` exactly (a
         task without a scene)."""
-        shapes = random_scene(task_rng(self.seed, self.task, index), self.image_size, self.style)
+        shapes = self._shapes(index)
         if not np.array_equal(draw_scene(shapes, self.image_size), image):
             return None
         centres = np.array([[s.x, s.y] for s in shapes]).reshape(-1, 2)
-        return centres, [(draw_scene([s], self.image_size) != BACKGROUND).any(-1) for s in shapes]
+        return centres, [self._painted(s) for s in shapes]
 
     def kinds_at(self, index: int, points: np.ndarray) -> list[str | None]:
         """The kind of the scene shape painted under each point (float[n, 2] pixel (x, y)) of scene example
         `index`; None where a point falls on the background."""
-        shapes = random_scene(task_rng(self.seed, self.task, index), self.image_size, self.style)
-        painted = [(s.kind, (draw_scene([s], self.image_size) != BACKGROUND).any(-1)) for s in shapes]
+        painted = [(s.kind, self._painted(s)) for s in self._shapes(index)]
         cells = np.clip(np.asarray(points, np.float64).reshape(-1, 2).astype(int), 0, self.image_size - 1)
         return [next((kind for kind, mask in painted if mask[y, x]), None) for x, y in cells]
+
+    def _shapes(self, index: int) -> list[Shape]:
+        return random_scene(task_rng(self.seed, self.task, index), self.image_size, self.style)
+
+    def _painted(self, shape: Shape) -> np.ndarray:
+        """bool[size, size]: the pixels the generator paints for `shape`."""
+        return (draw_scene([shape], self.image_size) != BACKGROUND).any(-1)
 
 
 def sources(size: int = 10_000, seed: int = 0, image_size: int = 112, tasks: tuple[str, ...] = STAGE2_TASKS,
