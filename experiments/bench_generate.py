@@ -9,7 +9,8 @@ Per row: time to first token (a 1-token generation: prefill + first sample + tra
 throughput B * (N - 1) / (t(N tokens) - t(1 token)), the medians of interleaved runs (bench_common's
 `interleaved_medians`, after compilation / warm-up), and the fraction of generated tokens on which
 ours and the reference agree (random weights: a late float-rounding flip of a close argmax is possible).
-Also the end-to-end rate B * N / t(N tokens), and the per-call overhead of the tiny text row (`overhead`). JSON (--out): the rows and top-level "speedup" = min over rows
+Also the end-to-end rate B * N / t(N tokens), and the per-call overhead of the tiny text row (`overhead`).
+JSON (--out): the rows and top-level "speedup" = min over rows
 of ours / reference decode tokens/s (rows whose decode time drowned in the machine's noise, "-", left out).
 
 Run (text rows; the project venv):

@@ -99,7 +99,8 @@ def check(checkpoint: str, remote_code: Path, prompt: str, tol: float) -> dict:
                        image_input_idx=torch.from_numpy(ex["image_input_idx"][None].astype(np.int64))).logits[0].numpy()
     diff = float(np.abs(ours - theirs).max())
     return {"checkpoint": str(checkpoint),
-            "remote_code": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(remote_code.glob("*.py"))},
+            "remote_code": {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                            for f in sorted(remote_code.glob("*.py"))},
             "crops": int(ex["images"].shape[0]), "tokens": int(ex["input_tokens"].shape[0]),
             "logits_shape": list(theirs.shape), "max_abs_diff": diff, "logit_std": float(ours.std()),
             "same_argmax": bool((ours.argmax(-1) == theirs.argmax(-1)).all()), "load_seconds": round(load_s, 2),
@@ -129,7 +130,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import transformers
-    runs = {Path(c).name: check(c, remote_code_for(c, args.remote_code), args.prompt, args.tol) for c in args.checkpoint}
+    runs = {Path(c).name: check(c, remote_code_for(c, args.remote_code), args.prompt, args.tol)
+            for c in args.checkpoint}
     result = {**provenance.describe(), "transformers": transformers.__version__, "runs": runs}
     print(json.dumps(result))
     if args.out:

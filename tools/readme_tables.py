@@ -114,8 +114,8 @@ def ablation_table(name: str) -> str:
 def forward_table() -> str:
     """Prefill (experiments/bench_forward.py) ours vs the reference, from its stored CPU run."""
     result = json.loads((RESULTS / "bench_forward_cpu.json").read_text())
-    rows = [[r["config"], r["workload"], str(r["tokens"]), _si(r["ours_tokens_per_s"]), _si(r["reference_tokens_per_s"]),
-             f"{r['speedup']:.2f}", r["reference"]] for r in result["rows"]]
+    rows = [[r["config"], r["workload"], str(r["tokens"]), _si(r["ours_tokens_per_s"]),
+             _si(r["reference_tokens_per_s"]), f"{r['speedup']:.2f}", r["reference"]] for r in result["rows"]]
     header = ["config", "workload", "tokens", "ours tok/s", "reference tok/s", "ours / reference", "reference"]
     return _markdown(header, rows) + f"\n\n{result['threads']} threads; {_source(result)}.\n"
 
@@ -133,7 +133,8 @@ def generate_table() -> str:
               "decode ours / reference", "tokens agreeing"]
     ms = {name.removesuffix("_s"): f"{1e3 * seconds:.2f}" for name, seconds in result["overhead"].items()}
     parts = [f"`generate` {ms['generate']}", f"the jitted program alone {ms['program']}",
-             f"with the tokens' transfer to the host {ms['program_to_host']}", f"bucketing the inputs {ms['bucketing']}",
+             f"with the tokens' transfer to the host {ms['program_to_host']}",
+             f"bucketing the inputs {ms['bucketing']}",
              f"an empty jitted call {ms['empty_jit']}", f"skipped by a prepared call: freezing the config "
              f"{ms['freeze_config']}, making the PRNG key {ms['prng_key']}"]
     return (_markdown(header, rows) + f"\n\n{result['new_tokens']} new tokens; {result['threads']} threads; -: a "
@@ -157,7 +158,8 @@ def soak_line(name: str) -> str:
     r = json.loads((RESULTS / f"{name}.json").read_text())
     (_, first_step, first_loss), (_, last_step, last_loss) = r["evals"][0], r["evals"][-1]
     arenas = f" with MALLOC_ARENA_MAX={r['malloc_arena_max']}" if r.get("malloc_arena_max") else ""
-    return (f"- {r['mode']}{arenas}, {r['steps']:,} steps in {r['seconds']:.0f} s: live device arrays {r['device_mb_start']:.2f} -> "
+    return (f"- {r['mode']}{arenas}, {r['steps']:,} steps in {r['seconds']:.0f} s: live device arrays "
+            f"{r['device_mb_start']:.2f} -> "
             f"{r['device_mb_end']:.2f} MB ({r['device_slope_percent_per_1k_steps']:+.2f}% per 1,000 steps), host "
             f"RSS {r['rss_mb_start']:.0f} -> {r['rss_mb_end']:.0f} MB ({r['rss_slope_percent_per_1k_steps']:+.2f}% per "
             f"1,000 steps), open descriptors {r['open_fds_start']} -> {r['open_fds_end']}, held-out loss of the "
