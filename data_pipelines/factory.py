@@ -68,11 +68,10 @@ def make_data(cfg, tokenizer: MolmoTokenizer | None = None):
     if d.kind == "user":
         return iter(_user_data(cfg, tokenizer, options))
     if d.kind == "pixmo_lite":
-        size, seed, px, style = d.pixmo_lite_size, d.pixmo_lite_seed, d.pixmo_lite_image_size, synthetic.config_style(d)
         if d.stage == 1:
-            return iter(mixtures.stage1(synthetic.SyntheticSource(synthetic.STAGE1_TASK, size, seed, px, style),
-                                        cfg.model, tokenizer, options))
-        return iter(mixtures.stage2(synthetic.sources(size, seed, px, style=style), cfg.model, tokenizer, options,
+            (captions,) = synthetic.config_sources(d, (synthetic.STAGE1_TASK,)).values()
+            return iter(mixtures.stage1(captions, cfg.model, tokenizer, options))
+        return iter(mixtures.stage2(synthetic.config_sources(d), cfg.model, tokenizer, options,
                                     groups=mixtures.SYNTHETIC_MIXTURE))
     from data_pipelines import sources  # needs tensorflow-datasets (the "data" extra): only for real data
 

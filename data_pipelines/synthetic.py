@@ -383,6 +383,13 @@ def config_style(data_cfg) -> SceneStyle:
     return SceneStyle(tuple(data_cfg.pixmo_lite_shape_radius), data_cfg.pixmo_lite_max_per_kind)
 
 
+def config_sources(data_cfg, tasks: tuple[str, ...] = STAGE2_TASKS) -> dict[str, SyntheticSource]:
+    """`sources` of `tasks` as a config's PixMo-lite data section draws them (`data.pixmo_lite_size`,
+    `pixmo_lite_seed`, `pixmo_lite_image_size` and the scene style)."""
+    return sources(data_cfg.pixmo_lite_size, data_cfg.pixmo_lite_seed, data_cfg.pixmo_lite_image_size, tasks,
+                   config_style(data_cfg))
+
+
 HELD_OUT_SEED = 12345  # generator seed of the held-out sets (training uses the recipes' `data.pixmo_lite_seed`)
 HELD_OUT_SIZE = 1000  # examples of a held-out set
 

@@ -78,11 +78,7 @@ def pixmo_lite_tokenizer(stage_cfgs: Sequence, workdir: epath.PathLike) -> Molmo
     vocab_size = stage_cfgs[0].model.llm.vocab_size
     if not path.exists():
         d = stage_cfgs[0].data
-        style = synthetic.config_style(d)
-        sources = list(synthetic.sources(d.pixmo_lite_size, d.pixmo_lite_seed, d.pixmo_lite_image_size,
-                                         style=style).values())
-        sources.append(synthetic.SyntheticSource(synthetic.STAGE1_TASK, d.pixmo_lite_size, d.pixmo_lite_seed,
-                                                 d.pixmo_lite_image_size, style))
+        sources = list(synthetic.config_sources(d, synthetic.STAGE2_TASKS + (synthetic.STAGE1_TASK,)).values())
         formatters = [formatting.Formatter.from_config(c.model) for c in stage_cfgs]
         train_tokenizer(corpus(sources, formatters, 200), path, vocab_size)
     return load_tokenizer(path, vocab_size)
