@@ -16,6 +16,9 @@ data position) if the model / optimizer settings are those the workdir was start
 every --config.checkpoint.every steps and / or --config.checkpoint.every_minutes minutes. SIGTERM or
 SIGINT saves a checkpoint, prints "stopped at step N of M; rerun the same command to resume", writes no
 export and exits with 128 + the signal number (143 / 130).
+`--eval_every N --eval_task NAME` (repeatable: a `molmo-jax eval` task; PixMo-lite's held-out sets follow the
+config's scene style) scores the first --eval_examples prompts every N steps, logged as eval/<task>/<metric>
+with predictions in <workdir>/eval/<step>/; `--export_every N` exports to <workdir>/export_steps/<step>/.
 A run that completes exports its model (config, weights and the data.tokenizer) to
 <workdir>/export/<format> (`--export`, default orbax); a run without a tokenizer (random token batches and
 no data.tokenizer) records only its config and exports nothing.
@@ -23,6 +26,7 @@ no data.tokenizer) records only its config and exports nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Sequence
 
@@ -33,9 +37,11 @@ from data_pipelines.factory import make_data
 from molmo_jax import config as config_lib
 from molmo_jax import distributed, io, paths
 from molmo_jax.cli import entry_points
+from molmo_jax.eval import runner
+from molmo_jax.eval.tasks import TASKS
 from molmo_jax.recipes import stage1
-from molmo_jax.tokenizer import load_tokenizer
-from molmo_jax.train import trainer
+from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer
+from molmo_jax.train import hooks as hooks_lib, trainer
 from molmo_jax.train.trainable import Trainable
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file and arg (molmo_jax/recipes/stage*.py:arg).",
@@ -46,18 +52,61 @@ _EXPORT = flags.DEFINE_multi_enum("export", ["orbax"], list(io.EXPORT_FORMATS),
                                   "Model exports written to <workdir>/export/<format> when the run completes.")
 _IMPORTS = flags.DEFINE_multi_string("import", [], "Module (name or .py file) imported first, e.g. one that "
                                      "registers a pooling.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Score the --eval_task sets every N steps (0: never).")
+_EVAL_TASKS = flags.DEFINE_multi_string("eval_task", [], "An eval task (molmo-jax eval --task) for --eval_every.")
+_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 100, "Examples of each eval task scored (at most all).")
+_EVAL_DATA_DIR = flags.DEFINE_string("eval_data_dir", "", "Where the eval tasks' sets are (default: data.data_dir).")
+_EXPORT_EVERY = flags.DEFINE_integer("export_every", 0, "Export (--export formats) every N steps (0: never).")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of an error.")
 
 
-def run(cfg, workdir: str, exports: Sequence[str] = ("orbax",)) -> dict:
-    """Trains (resuming), then, if the run has a tokenizer, exports its model to <workdir>/export/<format>
-    for each of `exports`; returns the final state. A signal stops it with trainer.TrainingStopped
-    (checkpointed, nothing exported)."""
+@dataclasses.dataclass(frozen=True)
+class Periodic:
+    """What the run does every few steps besides training (`molmo_jax.train.hooks`)."""
+    eval_every: int = 0
+    eval_tasks: Sequence[str] = ()
+    eval_examples: int = 100
+    eval_data_dir: str = ""
+    export_every: int = 0
+
+    def hooks(self, cfg, workdir: str, tokenizer: MolmoTokenizer | None,
+              exports: Sequence[str]) -> list[hooks_lib.Hook]:
+        """The hooks, their eval sets opened now: a missing one fails before training starts."""
+        if bool(self.eval_every) != bool(self.eval_tasks):
+            raise ValueError("--eval_every N and --eval_task NAME go together")
+        if (self.eval_every or self.export_every) and tokenizer is None:
+            raise ValueError("--eval_every / --export_every need the run's tokenizer: set data.tokenizer")
+        hooks = []
+        if self.eval_every:
+            unknown = sorted(set(self.eval_tasks) - set(TASKS))
+            if unknown:
+                raise ValueError(f"--eval_task {', '.join(unknown)}: unknown; known: {', '.join(sorted(TASKS))}")
+            try:
+                runner.prompt_formatter(cfg.model)
+            except NotImplementedError as e:
+                raise ValueError(f"--eval_task: this model cannot be evaluated: {e}") from e
+            lite = cfg.data if cfg.data.kind == "pixmo_lite" else None
+            data_dir = self.eval_data_dir or cfg.data.get("data_dir") or None
+            datasets = {name: runner.open_dataset(TASKS[name], None, data_dir, lite_data=lite)
+                        for name in self.eval_tasks}
+            hooks.append(hooks_lib.TaskEvalHook(self.eval_every, datasets, cfg.model, tokenizer,
+                                                f"{workdir}/eval", self.eval_examples))
+        if self.export_every:
+            hooks.append(hooks_lib.ExportHook(self.export_every, f"{workdir}/export_steps", cfg.model, tokenizer,
+                                              exports))
+        return hooks
+
+
+def run(cfg, workdir: str, exports: Sequence[str] = ("orbax",), periodic: Periodic = Periodic()) -> dict:
+    """Trains (resuming, with the `periodic` evaluations and exports), then, if the run has a tokenizer,
+    exports its model to <workdir>/export/<format> for each of `exports`; returns the final state. A signal
+    stops it with trainer.TrainingStopped (checkpointed, nothing exported)."""
     stage1.check_init(cfg)
     paths.require_bucket(workdir, "workdir")
     tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.llm.vocab_size) if cfg.data.tokenizer else None
+    hooks = periodic.hooks(cfg, workdir, tokenizer, exports)
     io.save_run_files(workdir, cfg.model, tokenizer)
-    state = trainer.train(cfg, make_data(cfg, tokenizer), workdir)
+    state = trainer.train(cfg, make_data(cfg, tokenizer), workdir, hooks=hooks)
     if tokenizer is None:
         print(f"no export: the run has no tokenizer (set data.tokenizer); its config is in {workdir}")
         return state
@@ -77,7 +126,9 @@ def main(argv):
         config_lib.validate(cfg.model)
         distributed.initialize_from_env()
         try:
-            run(cfg, _WORKDIR.value, _EXPORT.value)
+            periodic = Periodic(_EVAL_EVERY.value, _EVAL_TASKS.value, _EVAL_EXAMPLES.value, _EVAL_DATA_DIR.value,
+                                _EXPORT_EVERY.value)
+            run(cfg, _WORKDIR.value, _EXPORT.value, periodic)
         except trainer.TrainingStopped as stopped:
             print(stopped, file=sys.stderr)
             raise SystemExit(stopped.exit_code) from None

@@ -4,11 +4,12 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from data_pipelines import factory, sources
-from molmo_jax import config, sharding
+from molmo_jax import config, io, sharding
 from molmo_jax.recipes import common, lite, stage1, stage2
 from molmo_jax.train import metrics_log, trainer
 from test_data_pixmo import _png, _write
@@ -129,16 +130,48 @@ def test_pixmo_lite_is_an_arg_of_the_stage_recipes():
     assert lite.is_lite("lite-long") and not lite.is_lite("tiny-olmo")
 
 
-def test_two_training_steps_on_pixmo_lite(tmp_path):
-    cfg = tiny(1)
-    cfg.optim.steps, cfg.log_every = 2, 1
-    trainer.train(cfg, factory.make_data(cfg), tmp_path, mesh=sharding.make_mesh())
-    rows = metrics_log.read(tmp_path / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
-    assert "skipped/too_long" in rows[-1]
-
-
 def test_synthetic_data_needs_no_tensorflow_datasets():
     """tensorflow-datasets (the "data" extra) is imported only for real PixMo / academic data."""
     code = "import sys, experiments.main, experiments.train; assert 'tensorflow_datasets' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_two_training_steps_on_pixmo_lite_with_periodic_eval_and_export(tmp_path):
+    """experiments.train's run with --eval_every / --eval_task / --export_every: the held-out PixMo-lite sets
+    are drawn as the run's data (56 px scenes here, not the generator's 112 px), scored every step into the
+    log and <workdir>/eval/<step>/; the step-2 export is the run's final model."""
+    from experiments import train
+
+    cfg = tiny(2)
+    cfg.optim.steps, cfg.log_every, cfg.mesh = 2, 1, (1, 1, 1)
+    periodic = train.Periodic(eval_every=1, eval_tasks=("synthetic_points",), eval_examples=2, export_every=2)
+    train.run(cfg, str(tmp_path), ("orbax",), periodic)
+    rows = metrics_log.read(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert "skipped/too_long" in rows[-1]
+    assert [sorted(k for k in r if k.startswith("eval/")) for r in rows] == [
+        ["eval/synthetic_points/f1", "eval/synthetic_points/precision", "eval/synthetic_points/recall"]] * 2
+    for step in (1, 2):
+        result = json.loads((tmp_path / "eval" / str(step) / "synthetic_points.json").read_text())
+        assert result["prompts"] >= 2 and {tuple(p["reference"]["image_size"]) for p in result["predictions"]} == {
+            (56, 56)}
+        assert rows[step - 1]["eval/synthetic_points/f1"] == result["metrics"]["f1"]
+    final, at_step_2 = io.load(tmp_path / "export" / "orbax"), io.load(tmp_path / "export_steps" / "2" / "orbax")
+    jax.tree.map(np.testing.assert_array_equal, final[1], at_step_2[1])
+
+
+@pytest.mark.parametrize("periodic, match", [
+    (dict(eval_every=5), "--eval_every N and --eval_task NAME go together"),
+    (dict(eval_every=5, eval_tasks=("synthetic_nowhere",)), "--eval_task synthetic_nowhere: unknown; known: "),
+    (dict(export_every=5), "need the run's tokenizer: set data.tokenizer"),
+    (dict(eval_every=5, eval_tasks=("synthetic_points",), stage=1), "system_prompt_kind=.*: predict_batch would add"),
+])
+def test_periodic_flags_fail_before_training(tmp_path, periodic, match):
+    from experiments import train
+
+    cfg = tiny(periodic.pop("stage", 2))
+    if "export_every" in periodic:
+        cfg.data.kind, cfg.data.tokenizer = "synthetic", ""
+    with pytest.raises(ValueError, match=match):
+        train.run(cfg, str(tmp_path), ("orbax",), train.Periodic(**periodic))
+    assert not (tmp_path / "checkpoints").exists()

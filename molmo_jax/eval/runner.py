@@ -268,12 +268,15 @@ def print_table(result: Mapping[str, Any]):
 
 # ----------------------------------------------------------------------------- datasets and settings
 
-def open_dataset(task: EvalTask, split: str | None = None, data_dir=None, image_dir=None):
+def open_dataset(task: EvalTask, split: str | None = None, data_dir=None, image_dir=None, lite_data=None):
     """The dataset of `task`: its eval set read from `data_dir` (`split` default: the task's), or its
-    held-out PixMo-lite set (the library's edge to `data_pipelines`, its readers)."""
+    held-out PixMo-lite set, drawn with the image size and scene style of `lite_data` (a training config's
+    data section) when given (the library's edge to `data_pipelines`, its readers)."""
     from data_pipelines import eval_sets, synthetic
 
     if task.dataset is None:
+        if lite_data is not None:
+            return synthetic.config_held_out_source(task.name, lite_data)
         return synthetic.held_out_source(task.name)
     split = split or task.split
     if split not in task.splits:

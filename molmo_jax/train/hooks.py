@@ -1,8 +1,11 @@
 """Work `trainer.train` does every few steps besides training: periodic evaluation and export.
 
     hooks = [EvalHook(500, lambda params: {"loss": held_out_loss(params)}),
+             TaskEvalHook(500, {"synthetic_points": held_out_set}, cfg.model, tokenizer, f"{workdir}/eval"),
              ExportHook(1000, f"{workdir}/export_steps", cfg.model, tokenizer, formats=("orbax",))]
     trainer.train(cfg, data, workdir, hooks=hooks)
+
+`python -m experiments.train` builds the last two from its --eval_* and --export_every flags.
 
 A hook runs after each step s with s % every == 0, on the model's params of the state after that step
 (`Program.model_params`: LoRA adapters merged), inside the run's mesh context and before step s's checkpoint
@@ -18,6 +21,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from etils import epath
 
 from molmo_jax import io
+from molmo_jax.api import MolmoBundle
+from molmo_jax.eval import runner
+from molmo_jax.preprocess import Preprocessor
 from molmo_jax.tokenizer import MolmoTokenizer
 
 
@@ -36,6 +42,28 @@ class EvalHook:
 
     def __call__(self, step: int, params: Any) -> dict[str, float]:
         return {f"eval/{name}": float(value) for name, value in self.evaluate(params).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEvalHook:
+    """Answers and scores the first `examples` prompts of each eval task (`datasets`: {task name: dataset},
+    `eval.runner.evaluate`), logged as "eval/<task>/<metric>"; predictions, results and pointing drawings
+    go to <out_dir>/<step>/."""
+    every: int
+    datasets: Mapping[str, Any]
+    model_cfg: Any
+    tokenizer: MolmoTokenizer
+    out_dir: epath.PathLike
+    examples: int = 100
+
+    def __call__(self, step: int, params: Any) -> dict[str, float]:
+        bundle = MolmoBundle(self.model_cfg, params, self.tokenizer, Preprocessor(self.model_cfg, self.tokenizer))
+        metrics = {}
+        for name, dataset in self.datasets.items():
+            result = runner.evaluate(bundle, dataset, name, n=min(self.examples, len(dataset)), show=False,
+                                     out_dir=epath.Path(self.out_dir) / str(step))
+            metrics.update({f"eval/{name}/{metric}": float(value) for metric, value in result["metrics"].items()})
+        return metrics
 
 
 @dataclasses.dataclass(frozen=True)
