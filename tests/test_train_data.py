@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import factory, sources
-from molmo_jax import config, io, sharding
+from molmo_jax import config, io
 from molmo_jax.recipes import common, lite, stage1, stage2
 from molmo_jax.train import metrics_log, trainer
 from test_data_pixmo import _png, _write
