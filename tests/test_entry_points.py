@@ -130,6 +130,18 @@ def test_train_errors_are_one_line_and_import_registers_the_pooling(tmp_path, us
     assert "max" in connector.POOLINGS
 
 
+def test_train_periodic_flags_reach_the_run(tmp_path, capsys, monkeypatch):
+    """--eval_every / --eval_task / --export_every are checked before training, in one line each."""
+    argv = ["--config", "molmo_jax/recipes/stage2.py:tiny", f"--workdir={tmp_path / 'w'}"]
+    assert train_main(argv + ["--eval_every=5"], monkeypatch) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "experiments.train: error: --eval_every N and --eval_task NAME go together"]
+    assert train_main(argv + ["--export_every=5"], monkeypatch) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "experiments.train: error: --eval_every / --export_every need the run's tokenizer: set data.tokenizer"]
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
 def random_params(cfg, seed: int = 0):
     """Params of `cfg` drawn from N(0, 0.02^2) in numpy (no init program to compile)."""
     rng = np.random.default_rng(seed)
