@@ -26,7 +26,6 @@ no data.tokenizer) records only its config and exports nothing.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Sequence
 
@@ -37,10 +36,8 @@ from data_pipelines.factory import make_data
 from molmo_jax import config as config_lib
 from molmo_jax import distributed, io, paths
 from molmo_jax.cli import entry_points
-from molmo_jax.eval import runner
-from molmo_jax.eval.tasks import TASKS
 from molmo_jax.recipes import stage1
-from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer
+from molmo_jax.tokenizer import load_tokenizer
 from molmo_jax.train import hooks as hooks_lib, trainer
 from molmo_jax.train.trainable import Trainable
 
@@ -60,51 +57,15 @@ _EXPORT_EVERY = flags.DEFINE_integer("export_every", 0, "Export (--export format
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of an error.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Periodic:
-    """What the run does every few steps besides training (`molmo_jax.train.hooks`)."""
-    eval_every: int = 0
-    eval_tasks: Sequence[str] = ()
-    eval_examples: int = 100
-    eval_data_dir: str = ""
-    export_every: int = 0
-
-    def hooks(self, cfg, workdir: str, tokenizer: MolmoTokenizer | None,
-              exports: Sequence[str]) -> list[hooks_lib.Hook]:
-        """The hooks, their eval sets opened now: a missing one fails before training starts."""
-        if bool(self.eval_every) != bool(self.eval_tasks):
-            raise ValueError("--eval_every N and --eval_task NAME go together")
-        if (self.eval_every or self.export_every) and tokenizer is None:
-            raise ValueError("--eval_every / --export_every need the run's tokenizer: set data.tokenizer")
-        hooks = []
-        if self.eval_every:
-            unknown = sorted(set(self.eval_tasks) - set(TASKS))
-            if unknown:
-                raise ValueError(f"--eval_task {', '.join(unknown)}: unknown; known: {', '.join(sorted(TASKS))}")
-            try:
-                runner.prompt_formatter(cfg.model)
-            except NotImplementedError as e:
-                raise ValueError(f"--eval_task: this model cannot be evaluated: {e}") from e
-            lite = cfg.data if cfg.data.kind == "pixmo_lite" else None
-            data_dir = self.eval_data_dir or cfg.data.get("data_dir") or None
-            datasets = {name: runner.open_dataset(TASKS[name], None, data_dir, lite_data=lite)
-                        for name in self.eval_tasks}
-            hooks.append(hooks_lib.TaskEvalHook(self.eval_every, datasets, cfg.model, tokenizer,
-                                                f"{workdir}/eval", self.eval_examples))
-        if self.export_every:
-            hooks.append(hooks_lib.ExportHook(self.export_every, f"{workdir}/export_steps", cfg.model, tokenizer,
-                                              exports))
-        return hooks
-
-
-def run(cfg, workdir: str, exports: Sequence[str] = ("orbax",), periodic: Periodic = Periodic()) -> dict:
+def run(cfg, workdir: str, exports: Sequence[str] = ("orbax",),
+        periodic: hooks_lib.Periodic = hooks_lib.Periodic()) -> dict:
     """Trains (resuming, with the `periodic` evaluations and exports), then, if the run has a tokenizer,
     exports its model to <workdir>/export/<format> for each of `exports`; returns the final state. A signal
     stops it with trainer.TrainingStopped (checkpointed, nothing exported)."""
     stage1.check_init(cfg)
     paths.require_bucket(workdir, "workdir")
     tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.llm.vocab_size) if cfg.data.tokenizer else None
-    hooks = periodic.hooks(cfg, workdir, tokenizer, exports)
+    hooks = periodic.hooks(cfg.model, cfg.data, workdir, tokenizer, exports)
     io.save_run_files(workdir, cfg.model, tokenizer)
     state = trainer.train(cfg, make_data(cfg, tokenizer), workdir, hooks=hooks)
     if tokenizer is None:
@@ -126,7 +87,7 @@ def main(argv):
         config_lib.validate(cfg.model)
         distributed.initialize_from_env()
         try:
-            periodic = Periodic(_EVAL_EVERY.value, _EVAL_TASKS.value, _EVAL_EXAMPLES.value, _EVAL_DATA_DIR.value,
+            periodic = hooks_lib.Periodic(_EVAL_EVERY.value, _EVAL_TASKS.value, _EVAL_EXAMPLES.value, _EVAL_DATA_DIR.value,
                                 _EXPORT_EVERY.value)
             run(cfg, _WORKDIR.value, _EXPORT.value, periodic)
         except trainer.TrainingStopped as stopped:

@@ -146,6 +146,21 @@ def test_generation_params_view_the_stacked_weights_and_give_the_same_tokens():
                                   generate(cfg, params, inputs, sampling))
 
 
+def test_the_default_seed_follows_the_current_mesh():
+    """Generating under one mesh and then under another (as training hooks do, inside the trainer's mesh)
+    with the default seed: the key made under the first mesh is not reused on the second's devices."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from molmo_jax import sharding
+    cfg, params = tiny_model("qwen2")
+    inputs, sampling = prompts(cfg), Sampling(max_new_tokens=3)
+    with sharding.use_mesh((1, -1, 1)) as every_device:
+        on_all = generate(cfg, jax.device_put(params, NamedSharding(every_device, PartitionSpec())), inputs, sampling)
+    with sharding.use_mesh((1, 1, 1)) as one:
+        on_one = generate(cfg, jax.device_put(params, NamedSharding(one, PartitionSpec())), inputs, sampling)
+    np.testing.assert_array_equal(on_one, on_all)
+
+
 def with_padding_crops(inputs: dict[str, np.ndarray], extra: int) -> dict[str, np.ndarray]:
     """`inputs` with `extra` trailing padding crop slots (all -1), as `collate(..., max_crops=...)` adds."""
     pad = lambda x: np.concatenate([x, np.full((x.shape[0], extra) + x.shape[2:], -1, x.dtype)], axis=1)

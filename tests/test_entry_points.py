@@ -135,10 +135,10 @@ def test_train_periodic_flags_reach_the_run(tmp_path, capsys, monkeypatch):
     argv = ["--config", "molmo_jax/recipes/stage2.py:tiny", f"--workdir={tmp_path / 'w'}"]
     assert train_main(argv + ["--eval_every=5"], monkeypatch) == 1
     assert capsys.readouterr().err.splitlines() == [
-        "experiments.train: error: --eval_every N and --eval_task NAME go together"]
+        "experiments.train: error: periodic evaluation needs both an interval (eval every N steps) and its tasks"]
     assert train_main(argv + ["--export_every=5"], monkeypatch) == 1
     assert capsys.readouterr().err.splitlines() == [
-        "experiments.train: error: --eval_every / --export_every need the run's tokenizer: set data.tokenizer"]
+        "experiments.train: error: periodic evaluation and export need the run's tokenizer: set data.tokenizer"]
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 

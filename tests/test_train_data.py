@@ -11,7 +11,7 @@ import pytest
 from data_pipelines import factory, sources
 from molmo_jax import config, io
 from molmo_jax.recipes import common, lite, stage1, stage2
-from molmo_jax.train import metrics_log, trainer
+from molmo_jax.train import hooks, metrics_log, trainer
 from test_data_pixmo import _png, _write
 
 TOKENIZER = "tests/fixtures/molmo_ref/qwen2_7b_d/tokenizer.json"  # vocab 512, as the tiny models
@@ -144,7 +144,7 @@ def test_two_training_steps_on_pixmo_lite_with_periodic_eval_and_export(tmp_path
 
     cfg = tiny(2)
     cfg.optim.steps, cfg.log_every, cfg.mesh = 2, 1, (1, 1, 1)
-    periodic = train.Periodic(eval_every=1, eval_tasks=("synthetic_points",), eval_examples=2, export_every=2)
+    periodic = hooks.Periodic(eval_every=1, eval_tasks=("synthetic_points",), eval_examples=2, export_every=2)
     train.run(cfg, str(tmp_path), ("orbax",), periodic)
     rows = metrics_log.read(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
@@ -161,8 +161,8 @@ def test_two_training_steps_on_pixmo_lite_with_periodic_eval_and_export(tmp_path
 
 
 @pytest.mark.parametrize("periodic, match", [
-    (dict(eval_every=5), "--eval_every N and --eval_task NAME go together"),
-    (dict(eval_every=5, eval_tasks=("synthetic_nowhere",)), "--eval_task synthetic_nowhere: unknown; known: "),
+    (dict(eval_every=5), "needs both an interval"),
+    (dict(eval_every=5, eval_tasks=("synthetic_nowhere",)), "eval task synthetic_nowhere: unknown; known: "),
     (dict(export_every=5), "need the run's tokenizer: set data.tokenizer"),
     (dict(eval_every=5, eval_tasks=("synthetic_points",), stage=1), "system_prompt_kind=.*: predict_batch would add"),
 ])
@@ -173,5 +173,5 @@ def test_periodic_flags_fail_before_training(tmp_path, periodic, match):
     if "export_every" in periodic:
         cfg.data.kind, cfg.data.tokenizer = "synthetic", ""
     with pytest.raises(ValueError, match=match):
-        train.run(cfg, str(tmp_path), ("orbax",), train.Periodic(**periodic))
+        train.run(cfg, str(tmp_path), ("orbax",), hooks.Periodic(**periodic))
     assert not (tmp_path / "checkpoints").exists()

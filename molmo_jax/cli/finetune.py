@@ -60,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="also checkpoint once this many minutes passed since the last one (default 0: off)")
     parser.add_argument("--lr", type=float, help="peak learning rate of every component (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 16)")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="score the --eval-task sets every N steps into the log and <workdir>/eval/<step>/")
+    parser.add_argument("--eval-task", action="append", default=[],
+                        help="a `molmo-jax eval` task for --eval-every (repeatable)")
+    parser.add_argument("--eval-examples", type=int, default=100, help="examples of each eval task (default 100)")
+    parser.add_argument("--eval-data-dir", type=epath.Path, help="where the eval tasks' sets are")
+    parser.add_argument("--export-every", type=int, default=0,
+                        help="also export every N steps to <workdir>/export_steps/<step>/ (default 0: never)")
 
 
 def data_config(cfg, args, path):
@@ -94,16 +102,21 @@ def run(args: argparse.Namespace) -> int:
     """Exit status 0 when finished and exported; 128 + signal number (143 SIGTERM, 130 SIGINT) when a
     signal stopped it (checkpointed, nothing exported: rerunning resumes)."""
     from data_pipelines import factory, user_data
-    from molmo_jax.train import finetune, trainer
+    from molmo_jax import io
+    from molmo_jax.train import finetune, hooks, trainer
     entry_points.check_release_dir(args.checkpoint)
     cfg = _config(args)
+    model_cfg = io.load_config(cfg.init_from)
+    periodic = hooks.Periodic(args.eval_every, tuple(args.eval_task), args.eval_examples,
+                              str(args.eval_data_dir or ""), args.export_every)
+    every = periodic.hooks(model_cfg, cfg.data, args.workdir, io.load_tokenizer(cfg.init_from, model_cfg), cfg.export)
     fetch_urls(user_data.UserData(args.data, args.image_dir, args.allow_outside_images))
     report = validate_with_model(cfg)
     if not report.ok:
         print(report.summary(), file=sys.stderr)
         raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")
     try:
-        _, exports = finetune.run(cfg, args.workdir, factory.make_data)
+        _, exports = finetune.run(cfg, args.workdir, factory.make_data, hooks=every)
     except trainer.TrainingStopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code

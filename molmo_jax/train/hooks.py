@@ -5,7 +5,8 @@
              ExportHook(1000, f"{workdir}/export_steps", cfg.model, tokenizer, formats=("orbax",))]
     trainer.train(cfg, data, workdir, hooks=hooks)
 
-`python -m experiments.train` builds the last two from its --eval_* and --export_every flags.
+`Periodic` builds the last two from the command lines' flags (`python -m experiments.train --eval_every`,
+`molmo-jax finetune --eval-every`, ...).
 
 A hook runs after each step s with s % every == 0, on the model's params of the state after that step
 (`Program.model_params`: LoRA adapters merged), inside the run's mesh context and before step s's checkpoint
@@ -23,6 +24,7 @@ from etils import epath
 from molmo_jax import io
 from molmo_jax.api import MolmoBundle
 from molmo_jax.eval import runner
+from molmo_jax.eval.tasks import TASKS
 from molmo_jax.preprocess import Preprocessor
 from molmo_jax.tokenizer import MolmoTokenizer
 
@@ -78,6 +80,46 @@ class ExportHook:
     def __call__(self, step: int, params: Any) -> dict[str, float]:
         io.save_formats(params, self.model_cfg, self.tokenizer, epath.Path(self.directory) / str(step), self.formats)
         return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Periodic:
+    """Evaluation and export every few steps as the command lines set them (`experiments.train`'s
+    --eval_every / --eval_task / --eval_examples / --eval_data_dir / --export_every, `molmo-jax finetune`'s
+    --eval-every ...)."""
+    eval_every: int = 0
+    eval_tasks: Sequence[str] = ()
+    eval_examples: int = 100
+    eval_data_dir: str = ""
+    export_every: int = 0
+
+    def hooks(self, model_cfg, data_cfg, workdir: epath.PathLike, tokenizer: MolmoTokenizer | None,
+              exports: Sequence[str]) -> list[Hook]:
+        """A `TaskEvalHook` writing to <workdir>/eval and an `ExportHook` to <workdir>/export_steps, as set;
+        the eval sets are opened now (eval_data_dir, default data_cfg.data_dir; PixMo-lite's held-out sets
+        drawn as a pixmo_lite `data_cfg`), so a missing one fails before training starts."""
+        if bool(self.eval_every) != bool(self.eval_tasks):
+            raise ValueError("periodic evaluation needs both an interval (eval every N steps) and its tasks")
+        if (self.eval_every or self.export_every) and tokenizer is None:
+            raise ValueError("periodic evaluation and export need the run's tokenizer: set data.tokenizer")
+        hooks = []
+        if self.eval_every:
+            unknown = sorted(set(self.eval_tasks) - set(TASKS))
+            if unknown:
+                raise ValueError(f"eval task {', '.join(unknown)}: unknown; known: {', '.join(sorted(TASKS))}")
+            try:
+                runner.prompt_formatter(model_cfg)
+            except NotImplementedError as e:
+                raise ValueError(f"periodic evaluation: this model cannot be evaluated: {e}") from e
+            lite = data_cfg if data_cfg.kind == "pixmo_lite" else None
+            data_dir = self.eval_data_dir or data_cfg.get("data_dir") or None
+            datasets = {name: runner.open_dataset(TASKS[name], None, data_dir, lite_data=lite)
+                        for name in self.eval_tasks}
+            hooks.append(TaskEvalHook(self.eval_every, datasets, model_cfg, tokenizer, f"{workdir}/eval",
+                                      self.eval_examples))
+        if self.export_every:
+            hooks.append(ExportHook(self.export_every, f"{workdir}/export_steps", model_cfg, tokenizer, exports))
+        return hooks
 
 
 def run(hooks: Sequence[Hook], step: int, state: dict, *, params_of: Callable[[dict], Any]) -> dict[str, float]:
