@@ -42,9 +42,14 @@ BACKGROUND = (245, 245, 245)
 class SceneStyle:
     """How scenes are drawn: shape radii uniform in `radius` (fractions of the image side) and 0..max_per_kind
     shapes of each kind. Shapes that find no free place in 200 tries are left out (a crowded scene of big
-    shapes has fewer objects than drawn counts; its rows and masks describe the shapes placed)."""
+    shapes has fewer objects than drawn counts; its rows and masks describe the shapes placed).
+
+    `kind_colors`: all shapes of a kind share one colour, each kind of the scene another (random per scene),
+    and the pointing and counting labels name it ("red circles"), so that finding the asked shapes needs
+    the colour, not the outline; else every shape has a random colour and labels name the kind only."""
     radius: tuple[float, float] = (1 / 16, 1 / 11)
     max_per_kind: int = 4
+    kind_colors: bool = False
 
     def __post_init__(self):
         lo, hi = self.radius
@@ -84,12 +89,13 @@ def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
 def random_scene(rng: np.random.Generator, size: int, style: SceneStyle = SceneStyle(),
                  max_tries: int = 200) -> list[Shape]:
     """Non-overlapping shapes inside the image (their boxes 2 px apart): 0..style.max_per_kind of each kind
-    (at least one shape), radii in style.radius, random colours."""
+    (at least one shape), radii in style.radius, random colours (one per kind with style.kind_colors)."""
     counts = rng.integers(0, style.max_per_kind + 1, size=len(SHAPES))
     if counts.sum() == 0:
         counts[rng.integers(len(SHAPES))] = 1
+    palette = rng.permutation(list(COLORS))[:len(SHAPES)] if style.kind_colors else None
     shapes: list[Shape] = []
-    for kind, n in zip(SHAPES, counts):
+    for k, (kind, n) in enumerate(zip(SHAPES, counts)):
         for _ in range(n):
             for _ in range(max_tries):
                 r = rng.uniform(*(f * size for f in style.radius))
@@ -97,7 +103,8 @@ def random_scene(rng: np.random.Generator, size: int, style: SceneStyle = SceneS
                 # Each shape lies in its box of half-side r: boxes 2 px apart keep square and triangle
                 # corners (r * sqrt(2) from the centre) off their neighbours.
                 if all(max(abs(x - s.x), abs(y - s.y)) > r + s.r + 2 for s in shapes):
-                    shapes.append(Shape(kind, str(rng.choice(list(COLORS))), float(x), float(y), float(r)))
+                    color = palette[k] if style.kind_colors else rng.choice(list(COLORS))
+                    shapes.append(Shape(kind, str(color), float(x), float(y), float(r)))
                     break
     return shapes
 
@@ -201,23 +208,35 @@ def scene(rng: np.random.Generator, size: int, style: SceneStyle) -> tuple[np.nd
     return draw_scene(shapes, size), shapes
 
 
-def points_rows(shapes: list[Shape], size: int, method: str) -> dict[str, list]:
-    """pixmo-points rows: one per shape kind (absent kinds too: "There are none."), points in percent."""
+def label(kind: str, shapes: list[Shape], style: SceneStyle, rng: np.random.Generator) -> str:
+    """The pointing / counting label of `kind` in a scene: "circles", or with style.kind_colors "red circles",
+    the colour of the scene's circles (for an absent kind a colour no shape of the scene has, drawn by `rng`)."""
+    if not style.kind_colors:
+        return kind + "s"
+    colors = {s.color for s in shapes if s.kind == kind}
+    color = colors.pop() if colors else str(rng.choice(sorted(set(COLORS) - {s.color for s in shapes})))
+    return f"{color} {kind}s"
+
+
+def points_rows(shapes: list[Shape], size: int, method: str, style: SceneStyle = SceneStyle(),
+                rng: np.random.Generator | None = None) -> dict[str, list]:
+    """pixmo-points rows: one per shape kind (absent kinds too: "There are none."), points in percent; labels
+    as `label` gives them (`rng` is needed with style.kind_colors)."""
     rows: dict[str, list] = {"label": [], "points": [], "count": [], "collection_method": []}
     for kind in SHAPES:
         pts = [dict(x=100 * s.x / size, y=100 * s.y / size) for s in shapes if s.kind == kind]
-        rows["label"].append(kind + "s")
+        rows["label"].append(label(kind, shapes, style, rng))
         rows["points"].append(pts)
         rows["count"].append(len(pts))
         rows["collection_method"].append(method)
     return rows
 
 
-def count_rows(shapes: list[Shape], rng: np.random.Generator) -> dict[str, list]:
-    """One pixmo-count row: a present shape kind, points in pixels as a struct of x and y lists."""
+def count_rows(shapes: list[Shape], rng: np.random.Generator, style: SceneStyle = SceneStyle()) -> dict[str, list]:
+    """One pixmo-count row: a present shape kind (its `label`), points in pixels as a struct of x and y lists."""
     kind = str(rng.choice(sorted({s.kind for s in shapes})))
     pts = [s for s in shapes if s.kind == kind]
-    return {"label": [kind + "s"], "count": [len(pts)],
+    return {"label": [label(kind, shapes, style, rng)], "count": [len(pts)],
             "points": [{"x": [s.x for s in pts], "y": [s.y for s in pts]}]}
 
 
@@ -263,13 +282,13 @@ def _clock(rng, size, index, style):
 def _points(method):
     def make(rng, size, index, style):
         image, shapes = scene(rng, size, style)
-        return image, points_rows(shapes, size, method)
+        return image, points_rows(shapes, size, method, style, rng)
     return make
 
 
 def _count(rng, size, index, style):
     image, shapes = scene(rng, size, style)
-    return image, count_rows(shapes, rng)
+    return image, count_rows(shapes, rng, style)
 
 
 def _cap(rng, size, index, style):
@@ -379,8 +398,10 @@ def sources(size: int = 10_000, seed: int = 0, image_size: int = 112, tasks: tup
 
 
 def config_style(data_cfg) -> SceneStyle:
-    """The scene style of a config's data section (`data.pixmo_lite_shape_radius`, `pixmo_lite_max_per_kind`)."""
-    return SceneStyle(tuple(data_cfg.pixmo_lite_shape_radius), data_cfg.pixmo_lite_max_per_kind)
+    """The scene style of a config's data section (`data.pixmo_lite_shape_radius`, `pixmo_lite_max_per_kind`,
+    `pixmo_lite_kind_colors`)."""
+    return SceneStyle(tuple(data_cfg.pixmo_lite_shape_radius), data_cfg.pixmo_lite_max_per_kind,
+                      data_cfg.pixmo_lite_kind_colors)
 
 
 def config_sources(data_cfg, tasks: tuple[str, ...] = STAGE2_TASKS) -> dict[str, SyntheticSource]:

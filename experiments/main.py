@@ -89,11 +89,13 @@ def majority_baseline(result: dict, key: Callable[[str], Any] = lambda prompt: N
 
 
 def question_type(prompt: str) -> tuple:
-    """What a text-only model can know of a PixMo-lite prompt: the shape it names and whether it asks for a
-    colour, else the question after the style prefix (e.g. "What is the value of B?")."""
+    """What a text-only model can know of a PixMo-lite prompt: the shape it names, whether it asks for a
+    colour and the colour it names ("red circles", else None), else the question after the style prefix (e.g.
+    "What is the value of B?")."""
     shape = re.search(r"circle|square|triangle", prompt)
     if shape:
-        return shape.group(), "color" in prompt
+        color = re.search("|".join(synthetic.COLORS), prompt)
+        return shape.group(), "color" in prompt, color and color.group()
     return (prompt.split(":")[-1].strip(),)
 
 

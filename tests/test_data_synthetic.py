@@ -122,13 +122,26 @@ def test_every_task_preprocesses():
 
 
 BIG = synthetic.SceneStyle(radius=(1 / 8, 1 / 6), max_per_kind=2)
+KIND_COLORS = synthetic.SceneStyle(radius=(1 / 8, 1 / 6), max_per_kind=2, kind_colors=True)
 
 
-@pytest.mark.parametrize("style", [synthetic.SceneStyle(), BIG, synthetic.SceneStyle((0.2, 0.3), 2)],
-                         ids=["default", "lite", "crowded"])
+def check_labels(rows, shapes, style):
+    """Each label names its kind; with style.kind_colors also the colour all of that kind's shapes share (a
+    colour no other kind has), for an absent kind a colour no shape has; without, no colour."""
+    for name in rows["label"]:
+        *color, kind = name.split(" ")
+        assert kind.removesuffix("s") in synthetic.SHAPES and len(color) == style.kind_colors
+        if style.kind_colors:
+            matching = [s.kind == kind[:-1] for s in shapes if s.color == color[0]]
+            assert all(matching), (name, shapes)
+            assert len(matching) == sum(s.kind == kind[:-1] for s in shapes)
+
+
+@pytest.mark.parametrize("style", [synthetic.SceneStyle(), BIG, synthetic.SceneStyle((0.2, 0.3), 2), KIND_COLORS],
+                         ids=["default", "big", "crowded", "lite"])
 def test_scene_style_keeps_scenes_valid(style):
     """Shapes lie inside the image, their boxes 2 px apart, radii and per-kind counts as the style says; the rows (points,
-    counts) and the held-out set's object masks describe exactly the shapes drawn."""
+    counts, labels) and the held-out set's object masks describe exactly the shapes drawn."""
     size, lo, hi = 112, style.radius[0] * 112, style.radius[1] * 112
     for source in (synthetic.SyntheticSource("points", 40, 0, size, style),
                    synthetic.held_out_source("synthetic_points", size, style)):
@@ -141,6 +154,9 @@ def test_scene_style_keeps_scenes_valid(style):
                 assert max(abs(a.x - b.x), abs(a.y - b.y)) > a.r + b.r + 2
             assert rows["count"] == [sum(s.kind == k for s in shapes) for k in synthetic.SHAPES]
             assert max(rows["count"]) <= style.max_per_kind
+            check_labels(rows, shapes, style)
+            if style.kind_colors:  # one colour per kind, another for each kind
+                assert len({s.color for s in shapes}) == len({s.kind for s in shapes})
             centres, masks = source.object_masks(i, image)
             assert len(masks) == sum(rows["count"]) == len(shapes)
             # Disjoint masks that cover the painted pixels: no shape hides part of another.
@@ -155,6 +171,20 @@ def test_scene_style_keeps_scenes_valid(style):
         xs = rows["points"][0]["x"]
         assert 1 <= rows["count"][0] == len(xs) <= style.max_per_kind
         assert set(xs) <= set(centres[:, 0])
+        shapes = synthetic.random_scene(synthetic.task_rng(0, "count", i), size, style)
+        check_labels(rows, shapes, style)
+        assert sorted(xs) == sorted(s.x for s in shapes if s.kind + "s" == rows["label"][0].split(" ")[-1])
+
+
+def test_kind_colors_name_every_colour_with_every_kind():
+    """The named colour does not tell the kind, nor whether it is present: across scenes each kind is named
+    with every colour, present and absent."""
+    coloured = synthetic.SyntheticSource("points", 200, 0, 112, KIND_COLORS)
+    named = {(label.split(" ")[1], label.split(" ")[0], n > 0)
+             for rows in map(lambda i: coloured.rows(i)[1], range(200))
+             for label, n in zip(rows["label"], rows["count"])}
+    assert named == {(k + "s", c, present) for k in synthetic.SHAPES for c in synthetic.COLORS
+                     for present in (True, False)}
 
 
 def test_scene_style_rejects_bad_values_and_comes_from_the_config():
@@ -164,7 +194,7 @@ def test_scene_style_rejects_bad_values_and_comes_from_the_config():
         synthetic.SceneStyle(max_per_kind=0)
     lite = stage2.get_config("lite").data
     assert synthetic.config_style(lite) == synthetic.SceneStyle(lite.pixmo_lite_shape_radius,
-                                                                lite.pixmo_lite_max_per_kind)
+                                                                lite.pixmo_lite_max_per_kind, True)
     assert synthetic.config_style(stage1.get_config("tiny").data) == synthetic.SceneStyle()
     held_out = synthetic.config_held_out_source("synthetic_points", lite)  # what the main job evaluates on
     assert (held_out.style, held_out.seed, held_out.image_size) == (synthetic.config_style(lite),

@@ -17,6 +17,8 @@ def test_question_prior_is_the_per_question_type_majority():
     assert main.majority_baseline(r) == 2 / 6  # "2" or "red"
     assert main.majority_baseline(r, main.question_type) == 1.0  # each (shape, colour?) group has one answer
     assert main.question_type("pixmo_docs_charts: What is the value of B?") == ("What is the value of B?",)
+    assert main.question_type("point_count: How many red circles are there?") == ("circle", False, "red")
+    assert main.question_type("What color is the square?") == ("square", True, None)
     points = {"task": "synthetic_points", "predictions": [{"prompt": "Point to circles", "reference": {"points": p}}
                                                           for p in ([], [[1.0, 2.0]], [], [[3.0, 4.0], [5.0, 6.0]])]}
     assert main.majority_baseline(points) == 0.5  # pointing at nothing scores F1 1 on the two empty golds

@@ -20,6 +20,9 @@ IMAGE_SIZE = 112
 # tells the generator's default 7-10 px circles, squares and triangles apart barely above chance.
 SHAPE_RADIUS = (1 / 8, 1 / 6)
 MAX_PER_KIND = 2
+# Each kind of a scene in its own colour, named in the pointing and counting labels ("Point to red circles"):
+# the tiny ViT locates shapes but tells their outlines apart barely above chance, while a colour it reads.
+KIND_COLORS = True
 TRAIN_EXAMPLES = 20_000  # per synthetic task (examples are generated on the fly)
 BATCH = 8  # rows of SEQ_LEN tokens; packed, about 18 examples per step
 SEQ_LEN = 192
@@ -70,7 +73,8 @@ def configure(c, stage: int, arg: str = "lite") -> ml_collections.ConfigDict:
     c.optim.lr = common.per_component(connector=IMAGE_LR, vit=IMAGE_LR, llm=LR)
     c.data.update(kind="pixmo_lite", global_batch=BATCH, seq_len=SEQ_LEN, pack_crops=PACK_CROPS,
                   pixmo_lite_size=TRAIN_EXAMPLES, pixmo_lite_seed=SEED, pixmo_lite_image_size=IMAGE_SIZE,
-                  pixmo_lite_shape_radius=SHAPE_RADIUS, pixmo_lite_max_per_kind=MAX_PER_KIND)
+                  pixmo_lite_shape_radius=SHAPE_RADIUS, pixmo_lite_max_per_kind=MAX_PER_KIND,
+                  pixmo_lite_kind_colors=KIND_COLORS)
     c.mesh = (1, 1, 1)
     c.seed = SEED
     set_steps(c, STAGE_STEPS[stage] * SCALES[scale] or 2)

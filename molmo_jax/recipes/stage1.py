@@ -97,6 +97,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     d.pixmo_lite_image_size = 112  # "pixmo_lite": image side in pixels
     d.pixmo_lite_shape_radius = (1 / 16, 1 / 11)  # "pixmo_lite": scene shape radii, fractions of the image side
     d.pixmo_lite_max_per_kind = 4  # "pixmo_lite": at most this many shapes of each kind in a scene
+    # "pixmo_lite": one colour per shape kind in a scene, named in pointing / counting labels ("red circles")
+    d.pixmo_lite_kind_colors = False
 
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
     c.seed = 6198
