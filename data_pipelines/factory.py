@@ -85,13 +85,13 @@ def make_data(cfg, tokenizer: MolmoTokenizer | None = None):
 
 
 def _user_data(cfg, tokenizer: MolmoTokenizer, options: mixtures.PipelineOptions):
-    """The user JSONL mixed with PixMo-lite (its tasks at their stage-2 mixture rates, generator seed
-    data.seed) at rate `data.mix_pixmo_lite`; multi-conversation examples shuffled as in stage 2."""
+    """The user JSONL mixed with PixMo-lite (its tasks at their stage-2 mixture rates, drawn as the config's
+    `data.pixmo_lite_*` say) at rate `data.mix_pixmo_lite`; multi-conversation examples shuffled as in stage 2."""
     d = cfg.data
     named = {"user": user_data.UserData(d.path, d.image_dir or None, d.allow_outside_images)}
     rates = None
     if d.mix_pixmo_lite:
-        lite = synthetic.sources(d.pixmo_lite_size, d.seed)
+        lite = synthetic.config_sources(d)
         lite_rates = mixtures.mixture_rates({n: len(s) for n, s in lite.items()}, mixtures.SYNTHETIC_MIXTURE)
         named.update(lite)
         rates = {"user": 1 - d.mix_pixmo_lite, **{n: d.mix_pixmo_lite * r for n, r in lite_rates.items()}}

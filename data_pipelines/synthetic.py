@@ -416,8 +416,8 @@ HELD_OUT_SIZE = 1000  # examples of a held-out set
 
 
 def held_out_source(name: str, image_size: int = 112, style: SceneStyle = SceneStyle()) -> SyntheticSource:
-    """The held-out PixMo-lite set `name` ("synthetic_<task>"), the eval runner's tasks of that name; a model
-    trained on another scene style is evaluated on held-out scenes of its own `style`."""
+    """The held-out PixMo-lite set `name` ("synthetic_<task>") drawn at `image_size` px in `style`; the eval
+    runner's tasks of that name draw it as a config says (`config_held_out_source`)."""
     task = name.removeprefix("synthetic_")
     if not name.startswith("synthetic_") or task not in TASKS:
         raise KeyError(f"unknown PixMo-lite set {name!r}; known: {sorted('synthetic_' + t for t in TASKS)}")

@@ -195,7 +195,7 @@ def test_scene_style_rejects_bad_values_and_comes_from_the_config():
     lite = stage2.get_config("lite").data
     assert synthetic.config_style(lite) == synthetic.SceneStyle(lite.pixmo_lite_shape_radius,
                                                                 lite.pixmo_lite_max_per_kind, True)
-    assert synthetic.config_style(stage1.get_config("tiny").data) == synthetic.SceneStyle()
+    assert synthetic.config_style(stage1.get_config("tiny").data) == synthetic.config_style(lite)  # the default
     held_out = synthetic.config_held_out_source("synthetic_points", lite)  # what the main job evaluates on
     assert (held_out.style, held_out.seed, held_out.image_size) == (synthetic.config_style(lite),
                                                                     synthetic.HELD_OUT_SEED, lite.pixmo_lite_image_size)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -50,7 +51,7 @@ class GoldBundle:
 
 
 def items_of(name: str, n: int, seed: int = 0) -> list[runner.EvalItem]:
-    source = synthetic.held_out_source(name)
+    source = runner.open_dataset(runner.TASKS[name])
     return list(runner.eval_items(source, runner.TASKS[name], n, runner.prompt_formatter(fixture_cfg()), seed))
 
 
@@ -63,7 +64,7 @@ def test_prompts_are_the_official_inference_prompts(name):
     expected = []
     for index in range(3):
         rng = np.random.RandomState(7 + index)
-        messages, _ = official(synthetic.held_out_source(name).get(index, rng), False, True, rng)
+        messages, _ = official(runner.open_dataset(runner.TASKS[name]).get(index, rng), False, True, rng)
         expected += [m[0] for m in messages] if isinstance(messages[0], list) else messages
     assert [f" User: {it.prompt} Assistant:" for it in items] == expected
     if name == "synthetic_clocks":
@@ -151,3 +152,17 @@ def test_cli_eval_writes_the_result_and_prints_the_table(tmp_path, capsys):
     assert "precision" in out and "f1" in out and f"wrote {tmp_path}/synthetic_points.json" in out
     result = json.loads((tmp_path / "synthetic_points.json").read_text())
     assert result["prompts"] == 3 and len(result["files"]) == 3 and (tmp_path / "synthetic_points_000.png").exists()
+
+
+def test_held_out_sets_are_the_pixmo_lite_recipes_scenes_unless_a_config_says_otherwise():
+    """`molmo-jax eval --task synthetic_points` on a main-job export scores the scenes its recipe trained on;
+    a training run's hook passes its own data section."""
+    from molmo_jax.recipes import lite, stage2
+    lite_data = stage2.get_config("lite").data
+    source = runner.open_dataset(runner.TASKS["synthetic_points"])
+    assert (source.seed, source.image_size, source.style) == (
+        synthetic.HELD_OUT_SEED, lite_data.pixmo_lite_image_size, synthetic.config_style(lite_data))
+    assert source.style.kind_colors and source.style != synthetic.SceneStyle()
+    other = {**lite.data_fields(), "pixmo_lite_image_size": 56, "pixmo_lite_kind_colors": False}
+    source = runner.open_dataset(runner.TASKS["synthetic_points"], lite_data=ml_collections.ConfigDict(other))
+    assert (source.image_size, source.style.kind_colors) == (56, False)

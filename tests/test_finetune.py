@@ -329,6 +329,18 @@ def test_readme_example_runs_as_written(tmp_path):
     assert predicted and predicted[:half] == predicted[half:]  # both exports give the same greedy answer
 
 
+def test_pixmo_lite_mix_draws_the_lite_recipes_scenes():
+    """--mix-pixmo-lite mixes in the scenes the PixMo-lite recipe trains on (its image size and style),
+    drawn with the fine-tuning data seed."""
+    from data_pipelines import synthetic
+    from molmo_jax.recipes import lite
+    d = recipe.get_config(str(CHECKPOINT)).data
+    expected = {**lite.data_fields(), "pixmo_lite_size": 10_000, "pixmo_lite_seed": d.seed}
+    assert {k: d[k] for k in expected} == expected
+    assert all(s.style == synthetic.config_style(d) and s.seed == d.seed
+               for s in synthetic.config_sources(d).values())
+
+
 def test_experiment_config_arg():
     cfg = recipe.get_config(f"{CHECKPOINT},lora=8")
     assert cfg.lora.rank == 8 and cfg.freeze == tuple(optim.COMPONENTS) and cfg.init_from == str(CHECKPOINT)

@@ -7,8 +7,8 @@
 
 Tasks (`tasks.TASKS`) are the paper's benchmarks, the academic validation sets, pointing, AndroidControl
 (read by `data_pipelines.eval_sets` from `data_dir`, with the official inference settings: answer length,
-max crops) and the held-out PixMo-lite sets (`data_pipelines.synthetic.held_out_source`: another
-generator seed than training's); `open_dataset` is this module's one edge to `data_pipelines`. `evaluate`
+max crops) and the held-out PixMo-lite sets (`data_pipelines.synthetic.config_held_out_source`: another
+generator seed than training's, the scenes of the PixMo-lite recipe unless a training config says otherwise); `open_dataset` is this module's one edge to `data_pipelines`. `evaluate`
 also takes any `pixmo.Source` with a task. Example `i` is read and formatted with
 `np.random.RandomState(seed + i)`, the rng of the official `DeterministicDataset`.
 Every conversation of an example (each `message_list` entry; of a multi-turn one, its first exchange) is
@@ -47,6 +47,7 @@ import logging
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
+import ml_collections
 import numpy as np
 from etils import epath
 from PIL import Image, ImageDraw
@@ -271,13 +272,15 @@ def print_table(result: Mapping[str, Any]):
 def open_dataset(task: EvalTask, split: str | None = None, data_dir=None, image_dir=None, lite_data=None):
     """The dataset of `task`: its eval set read from `data_dir` (`split` default: the task's), or its
     held-out PixMo-lite set, drawn with the image size and scene style of `lite_data` (a training config's
-    data section) when given (the library's edge to `data_pipelines`, its readers)."""
+    data section; default: the PixMo-lite recipe's, `lite.data_fields`), the library's edge to
+    `data_pipelines`, its readers."""
     from data_pipelines import eval_sets, synthetic
 
     if task.dataset is None:
-        if lite_data is not None:
-            return synthetic.config_held_out_source(task.name, lite_data)
-        return synthetic.held_out_source(task.name)
+        if lite_data is None:
+            from molmo_jax.recipes import lite
+            lite_data = ml_collections.ConfigDict(lite.data_fields())
+        return synthetic.config_held_out_source(task.name, lite_data)
     split = split or task.split
     if split not in task.splits:
         raise ValueError(f"{task.name}: no split {split!r}; allowed: {', '.join(task.splits)}")

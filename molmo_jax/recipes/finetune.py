@@ -15,7 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from molmo_jax import io, lora
-from molmo_jax.recipes import common
+from molmo_jax.recipes import common, lite
 from molmo_jax.config import COMPONENTS
 
 EXPORT_FORMATS = ("hf_release", "orbax")
@@ -47,11 +47,13 @@ def get_config(checkpoint: str, lora_rank: int = 0, steps: int = 1000) -> ml_col
     d.image_dir = ""  # download cache of its URL images ("" = user_data.default_image_dir)
     d.allow_outside_images = False  # image paths outside the JSONL file's folder are refused unless True
     d.mix_pixmo_lite = 0.0  # fraction of examples drawn from PixMo-lite, in [0, 1)
+    d.update(lite.data_fields())  # the PixMo-lite mixed in: the lite recipe's scenes (image size, style)
     d.pixmo_lite_size = 10_000  # examples per PixMo-lite task
     d.global_batch = 16
     d.seq_len = 2304
     d.too_long = "truncate"  # the official collator's cut; "skip" drops longer examples
-    d.seed = common.STAGE_SEEDS[2]  # data order (and the PixMo-lite generator's)
+    d.seed = common.STAGE_SEEDS[2]  # data order
+    d.pixmo_lite_seed = d.seed  # the PixMo-lite generator's
     d.pack_crops = 0  # 0: one example per row; n > 0: pack examples into rows, at most n images per row
     d.num_workers = 0  # grain worker processes (0: threads of this process only)
 

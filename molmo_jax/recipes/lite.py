@@ -51,6 +51,14 @@ def model_config(image_size: int = IMAGE_SIZE, vocab_size: int = 512) -> ml_coll
     return config_lib.validate(cfg)
 
 
+def data_fields() -> dict:
+    """PixMo-lite's data settings (`data.pixmo_lite_*`: examples per task, generator seed, image size, scene
+    style): the stage recipes' defaults, fine-tuning's PixMo-lite mix and the held-out sets' default style."""
+    return dict(pixmo_lite_size=TRAIN_EXAMPLES, pixmo_lite_seed=SEED, pixmo_lite_image_size=IMAGE_SIZE,
+                pixmo_lite_shape_radius=SHAPE_RADIUS, pixmo_lite_max_per_kind=MAX_PER_KIND,
+                pixmo_lite_kind_colors=KIND_COLORS)
+
+
 def is_lite(arg: str) -> bool:
     return arg == "lite" or arg.startswith("lite-")
 
@@ -71,10 +79,7 @@ def configure(c, stage: int, arg: str = "lite") -> ml_collections.ConfigDict:
     c.model = model_config()
     common.set_stage_formatting(c.model, stage)
     c.optim.lr = common.per_component(connector=IMAGE_LR, vit=IMAGE_LR, llm=LR)
-    c.data.update(kind="pixmo_lite", global_batch=BATCH, seq_len=SEQ_LEN, pack_crops=PACK_CROPS,
-                  pixmo_lite_size=TRAIN_EXAMPLES, pixmo_lite_seed=SEED, pixmo_lite_image_size=IMAGE_SIZE,
-                  pixmo_lite_shape_radius=SHAPE_RADIUS, pixmo_lite_max_per_kind=MAX_PER_KIND,
-                  pixmo_lite_kind_colors=KIND_COLORS)
+    c.data.update(kind="pixmo_lite", global_batch=BATCH, seq_len=SEQ_LEN, pack_crops=PACK_CROPS, **data_fields())
     c.mesh = (1, 1, 1)
     c.seed = SEED
     set_steps(c, STAGE_STEPS[stage] * SCALES[scale] or 2)

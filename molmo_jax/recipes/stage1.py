@@ -92,13 +92,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # "pixmo" stage 2: official dataset names to mix; () = mixtures.STAGE2_MIXTURE: its PixMo sets (required)
     # and its academic sets that are built in academic_dir or have files in academic_manual_dir
     d.datasets = ()
-    d.pixmo_lite_size = 10_000  # "pixmo_lite": examples per task
-    d.pixmo_lite_seed = 0  # "pixmo_lite": generator seed (another seed = other examples, e.g. held out)
-    d.pixmo_lite_image_size = 112  # "pixmo_lite": image side in pixels
-    d.pixmo_lite_shape_radius = (1 / 16, 1 / 11)  # "pixmo_lite": scene shape radii, fractions of the image side
-    d.pixmo_lite_max_per_kind = 4  # "pixmo_lite": at most this many shapes of each kind in a scene
-    # "pixmo_lite": one colour per shape kind in a scene, named in pointing / counting labels ("red circles")
-    d.pixmo_lite_kind_colors = False
+    # "pixmo_lite": the PixMo-lite recipe's (lite.data_fields): pixmo_lite_size examples per task, generator
+    # pixmo_lite_seed (another seed = other examples, e.g. held out), pixmo_lite_image_size px images, scene
+    # style: pixmo_lite_shape_radius (shape radii, fractions of the side), pixmo_lite_max_per_kind,
+    # pixmo_lite_kind_colors (one colour per shape kind, named in pointing / counting labels: "red circles")
+    d.update(lite.data_fields())
 
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
     c.seed = 6198
