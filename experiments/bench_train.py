@@ -33,7 +33,13 @@ the small config fully vs with LoRA rank 8 (`molmo_jax.train.trainable`), as LoR
 from __future__ import annotations
 
 import functools
+import json
 import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import tempfile
 import time
 
 import flax.linen as nn
@@ -41,12 +47,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import safetensors.numpy
 
 from experiments import bench_common
-from molmo_jax import config, distributed, lora, sharding
+from molmo_jax import checkpoints, config, distributed, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, param_count
 from molmo_jax.recipes import stage1
 from molmo_jax.train import optim, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def model_config(size: str, dtype: str):
@@ -121,7 +130,7 @@ def peak_bytes(compiled) -> int:
 
 
 def ours(cfg, batch):
-    """(step() -> None, xla peak bytes) for our jitted train step on one device."""
+    """(step() -> the step's metrics, xla peak bytes) for our jitted train step on one device."""
     mesh = sharding.make_mesh()
     compiled, target = compiled_step(cfg, batch, mesh)
     with sharding.use_mesh(mesh):
@@ -131,7 +140,7 @@ def ours(cfg, batch):
 
     def step():
         box["state"], metrics = compiled(box["state"], device_batch)
-        jax.block_until_ready(metrics)
+        return jax.block_until_ready(metrics)
 
     return step, peak_bytes(compiled)
 
@@ -338,13 +347,18 @@ def device_memory() -> float:
     return float(stats.get("bytes_limit", 0))
 
 
+def molmo_seq(cfg, smoke: bool) -> int:
+    """Tokens per row of the Molmo rows: MOLMO_SEQ; smoke: the image's tokens and 64 text tokens."""
+    return 64 + config.max_total_crops(cfg.model) * int(np.prod(config.pooled_grid(cfg.model))) if smoke else MOLMO_SEQ
+
+
 def molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: bool) -> dict:
     """Tokens/s and MFU of our train step on Molmo-shaped packed rows (one image of every crop per row)."""
     cfg = molmo_config(n_layers, remat, smoke)
-    seq = 64 + config.max_total_crops(cfg.model) * int(np.prod(config.pooled_grid(cfg.model))) if smoke else MOLMO_SEQ
+    seq = molmo_seq(cfg, smoke)
     batch = image_batch(cfg, rows, seq, [config.max_total_crops(cfg.model)] * rows)
     step, peak = ours(cfg, batch)
-    step()
+    first_loss = float(step()["loss"])
     (seconds, _), = bench_common.interleaved_medians({"ours": step}, iters).values()
     flops = molmo_flops(cfg, batch)
     kind = jax.devices()[0].device_kind
@@ -355,7 +369,37 @@ def molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: bool) -> 
             "dtype": "bfloat16", "step_s": seconds, "tokens_per_s": rows * seq / seconds,
             "examples_per_s": rows / seconds, "model_flops": total, "model_flops_by_component": flops,
             "flops_per_s": total / seconds, "device_kind": kind, "bf16_peak_flops": spec_peak,
-            "mfu": total / seconds / spec_peak if spec_peak else None, "peak_memory_bytes": peak}
+            "mfu": total / seconds / spec_peak if spec_peak else None, "peak_memory_bytes": peak,
+            "first_step_loss": first_loss}
+
+
+def official_molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: bool, src: str, python: str,
+                       pythonpath: str) -> dict:
+    """The official train step on the row `molmo_row(remat, n_layers, rows, iters, smoke)` times, holding our
+    initial params (`trainer.initial_params` of the row's config and seed, made on the host's CPU device so
+    that this process holds no accelerator memory yet): `experiments.official_train` in a process of its own
+    (`python`, with `pythonpath` first on its path: transformers 4.46.3), on the device our step uses.
+    Returns its JSON (tokens/s, first step's loss; "error" when it ran out of device memory)."""
+    cfg = molmo_config(n_layers, remat, smoke)
+    mesh = sharding.make_mesh(devices=jax.devices("cpu")[:1])
+    with sharding.use_mesh(mesh):
+        params = trainer.initial_params(cfg, jax.random.split(jax.random.PRNGKey(cfg.seed))[0], mesh)
+    native = checkpoints.params_to_native(params, cfg.model)
+    del params
+    with tempfile.TemporaryDirectory() as tmp:
+        safetensors.numpy.save_file(native, f"{tmp}/params.safetensors")
+        del native
+        command = [*shlex.split(python), "-m", "experiments.official_train", "--src", src, "--params",
+                   f"{tmp}/params.safetensors", "--layers", str(n_layers), "--remat", remat, "--rows", str(rows),
+                   "--iters", str(iters), "--device", bench_common.torch_device(), "--out", f"{tmp}/official.json",
+                   *(["--smoke"] if smoke else [])]
+        path = [p for p in (pythonpath, str(ROOT), os.environ.get("PYTHONPATH")) if p]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "JAX_PLATFORMS": "cpu"}
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+            raise RuntimeError(f"the official train step failed (exit {done.returncode}): {shlex.join(command)}\n{tail}")
+        return json.loads(pathlib.Path(tmp, "official.json").read_text())
 
 
 def crop_budget_row(iters: int, smoke: bool) -> dict:
@@ -394,13 +438,23 @@ def table(rows: list[dict], peak: float) -> str:
 
 def molmo_table(rows: list[dict]) -> str:
     lines = [f"{'config':18} {'remat':14} {'layers':>6} {'rows x seq':>10} {'tok/s':>9} {'ex/s':>7} {'TFLOP/s':>8} "
-             f"{'MFU':>6} {'peak GiB':>8}"]
+             f"{'MFU':>6} {'peak GiB':>8} {'official tok/s':>14} {'ours/official':>13}"]
     for r in rows:
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"{r['config']:18} {r['remat']:14} {r['llm_layers']:6d} {r['rows']:4d} x {r['seq_len']:<5d}"
                      f"{r['tokens_per_s']:9.0f} {r['examples_per_s']:7.2f} {r['flops_per_s'] / 1e12:8.2f} {mfu:>6} "
-                     f"{r['peak_memory_bytes'] / 2**30:8.2f}")
+                     f"{r['peak_memory_bytes'] / 2**30:8.2f} {official_cells(r)}")
     return "\n".join(lines)
+
+
+def official_cells(row: dict) -> str:
+    """The official step's tokens/s and ours / official of a Molmo row ("-" where not timed)."""
+    official = row.get("official")
+    if not official:
+        return f"{'-':>14} {'-':>13}"
+    if "error" in official:
+        return f"official: {official['error']}"
+    return f"{official['tokens_per_s']:14.0f} {row['speedup_vs_official']:13.2f}"
 
 
 def main(argv=None) -> dict:
@@ -412,6 +466,12 @@ def main(argv=None) -> dict:
                         help="decoder layers of the Molmo rows (default: as many as fit the device)")
     parser.add_argument("--molmo-rows", type=int, default=2, help="packed 2304-token rows per step")
     parser.add_argument("--molmo-remat", default="full,dots_no_batch", help="remat policies of the Molmo rows")
+    parser.add_argument("--official-src", help="checkout of allenai/molmo: times the official train step on the "
+                                               "full-remat Molmo row (experiments/official_train.py)")
+    parser.add_argument("--official-python", default=sys.executable,
+                        help="the interpreter of the official step (a venv with transformers 4.46.3)")
+    parser.add_argument("--official-pythonpath", default="",
+                        help="put first on the official step's path (a pip --target dir of transformers 4.46.3)")
     args = bench_common.parse(parser, argv, __file__)
     sizes = (args.sizes or ("tiny" if args.smoke else "tiny,small")).split(",")
     if unknown := sorted(set(sizes) - set(SHAPES)):
@@ -431,7 +491,15 @@ def main(argv=None) -> dict:
     if args.molmo or args.smoke:
         for remat in args.molmo_remat.split(",")[:1 if args.smoke else None]:
             layers = args.molmo_layers or (1 if args.smoke else fit_layers(remat, args.molmo_rows, 0.9 * device_memory()))
-            molmo.append(molmo_row(remat, layers, args.molmo_rows, iters, args.smoke))
+            official = None
+            if args.official_src and remat == "full":  # first: our step's buffers would hold the device memory
+                official = official_molmo_row(remat, layers, args.molmo_rows, iters, args.smoke, args.official_src,
+                                              args.official_python, args.official_pythonpath)
+            row = molmo_row(remat, layers, args.molmo_rows, iters, args.smoke)
+            if official:
+                row.update(official=official, speedup_vs_official=row["tokens_per_s"] / official["tokens_per_s"]
+                           if "tokens_per_s" in official else None)
+            molmo.append(row)
         print(molmo_table(molmo))
     result = {"matmul_peak_flops_per_s": peak, "iters": iters, "rows": rows,
               "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row, "crop_budget": budget_row,
