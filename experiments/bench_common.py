@@ -75,9 +75,17 @@ def stub_official_downloads() -> None:
     if importlib.util.find_spec("cached_path") is not None:
         return
 
+    def exception_class(attr: str) -> type:  # the botocore exceptions olmo/util.py names
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return type(attr, (Exception,), {})
+
     def absent(name: str) -> types.ModuleType:
         module = types.ModuleType(name)
-        module.__getattr__ = lambda attr: type(attr, (Exception,), {})  # exception classes olmo/util.py names
+        module.__getattr__ = exception_class
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
         return sys.modules.setdefault(name, module)
 
     for name in ("boto3", "botocore", "botocore.exceptions", "botocore.config", "cached_path"):

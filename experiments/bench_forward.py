@@ -77,13 +77,25 @@ def small_config():
     return config.validate(cfg)
 
 
+def width_7b_d_config(n_layers: int = 2):
+    """Molmo-7B-D's geometry (ViT-L/14 at 336 px, Qwen2-7B width and vocabulary) with `n_layers` decoder
+    layers: the accelerator rows (`GPU_CONFIGS`)."""
+    cfg = config.get_config("Molmo-7B-D-0924")
+    cfg.name = "7b-d-width"
+    cfg.llm.n_layers = n_layers
+    return config.validate(cfg)
+
+
 CONFIGS = {"tiny": lambda: config.tiny("qwen2"), "small": small_config}
+GPU_CONFIGS = {"7b-d-width": width_7b_d_config}  # by name only (--configs): minutes of setup on a CPU
 
 
 def build_models(cfg, seed: int = 0):
-    """(HF Qwen2ForCausalLM, our params) with the same LLM weights; ViT and connector random."""
+    """(HF Qwen2ForCausalLM on `bench_common.torch_device()`, our params) with the same LLM weights; ViT and
+    connector random."""
     torch.manual_seed(seed)
-    hf = transformers.Qwen2ForCausalLM(hf_qwen2_config(cfg)).eval()
+    with torch.device(bench_common.torch_device()):
+        hf = transformers.Qwen2ForCausalLM(hf_qwen2_config(cfg)).eval()
     params = convert_base.init_params_from_hf(cfg, jax.random.key(seed), llm=(hf.state_dict(), hf.config))
     return hf, params
 

@@ -33,6 +33,7 @@ the small config fully vs with LoRA rank 8 (`molmo_jax.train.trainable`), as LoR
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import os
 import pathlib
@@ -49,7 +50,9 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from experiments import bench_common
+from etils import epath
+
+from experiments import bench_common, provenance
 from molmo_jax import checkpoints, config, distributed, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, param_count
 from molmo_jax.recipes import stage1
@@ -447,6 +450,33 @@ def molmo_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def profile_molmo(trace_dir: str, n_layers: int, rows: int, smoke: bool, top: int = 15) -> dict:
+    """A `jax.profiler` trace of three steps of the full-remat Molmo row (after two untraced ones) in
+    `trace_dir`, and its top ops: {op name: [total ms, calls]} of the device's ops (the host's where no
+    device timeline exists: CPU; Python frames left out), from the trace's perfetto JSON, largest first."""
+    cfg = molmo_config(n_layers, "full", smoke)
+    batch = image_batch(cfg, rows, molmo_seq(cfg, smoke), [config.max_total_crops(cfg.model)] * rows)
+    step, _ = ours(cfg, batch)
+    step(), step()
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(3):
+        step()
+    jax.profiler.stop_trace()
+    trace, = pathlib.Path(trace_dir).rglob("*.trace.json.gz")
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = {pid for pid, name in names.items() if "/device:" in name}
+    totals: dict[str, list] = {}
+    for e in events:
+        if e.get("ph") == "X" and (e["pid"] in device or not device and not e["name"].startswith("$")):
+            total = totals.setdefault(e["name"], [0.0, 0])
+            total[0] += e.get("dur", 0) / 1e3
+            total[1] += 1
+    ops = dict(sorted(totals.items(), key=lambda kv: -kv[1][0])[:top])
+    return {"trace": str(trace), "llm_layers": n_layers, "rows": rows, "timeline": "device" if device else "host",
+            "top_ops_ms_calls": ops}
+
+
 def official_cells(row: dict) -> str:
     """The official step's tokens/s and ours / official of a Molmo row ("-" where not timed)."""
     official = row.get("official")
@@ -466,6 +496,8 @@ def main(argv=None) -> dict:
                         help="decoder layers of the Molmo rows (default: as many as fit the device)")
     parser.add_argument("--molmo-rows", type=int, default=2, help="packed 2304-token rows per step")
     parser.add_argument("--molmo-remat", default="full,dots_no_batch", help="remat policies of the Molmo rows")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="only trace the full-remat Molmo row (--molmo-layers, default 4) into DIR; top ops")
     parser.add_argument("--official-src", help="checkout of allenai/molmo: times the official train step on the "
                                                "full-remat Molmo row (experiments/official_train.py)")
     parser.add_argument("--official-python", default=sys.executable,
@@ -477,6 +509,15 @@ def main(argv=None) -> dict:
     if unknown := sorted(set(sizes) - set(SHAPES)):
         parser.error(f"--sizes: unknown {unknown}; known {sorted(SHAPES)}")
     iters = {"smoke": 1, "quick": 3, "full": 20}[args.mode]
+    if args.profile:
+        traced = profile_molmo(args.profile, args.molmo_layers or (1 if args.smoke else 4), args.molmo_rows,
+                               args.smoke)
+        print(f"top ops ({traced['timeline']} timeline, 3 steps): total ms, calls")
+        for name, (ms, calls) in traced["top_ops_ms_calls"].items():
+            print(f"{ms:10.2f} {calls:6d}  {name[:120]}")
+        if args.out:
+            epath.Path(args.out).write_text(json.dumps({**provenance.describe(args.command), **traced}, indent=1))
+        return traced
     peak = matmul_peak(256 if args.smoke else 2048 if jax.default_backend() == "cpu" else 8192)
     dtypes = ("float32",) if args.smoke else ("float32", "bfloat16")
     rows = [bench_row(size, dtype, iters, peak) for size in sizes for dtype in dtypes]
