@@ -382,7 +382,8 @@ def official_molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: 
     initial params (`trainer.initial_params` of the row's config and seed, made on the host's CPU device so
     that this process holds no accelerator memory yet): `experiments.official_train` in a process of its own
     (`python`, with `pythonpath` first on its path: transformers 4.46.3), on the device our step uses.
-    Returns its JSON (tokens/s, first step's loss; "error" when it ran out of device memory)."""
+    Returns its JSON: the decoder layers it fit (`n_layers` or fewer), tokens/s, first step's loss ("error"
+    when not even one layer fits)."""
     cfg = molmo_config(n_layers, remat, smoke)
     mesh = sharding.make_mesh(devices=jax.devices("cpu")[:1])
     with sharding.use_mesh(mesh):
@@ -477,6 +478,14 @@ def profile_molmo(trace_dir: str, n_layers: int, rows: int, smoke: bool, top: in
             "top_ops_ms_calls": ops}
 
 
+def compared_row(row: dict, official: dict | None) -> dict:
+    """`row` with the official step's result and ours / official tokens/s (None where it did not run)."""
+    if official is None:
+        return row
+    ratio = row["tokens_per_s"] / official["tokens_per_s"] if "tokens_per_s" in official else None
+    return {**row, "official": official, "speedup_vs_official": ratio}
+
+
 def official_cells(row: dict) -> str:
     """The official step's tokens/s and ours / official of a Molmo row ("-" where not timed)."""
     official = row.get("official")
@@ -485,6 +494,25 @@ def official_cells(row: dict) -> str:
     if "error" in official:
         return f"official: {official['error']}"
     return f"{official['tokens_per_s']:14.0f} {row['speedup_vs_official']:13.2f}"
+
+
+def molmo_rows(args, iters: int) -> list[dict]:
+    """The Molmo rows of `--molmo-remat` (smoke: the first policy); with --official-src, the full-remat row's
+    official step first, and ours again at the layers it fits when those are fewer."""
+    molmo = []
+    for remat in args.molmo_remat.split(",")[:1 if args.smoke else None]:
+        layers = args.molmo_layers or (1 if args.smoke else fit_layers(remat, args.molmo_rows, 0.9 * device_memory()))
+        official = None
+        if args.official_src and remat == "full":  # first: our step's buffers would hold the device memory
+            official = official_molmo_row(remat, layers, args.molmo_rows, iters, args.smoke, args.official_src,
+                                          args.official_python, args.official_pythonpath)
+            if official["llm_layers"] not in (0, layers):
+                molmo.append(compared_row(molmo_row(remat, official["llm_layers"], args.molmo_rows, iters,
+                                                    args.smoke), official))
+                official = None
+        molmo.append(compared_row(molmo_row(remat, layers, args.molmo_rows, iters, args.smoke), official))
+    print(molmo_table(molmo))
+    return molmo
 
 
 def main(argv=None) -> dict:
@@ -496,6 +524,8 @@ def main(argv=None) -> dict:
                         help="decoder layers of the Molmo rows (default: as many as fit the device)")
     parser.add_argument("--molmo-rows", type=int, default=2, help="packed 2304-token rows per step")
     parser.add_argument("--molmo-remat", default="full,dots_no_batch", help="remat policies of the Molmo rows")
+    parser.add_argument("--molmo-only", action="store_true",
+                        help="only the Molmo rows (no tiny / LoRA / crop-budget rows); JSON rows = the Molmo rows")
     parser.add_argument("--profile", metavar="DIR",
                         help="only trace the full-remat Molmo row (--molmo-layers, default 4) into DIR; top ops")
     parser.add_argument("--official-src", help="checkout of allenai/molmo: times the official train step on the "
@@ -518,6 +548,11 @@ def main(argv=None) -> dict:
         if args.out:
             epath.Path(args.out).write_text(json.dumps({**provenance.describe(args.command), **traced}, indent=1))
         return traced
+    if args.molmo_only:
+        molmo = molmo_rows(args, iters)
+        ratios = [r["speedup_vs_official"] for r in molmo if r.get("speedup_vs_official")]
+        result = {"iters": iters, "rows": molmo, "speedup": min(ratios, default=float("nan")), "molmo_rows": molmo}
+        return bench_common.finish(result, args, "worst Molmo row, ours / official tokens/s")
     peak = matmul_peak(256 if args.smoke else 2048 if jax.default_backend() == "cpu" else 8192)
     dtypes = ("float32",) if args.smoke else ("float32", "bfloat16")
     rows = [bench_row(size, dtype, iters, peak) for size in sizes for dtype in dtypes]
@@ -528,20 +563,7 @@ def main(argv=None) -> dict:
     print(f"crop budget: {budget_row['real_crops']} real of {budget_row['crop_slots']} crop slots: "
           f"{budget_row['every_slot_examples_per_s']:.2f} -> {budget_row['real_crops_only_examples_per_s']:.2f} "
           f"examples/s ({budget_row['speedup']:.2f}x)")
-    molmo = []
-    if args.molmo or args.smoke:
-        for remat in args.molmo_remat.split(",")[:1 if args.smoke else None]:
-            layers = args.molmo_layers or (1 if args.smoke else fit_layers(remat, args.molmo_rows, 0.9 * device_memory()))
-            official = None
-            if args.official_src and remat == "full":  # first: our step's buffers would hold the device memory
-                official = official_molmo_row(remat, layers, args.molmo_rows, iters, args.smoke, args.official_src,
-                                              args.official_python, args.official_pythonpath)
-            row = molmo_row(remat, layers, args.molmo_rows, iters, args.smoke)
-            if official:
-                row.update(official=official, speedup_vs_official=row["tokens_per_s"] / official["tokens_per_s"]
-                           if "tokens_per_s" in official else None)
-            molmo.append(row)
-        print(molmo_table(molmo))
+    molmo = molmo_rows(args, iters) if args.molmo or args.smoke else []
     result = {"matmul_peak_flops_per_s": peak, "iters": iters, "rows": rows,
               "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row, "crop_budget": budget_row,
               "molmo_rows": molmo}

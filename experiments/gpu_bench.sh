@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # The GPU numbers of issue 20 (items 1, 2 and 5) in ONE device call on a single H100 / H200; the steps'
 # time limits add up to 540 s, largest first in value:
-#   1. molmo  (250 s) bench_train --molmo: the Molmo-7B-D-shaped train step (ViT-L/14 336 px on one image's
-#             13 crops, 2x2 attention pooling, as many Qwen2-7B-width decoder layers as fit, two packed
-#             2304-token rows, bf16), full remat and dots_no_batch, tokens/s and MFU; on the full-remat row
-#             the official allenai/molmo train step (experiments/official_train.py: bf16 autocast,
-#             whole_layer checkpointing, AdamW) at the same layers and batch, holding our initial params;
-#             plus the tiny row vs transformers' Qwen2, LoRA memory and the crop-budget row;
-#   2. profile (90 s) one jax.profiler trace of the full-remat Molmo row (4 layers), top ops in the log;
-#   3. moe    (70 s) bench_moe (full mode: the small and the MolmoE-1B layer): ragged_dot vs the dense path
+#   1. official (230 s) bench_train --molmo-only --molmo-remat full: the Molmo-7B-D-shaped train step (ViT-L/14
+#             336 px on one image's 13 crops, 2x2 attention pooling, as many Qwen2-7B-width decoder layers as
+#             fit, two packed 2304-token rows, bf16, full remat), tokens/s and MFU, next to the official
+#             allenai/molmo train step (experiments/official_train.py: bf16 autocast, whole_layer
+#             checkpointing, AdamW; its own process, our initial params) at the same geometry: the layers
+#             ours fits, else the fewer the official step fits, then ours again at those;
+#   2. molmo  (100 s) bench_train --molmo --molmo-remat dots_no_batch: the best remat policy's row, plus the
+#             tiny row vs transformers' Qwen2, LoRA memory and the crop-budget row;
+#   3. profile (60 s) one jax.profiler trace of the full-remat Molmo row (4 layers), its top device ops;
+#   4. moe    (45 s) bench_moe (full mode: the small and the MolmoE-1B layer): ragged_dot vs the dense path
 #             vs transformers' OlmoeSparseMoeBlock on "cuda" (the official MolmoE trains through megablocks'
 #             dMoE, a CUDA build the image lacks);
-#   4. decode (90 s) bench_generate --quick at Molmo-7B-D width (2 Qwen2-7B-width layers, ViT-L/14 336 px):
+#   5. decode (70 s) bench_generate --quick at Molmo-7B-D width (2 Qwen2-7B-width layers, ViT-L/14 336 px):
 #             text rows (batch 1, 8) vs transformers' Qwen2 generate, the image row vs the official
 #             `Molmo.generate` (in this process: the official modules import under transformers 5), float32;
-#   5. forward (40 s) bench_forward --quick (tiny and small prefill vs transformers' Qwen2).
+#   6. forward (35 s) bench_forward --quick (tiny and small prefill vs transformers' Qwen2).
+# Compilations are cached in /tmp/jax-cache (a row compiled to find the layers that fit is not compiled again).
 # Results land in $OUT (or ./out): one JSON per step naming commit, command and machine, its log, the trace.
 #
 # Before the device call, on a machine with network (once; both folders ignore themselves in git):
@@ -83,6 +86,7 @@ else
   install /tmp/official-site .whl/official/*.whl && OFFICIAL_SITE=/tmp/official-site
   # Preallocating would leave the official process (step 1) no device memory; the limit stays 95%.
   export XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
+  export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 fi
 "$PY" -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)" 2>&1 \
@@ -100,14 +104,17 @@ run() {  # name, time limit (s), command...: its log in $OUT/name.log, the end o
   ((rc == 0)) || failed+=("$name")
 }
 
-run molmo 250 "$PY" -m experiments.bench_train $MODE --molmo --sizes tiny --official-src "$OFFICIAL_SRC" \
-  --official-python "$OFFICIAL_PY" --official-pythonpath "$OFFICIAL_SITE" --out "$OUT/bench_train_gpu.json"
-run profile 90 "$PY" -m experiments.bench_train --profile "$OUT/trace" $([[ $MODE == --smoke ]] && echo --smoke) \
+run official 230 "$PY" -m experiments.bench_train $MODE --molmo-only --molmo-remat full \
+  --official-src "$OFFICIAL_SRC" --official-python "$OFFICIAL_PY" --official-pythonpath "$OFFICIAL_SITE" \
+  --out "$OUT/bench_train_official_gpu.json"
+run molmo 100 "$PY" -m experiments.bench_train $MODE --molmo --molmo-remat dots_no_batch --sizes tiny \
+  --out "$OUT/bench_train_gpu.json"
+run profile 60 "$PY" -m experiments.bench_train --profile "$OUT/trace" $([[ $MODE == --smoke ]] && echo --smoke) \
   --out "$OUT/profile_gpu.json"
-run moe 70 "$PY" -m experiments.bench_moe $([[ $MODE == --smoke ]] && echo --smoke) --out "$OUT/bench_moe_gpu.json"
-run decode 90 "$PY" -m experiments.bench_generate $MODE --configs "$DECODE_CONFIGS" --official-src "$OFFICIAL_SRC" \
+run moe 45 "$PY" -m experiments.bench_moe $([[ $MODE == --smoke ]] && echo --smoke) --out "$OUT/bench_moe_gpu.json"
+run decode 70 "$PY" -m experiments.bench_generate $MODE --configs "$DECODE_CONFIGS" --official-src "$OFFICIAL_SRC" \
   --out "$OUT/bench_generate_gpu.json"
-run forward 40 "$PY" -m experiments.bench_forward $MODE --out "$OUT/bench_forward_gpu.json"
+run forward 35 "$PY" -m experiments.bench_forward $MODE --out "$OUT/bench_forward_gpu.json"
 tar -C "$OUT" -czf "$OUT/trace.tgz" trace 2>/dev/null && rm -rf "$OUT/trace"
 if ((${#failed[@]})); then
   echo "gpu_bench: FAILED steps: ${failed[*]} (their logs: $OUT/<step>.log)"

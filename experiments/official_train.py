@@ -20,13 +20,14 @@ launch_scripts/train_multitask_model.py):
     logsumexp^2) in float32, summed and divided by the loss tokens; `clip_grad_norm_` at 1.0
     (`max_grad_norm`); torch AdamW (betas 0.9 / 0.95, eps 1e-6, no decay; the official `olmo.optim.AdamW`
     subclasses it). Dropout as our config sets it (the official `response_residual_dropout` 0.1).
-JSON: the median step seconds of `--iters` steps after a warm-up, tokens/s, the first step's loss (compare
-with our first step's: same params, same batch) and the peak device memory; `{"error": ...}` when the
-device runs out of memory.
+JSON: the decoder layers that fit (`--layers`, else fewer: `run`), the median step seconds of `--iters` steps
+after a warm-up, tokens/s, the first step's loss (compare with our first step's: same params, same batch)
+and the peak device memory; `{"error": ...}` when not even one layer fits.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 from pathlib import Path
 
@@ -69,30 +70,47 @@ def train_step(model, batch: dict[str, np.ndarray], device: str, z_loss: float, 
     return step
 
 
+def first_layers(native: dict[str, np.ndarray], layers: int) -> dict[str, np.ndarray]:
+    """`native` without the decoder blocks from `layers` on (official names transformer.blocks.<i>.*)."""
+    return {k: v for k, v in native.items()
+            if not k.startswith("transformer.blocks.") or int(k.split(".")[2]) < layers}
+
+
 def run(src: str, params: str, layers: int, remat: str, rows: int, iters: int, smoke: bool, device: str) -> dict:
-    cfg = bench_train.molmo_config(layers, remat, smoke)
-    seq = bench_train.molmo_seq(cfg, smoke)
-    batch = bench_train.image_batch(cfg, rows, seq, [config.max_total_crops(cfg.model)] * rows)
-    model = bench_forward.official_model(src, cfg.model, native=safetensors.numpy.load_file(params))
-    from olmo.config import ActivationCheckpointingStrategy
+    """The official step of the first decoder layers of `params` that fit the device: `layers`, else one
+    fewer per out-of-memory try (torch holds more per param than our step: autocast's bf16 weight copies,
+    the foreach AdamW's temporaries), so the caller times ours at the returned "llm_layers"."""
     if remat not in ("full", "none"):
         raise ValueError(f"--remat {remat}: the official trainer has no such policy (full or none)")
-    model.set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer if remat == "full" else None)
+    from olmo.config import ActivationCheckpointingStrategy
+    native = safetensors.numpy.load_file(params)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    model = model.to(device).train()
-    result = {"reference": "official allenai/molmo train step (bf16 autocast, whole_layer checkpointing)"
-              if remat == "full" else "official allenai/molmo train step (bf16 autocast)",
-              "llm_layers": layers, "rows": rows, "seq_len": seq, "torch": torch.__version__}
-    try:
-        step = train_step(model, batch, device, cfg.optim.z_loss, cfg.optim.max_grad_norm)
-        first_loss = step()
-        (seconds, _), = bench_common.interleaved_medians({"official": step}, iters).values()
-    except torch.OutOfMemoryError as e:
-        return {**result, "error": f"out of memory: {str(e).splitlines()[0]}"}
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return {**result, "step_s": seconds, "tokens_per_s": rows * seq / seconds, "first_step_loss": first_loss,
-            "peak_memory_bytes": peak}
+    errors = []
+    for n in range(layers, 0, -1):
+        cfg = bench_train.molmo_config(n, remat, smoke)
+        seq = bench_train.molmo_seq(cfg, smoke)
+        batch = bench_train.image_batch(cfg, rows, seq, [config.max_total_crops(cfg.model)] * rows)
+        model = bench_forward.official_model(src, cfg.model, native=first_layers(native, n))
+        model.set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer if remat == "full" else None)
+        try:
+            model = model.to(device).train()
+            step = train_step(model, batch, device, cfg.optim.z_loss, cfg.optim.max_grad_norm)
+            first_loss = step()
+            (seconds, _), = bench_common.interleaved_medians({"official": step}, iters).values()
+        except torch.OutOfMemoryError as e:
+            errors.append(f"{n} layers: out of memory ({str(e).splitlines()[0][:120]})")
+            model = step = None
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+        return {"reference": "official allenai/molmo train step (bf16 autocast"
+                             + (", whole_layer checkpointing)" if remat == "full" else ")"),
+                "llm_layers": n, "rows": rows, "seq_len": seq, "torch": torch.__version__, "step_s": seconds,
+                "tokens_per_s": rows * seq / seconds, "first_step_loss": first_loss, "peak_memory_bytes": peak,
+                "out_of_memory_tries": errors}
+    return {"llm_layers": 0, "error": "; ".join(errors)}
 
 
 def main(argv=None) -> dict:
