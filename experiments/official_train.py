@@ -82,7 +82,6 @@ def run(src: str, params: str, layers: int, remat: str, rows: int, iters: int, s
     the foreach AdamW's temporaries), so the caller times ours at the returned "llm_layers"."""
     if remat not in ("full", "none"):
         raise ValueError(f"--remat {remat}: the official trainer has no such policy (full or none)")
-    from olmo.config import ActivationCheckpointingStrategy
     native = safetensors.numpy.load_file(params)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -92,6 +91,7 @@ def run(src: str, params: str, layers: int, remat: str, rows: int, iters: int, s
         seq = bench_train.molmo_seq(cfg, smoke)
         batch = bench_train.image_batch(cfg, rows, seq, [config.max_total_crops(cfg.model)] * rows)
         model = bench_forward.official_model(src, cfg.model, native=first_layers(native, n))
+        from olmo.config import ActivationCheckpointingStrategy  # importable once official_model put src on the path
         model.set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer if remat == "full" else None)
         try:
             model = model.to(device).train()
