@@ -385,8 +385,9 @@ def official_molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: 
     Returns its JSON: the decoder layers it fit (`n_layers` or fewer), tokens/s, first step's loss ("error"
     when not even one layer fits)."""
     cfg = molmo_config(n_layers, remat, smoke)
-    mesh = sharding.make_mesh(devices=jax.devices("cpu")[:1])
-    with sharding.use_mesh(mesh):
+    cpu = jax.devices("cpu")[0]
+    mesh = sharding.make_mesh(devices=[cpu])
+    with jax.default_device(cpu), sharding.use_mesh(mesh):
         params = trainer.initial_params(cfg, jax.random.split(jax.random.PRNGKey(cfg.seed))[0], mesh)
     native = checkpoints.params_to_native(params, cfg.model)
     del params

@@ -9,14 +9,14 @@
 #             ours fits, else the fewer the official step fits, then ours again at those;
 #   2. molmo  (100 s) bench_train --molmo --molmo-remat dots_no_batch: the best remat policy's row, plus the
 #             tiny row vs transformers' Qwen2, LoRA memory and the crop-budget row;
-#   3. profile (60 s) one jax.profiler trace of the full-remat Molmo row (4 layers), its top device ops;
-#   4. moe    (45 s) bench_moe (full mode: the small and the MolmoE-1B layer): ragged_dot vs the dense path
+#   3. profile (55 s) one jax.profiler trace of the full-remat Molmo row (4 layers), its top device ops;
+#   4. moe    (40 s) bench_moe (full mode: the small and the MolmoE-1B layer): ragged_dot vs the dense path
 #             vs transformers' OlmoeSparseMoeBlock on "cuda" (the official MolmoE trains through megablocks'
 #             dMoE, a CUDA build the image lacks);
-#   5. decode (70 s) bench_generate --quick at Molmo-7B-D width (2 Qwen2-7B-width layers, ViT-L/14 336 px):
+#   5. decode (90 s) bench_generate --quick at Molmo-7B-D width (2 Qwen2-7B-width layers, ViT-L/14 336 px):
 #             text rows (batch 1, 8) vs transformers' Qwen2 generate, the image row vs the official
 #             `Molmo.generate` (in this process: the official modules import under transformers 5), float32;
-#   6. forward (35 s) bench_forward --quick (tiny and small prefill vs transformers' Qwen2).
+#   6. forward (25 s) bench_forward --quick (tiny and small prefill vs transformers' Qwen2).
 # Compilations are cached in /tmp/jax-cache (a row compiled to find the layers that fit is not compiled again).
 # Results land in $OUT (or ./out): one JSON per step naming commit, command and machine, its log, the trace.
 #
@@ -109,12 +109,12 @@ run official 230 "$PY" -m experiments.bench_train $MODE --molmo-only --molmo-rem
   --out "$OUT/bench_train_official_gpu.json"
 run molmo 100 "$PY" -m experiments.bench_train $MODE --molmo --molmo-remat dots_no_batch --sizes tiny \
   --out "$OUT/bench_train_gpu.json"
-run profile 60 "$PY" -m experiments.bench_train --profile "$OUT/trace" $([[ $MODE == --smoke ]] && echo --smoke) \
+run profile 55 "$PY" -m experiments.bench_train --profile "$OUT/trace" $([[ $MODE == --smoke ]] && echo --smoke) \
   --out "$OUT/profile_gpu.json"
-run moe 45 "$PY" -m experiments.bench_moe $([[ $MODE == --smoke ]] && echo --smoke) --out "$OUT/bench_moe_gpu.json"
-run decode 70 "$PY" -m experiments.bench_generate $MODE --configs "$DECODE_CONFIGS" --official-src "$OFFICIAL_SRC" \
+run moe 40 "$PY" -m experiments.bench_moe $([[ $MODE == --smoke ]] && echo --smoke) --out "$OUT/bench_moe_gpu.json"
+run decode 90 "$PY" -m experiments.bench_generate $MODE --configs "$DECODE_CONFIGS" --official-src "$OFFICIAL_SRC" \
   --out "$OUT/bench_generate_gpu.json"
-run forward 35 "$PY" -m experiments.bench_forward $MODE --out "$OUT/bench_forward_gpu.json"
+run forward 25 "$PY" -m experiments.bench_forward $MODE --out "$OUT/bench_forward_gpu.json"
 tar -C "$OUT" -czf "$OUT/trace.tgz" trace 2>/dev/null && rm -rf "$OUT/trace"
 if ((${#failed[@]})); then
   echo "gpu_bench: FAILED steps: ${failed[*]} (their logs: $OUT/<step>.log)"
