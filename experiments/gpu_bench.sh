@@ -18,7 +18,9 @@
 #             `Molmo.generate` (in this process: the official modules import under transformers 5), float32;
 #   6. forward (25 s) bench_forward --quick (tiny and small prefill vs transformers' Qwen2).
 # Compilations are cached in /tmp/jax-cache (a row compiled to find the layers that fit is not compiled again).
-# Results land in $OUT (or ./out): one JSON per step naming commit, command and machine, its log, the trace.
+# Results: one JSON per step naming commit, command and machine, and its log, in $STEPS, packed into
+# $OUT/results.tgz after every step (the device call returns at most 8 files), the trace in $OUT/trace.tgz;
+# $OUT is ./out unless set, $STEPS /tmp/gpu_bench_steps on the GPU and $OUT/steps with --smoke.
 #
 # Before the device call, on a machine with network (once; both folders ignore themselves in git):
 #   experiments/gpu_bench.sh --prepare /path/to/allenai-molmo-checkout
@@ -30,7 +32,7 @@
 # goes to .whl/: the official modules import it in our process too (step 4).
 # The device call (the `run` tool; carry and command exactly):
 #   carry:   [".whl", "official-molmo"]
-#   command: set -o pipefail; bash experiments/gpu_bench.sh 2>&1 | tee $OUT/gpu_bench.log
+#   command: bash experiments/gpu_bench.sh 2>&1 | tee $OUT/gpu_bench.log
 #   timeout_s: 600
 # The image's transformers 5.17.0 stays for our code; the official process alone gets /tmp/official-site
 # (transformers 4.46.3) first on its path (bench_train --official-pythonpath).
@@ -74,10 +76,10 @@ PY=${PY:-python3}
 OFFICIAL_PY=${OFFICIAL_PY:-$PY}
 OFFICIAL_SITE=""
 if ((SMOKE)); then
-  MODE=--smoke DECODE_CONFIGS=tiny  # this machine's venvs hold every package: the wheels are for the GPU image
+  MODE=--smoke DECODE_CONFIGS=tiny STEPS=${STEPS:-$OUT/steps}  # the venvs here hold every package
   SCALE=${LIMIT_SCALE:-5}  # the limits are the GPU's; a contended 2-core CPU runs the smoke sizes slower
 else
-  MODE=--quick DECODE_CONFIGS=7b-d-width SCALE=1
+  MODE=--quick DECODE_CONFIGS=7b-d-width SCALE=1 STEPS=${STEPS:-/tmp/gpu_bench_steps}
   install() {  # target, wheels...: after the image's packages (they are only the image's missing ones)
     local target=$1; shift
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$@" || exit
@@ -87,37 +89,39 @@ else
   # Preallocating would leave the official process (step 1) no device memory; the limit stays 95%.
   export XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
   export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 fi
+mkdir -p "$STEPS"
+((SMOKE)) || nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$STEPS/gpu.txt"
 "$PY" -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)" 2>&1 \
-  | tee -a "$OUT/gpu.txt"
+  | tee -a "$STEPS/gpu.txt"
 
 failed=()
-run() {  # name, time limit (s), command...: its log in $OUT/name.log, the end of it here
+run() {  # name, time limit (s), command...: its log in $STEPS/name.log, the end of it here
   local name=$1 limit=$(($2 * SCALE)); shift 2
   echo "== $name (<= ${limit}s): $*"
   local start=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" > "$STEPS/$name.log" 2>&1
   local rc=$?
-  grep -v "^\[transformers\]" "$OUT/$name.log" | tail -25
+  grep -v "^\[transformers\]" "$STEPS/$name.log" | tail -25
   echo "== $name: exit $rc after $((SECONDS - start))s"
   ((rc == 0)) || failed+=("$name")
+  tar -czf "$OUT/results.tgz" -C "$STEPS" --exclude trace .
 }
 
 run official 230 "$PY" -m experiments.bench_train $MODE --molmo-only --molmo-remat full \
   --official-src "$OFFICIAL_SRC" --official-python "$OFFICIAL_PY" --official-pythonpath "$OFFICIAL_SITE" \
-  --out "$OUT/bench_train_official_gpu.json"
+  --out "$STEPS/bench_train_official_gpu.json"
 run molmo 100 "$PY" -m experiments.bench_train $MODE --molmo --molmo-remat dots_no_batch --sizes tiny \
-  --out "$OUT/bench_train_gpu.json"
-run profile 55 "$PY" -m experiments.bench_train --profile "$OUT/trace" $([[ $MODE == --smoke ]] && echo --smoke) \
-  --out "$OUT/profile_gpu.json"
-run moe 40 "$PY" -m experiments.bench_moe $([[ $MODE == --smoke ]] && echo --smoke) --out "$OUT/bench_moe_gpu.json"
+  --out "$STEPS/bench_train_gpu.json"
+run profile 55 "$PY" -m experiments.bench_train --profile "$STEPS/trace" $([[ $MODE == --smoke ]] && echo --smoke) \
+  --out "$STEPS/profile_gpu.json"
+run moe 40 "$PY" -m experiments.bench_moe $([[ $MODE == --smoke ]] && echo --smoke) --out "$STEPS/bench_moe_gpu.json"
 run decode 90 "$PY" -m experiments.bench_generate $MODE --configs "$DECODE_CONFIGS" --official-src "$OFFICIAL_SRC" \
-  --out "$OUT/bench_generate_gpu.json"
-run forward 25 "$PY" -m experiments.bench_forward $MODE --out "$OUT/bench_forward_gpu.json"
-tar -C "$OUT" -czf "$OUT/trace.tgz" trace 2>/dev/null && rm -rf "$OUT/trace"
+  --out "$STEPS/bench_generate_gpu.json"
+run forward 25 "$PY" -m experiments.bench_forward $MODE --out "$STEPS/bench_forward_gpu.json"
+tar -czf "$OUT/trace.tgz" -C "$STEPS" trace
 if ((${#failed[@]})); then
-  echo "gpu_bench: FAILED steps: ${failed[*]} (their logs: $OUT/<step>.log)"
+  echo "gpu_bench: FAILED steps: ${failed[*]} (their logs in $OUT/results.tgz: <step>.log)"
   exit 1
 fi
-echo "gpu_bench: every step done; results in $OUT"
+echo "gpu_bench: every step done; $OUT/results.tgz holds each step's JSON and log"
