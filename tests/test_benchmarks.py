@@ -97,3 +97,11 @@ def test_profile_top_ops(tmp_path):
     assert not any(name.startswith("$") for name in ops)  # Python frames left out
     totals = [ms for ms, _ in ops.values()]
     assert totals == sorted(totals, reverse=True) and all(calls >= 1 for _, calls in ops.values())
+
+
+def test_generate_configs_flag_and_the_7b_d_width_config():
+    from experiments import bench_forward, bench_generate
+    with pytest.raises(SystemExit):  # one line naming the flag, before any model is built
+        bench_generate.main(["--smoke", "--configs", "tiny,huge"])
+    wide = bench_forward.GPU_CONFIGS["7b-d-width"]()
+    assert (wide.llm.d_model, wide.llm.mlp_hidden, wide.llm.n_layers, wide.vit.n_layers) == (3584, 18944, 2, 23)
