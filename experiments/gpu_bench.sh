@@ -25,11 +25,11 @@
 # Before the device call, on a machine with network (once; both folders ignore themselves in git):
 #   experiments/gpu_bench.sh --prepare /path/to/allenai-molmo-checkout
 # downloads into .whl/ the py3.12 wheels the GPU image lacks (ml_collections, grain, array_record,
-# portpicker: every Requires-Dist of theirs is in the image) and into .whl/official/ what only the official
-# process uses (transformers 4.46.3, tokenizers 0.20.3, huggingface_hub 0.36.2, omegaconf 2.4.0; boto3,
-# botocore and cached_path are stood in by bench_common.stub_official_downloads), and copies the official
-# modules the model imports into official-molmo/olmo/ (18 MB in all; the working tree is ~30 MB). omegaconf
-# goes to .whl/: the official modules import it in our process too (step 4).
+# portpicker, and omegaconf, which the official modules import in our process too: step 5; every
+# Requires-Dist of theirs is in the image) and into .whl/official/ what only the official process uses
+# (transformers 4.46.3, tokenizers 0.20.3, huggingface_hub 0.36.2; boto3, botocore and cached_path are stood
+# in by bench_common.stub_official_downloads), and copies the official modules the model imports into
+# official-molmo/olmo/ (18.7 MB in all; the tracked tree is 30.0 MB).
 # The device call (the `run` tool; carry and command exactly):
 #   carry:   [".whl", "official-molmo"]
 #   command: bash experiments/gpu_bench.sh 2>&1 | tee $OUT/gpu_bench.log
