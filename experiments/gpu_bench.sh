@@ -41,7 +41,7 @@
 # written, the official step included), so the script is known to run before a GPU minute is spent.
 # Set PY (our interpreter) and OFFICIAL_PY (the official process's: a venv with transformers 4.46.3)
 # where python3 is not the one; OFFICIAL_SRC where official-molmo/ is not prepared; each step's limit is
-# LIMIT_SCALE (default 5) times its GPU limit.
+# LIMIT_SCALE (default 5) times its GPU limit. MOLMO_LAYERS=N fixes the Molmo rows' decoder layers.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OFFICIAL_SRC=${OFFICIAL_SRC:-official-molmo}
@@ -95,6 +95,7 @@ mkdir -p "$STEPS"
 "$PY" -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)" 2>&1 \
   | tee -a "$STEPS/gpu.txt"
 
+LAYERS=${MOLMO_LAYERS:+--molmo-layers $MOLMO_LAYERS}  # set: no search for the layers that fit (compiles)
 failed=()
 run() {  # name, time limit (s), command...: its log in $STEPS/name.log, the end of it here
   local name=$1 limit=$(($2 * SCALE)); shift 2
@@ -108,10 +109,10 @@ run() {  # name, time limit (s), command...: its log in $STEPS/name.log, the end
   tar -czf "$OUT/results.tgz" -C "$STEPS" --exclude trace .
 }
 
-run official 230 "$PY" -m experiments.bench_train $MODE --molmo-only --molmo-remat full \
+run official 230 "$PY" -m experiments.bench_train $MODE --molmo-only --molmo-remat full $LAYERS \
   --official-src "$OFFICIAL_SRC" --official-python "$OFFICIAL_PY" --official-pythonpath "$OFFICIAL_SITE" \
   --out "$STEPS/bench_train_official_gpu.json"
-run molmo 100 "$PY" -m experiments.bench_train $MODE --molmo --molmo-remat dots_no_batch --sizes tiny \
+run molmo 100 "$PY" -m experiments.bench_train $MODE --molmo --molmo-remat dots_no_batch --sizes tiny $LAYERS \
   --out "$STEPS/bench_train_gpu.json"
 run profile 55 "$PY" -m experiments.bench_train --profile "$STEPS/trace" $([[ $MODE == --smoke ]] && echo --smoke) \
   --out "$STEPS/profile_gpu.json"

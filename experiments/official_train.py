@@ -76,17 +76,31 @@ def first_layers(native: dict[str, np.ndarray], layers: int) -> dict[str, np.nda
             if not k.startswith("transformer.blocks.") or int(k.split(".")[2]) < layers}
 
 
+TORCH_BYTES_PER_PARAM = 22  # float32 params, grads, AdamW m and v; autocast's bf16 copies; foreach temporaries
+
+
+def layers_to_try(native: dict[str, np.ndarray], layers: int, device: str) -> int:
+    """At most `layers`; on a GPU, the most whose params take TORCH_BYTES_PER_PARAM each in 90% of its memory
+    (one try then, mostly, rather than one per layer down from ours)."""
+    if device != "cuda":
+        return layers
+    block = sum(v.size for k, v in native.items() if k.startswith("transformer.blocks.")) / layers
+    fixed = sum(v.size for v in native.values()) - block * layers
+    free = 0.9 * torch.cuda.mem_get_info()[1] / TORCH_BYTES_PER_PARAM
+    return max(1, min(layers, int((free - fixed) // block)))
+
+
 def run(src: str, params: str, layers: int, remat: str, rows: int, iters: int, smoke: bool, device: str) -> dict:
-    """The official step of the first decoder layers of `params` that fit the device: `layers`, else one
-    fewer per out-of-memory try (torch holds more per param than our step: autocast's bf16 weight copies,
-    the foreach AdamW's temporaries), so the caller times ours at the returned "llm_layers"."""
+    """The official step of the first decoder layers of `params` that fit the device: `layers_to_try`, else
+    one fewer per out-of-memory try (torch holds more per param than our step: autocast's bf16 weight
+    copies, the foreach AdamW's temporaries), so the caller times ours at the returned "llm_layers"."""
     if remat not in ("full", "none"):
         raise ValueError(f"--remat {remat}: the official trainer has no such policy (full or none)")
     native = safetensors.numpy.load_file(params)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     errors = []
-    for n in range(layers, 0, -1):
+    for n in range(layers_to_try(native, layers, device), 0, -1):
         cfg = bench_train.molmo_config(n, remat, smoke)
         seq = bench_train.molmo_seq(cfg, smoke)
         batch = bench_train.image_batch(cfg, rows, seq, [config.max_total_crops(cfg.model)] * rows)
