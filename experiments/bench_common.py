@@ -8,6 +8,7 @@ The JSON's top-level "speedup" is ours / reference of the worst row.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -64,6 +65,34 @@ def stub_torchvision_ops() -> None:
     not load with: `torchvision._meta_registrations` is stubbed; nothing run here calls those ops. Call it
     before the first transformers import."""
     sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+
+
+def stub_official_downloads() -> None:
+    """Lets the official `olmo` package import where the packages of its remote-file helpers are absent (the
+    GPU image: botocore alone is a 17 MB wheel): `olmo/util.py` imports boto3, botocore and cached_path at
+    module level for S3 / GCS / Weka reads that no benchmark makes. Stand-ins register nothing and raise on
+    use; where the real packages are installed they are used. Call it before importing `olmo`."""
+    if importlib.util.find_spec("cached_path") is not None:
+        return
+
+    def exception_class(attr: str) -> type:  # the botocore exceptions olmo/util.py names
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return type(attr, (Exception,), {})
+
+    def absent(name: str) -> types.ModuleType:
+        module = types.ModuleType(name)
+        module.__getattr__ = exception_class
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+        return sys.modules.setdefault(name, module)
+
+    for name in ("boto3", "botocore", "botocore.exceptions", "botocore.config", "cached_path"):
+        absent(name)
+    schemes = absent("cached_path.schemes")
+    schemes.SchemeClient = type("SchemeClient", (), {"recoverable_errors": ()})
+    schemes.add_scheme_client = lambda client: None
 
 
 def torch_device() -> str:

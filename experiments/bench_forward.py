@@ -77,32 +77,50 @@ def small_config():
     return config.validate(cfg)
 
 
+def width_7b_d_config(n_layers: int = 2):
+    """Molmo-7B-D's geometry (ViT-L/14 at 336 px, Qwen2-7B width and vocabulary) with `n_layers` decoder
+    layers: the accelerator rows (`GPU_CONFIGS`)."""
+    cfg = config.get_config("Molmo-7B-D-0924")
+    cfg.name = "7b-d-width"
+    cfg.llm.n_layers = n_layers
+    return config.validate(cfg)
+
+
 CONFIGS = {"tiny": lambda: config.tiny("qwen2"), "small": small_config}
+GPU_CONFIGS = {"7b-d-width": width_7b_d_config}  # by name only (--configs): minutes of setup on a CPU
 
 
 def build_models(cfg, seed: int = 0):
-    """(HF Qwen2ForCausalLM, our params) with the same LLM weights; ViT and connector random."""
+    """(HF Qwen2ForCausalLM on `bench_common.torch_device()`, our params) with the same LLM weights; ViT and
+    connector random."""
     torch.manual_seed(seed)
-    hf = transformers.Qwen2ForCausalLM(hf_qwen2_config(cfg)).eval()
+    with torch.device(bench_common.torch_device()):
+        hf = transformers.Qwen2ForCausalLM(hf_qwen2_config(cfg)).eval()
     params = convert_base.init_params_from_hf(cfg, jax.random.key(seed), llm=(hf.state_dict(), hf.config))
     return hf, params
 
 
-def official_model(src: str, cfg, params):
-    """The official torch Molmo of `cfg` holding our params (via the official native names)."""
+def official_model(src: str, cfg, params=None, native: dict[str, np.ndarray] | None = None):
+    """The official torch Molmo of `cfg` (its dropout rates too) holding our params (via the official native
+    names) or `native`, {official native name: array}."""
     sys.path.insert(0, src)
+    bench_common.stub_official_downloads()
     from olmo import ModelConfig, Molmo as OfficialMolmo
     d = {k: v for k, v in json.loads(OFFICIAL_TEMPLATE.read_text()).items() if not k.startswith("_")}
     v, llm = cfg.vit, cfg.llm
     d.update(d_model=llm.d_model, n_heads=llm.n_heads, n_kv_heads=llm.n_kv_heads, n_layers=llm.n_layers,
              mlp_hidden_size=2 * llm.mlp_hidden, vocab_size=llm.vocab_size, embedding_size=llm.embedding_size,
              rope_theta=llm.rope_theta, layer_norm_eps=llm.norm_eps, vit_layers=list(cfg.vit_layers),
-             max_crops=cfg.preprocess.max_crops, init_device="cpu")
+             max_crops=cfg.preprocess.max_crops, init_device="cpu",
+             **{k: llm[k] for k in ("attention_dropout", "embedding_dropout", "residual_dropout",
+                                    "response_residual_dropout")})
     d["vision_backbone"].update(image_emb_dim=v.d_model, image_num_heads=v.n_heads,
                                 image_num_key_value_heads=v.n_kv_heads, image_head_dim=v.head_dim,
-                                image_mlp_dim=v.mlp_hidden, image_num_layers=v.n_layers, image_num_pos=v.num_pos)
+                                image_mlp_dim=v.mlp_hidden, image_num_layers=v.n_layers, image_num_pos=v.num_pos,
+                                image_default_input_size=list(v.image_size), image_patch_size=v.patch_size)
     model = OfficialMolmo(ModelConfig.new(**d), init_params=False)
-    tensors = {k: torch.tensor(x) for k, x in checkpoints.params_to_native(params, cfg).items()}
+    native = checkpoints.params_to_native(params, cfg) if native is None else native
+    tensors = {k: torch.from_numpy(np.require(x, requirements="W")) for k, x in native.items()}
     model.load_state_dict(tensors, strict=True)
     return model.eval()
 

@@ -1,4 +1,4 @@
-"""Generation speed of molmo-jax (`generate.generate`, CPU) against PyTorch on the same CPU, in one run.
+"""Generation speed of molmo-jax (`generate.generate`) against PyTorch on the same device, in one run.
 
 For the "tiny" and "small" configs of bench_forward.py (LLM 64 x 2 and 512 x 8, Qwen2 family) and
 batch 1 and 8, greedy decoding of N new tokens after a PROMPT-token prompt, no stop token:
@@ -18,7 +18,8 @@ Run (text rows; the project venv):
 With the official reference: the separate transformers-4.46.3 venv of bench_forward.py's docstring:
   HF_HUB_OFFLINE=1 /tmp/bench-venv/bin/python -m experiments.bench_generate --quick \
       --official-src /tmp/molmo --out /tmp/bench_generate.json
-`--threads 1`: one thread each (a machine that other jobs load); ours runs as `MolmoBundle` runs it
+`--configs 7b-d-width`: Molmo-7B-D's width with 2 decoder layers (bench_forward.GPU_CONFIGS; for a GPU, where
+the torch models run on "cuda"; experiments/gpu_bench.sh). `--threads 1`: one thread each (a machine that other jobs load); ours runs as `MolmoBundle` runs it
 (config frozen and weights in `decoding.generation_params` once).
 """
 from __future__ import annotations
@@ -51,22 +52,23 @@ def ours(cfg, params, inputs: dict[str, np.ndarray]) -> Generator:
 
 
 def hf(model, inputs: dict[str, np.ndarray]) -> Generator:
-    ids = torch.from_numpy(inputs["input_ids"]).long()
+    ids = torch.from_numpy(inputs["input_ids"]).long().to(model.device)
     def call(n):
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                                  do_sample=False)
-        return out[:, ids.shape[1]:].numpy()
+        return out[:, ids.shape[1]:].cpu().numpy()
     return call
 
 
 def official(model, inputs: dict[str, np.ndarray]) -> Generator:
     """Official greedy generation; it stops early if every row produced EOS (counted tokens say so)."""
-    args = {k: torch.from_numpy(x).long() if k.endswith(("ids", "idx")) else torch.from_numpy(x)
+    device = next(model.parameters()).device
+    args = {k: (torch.from_numpy(x).long() if k.endswith(("ids", "idx")) else torch.from_numpy(x)).to(device)
             for k, x in inputs.items()}
     def call(n):
         with torch.inference_mode():
-            return model.generate(**args, max_steps=n, beam_size=1).token_ids[:, 0].numpy()
+            return model.generate(**args, max_steps=n, beam_size=1).token_ids[:, 0].cpu().numpy()
     return call
 
 
@@ -99,7 +101,7 @@ def decode_rate(batch: int, t1: float, tn: float, count: int) -> float | None:
 
 def bench_config(name: str, n: int, repeats: int, official_src: str | None, batches=(1, 8),
                  min_seconds: float = 0.0) -> list[dict]:
-    cfg = bench_forward.CONFIGS[name]()
+    cfg = {**bench_forward.CONFIGS, **bench_forward.GPU_CONFIGS}[name]()
     model, params = build_models(cfg)
     rng = np.random.default_rng(0)
     rows = []
@@ -108,7 +110,7 @@ def bench_config(name: str, n: int, repeats: int, official_src: str | None, batc
         rows.append(row(name, "text", text, ours(cfg, params, text), hf(model, text),
                         f"transformers {transformers.__version__} Qwen2 generate", n, repeats, min_seconds))
     if official_src:
-        reference = official_model(official_src, cfg, params)
+        reference = official_model(official_src, cfg, params).to(bench_common.torch_device())
         reference.config.tokenizer.identifier = str(OFFICIAL_TOKENIZER)  # its EOS id, for generate
         inputs = prefill_inputs(cfg)
         rows.append(row(name, "image", inputs, ours(cfg, params, inputs), official(reference, inputs),
@@ -156,6 +158,8 @@ def print_table(rows: list[dict]):
 def main(argv=None) -> dict:
     parser = bench_common.arg_parser(__doc__)
     parser.add_argument("--official-src", help="checkout of allenai/molmo: adds image+text rows")
+    parser.add_argument("--configs", help="comma-separated, of "
+                        f"{sorted(bench_forward.CONFIGS) + sorted(bench_forward.GPU_CONFIGS)} (default: the mode's)")
     bench_common.add_threads_flag(parser)
     args = bench_common.parse(parser, argv, __file__)
     threads = args.threads
@@ -163,6 +167,10 @@ def main(argv=None) -> dict:
     configs, batches, n, repeats, min_seconds = {
         "smoke": (["tiny"], (2,), 4, 1, 0), "quick": (bench_forward.CONFIGS, (1, 8), 32, 3, 2),
         "full": (bench_forward.CONFIGS, (1, 8), 128, 5, 5)}[args.mode]
+    if args.configs:
+        configs = args.configs.split(",")
+        if unknown := sorted(set(configs) - set(bench_forward.CONFIGS) - set(bench_forward.GPU_CONFIGS)):
+            parser.error(f"--configs: unknown {unknown}")
     rows = [r for name in configs for r in bench_config(name, n, repeats, args.official_src, batches, min_seconds)]
     print_table(rows)
     calls = overhead(repeats, min_seconds)

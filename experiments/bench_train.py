@@ -33,7 +33,14 @@ the small config fully vs with LoRA rank 8 (`molmo_jax.train.trainable`), as LoR
 from __future__ import annotations
 
 import functools
+import gzip
+import json
 import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import tempfile
 import time
 
 import flax.linen as nn
@@ -41,12 +48,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import safetensors.numpy
 
-from experiments import bench_common
-from molmo_jax import config, distributed, lora, sharding
+from etils import epath
+
+from experiments import bench_common, provenance
+from molmo_jax import checkpoints, config, distributed, lora, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, param_count
 from molmo_jax.recipes import stage1
 from molmo_jax.train import optim, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def model_config(size: str, dtype: str):
@@ -121,7 +133,7 @@ def peak_bytes(compiled) -> int:
 
 
 def ours(cfg, batch):
-    """(step() -> None, xla peak bytes) for our jitted train step on one device."""
+    """(step() -> the step's metrics, xla peak bytes) for our jitted train step on one device."""
     mesh = sharding.make_mesh()
     compiled, target = compiled_step(cfg, batch, mesh)
     with sharding.use_mesh(mesh):
@@ -131,7 +143,7 @@ def ours(cfg, batch):
 
     def step():
         box["state"], metrics = compiled(box["state"], device_batch)
-        jax.block_until_ready(metrics)
+        return jax.block_until_ready(metrics)
 
     return step, peak_bytes(compiled)
 
@@ -338,13 +350,18 @@ def device_memory() -> float:
     return float(stats.get("bytes_limit", 0))
 
 
+def molmo_seq(cfg, smoke: bool) -> int:
+    """Tokens per row of the Molmo rows: MOLMO_SEQ; smoke: the image's tokens and 64 text tokens."""
+    return 64 + config.max_total_crops(cfg.model) * int(np.prod(config.pooled_grid(cfg.model))) if smoke else MOLMO_SEQ
+
+
 def molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: bool) -> dict:
     """Tokens/s and MFU of our train step on Molmo-shaped packed rows (one image of every crop per row)."""
     cfg = molmo_config(n_layers, remat, smoke)
-    seq = 64 + config.max_total_crops(cfg.model) * int(np.prod(config.pooled_grid(cfg.model))) if smoke else MOLMO_SEQ
+    seq = molmo_seq(cfg, smoke)
     batch = image_batch(cfg, rows, seq, [config.max_total_crops(cfg.model)] * rows)
     step, peak = ours(cfg, batch)
-    step()
+    first_loss = float(step()["loss"])
     (seconds, _), = bench_common.interleaved_medians({"ours": step}, iters).values()
     flops = molmo_flops(cfg, batch)
     kind = jax.devices()[0].device_kind
@@ -355,7 +372,39 @@ def molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: bool) -> 
             "dtype": "bfloat16", "step_s": seconds, "tokens_per_s": rows * seq / seconds,
             "examples_per_s": rows / seconds, "model_flops": total, "model_flops_by_component": flops,
             "flops_per_s": total / seconds, "device_kind": kind, "bf16_peak_flops": spec_peak,
-            "mfu": total / seconds / spec_peak if spec_peak else None, "peak_memory_bytes": peak}
+            "mfu": total / seconds / spec_peak if spec_peak else None, "peak_memory_bytes": peak,
+            "first_step_loss": first_loss}
+
+
+def official_molmo_row(remat: str, n_layers: int, rows: int, iters: int, smoke: bool, src: str, python: str,
+                       pythonpath: str) -> dict:
+    """The official train step on the row `molmo_row(remat, n_layers, rows, iters, smoke)` times, holding our
+    initial params (`trainer.initial_params` of the row's config and seed, made on the host's CPU device so
+    that this process holds no accelerator memory yet): `experiments.official_train` in a process of its own
+    (`python`, with `pythonpath` first on its path: transformers 4.46.3), on the device our step uses.
+    Returns its JSON: the decoder layers it fit (`n_layers` or fewer), tokens/s, first step's loss ("error"
+    when not even one layer fits)."""
+    cfg = molmo_config(n_layers, remat, smoke)
+    cpu = jax.devices("cpu")[0]
+    mesh = sharding.make_mesh(devices=[cpu])
+    with jax.default_device(cpu), sharding.use_mesh(mesh):
+        params = trainer.initial_params(cfg, jax.random.split(jax.random.PRNGKey(cfg.seed))[0], mesh)
+    native = checkpoints.params_to_native(params, cfg.model)
+    del params
+    with tempfile.TemporaryDirectory() as tmp:
+        safetensors.numpy.save_file(native, f"{tmp}/params.safetensors")
+        del native
+        command = [*shlex.split(python), "-m", "experiments.official_train", "--src", src, "--params",
+                   f"{tmp}/params.safetensors", "--layers", str(n_layers), "--remat", remat, "--rows", str(rows),
+                   "--iters", str(iters), "--device", bench_common.torch_device(), "--out", f"{tmp}/official.json",
+                   *(["--smoke"] if smoke else [])]
+        path = [p for p in (pythonpath, str(ROOT), os.environ.get("PYTHONPATH")) if p]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "JAX_PLATFORMS": "cpu"}
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+            raise RuntimeError(f"the official train step failed (exit {done.returncode}): {shlex.join(command)}\n{tail}")
+        return json.loads(pathlib.Path(tmp, "official.json").read_text())
 
 
 def crop_budget_row(iters: int, smoke: bool) -> dict:
@@ -394,13 +443,77 @@ def table(rows: list[dict], peak: float) -> str:
 
 def molmo_table(rows: list[dict]) -> str:
     lines = [f"{'config':18} {'remat':14} {'layers':>6} {'rows x seq':>10} {'tok/s':>9} {'ex/s':>7} {'TFLOP/s':>8} "
-             f"{'MFU':>6} {'peak GiB':>8}"]
+             f"{'MFU':>6} {'peak GiB':>8} {'official tok/s':>14} {'ours/official':>13}"]
     for r in rows:
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"{r['config']:18} {r['remat']:14} {r['llm_layers']:6d} {r['rows']:4d} x {r['seq_len']:<5d}"
                      f"{r['tokens_per_s']:9.0f} {r['examples_per_s']:7.2f} {r['flops_per_s'] / 1e12:8.2f} {mfu:>6} "
-                     f"{r['peak_memory_bytes'] / 2**30:8.2f}")
+                     f"{r['peak_memory_bytes'] / 2**30:8.2f} {official_cells(r)}")
     return "\n".join(lines)
+
+
+def profile_molmo(trace_dir: str, n_layers: int, rows: int, smoke: bool, top: int = 15) -> dict:
+    """A `jax.profiler` trace of three steps of the full-remat Molmo row (after two untraced ones) in
+    `trace_dir`, and its top ops: {op name: [total ms, calls]} of the device's ops (the host's where no
+    device timeline exists: CPU; Python frames left out), from the trace's perfetto JSON, largest first."""
+    cfg = molmo_config(n_layers, "full", smoke)
+    batch = image_batch(cfg, rows, molmo_seq(cfg, smoke), [config.max_total_crops(cfg.model)] * rows)
+    step, _ = ours(cfg, batch)
+    step(), step()
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(3):
+        step()
+    jax.profiler.stop_trace()
+    trace, = pathlib.Path(trace_dir).rglob("*.trace.json.gz")
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = {pid for pid, name in names.items() if "/device:" in name}
+    totals: dict[str, list] = {}
+    for e in events:
+        if e.get("ph") == "X" and (e["pid"] in device or not device and not e["name"].startswith("$")):
+            total = totals.setdefault(e["name"], [0.0, 0])
+            total[0] += e.get("dur", 0) / 1e3
+            total[1] += 1
+    ops = dict(sorted(totals.items(), key=lambda kv: -kv[1][0])[:top])
+    return {"trace": str(trace), "llm_layers": n_layers, "rows": rows, "timeline": "device" if device else "host",
+            "top_ops_ms_calls": ops}
+
+
+def compared_row(row: dict, official: dict | None) -> dict:
+    """`row` with the official step's result and ours / official tokens/s (None where it did not run)."""
+    if official is None:
+        return row
+    ratio = row["tokens_per_s"] / official["tokens_per_s"] if "tokens_per_s" in official else None
+    return {**row, "official": official, "speedup_vs_official": ratio}
+
+
+def official_cells(row: dict) -> str:
+    """The official step's tokens/s and ours / official of a Molmo row ("-" where not timed)."""
+    official = row.get("official")
+    if not official:
+        return f"{'-':>14} {'-':>13}"
+    if "error" in official:
+        return f"official: {official['error']}"
+    return f"{official['tokens_per_s']:14.0f} {row['speedup_vs_official']:13.2f}"
+
+
+def molmo_rows(args, iters: int) -> list[dict]:
+    """The Molmo rows of `--molmo-remat` (smoke: the first policy); with --official-src, the full-remat row's
+    official step first, and ours again at the layers it fits when those are fewer."""
+    molmo = []
+    for remat in args.molmo_remat.split(",")[:1 if args.smoke else None]:
+        layers = args.molmo_layers or (1 if args.smoke else fit_layers(remat, args.molmo_rows, 0.9 * device_memory()))
+        official = None
+        if args.official_src and remat == "full":  # first: our step's buffers would hold the device memory
+            official = official_molmo_row(remat, layers, args.molmo_rows, iters, args.smoke, args.official_src,
+                                          args.official_python, args.official_pythonpath)
+            if official["llm_layers"] not in (0, layers):
+                molmo.append(compared_row(molmo_row(remat, official["llm_layers"], args.molmo_rows, iters,
+                                                    args.smoke), official))
+                official = None
+        molmo.append(compared_row(molmo_row(remat, layers, args.molmo_rows, iters, args.smoke), official))
+    print(molmo_table(molmo))
+    return molmo
 
 
 def main(argv=None) -> dict:
@@ -412,11 +525,35 @@ def main(argv=None) -> dict:
                         help="decoder layers of the Molmo rows (default: as many as fit the device)")
     parser.add_argument("--molmo-rows", type=int, default=2, help="packed 2304-token rows per step")
     parser.add_argument("--molmo-remat", default="full,dots_no_batch", help="remat policies of the Molmo rows")
+    parser.add_argument("--molmo-only", action="store_true",
+                        help="only the Molmo rows (no tiny / LoRA / crop-budget rows); JSON rows = the Molmo rows")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="only trace the full-remat Molmo row (--molmo-layers, default 4) into DIR; top ops")
+    parser.add_argument("--official-src", help="checkout of allenai/molmo: times the official train step on the "
+                                               "full-remat Molmo row (experiments/official_train.py)")
+    parser.add_argument("--official-python", default=sys.executable,
+                        help="the interpreter of the official step (a venv with transformers 4.46.3)")
+    parser.add_argument("--official-pythonpath", default="",
+                        help="put first on the official step's path (a pip --target dir of transformers 4.46.3)")
     args = bench_common.parse(parser, argv, __file__)
     sizes = (args.sizes or ("tiny" if args.smoke else "tiny,small")).split(",")
     if unknown := sorted(set(sizes) - set(SHAPES)):
         parser.error(f"--sizes: unknown {unknown}; known {sorted(SHAPES)}")
     iters = {"smoke": 1, "quick": 3, "full": 20}[args.mode]
+    if args.profile:
+        traced = profile_molmo(args.profile, args.molmo_layers or (1 if args.smoke else 4), args.molmo_rows,
+                               args.smoke)
+        print(f"top ops ({traced['timeline']} timeline, 3 steps): total ms, calls")
+        for name, (ms, calls) in traced["top_ops_ms_calls"].items():
+            print(f"{ms:10.2f} {calls:6d}  {name[:120]}")
+        if args.out:
+            epath.Path(args.out).write_text(json.dumps({**provenance.describe(args.command), **traced}, indent=1))
+        return traced
+    if args.molmo_only:
+        molmo = molmo_rows(args, iters)
+        ratios = [r["speedup_vs_official"] for r in molmo if r.get("speedup_vs_official")]
+        result = {"iters": iters, "rows": molmo, "speedup": min(ratios, default=float("nan")), "molmo_rows": molmo}
+        return bench_common.finish(result, args, "worst Molmo row, ours / official tokens/s")
     peak = matmul_peak(256 if args.smoke else 2048 if jax.default_backend() == "cpu" else 8192)
     dtypes = ("float32",) if args.smoke else ("float32", "bfloat16")
     rows = [bench_row(size, dtype, iters, peak) for size in sizes for dtype in dtypes]
@@ -427,12 +564,7 @@ def main(argv=None) -> dict:
     print(f"crop budget: {budget_row['real_crops']} real of {budget_row['crop_slots']} crop slots: "
           f"{budget_row['every_slot_examples_per_s']:.2f} -> {budget_row['real_crops_only_examples_per_s']:.2f} "
           f"examples/s ({budget_row['speedup']:.2f}x)")
-    molmo = []
-    if args.molmo or args.smoke:
-        for remat in args.molmo_remat.split(",")[:1 if args.smoke else None]:
-            layers = args.molmo_layers or (1 if args.smoke else fit_layers(remat, args.molmo_rows, 0.9 * device_memory()))
-            molmo.append(molmo_row(remat, layers, args.molmo_rows, iters, args.smoke))
-        print(molmo_table(molmo))
+    molmo = molmo_rows(args, iters) if args.molmo or args.smoke else []
     result = {"matmul_peak_flops_per_s": peak, "iters": iters, "rows": rows,
               "speedup": min(r["speedup"] for r in rows), "lora_vs_full": lora_row, "crop_budget": budget_row,
               "molmo_rows": molmo}

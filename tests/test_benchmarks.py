@@ -7,6 +7,7 @@ because bench_preprocess pins it to one.
 import importlib
 import json
 import math
+import os
 import pathlib
 import subprocess
 
@@ -68,3 +69,39 @@ def test_commit_is_dirty_for_code_changes_only(tmp_path):
     assert provenance.commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2")
     assert provenance.commit(tmp_path) == clean + "+dirty"
+
+
+OFFICIAL_SRC = pathlib.Path(os.environ.get("MOLMO_OFFICIAL_SRC", "/tmp/r/molmo"))
+OFFICIAL_PYTHON = os.environ.get("MOLMO_OFFICIAL_PYTHON", "/work/venv-official/bin/python")
+
+
+@pytest.mark.skipif(not (OFFICIAL_SRC / "olmo").is_dir() or not os.path.exists(OFFICIAL_PYTHON),
+                    reason="needs an allenai/molmo checkout (MOLMO_OFFICIAL_SRC) and a python with transformers "
+                           "4.46.3 (MOLMO_OFFICIAL_PYTHON)")
+def test_official_train_step_on_the_smoke_molmo_row():
+    """The official train step of bench_train --official-src (its own process, our initial params) starts
+    from the loss our step starts from: same params, batch, masks and z-loss (bf16 autocast vs bf16)."""
+    from experiments import bench_train
+    official = bench_train.official_molmo_row("full", 1, 2, 1, True, str(OFFICIAL_SRC), OFFICIAL_PYTHON, "")
+    ours = bench_train.molmo_row("full", 1, 2, 1, True)
+    assert official["tokens_per_s"] > 0 and official["seq_len"] == ours["seq_len"]
+    assert "whole_layer" in official["reference"]
+    assert official["first_step_loss"] == pytest.approx(ours["first_step_loss"], abs=0.02)
+
+
+def test_profile_top_ops(tmp_path):
+    from experiments import bench_train
+    traced = bench_train.profile_molmo(str(tmp_path / "trace"), 1, 1, smoke=True)
+    ops = traced["top_ops_ms_calls"]
+    assert traced["timeline"] == "host" and 0 < len(ops) <= 15  # CPU: XLA's ops on the host timeline
+    assert not any(name.startswith("$") for name in ops)  # Python frames left out
+    totals = [ms for ms, _ in ops.values()]
+    assert totals == sorted(totals, reverse=True) and all(calls >= 1 for _, calls in ops.values())
+
+
+def test_generate_configs_flag_and_the_7b_d_width_config():
+    from experiments import bench_forward, bench_generate
+    with pytest.raises(SystemExit):  # one line naming the flag, before any model is built
+        bench_generate.main(["--smoke", "--configs", "tiny,huge"])
+    wide = bench_forward.GPU_CONFIGS["7b-d-width"]()
+    assert (wide.llm.d_model, wide.llm.mlp_hidden, wide.llm.n_layers, wide.vit.n_layers) == (3584, 18944, 2, 23)
