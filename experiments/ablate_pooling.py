@@ -44,7 +44,7 @@ from scipy import stats
 
 from data_pipelines import factory, synthetic, vocab
 from experiments import ablations, image_gain, provenance
-from experiments import main as main_lib
+from experiments import controls
 from molmo_jax import config as config_lib
 from molmo_jax.cli import entry_points
 from molmo_jax.api import MolmoBundle
@@ -181,7 +181,7 @@ def evaluate_variant(sweep, cfgs: dict, params, tokenizer, vdir: epath.Path) -> 
                             out_dir=vdir / "eval", show=False, max_new_tokens=sweep.max_new_tokens or None,
                             scoring={"count_none_is_zero": True})
         out[column] = r["metrics"][key]
-        out["eval"][task] = {"metrics": r["metrics"], "majority_baseline": main_lib.majority_baseline(r),
+        out["eval"][task] = {"metrics": r["metrics"], "majority_baseline": controls.majority_baseline(r),
                              "seconds": r["seconds"]}
     tasks = image_gain.held_out_tasks(cfgs, trained_stages(sweep))
     out["answer_losses"] = image_gain.answer_losses(params, tokenizer, tasks, sweep.gain_examples)

@@ -6,7 +6,7 @@
 Per task (TASKS: the stage-1 captions and the stage-2 tasks whose answers depend on the image) the first
 held-out examples (`synthetic.held_out_source`, another generator seed than training) are formatted exactly
 as their stage trains on them (`mixtures.example_processor`: style prefix, prompt template, answer) and
-scored once with their own image and once with the image of example i + 7 (`experiments.main.SwappedImages`:
+scored once with their own image and once with the image of example i + 7 (`experiments.controls.SwappedImages`:
 same prompt and answer, the wrong picture). "own" and "swapped" are the mean cross-entropy per answer token
 (the tokens the training loss weights, weighted as it weights them); "gain" = swapped - own, in nats per
 answer token, is how much the answers use the image. Unlike the accuracy of generated answers these move
@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from data_pipelines import factory, mixtures, pixmo, synthetic
-from experiments import main as main_lib
+from experiments import controls
 from molmo_jax import config as config_lib
 from molmo_jax import preprocess
 from molmo_jax.models.molmo import Molmo
@@ -83,7 +83,7 @@ def answer_losses(params, tokenizer, tasks: dict[str, tuple], examples: int = 64
     sets, failed = {}, {}
     for name, (cfg, source) in tasks.items():
         sets[name], failed[name] = encode(cfg, tokenizer, source, examples)
-        sets[f"{name}/swapped"], _ = encode(cfg, tokenizer, main_lib.SwappedImages(source), examples)
+        sets[f"{name}/swapped"], _ = encode(cfg, tokenizer, controls.SwappedImages(source), examples)
     model_cfg = next(iter(tasks.values()))[0].model
     losses = mean_losses(model_cfg, params, sets)
     out = {}

@@ -22,14 +22,10 @@ The trained model is exported (config, weights, tokenizer) to <workdir>/stage2/e
 from __future__ import annotations
 
 import argparse
-import collections
 import copy
-import dataclasses
 import json
-import re
 import sys
 import time
-from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -37,7 +33,7 @@ from absl import logging
 from etils import epath
 
 from data_pipelines import factory, synthetic, vocab
-from experiments import provenance
+from experiments import controls, provenance
 from molmo_jax import io
 from molmo_jax.cli import entry_points
 from molmo_jax.api import MolmoBundle
@@ -76,44 +72,6 @@ def caption_loss(stage1_cfg, params, tokenizer, batches: int = 4) -> float:
     return total / weight
 
 
-def majority_baseline(result: dict, key: Callable[[str], Any] = lambda prompt: None) -> float:
-    """Accuracy of always giving the most common reference (count or answer) among prompts of the same
-    `key(prompt)` (default: all prompts alike); for pointing, the F1 of always pointing at nothing (1 where
-    the gold has no points, else 0: the only answer a model that ignores the image can get right)."""
-    if result["task"] == "synthetic_points":
-        return float(np.mean([len(p["reference"]["points"]) == 0 for p in result["predictions"]]))
-    groups = collections.defaultdict(list)
-    for p in result["predictions"]:
-        groups[key(p["prompt"])].append(json.dumps(p["reference"], sort_keys=True))
-    return sum(collections.Counter(g).most_common(1)[0][1] for g in groups.values()) / len(result["predictions"])
-
-
-def question_type(prompt: str) -> tuple:
-    """What a text-only model can know of a PixMo-lite prompt: the shape it names, whether it asks for a
-    colour and the colour it names ("red circles", else None), else the question after the style prefix (e.g.
-    "What is the value of B?")."""
-    shape = re.search(r"circle|square|triangle", prompt)
-    if shape:
-        color = re.search("|".join(synthetic.COLORS), prompt)
-        return shape.group(), "color" in prompt, color and color.group()
-    return (prompt.split(":")[-1].strip(),)
-
-
-@dataclasses.dataclass(frozen=True)
-class SwappedImages:
-    """A held-out source whose example i shows the image of example i + 7: same prompts and answers, the
-    wrong picture. Accuracy that survives the swap does not come from the image."""
-    source: Any
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def get(self, index: int, rng) -> dict:
-        example = self.source.get(index, rng)
-        example["image"] = self.source.get((index + 7) % len(self.source), np.random.RandomState(0))["image"]
-        return example
-
-
 def evaluate(cfg, params, tokenizer, out_dir: epath.Path, eval_examples: int) -> dict:
     """Each EVAL_TASKS metric on the held-out split of the stage-2 config `cfg`'s PixMo-lite, its baselines,
     and the same prompts with the images swapped between examples."""
@@ -124,24 +82,12 @@ def evaluate(cfg, params, tokenizer, out_dir: epath.Path, eval_examples: int) ->
     for task in EVAL_TASKS:
         source = synthetic.config_held_out_source(task, cfg.data)
         result = runner.evaluate(bundle, source, task, out_dir=out_dir, **score)
-        swapped = runner.evaluate(bundle, SwappedImages(source), task, **score)["metrics"]
-        results[task] = {"metrics": result["metrics"], "majority_baseline": majority_baseline(result),
-                         "question_prior": majority_baseline(result, question_type), "swapped_images": swapped}
+        swapped = runner.evaluate(bundle, controls.SwappedImages(source), task, **score)["metrics"]
+        results[task] = {"metrics": result["metrics"], "majority_baseline": controls.majority_baseline(result),
+                         "question_prior": controls.majority_baseline(result, controls.question_type), "swapped_images": swapped}
         if task == "synthetic_points":
-            results[task]["point_landing"] = point_landing(source, result)
+            results[task]["point_landing"] = controls.point_landing(source, result)
     return results
-
-
-def point_landing(source: synthetic.SyntheticSource, result: dict) -> dict[str, float]:
-    """Where a pointing result's predicted points land in its scenes, as fractions of all predicted points:
-    on a shape of the kind the prompt asks for, on a shape of another kind, on the background."""
-    counts = collections.Counter()
-    for p in result["predictions"]:
-        asked = next(kind for kind in synthetic.SHAPES if kind in p["prompt"])
-        for kind in source.kinds_at(p["example"], p["points"]):
-            counts["background" if kind is None else "asked_kind" if kind == asked else "other_kind"] += 1
-    total = sum(counts.values())
-    return {k: counts[k] / total if total else float("nan") for k in ("asked_kind", "other_kind", "background")}
 
 
 def print_summary(summary: dict):

@@ -3,7 +3,7 @@ for pointing always pointing at nothing."""
 import numpy as np
 
 from data_pipelines import synthetic
-from experiments import main
+from experiments import controls
 
 
 def result(pairs, task="synthetic_cap_qa"):
@@ -14,19 +14,19 @@ def test_question_prior_is_the_per_question_type_majority():
     r = result([("synthetic_qa: How many circles are there?", "2"), ("How many circles?", "2"),
                 ("synthetic_qa: How many squares are there?", "0"), ("What color is the square?", "red"),
                 ("What color are the squares?", "red"), ("What color is the circle?", "blue")])
-    assert main.majority_baseline(r) == 2 / 6  # "2" or "red"
-    assert main.majority_baseline(r, main.question_type) == 1.0  # each (shape, colour?) group has one answer
-    assert main.question_type("pixmo_docs_charts: What is the value of B?") == ("What is the value of B?",)
-    assert main.question_type("point_count: How many red circles are there?") == ("circle", False, "red")
-    assert main.question_type("What color is the square?") == ("square", True, None)
+    assert controls.majority_baseline(r) == 2 / 6  # "2" or "red"
+    assert controls.majority_baseline(r, controls.question_type) == 1.0  # each (shape, colour?) group has one answer
+    assert controls.question_type("pixmo_docs_charts: What is the value of B?") == ("What is the value of B?",)
+    assert controls.question_type("point_count: How many red circles are there?") == ("circle", False, "red")
+    assert controls.question_type("What color is the square?") == ("square", True, None)
     points = {"task": "synthetic_points", "predictions": [{"prompt": "Point to circles", "reference": {"points": p}}
                                                           for p in ([], [[1.0, 2.0]], [], [[3.0, 4.0], [5.0, 6.0]])]}
-    assert main.majority_baseline(points) == 0.5  # pointing at nothing scores F1 1 on the two empty golds
+    assert controls.majority_baseline(points) == 0.5  # pointing at nothing scores F1 1 on the two empty golds
 
 
 def test_swapped_images_keep_the_prompt_and_change_the_picture():
     source = synthetic.held_out_source("synthetic_count")
-    swapped = main.SwappedImages(source)
+    swapped = controls.SwappedImages(source)
     rng = lambda: np.random.RandomState(3)
     original, changed = source.get(2, rng()), swapped.get(2, rng())
     assert len(swapped) == len(source) and original["label"] == changed["label"]
@@ -46,7 +46,7 @@ def test_point_landing_counts_points_on_the_asked_kind_another_kind_and_the_back
                       if source.kinds_at(index, np.array([[x, y]])) == [None])
     prediction = {"example": index, "prompt": f"Point to {asked}s", "points": [centre(shapes[0]), centre(other),
                                                                                  background, background]}
-    landing = main.point_landing(source, {"predictions": [prediction]})
+    landing = controls.point_landing(source, {"predictions": [prediction]})
     assert landing == {"asked_kind": 0.25, "other_kind": 0.25, "background": 0.5}
 
 
