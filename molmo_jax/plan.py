@@ -21,7 +21,10 @@ layers' outputs it carries along) plus what the remat policy saves:
   dots_no_batch  the dot outputs
   full           nothing
 One layer at a time is recomputed and differentiated: its working set is what the policy did not save
-plus one more tensor of the largest size (its gradient). The peak is
+plus one more tensor of the largest size (its gradient). Attention holds float32 [B, H, T, S] scores, and
+normalised probabilities only under probability dropout: without it the softmax is normalised after
+probs @ v, which took two such tensors off XLA's compiled peak of the tiny model (224 px ViT: 61.1 -> 44.7
+MB). The peak is
   saved residuals of all layers of both towers
   + max(largest layer working set, logits working set, connector working set)
   + with fsdp > 1 one layer's params all-gathered (compute dtype) with its unreduced float32 gradients.
@@ -195,6 +198,7 @@ class LayerShape:
     causal_mask: bool
     qk_norm: bool = False
     moe: tuple[int, int] | None = None  # (experts, top_k)
+    prob_dropout: bool = False  # dropout on the attention probabilities (materialises them normalised)
 
     @property
     def n(self) -> int:
@@ -212,7 +216,9 @@ def attention_tensors(s: LayerShape) -> list[Tensor]:
         out.append(Tensor("kv_repeat", 2 * n * hd * c))
     if s.causal_mask:
         out.append(Tensor("mask_bias", s.b * s.t * s.t * F32))
-    out += [Tensor("scores", scores * F32, "batched_dot"), Tensor("probs", scores * F32)]
+    out.append(Tensor("scores", scores * F32, "batched_dot"))
+    if s.prob_dropout:  # without it the softmax is normalised after probs @ v (`layers._softmax_attention`)
+        out.append(Tensor("probs", scores * F32))
     if c != F32:
         out.append(Tensor("probs_cast", scores * c))
     return out + [Tensor("attn_out", n * hd * c, "batched_dot"), Tensor("out_proj", n * s.d * c, "dot"),
@@ -248,7 +254,7 @@ def llm_layer(cfg, b: int, t: int, mesh: Mapping[str, int], dtype_bytes: int) ->
     moe = (llm.moe_num_experts, llm.moe_top_k) if llm.block_type == "moe" else None
     return LayerShape(b, t, llm.d_model, -(-llm.n_heads // tp), -(-llm.n_kv_heads // tp), llm.head_dim,
                       -(-llm.mlp_hidden // tp), dtype_bytes, gated=True, causal_mask=True, qk_norm=llm.qk_norm,
-                      moe=moe)
+                      moe=moe, prob_dropout=llm.attention_dropout > 0)
 
 
 def vit_layer(cfg, crops: int, mesh: Mapping[str, int], dtype_bytes: int) -> LayerShape:
