@@ -87,8 +87,8 @@ def main(argv):
         config_lib.validate(cfg.model)
         distributed.initialize_from_env()
         try:
-            periodic = hooks_lib.Periodic(_EVAL_EVERY.value, _EVAL_TASKS.value, _EVAL_EXAMPLES.value, _EVAL_DATA_DIR.value,
-                                _EXPORT_EVERY.value)
+            periodic = hooks_lib.Periodic(_EVAL_EVERY.value, _EVAL_TASKS.value, _EVAL_EXAMPLES.value,
+                                          _EVAL_DATA_DIR.value, _EXPORT_EVERY.value)
             run(cfg, _WORKDIR.value, _EXPORT.value, periodic)
         except trainer.TrainingStopped as stopped:
             print(stopped, file=sys.stderr)

@@ -8,8 +8,9 @@
 Tasks (`tasks.TASKS`) are the paper's benchmarks, the academic validation sets, pointing, AndroidControl
 (read by `data_pipelines.eval_sets` from `data_dir`, with the official inference settings: answer length,
 max crops) and the held-out PixMo-lite sets (`data_pipelines.synthetic.config_held_out_source`: another
-generator seed than training's, the scenes of the PixMo-lite recipe unless a training config says otherwise); `open_dataset` is this module's one edge to `data_pipelines`. `evaluate`
-also takes any `pixmo.Source` with a task. Example `i` is read and formatted with
+generator seed than training's, the scenes of the PixMo-lite recipe unless a training config says
+otherwise); `open_dataset` is this module's one edge to `data_pipelines`. `evaluate` also takes any
+`pixmo.Source` with a task. Example `i` is read and formatted with
 `np.random.RandomState(seed + i)`, the rng of the official `DeterministicDataset`.
 Every conversation of an example (each `message_list` entry; of a multi-turn one, its first exchange) is
 one prompt: the official inference prompt, `Formatter(..., for_inference=True)` (prompt template and style
