@@ -273,8 +273,7 @@ def test_full_finetune_with_frozen_vit_changes_only_connector_and_llm(tmp_path, 
 
 
 def test_sigterm_stops_finetune_with_a_checkpoint_and_no_export(tmp_path, data_file, capsys):
-    """A real SIGTERM (sent to this process once a step is logged) during `molmo-jax finetune`, which also
-    evaluates and exports every step (--eval-every, --export-every): the stopped run has step 1's."""
+    """A real SIGTERM (sent to this process once a step is logged) during `molmo-jax finetune`."""
     workdir = tmp_path / "run"
 
     def terminate_after_first_step():
@@ -285,16 +284,24 @@ def test_sigterm_stops_finetune_with_a_checkpoint_and_no_export(tmp_path, data_f
     threading.Thread(target=terminate_after_first_step, daemon=True).start()
     code = cli.main(["finetune", "--checkpoint", str(CHECKPOINT), "--data", str(data_file), "--workdir",
                      str(workdir), "--lora-rank", "4", "--steps", "50", "--batch-size", "8", "--seq-len", "448",  # 8 test devices
-                     "--checkpoint-every", "0", "--eval-every", "1", "--eval-task", "synthetic_count",
-                     "--eval-examples", "1", "--export-every", "1"])
+                     "--checkpoint-every", "0"])
     step = checkpointing.Checkpointer(workdir / "checkpoints", every=0).latest_step()
     assert code == 128 + signal.SIGTERM and 1 <= step < 50
     assert capsys.readouterr().err.splitlines()[-1] == f"stopped at step {step} of 50; rerun the same command to resume"
     assert not (workdir / "export").exists()
-    first = metrics_log.read(workdir / "metrics.jsonl")[0]
-    assert first["step"] == 1 and any(k.startswith("eval/synthetic_count/") for k in first)
-    assert (workdir / "eval" / "1" / "synthetic_count.json").exists()
-    assert sorted(p.name for p in (workdir / "export_steps" / "1").iterdir()) == ["hf_release", "orbax"]
+
+
+def test_periodic_flags_are_checked_before_training(tmp_path, data_file, capsys):
+    """`molmo-jax finetune --eval-every` / `--eval-task` reach `hooks.Periodic`: a bad pair fails in one
+    line before any step (the hooks themselves run in test_train_data's PixMo-lite run)."""
+    workdir = tmp_path / "run"
+    base = ["finetune", "--checkpoint", str(CHECKPOINT), "--data", str(data_file), "--workdir", str(workdir)]
+    assert cli.main(base + ["--eval-every", "5"]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        "error: periodic evaluation needs both an interval (eval every N steps) and its tasks")
+    assert cli.main(base + ["--eval-every", "5", "--eval-task", "nowhere"]) == 1
+    assert "eval task nowhere: unknown" in capsys.readouterr().err
+    assert not (workdir / "checkpoints").exists()
 
 
 def test_checkpoint_interval_defaults_and_flags():
