@@ -31,11 +31,12 @@ def fetch_urls(data) -> None:
         print(user_data.download_images(data).summary())
 
 
-def validate_with_model(cfg):
-    """The fine-tuning config's data checked with its model's tokenizer (`factory.validate_user_data`)."""
+def validate_with_model(cfg, tokenizer=None):
+    """The fine-tuning config's data checked with its model's tokenizer (`factory.validate_user_data`;
+    `tokenizer`: the checkpoint's, loaded here unless given)."""
     from data_pipelines import factory
     from molmo_jax.tokenizer import load_tokenizer
-    return factory.validate_user_data(cfg, load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
+    return factory.validate_user_data(cfg, tokenizer or load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -109,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = io.load_config(cfg.init_from)
     periodic = hooks.Periodic(args.eval_every, tuple(args.eval_task), args.eval_examples,
                               str(args.eval_data_dir or ""), args.export_every)
-    every = periodic.hooks(model_cfg, cfg.data, args.workdir, io.load_tokenizer(cfg.init_from, model_cfg), cfg.export)
+    tokenizer = io.load_tokenizer(cfg.init_from, model_cfg)
+    every = periodic.hooks(model_cfg, cfg.data, args.workdir, tokenizer, cfg.export)
     fetch_urls(user_data.UserData(args.data, args.image_dir, args.allow_outside_images))
-    report = validate_with_model(cfg)
+    report = validate_with_model(cfg, tokenizer)
     if not report.ok:
         print(report.summary(), file=sys.stderr)
         raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")
