@@ -43,12 +43,16 @@ def add_threads_flag(parser: argparse.ArgumentParser):
 
 
 def set_threads(threads: int):
-    """torch's intra-op threads = `threads`; with 1, XLA:CPU's too (`--xla_cpu_multi_thread_eigen=false`).
-    Call before JAX's first computation (the flag is read when the CPU backend starts)."""
+    """Both frameworks on `threads` cores: torch's intra-op threads = `threads` and, with fewer than this
+    process may use, the process is pinned to the first `threads` of its cores (`os.sched_setaffinity`), which
+    is what holds XLA:CPU to them: `--xla_cpu_multi_thread_eigen=false` does not (its YNNPACK fusions, every dot
+    and what is fused into it, still split across the whole thread pool). Call before JAX's first computation
+    and torch's first parallel op (threads started earlier keep their cores)."""
     import torch
     torch.set_num_threads(threads)
-    if threads == 1:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
+    cores = sorted(os.sched_getaffinity(0))
+    if threads < len(cores):
+        os.sched_setaffinity(0, cores[:threads])
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:

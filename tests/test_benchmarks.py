@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import torch
 
-from experiments import provenance
+from experiments import bench_common, provenance
 
 BENCHMARKS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "experiments").glob("bench_*.py")
                     if p.stem != "bench_common")
@@ -49,6 +49,20 @@ def test_benchmark_smoke(name, tmp_path):
     if name == "bench_moe":  # both MoE paths timed, the backend's pick recorded
         assert all(r["ragged_tokens_per_s"] > 0 and r["dense_tokens_per_s"] > 0 and r["auto_path"] == "dense"
                    for r in result["rows"])
+
+
+def test_set_threads_pins_both_frameworks():
+    """--threads N pins the process to N of its cores (what holds XLA:CPU's thread pool to them) and sets
+    torch's threads; every core a process may use leaves it unpinned."""
+    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    try:
+        bench_common.set_threads(len(cores))
+        assert os.sched_getaffinity(0) == cores
+        bench_common.set_threads(1)
+        assert os.sched_getaffinity(0) == {min(cores)} and torch.get_num_threads() == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(threads)
 
 
 def test_commit_is_dirty_for_code_changes_only(tmp_path):
