@@ -45,7 +45,7 @@ def reference(family: str):
     cfg = small(family)
     params = init_params(cfg, jax.random.key(0), sharding.make_mesh())
     params = jax.tree.map(lambda x: x + 0.05 * np.random.default_rng(1).normal(size=x.shape), params)
-    logits = Molmo(cfg).apply({"params": params}, **batch(cfg))
+    logits = jax.jit(lambda p, kw: Molmo(cfg).apply({"params": p}, **kw))(params, batch(cfg))
     return cfg, jax.device_get(params), np.asarray(logits)
 
 
