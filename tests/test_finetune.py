@@ -21,6 +21,7 @@ from PIL import Image
 import molmo_jax
 from data_pipelines import factory, user_data
 from fixture_cases import ROOT
+from test_readme import blocks_run_by
 from molmo_jax import cli, config, formatting, io, lora, sharding
 from molmo_jax.cli import finetune as finetune_cli
 from molmo_jax.models.molmo import Molmo, abstract_params
@@ -34,13 +35,7 @@ CHECKPOINT = ROOT / "qwen2_7b_d"
 MODEL_INPUTS = ("input_ids",) + trainer.MODEL_KEYS
 SQUARES = [(12, 20), (30, 12), (44, 30), (52, 36)]  # red square centres, pixels of 64x48 images
 
-README_EXAMPLE = """\
-molmo-jax validate-data data/train.jsonl
-molmo-jax finetune --checkpoint Molmo-7B-D-0924 --data data/train.jsonl --workdir runs/lora \\
-    --lora-rank 8 --mix-pixmo-lite 0.3 --steps 1000 --batch-size 16
-molmo-jax predict --checkpoint runs/lora/export/hf_release --image data/images/0.png --prompt "Point to the square."
-molmo-jax predict --checkpoint runs/lora/export/orbax --image data/images/0.png --prompt "Point to the square."
-"""
+README_EXAMPLE, = blocks_run_by("tests/test_finetune.py")  # check the file, fine-tune, ask the exports
 
 
 def write_user_data(directory: Path) -> Path:

@@ -6,7 +6,9 @@ tiny reference fixture, released configs the tiny config, step counts and batche
 remote and absolute paths a scratch directory, the main job its smoke form (`--arg smoke`). A block
 preceded by `<!-- readme-test: file NAME -->` is written to NAME (e.g. the user module that registers a
 pooling) instead of run; one preceded by `<!-- readme-test: offline REASON -->` needs the network and is
-left out; the ```json example becomes data/train.jsonl with its image.
+left out; one preceded by `<!-- readme-test: run by TEST_FILE -->` is run as written there (with checks of
+its output; `blocks_run_by`), not here; the ```json example becomes data/train.jsonl with its image, which
+`molmo-jax validate-data` must pass.
 
 `molmo-jax` commands, `python -m experiments.train` and Python blocks run in this process (one XLA
 compilation cache for them all); `bash experiments/*.sh` in a subprocess. Every command must exit 0.
@@ -50,20 +52,30 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"bash experiments/run_tests\.sh", "TESTS=tests/test_plan.py bash experiments/run_tests.sh -k parse_mesh"),
 )
 
-FENCE = re.compile(r"(?:<!-- readme-test: (?:file (?P<file>\S+)|offline (?P<offline>.+?)) -->\n)?"
-                   r"```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
+FENCE = re.compile(r"(?:<!-- readme-test: (?:file (?P<file>\S+)|offline (?P<offline>.+?)|run by (?P<runner>\S+))"
+                   r" -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
 
 
 def blocks(text: str) -> list[tuple[str, str, str | None]]:
-    """(language, body, file name or None) of every fenced block of the README that runs offline, in order."""
-    return [(m["lang"], m["body"], m["file"]) for m in FENCE.finditer(text) if not m["offline"]]
+    """(language, body, file name or None) of every fenced block this test runs, in order."""
+    return [(m["lang"], m["body"], m["file"]) for m in FENCE.finditer(text) if not (m["offline"] or m["runner"])]
+
+
+def blocks_run_by(test_file: str) -> list[str]:
+    """The bodies of the README blocks marked `<!-- readme-test: run by TEST_FILE -->`."""
+    return [m["body"] for m in FENCE.finditer(README.read_text()) if m["runner"] == test_file]
 
 
 def test_only_network_blocks_are_left_out():
     """A block marked `<!-- readme-test: offline REASON -->` needs the network (the hub, image URLs), which
-    tests do not have; it is the only kind left out, and there is one."""
-    reasons = [m["offline"] for m in FENCE.finditer(README.read_text()) if m["offline"]]
+    tests do not have; it is the only kind not run, and there is one. A block marked `run by TEST_FILE` is
+    read from the README by that test."""
+    text = README.read_text()
+    reasons = [m["offline"] for m in FENCE.finditer(text) if m["offline"]]
     assert reasons == ["needs the Hugging Face hub and the image URLs"]
+    runners = {m["runner"] for m in FENCE.finditer(text) if m["runner"]}
+    assert runners == {"tests/test_finetune.py"}
+    assert all(f'blocks_run_by("{runner}")' in (REPO / runner).read_text() for runner in runners)
 
 
 def substitute(text: str, work: Path) -> str:
@@ -144,8 +156,11 @@ def test_every_block_runs(tmp_path, monkeypatch, capsys):
             body = substitute(body, tmp_path)
         if file:
             (tmp_path / file).write_text(body)
-        elif lang == "json":
+        elif lang == "json":  # the fine-tuning example line: a valid data file (the commands: test_finetune.py)
             write_user_data(body, tmp_path)
+            ran.append("molmo-jax validate-data data/train.jsonl")
+            if run_command(ran[-1], monkeypatch) != 0:
+                failed.append(f"the ```json example is not valid: {capsys.readouterr().out[-2000:]}")
         elif lang == "python":
             exec(compile(body, "README.md", "exec"), {"__name__": "readme"})
             ran.append(body.splitlines()[0])
