@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.summary(), file=sys.stderr)
         raise ValueError(f"{args.data}: {len(report.bad_lines)} bad rows (listed above); fix or remove them")
     try:
-        _, exports = finetune.run(cfg, args.workdir, factory.make_data, hooks=every)
+        _, exports = finetune.run(cfg, args.workdir, factory.make_data, hooks=every, tokenizer=tokenizer)
     except trainer.TrainingStopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code

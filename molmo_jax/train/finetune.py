@@ -28,15 +28,15 @@ from molmo_jax.train.trainable import Trainable
 
 
 def run(cfg, workdir: epath.PathLike, make_data: Callable[[Any, Any], Iterator], mesh: Mesh | None = None,
-        hooks: Sequence[hooks_lib.Hook] = ()) -> tuple[dict, dict[str, epath.Path]]:
+        hooks: Sequence[hooks_lib.Hook] = (), tokenizer=None) -> tuple[dict, dict[str, epath.Path]]:
     """Fine-tunes on the batches `make_data(cfg, tokenizer)` (resuming from `workdir`, with `hooks`) and
     exports to workdir/export/<format>; a run stopped by a signal raises `trainer.TrainingStopped` and exports
-    nothing.
+    nothing. `tokenizer`: the checkpoint's (`io.load_tokenizer`), loaded here unless given.
 
     Returns (final train state, {format: export directory}).
     """
     model_cfg = io.load_config(cfg.init_from)  # the checkpoint's own config (cfg.model: training dtype, dropout)
-    tokenizer = io.load_tokenizer(cfg.init_from, model_cfg)
+    tokenizer = tokenizer or io.load_tokenizer(cfg.init_from, model_cfg)
     io.save_run_files(workdir, model_cfg, tokenizer)
     state = trainer.train(cfg, make_data(cfg, tokenizer), workdir, mesh, hooks=hooks)
     params = Trainable.of(cfg).model_params(state)
