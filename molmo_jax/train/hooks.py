@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import jax
 from etils import epath
 
 from molmo_jax import io
@@ -50,7 +51,7 @@ class EvalHook:
 class TaskEvalHook:
     """Answers and scores the first `examples` prompts of each eval task (`datasets`: {task name: dataset},
     `eval.runner.evaluate`), logged as "eval/<task>/<metric>"; predictions, results and pointing drawings
-    go to <out_dir>/<step>/."""
+    go to <out_dir>/<step>/, written by process 0 (every process generates: the model is sharded over all)."""
     every: int
     datasets: Mapping[str, Any]
     model_cfg: Any
@@ -62,8 +63,9 @@ class TaskEvalHook:
         bundle = MolmoBundle(self.model_cfg, params, self.tokenizer, Preprocessor(self.model_cfg, self.tokenizer))
         metrics = {}
         for name, dataset in self.datasets.items():
+            out_dir = epath.Path(self.out_dir) / str(step) if jax.process_index() == 0 else None
             result = runner.evaluate(bundle, dataset, name, n=min(self.examples, len(dataset)), show=False,
-                                     out_dir=epath.Path(self.out_dir) / str(step))
+                                     out_dir=out_dir)
             metrics.update({f"eval/{name}/{metric}": float(value) for metric, value in result["metrics"].items()})
         return metrics
 
