@@ -36,7 +36,9 @@ def validate_with_model(cfg, tokenizer=None):
     `tokenizer`: the checkpoint's, loaded here unless given)."""
     from data_pipelines import factory
     from molmo_jax.tokenizer import load_tokenizer
-    return factory.validate_user_data(cfg, tokenizer or load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size))
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.init_from, cfg.model.llm.vocab_size)
+    return factory.validate_user_data(cfg, tokenizer)
 
 
 def add_arguments(parser: argparse.ArgumentParser):

@@ -36,7 +36,8 @@ def run(cfg, workdir: epath.PathLike, make_data: Callable[[Any, Any], Iterator],
     Returns (final train state, {format: export directory}).
     """
     model_cfg = io.load_config(cfg.init_from)  # the checkpoint's own config (cfg.model: training dtype, dropout)
-    tokenizer = tokenizer or io.load_tokenizer(cfg.init_from, model_cfg)
+    if tokenizer is None:
+        tokenizer = io.load_tokenizer(cfg.init_from, model_cfg)
     io.save_run_files(workdir, model_cfg, tokenizer)
     state = trainer.train(cfg, make_data(cfg, tokenizer), workdir, mesh, hooks=hooks)
     params = Trainable.of(cfg).model_params(state)

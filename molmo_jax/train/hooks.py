@@ -61,9 +61,9 @@ class TaskEvalHook:
 
     def __call__(self, step: int, params: Any) -> dict[str, float]:
         bundle = MolmoBundle(self.model_cfg, params, self.tokenizer, Preprocessor(self.model_cfg, self.tokenizer))
+        out_dir = epath.Path(self.out_dir) / str(step) if jax.process_index() == 0 else None
         metrics = {}
         for name, dataset in self.datasets.items():
-            out_dir = epath.Path(self.out_dir) / str(step) if jax.process_index() == 0 else None
             result = runner.evaluate(bundle, dataset, name, n=min(self.examples, len(dataset)), show=False,
                                      out_dir=out_dir)
             metrics.update({f"eval/{name}/{metric}": float(value) for metric, value in result["metrics"].items()})
