@@ -278,8 +278,8 @@ def test_sigterm_stops_finetune_with_a_checkpoint_and_no_export(tmp_path, data_f
 
     threading.Thread(target=terminate_after_first_step, daemon=True).start()
     code = cli.main(["finetune", "--checkpoint", str(CHECKPOINT), "--data", str(data_file), "--workdir",
-                     str(workdir), "--lora-rank", "4", "--steps", "50", "--batch-size", "8", "--seq-len", "448",  # 8 test devices
-                     "--checkpoint-every", "0"])
+                     str(workdir), "--lora-rank", "4", "--steps", "50", "--batch-size", "2", "--seq-len", "448",
+                     "--checkpoint-every", "0", "--mesh", "fsdp=1"])
     step = checkpointing.Checkpointer(workdir / "checkpoints", every=0).latest_step()
     assert code == 128 + signal.SIGTERM and 1 <= step < 50
     assert capsys.readouterr().err.splitlines()[-1] == f"stopped at step {step} of 50; rerun the same command to resume"
@@ -296,6 +296,8 @@ def test_periodic_flags_are_checked_before_training(tmp_path, data_file, capsys)
         "error: periodic evaluation needs both an interval (eval every N steps) and its tasks")
     assert cli.main(base + ["--eval-every", "5", "--eval-task", "nowhere"]) == 1
     assert "eval task nowhere: unknown" in capsys.readouterr().err
+    assert cli.main(base + ["--mesh", "fsdp=16"]) == 1
+    assert capsys.readouterr().err.strip().endswith("does not fit 8 devices")
     assert not (workdir / "checkpoints").exists()
 
 
@@ -307,6 +309,9 @@ def test_checkpoint_interval_defaults_and_flags():
                                           "--checkpoint-every-minutes", "30"])
     cfg = finetune_cli._config(args)
     assert (cfg.checkpoint.every, cfg.checkpoint.every_minutes) == (7, 30.0)
+    assert cfg.mesh == (1, -1, 1)  # fsdp over every device
+    args.mesh = "data=2,fsdp=4"
+    assert finetune_cli._config(args).mesh == (2, 4, 1, 1)
 
 
 # ------------------------------------------------------------------------------------------ README example

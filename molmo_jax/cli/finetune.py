@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="also checkpoint once this many minutes passed since the last one (default 0: off)")
     parser.add_argument("--lr", type=float, help="peak learning rate of every component (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 16)")
+    parser.add_argument("--mesh", help="device mesh, e.g. fsdp=8 or data=2,fsdp=16,tensor=4 (as `molmo-jax plan` "
+                                       "takes it; default: fsdp over every device)")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="score the --eval-task sets every N steps into the log and <workdir>/eval/<step>/")
     parser.add_argument("--eval-task", action="append", default=[],
@@ -84,6 +86,7 @@ def data_config(cfg, args, path):
 
 
 def _config(args):
+    from molmo_jax import plan
     from molmo_jax.recipes import finetune
     cfg = data_config(finetune.get_config(str(args.checkpoint), args.lora_rank, args.steps), args, args.data)
     cfg.data.mix_pixmo_lite = args.mix_pixmo_lite
@@ -95,6 +98,8 @@ def _config(args):
         cfg.optim.lr.update({c: args.lr for c in COMPONENTS})
     if args.batch_size is not None:
         cfg.data.global_batch = args.batch_size
+    if args.mesh:
+        cfg.mesh = tuple(plan.parse_mesh(args.mesh).values())
     if args.checkpoint_every is not None:
         cfg.checkpoint.every = args.checkpoint_every
     cfg.checkpoint.every_minutes = args.checkpoint_every_minutes
