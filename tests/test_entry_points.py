@@ -165,7 +165,8 @@ def test_readme_pooling_trains_exports_and_reloads_with_equal_params(tmp_path, u
     save(initial, cfg, tmp_path / "init", "native")
     workdir = tmp_path / "s1_max"
     argv = ["--config", "molmo_jax/recipes/stage1.py:tiny", f"--workdir={workdir}", f"--import={user_module}",
-            "--config.model.connector.pooling=max", "--config.optim.steps=2", "--config.mesh=(1,1,1)", "--export=native",
+            "--config.model.connector.pooling=max", "--config.optim.steps=2", "--config.mesh=(1,1,1)",
+            "--export=native",
             f"--config.init_from={tmp_path / 'init'}", f"--config.data.tokenizer={ROOT / 'qwen2_7b_d'}"]
     assert train_main(argv, monkeypatch) == 0
     cfg, exported = io.load(workdir / "export" / "native")
