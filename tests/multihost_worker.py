@@ -3,13 +3,12 @@ the command lines' hooks (`hooks.Periodic`) at the last step: exports and evalua
 
     JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \
         python tests/multihost_worker.py --local-devices 4 --steps 3 --workdir DIR \
-        --tokenizer TOKENIZER --export orbax --export hf_release [--eval-task synthetic_clocks]
+        --tokenizer TOKENIZER --export orbax --export hf_release --eval-task synthetic_clocks
 
 Every process draws the same global synthetic batches and keeps its own rows (`process_rows`), so a run
 on any number of processes sees the same global batches as a single-process run. Process 0 writes the
 losses to DIR/metrics.jsonl; the checkpoint at the last step is written by all processes together, the
-exports to DIR/export_steps/<steps>/<format> and the eval files to DIR/eval/<steps>/ once (the test leaves
-the evaluation out: ~50 s of CPU for its three concurrent compilations).
+exports to DIR/export_steps/<steps>/<format> and the eval files to DIR/eval/<steps>/ once.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Multi-host training on one machine: 2 processes x 4 CPU devices (jax.distributed over gloo) train the
-tiny model and export it at the last step (`hooks.Periodic`) as 1 process x 8 devices does;
+tiny model, evaluate and export it at the last step (`hooks.Periodic`) as 1 process x 8 devices does;
 `initialize_from_env` is a no-op for one process."""
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ WORKER = REPO / "tests" / "multihost_worker.py"
 TOKENIZER = REPO / "tests" / "fixtures" / "molmo_ref" / "qwen2_7b_d" / "tokenizer.json"
 STEPS = 3
 EXPORTS = ("orbax", "hf_release")
+EVAL_TASK = "synthetic_clocks"  # one example: one image, 12 new tokens
 
 
 def start_worker(workdir: Path, local_devices: int, **env: str) -> subprocess.Popen:
     """Text-only batches (crops 0) keep the three concurrent compilations short on a 2-core machine."""
     cmd = [sys.executable, str(WORKER), "--local-devices", str(local_devices), "--steps", str(STEPS),
            "--crops", "0", "--workdir", str(workdir), "--tokenizer", str(TOKENIZER),
-           *(f"--export={fmt}" for fmt in EXPORTS)]
+           "--eval-task", EVAL_TASK, *(f"--export={fmt}" for fmt in EXPORTS)]
     return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -49,6 +50,7 @@ def test_two_processes_train_like_one(tmp_path):
     np.testing.assert_allclose(losses(multi), losses(single), rtol=0, atol=1e-5)
     assert (multi / "checkpoints" / str(STEPS)).is_dir()  # saved by both processes together
     assert_same_exports(multi / "export_steps" / str(STEPS), single / "export_steps" / str(STEPS))
+    assert_same_eval(multi / "eval" / str(STEPS), single / "eval" / str(STEPS))
 
 
 def leaves(params) -> dict[str, np.ndarray]:
@@ -71,6 +73,16 @@ def assert_same_exports(multi: Path, single: Path):
             np.testing.assert_allclose(x, reference[name], rtol=0, atol=1e-6, err_msg=f"{fmt} {name}")
     for name, x in loaded["orbax"].items():  # the gathered hf_release weights are the Orbax shards' bit for bit
         np.testing.assert_array_equal(loaded["hf_release"][name], x, err_msg=name)
+
+
+def assert_same_eval(multi: Path, single: Path):
+    """The eval files exist once (process 0 wrote them) and hold the 1-process answers and scores."""
+    assert sorted(p.name for p in multi.iterdir()) == [f"{EVAL_TASK}.json", f"{EVAL_TASK}.predictions.jsonl"]
+    assert len((multi / f"{EVAL_TASK}.predictions.jsonl").read_text().splitlines()) == 2  # settings + 1 answer
+    results = [json.loads((d / f"{EVAL_TASK}.json").read_text()) for d in (multi, single)]
+    for result in results:
+        del result["seconds"], result["files"]
+    assert results[0] == results[1]
 
 
 def test_single_process_is_a_no_op():
