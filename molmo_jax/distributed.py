@@ -7,6 +7,9 @@ Every process runs the same program. Launch one per host (or several on one mach
 `initialize_from_env()` is a no-op for a single process, so the same entry point serves both. On Cloud
 TPU pods and SLURM, `JAX_DISTRIBUTED=auto` lets JAX discover the cluster itself.
 
+Files: every process runs every hook and export; `barrier` lines them up around the files one process
+writes (`molmo_jax.io`), and `host_copy` gathers params sharded over several processes' devices.
+
 Data: process p loads rows `process_rows(global_batch)` of each global batch; `global_batch(local, mesh)`
 assembles the per-process rows into global arrays sharded over the mesh's batch axes. `jax.devices()`
 lists devices process-major, so `sharding.make_mesh` gives process p a contiguous block of batch rows.
@@ -14,7 +17,7 @@ lists devices process-major, so `sharding.make_mesh` gives process p a contiguou
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 from jax.experimental import multihost_utils
@@ -79,3 +82,20 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return bool(flag)
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def barrier(name: str):
+    """Returns once every process has called `barrier(name)` (the same name everywhere); no-op for one process."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def host_copy(tree: Any) -> Any:
+    """Numpy copies of the arrays of `tree`, each whole on every process. An array sharded over several
+    processes' devices is gathered (a collective: every process calls `host_copy` on the same tree; each
+    array is replicated over the devices in turn, so the largest must fit on one device beside the rest)."""
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(jax.device_get(x))
+    return jax.tree.map(copy, tree)

@@ -15,6 +15,8 @@ Formats (the same spelling everywhere: API, CLI, configs):
 
 Every export holds config, weights and tokenizer (tokenizer.json + tokenizer_config.json). config.json is
 written last: an export killed half-way has none and is reported as such, never loaded as a model.
+On several processes (`jax.distributed`) every process calls the save functions alike; each file is written
+once (Orbax: each process its shards; the rest: process 0), and they return when the export is complete.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from tqdm import tqdm
 
 from molmo_jax import checkpoints
 from molmo_jax import config as config_lib
-from molmo_jax import paths, preprocess, sharding
+from molmo_jax import distributed, paths, preprocess, sharding
 from molmo_jax.checkpoints import CheckpointError
 from molmo_jax.models.molmo import abstract_params
 from molmo_jax.tokenizer import MolmoTokenizer, load_tokenizer as _load_tokenizer_file
@@ -160,7 +162,9 @@ def save_tokenizer(tokenizer: MolmoTokenizer, path: str | os.PathLike):
 
 def save_run_files(workdir: str | os.PathLike, cfg, tokenizer: MolmoTokenizer | None):
     """Records a training run's model in its workdir (config.json and, when known, the tokenizer), so its
-    checkpoints load and export as a model (`load_params(workdir)`, `molmo-jax export`)."""
+    checkpoints load and export as a model (`load_params(workdir)`, `molmo-jax export`); process 0 writes them."""
+    if jax.process_index() != 0:
+        return
     workdir = _path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
@@ -364,28 +368,40 @@ def _save_hf_release(native: Mapping[str, np.ndarray], cfg, path: epath.Path, ma
 def save(params: Any, cfg, tokenizer: MolmoTokenizer, path: str | os.PathLike, fmt: str,
          max_shard_bytes: int = MAX_SHARD_BYTES):
     """Exports a model (params: boxed or not, any sharding) with its config and tokenizer to the new or empty
-    directory `path` in `fmt` (one of EXPORT_FORMATS). config.json is written last."""
+    directory `path` in `fmt` (one of EXPORT_FORMATS). config.json is written last.
+
+    On several processes every one calls it with the same arguments, and `path` is a directory they all see
+    (gs://, a shared file system): Orbax writes each process's shards, the native / hf_release weights are
+    gathered (`distributed.host_copy`), process 0 alone writes every other file, and every process returns
+    once the export is complete.
+    """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format {fmt!r} is not one of {EXPORT_FORMATS}")
     path = _path(path)
     if path.exists() and any(path.iterdir()):
         raise CheckpointError(f"{path}: exists and is not empty")
+    distributed.barrier(f"io.save {path}: checked")  # every process looked before any writes
     path.mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0
     if fmt == "orbax":
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(path / ORBAX_DIR, nn.meta.unbox(params))
             checkpointer.wait_until_finished()
         config_json = config_lib.to_official(cfg)
     else:
-        native = checkpoints.params_to_native(params, cfg)
+        native = checkpoints.params_to_native(distributed.host_copy(nn.meta.unbox(params)), cfg)
         if fmt == "native":
-            _write_safetensors(native, path / NATIVE_WEIGHTS)
+            if writer:
+                _write_safetensors(native, path / NATIVE_WEIGHTS)
             config_json = config_lib.to_official(cfg)
         else:
-            _save_hf_release(native, cfg, path, max_shard_bytes)
+            if writer:
+                _save_hf_release(native, cfg, path, max_shard_bytes)
             config_json = config_lib.to_hf_release(cfg)
-    save_tokenizer(tokenizer, path)
-    _write_json(path / CONFIG, config_json)
+    if writer:
+        save_tokenizer(tokenizer, path)
+        _write_json(path / CONFIG, config_json)
+    distributed.barrier(f"io.save {path}: written")
 
 
 def export_run(workdir: str | os.PathLike, params: Any, cfg, tokenizer: MolmoTokenizer,
@@ -397,12 +413,14 @@ def export_run(workdir: str | os.PathLike, params: Any, cfg, tokenizer: MolmoTok
 
 def save_formats(params: Any, cfg, tokenizer: MolmoTokenizer, directory: str | os.PathLike,
                  formats: Sequence[str]) -> dict[str, epath.Path]:
-    """`save` in each of `formats` to <directory>/<format>, replacing what is there. Returns {format: path}."""
+    """`save` in each of `formats` to <directory>/<format>, replacing what is there (on several processes:
+    called by every one, as `save`). Returns {format: path}."""
     exports = {}
     for fmt in formats:
         exports[fmt] = epath.Path(directory) / fmt
-        if exports[fmt].exists():
+        if jax.process_index() == 0 and exports[fmt].exists():
             exports[fmt].rmtree()
+        distributed.barrier(f"io.save_formats {exports[fmt]}: removed")
         save(params, cfg, tokenizer, exports[fmt], fmt)
     return exports
 

@@ -13,7 +13,7 @@ from molmo_jax import config
 from molmo_jax.decoding import Sampling, generate, generation_params, sample
 from molmo_jax.models import layers
 from molmo_jax.models.layers import dot_product_attention
-from molmo_jax.models.llm import unstack_layers
+from molmo_jax.models.llm import Decoder, unstack_layers
 from molmo_jax.models.molmo import Molmo, dummy_inputs, init_cache, init_params
 from test_official_parity import BATCH_CASES, SINGLE_CASES, batch_images, load_arrays, load_model, model_inputs
 
@@ -87,6 +87,17 @@ def test_cached_decoding_equals_recomputation(family, batch, per_layer):
         stepped.append(step_logits)
     full = forward(params, {**inputs, "input_ids": np.concatenate([inputs["input_ids"], new], 1)})
     np.testing.assert_allclose(np.concatenate(stepped, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_per_layer_path_refuses_a_model_that_draws_dropout():
+    """The per-layer loop's blocks draw no dropout: a training-mode decoder is refused, not run without it."""
+    cfg, params = tiny_model("qwen2")
+    x, positions = np.zeros((1, 4, cfg.llm.d_model), np.float32), np.arange(4)[None]
+    with pytest.raises(ValueError, match="needs a deterministic model"):
+        Decoder(cfg, deterministic=False).apply({"params": params["llm"]}, x, None, positions,
+                                                cache=init_cache(cfg, 1, 5, per_layer=True),
+                                                layer_params=unstack_layers(params["llm"]["blocks"]),
+                                                rngs={"dropout": jax.random.key(0)})
 
 
 def test_prefill_on_a_fresh_cache_runs_causal_blocks_with_the_same_logits(monkeypatch):

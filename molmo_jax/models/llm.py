@@ -132,9 +132,14 @@ class Decoder(nn.Module):
         With `layer_params` (generation: `unstack_layers` of the blocks' params, one tree per layer) and a
         per-layer cache (`init_cache(..., per_layer=True)`) the layers run as a Python loop on those
         instead of under nn.scan, whose per-layer dynamic slices copy every weight and the layer's cache
-        on every call (XLA:CPU's matmuls do not read a dynamic slice in place).
+        on every call (XLA:CPU's matmuls do not read a dynamic slice in place). That loop applies a
+        `DecoderBlock` of its own to each layer's params: it draws no dropout and sows nothing (no
+        intermediates, no MoE losses), so it serves deterministic inference only.
         """
         index = None if cache is None else cache["index"]
+        if layer_params is not None and not self.deterministic:
+            raise ValueError("layer_params (per-layer generation) needs a deterministic model: its blocks draw no "
+                             "dropout")
         if layer_params is None:
             layer_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
             x, new_cache = self.blocks(x, mask, positions, response_mask, index, layer_cache)

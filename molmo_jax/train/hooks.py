@@ -13,6 +13,12 @@ A hook runs after each step s with s % every == 0, on the model's params of the 
 is saved, on every process. The metrics it returns join step s's row of metrics.jsonl and TensorBoard. A run
 killed during a hook resumes from an earlier checkpoint and runs it again; a run resumed from step s's
 checkpoint does not.
+
+On several processes (hosts) each hook runs on all of them alike, as its work is collective (the params are
+sharded over every process's devices): `TaskEvalHook` generates on all and process 0 writes its files;
+`ExportHook` writes through `io.save_formats`, where Orbax writes each process's shards, process 0 every
+other file once (config.json last), and every process returns when the export is complete. Its directory
+must be one every host sees (gs://, a shared file system).
 """
 from __future__ import annotations
 
