@@ -68,9 +68,19 @@ def logical_to_spec(axes: Sequence[str | None]) -> PartitionSpec:
 
 
 def param_shardings(abstract_params, mesh: Mesh):
-    """NamedShardings for a (boxed) param tree from `jax.eval_shape(model.init, ...)`."""
+    """NamedShardings for a (boxed) param tree from `jax.eval_shape(model.init, ...)`; a ValueError naming
+    the first param whose dimensions the mesh does not split evenly (e.g. fsdp=3 on 128-wide layers)."""
     specs = nn.get_partition_spec(abstract_params)
-    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+    leaves = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(abstract_params))
+    for (path, leaf), named in zip(leaves, jax.tree.leaves(shardings)):
+        for size, entry in zip(leaf.shape, named.spec):
+            axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+            shards = int(np.prod([mesh.shape[a] for a in axes]))
+            if size % shards:
+                raise ValueError(f"mesh {dict(mesh.shape)} does not split param {jax.tree_util.keystr(path)} of "
+                                 f"shape {tuple(leaf.shape)} evenly ({size} over {'x'.join(axes)} = {shards} shards)")
+    return shardings
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -93,6 +93,13 @@ def test_mesh_specs_and_the_mesh_context():
         sharding.make_mesh((1, 1, 1), devices[:2])
 
 
+def test_a_mesh_that_splits_a_param_unevenly_is_one_error_line():
+    """fsdp=3 cannot split the tiny model's 128-wide image features: the error names the first such param."""
+    with pytest.raises(ValueError, match=r"does not split param \['connector'\]\['pad_embed'\] of shape \(2, 128\) "
+                                         r"evenly \(128 over fsdp = 3 shards\)"):
+        sharding.param_shardings(abstract_params(config.tiny("qwen2")), sharding.make_mesh((1, 3, 1)))
+
+
 @pytest.mark.parametrize("family", ["qwen2", "olmoe"])
 @pytest.mark.parametrize("shape", MESHES, ids=str)
 def test_mesh_logits_match_single_device(family, shape):
