@@ -72,15 +72,20 @@ def param_shardings(abstract_params, mesh: Mesh):
     the first param whose dimensions the mesh does not split evenly (e.g. fsdp=3 on 128-wide layers)."""
     specs = nn.get_partition_spec(abstract_params)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
-    leaves = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(abstract_params))
+    boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)  # read, not unboxed: unbox constrains in a mesh context
+    leaves = jax.tree_util.tree_leaves_with_path(abstract_params, is_leaf=boxed)
     for (path, leaf), named in zip(leaves, jax.tree.leaves(shardings)):
-        for size, entry in zip(leaf.shape, named.spec):
-            axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-            shards = int(np.prod([mesh.shape[a] for a in axes]))
-            if size % shards:
-                raise ValueError(f"mesh {dict(mesh.shape)} does not split param {jax.tree_util.keystr(path)} of "
-                                 f"shape {tuple(leaf.shape)} evenly ({size} over {'x'.join(axes)} = {shards} shards)")
+        _check_even(jax.tree_util.keystr(path), (leaf.value if boxed(leaf) else leaf).shape, named.spec, mesh)
     return shardings
+
+
+def _check_even(name: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh):
+    for size, entry in zip(shape, spec):
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        shards = int(np.prod([mesh.shape[a] for a in axes]))
+        if size % shards:
+            raise ValueError(f"mesh {dict(mesh.shape)} does not split param {name} of shape {tuple(shape)} evenly "
+                             f"({size} over {'x'.join(axes)} = {shards} shards)")
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
