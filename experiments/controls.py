@@ -1,9 +1,14 @@
 """What a held-out PixMo-lite result is compared against: the same prompts with the images swapped between
 examples (`SwappedImages`), the answers a model that ignores the image can reach (`majority_baseline` over
-all prompts or per `question_type`), and where predicted points land (`point_landing`). The main job
-(experiments/main.py), the connector ablation and the image gain (experiments/image_gain.py) use them."""
+all prompts or per `question_type`), where predicted points land (`point_landing`) and what pointing
+answers that know only a shape's grid cell score (`cell_oracle_f1`). The main job (experiments/main.py),
+the connector ablation and the image gain (experiments/image_gain.py) use them.
+
+    python -m experiments.controls     # cell oracles on the main job's held-out pointing prompts
+"""
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import json
@@ -13,6 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 from data_pipelines import synthetic
+from molmo_jax.eval import pointing, runner
+from molmo_jax.formatting import points_to_text
+from molmo_jax.recipes import stage2
 
 
 def majority_baseline(result: dict, key: Callable[[str], Any] = lambda prompt: None) -> float:
@@ -63,3 +71,38 @@ def point_landing(source: synthetic.SyntheticSource, result: dict) -> dict[str, 
             counts["background" if kind is None else "asked_kind" if kind == asked else "other_kind"] += 1
     total = sum(counts.values())
     return {k: counts[k] / total if total else float("nan") for k in ("asked_kind", "other_kind", "background")}
+
+
+def cell_oracle_f1(source: synthetic.SyntheticSource, formatter, n: int, cells: int | None) -> float:
+    """Pointing F1 (the official scorer) on the prompts of the first `n` examples of a held-out pointing
+    `source` of an oracle that knows which cell of a `cells` x `cells` grid holds each gold point and answers
+    the cell's centre (None: the gold points themselves). With the grid of the pooled image tokens (4 for
+    112 px images, 14 px patches pooled 2 x 2) it is what a model can reach that only tells which token
+    holds a shape."""
+    size = source.image_size
+    texts, references = [], []
+    for item in runner.eval_items(source, runner.resolve_task("synthetic_points"), n, formatter):
+        gold = item.reference["points"]
+        side = size / (cells or size)
+        answer = gold if cells is None else (np.floor(gold / side) + 0.5) * side
+        texts.append(points_to_text(answer, (size / 100, size / 100), "shapes", "shapes") if len(gold) else
+                     "There are none.")
+        references.append(item.reference)
+    return pointing.pointing_scores(texts, references)["f1"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Pointing F1 of cell oracles on the PixMo-lite recipe's held-out "
+                                                 "pointing set")
+    parser.add_argument("--n", type=int, default=64, help="held-out examples (3 prompts each)")
+    args = parser.parse_args(argv)
+    cfg = stage2.get_config("lite")
+    source = synthetic.config_held_out_source("synthetic_points", cfg.data)
+    formatter = runner.prompt_formatter(cfg.model)
+    for cells in (None, 8, 4, 2):
+        name = "gold points" if cells is None else f"{cells}x{cells} cell centres ({source.image_size / cells:g} px)"
+        print(f"{name:32} F1 {cell_oracle_f1(source, formatter, args.n, cells):.3f}")
+
+
+if __name__ == "__main__":
+    main()

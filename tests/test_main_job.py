@@ -1,9 +1,12 @@
 """The main job's baselines: always the most common answer, the most common answer per question type, and
 for pointing always pointing at nothing."""
 import numpy as np
+import pytest
 
 from data_pipelines import synthetic
 from experiments import controls
+from molmo_jax.eval import runner
+from molmo_jax.recipes import stage2
 
 
 def result(pairs, task="synthetic_cap_qa"):
@@ -52,3 +55,17 @@ def test_point_landing_counts_points_on_the_asked_kind_another_kind_and_the_back
 
 def source_scene(source, index):
     return synthetic.random_scene(synthetic.task_rng(source.seed, source.task, index), source.image_size, source.style)
+
+
+def test_cell_oracle_scores_the_gold_points_one_and_coarser_cells_less():
+    """The oracle answering the gold points scores F1 1; answering the centre of each point's grid cell loses
+    the shapes whose painted pixels miss that centre, more the coarser the grid; the empty prompts score 1."""
+    cfg = stage2.get_config("lite")
+    source = synthetic.config_held_out_source("synthetic_points", cfg.data)
+    formatter = runner.prompt_formatter(cfg.model)
+    f1 = {cells: controls.cell_oracle_f1(source, formatter, 12, cells) for cells in (None, 8, 4, 1)}
+    empty = np.mean([len(it.reference["points"]) == 0
+                     for it in runner.eval_items(source, runner.resolve_task("synthetic_points"), 12, formatter)])
+    assert f1[None] == pytest.approx(1.0)
+    assert 1.0 >= f1[8] > f1[4] > f1[1] >= empty > 0
+    assert f1[1] < 0.6  # every point at the image's centre
