@@ -2,8 +2,9 @@
 block runs, top to bottom, on tiny stand-ins.
 
 The stand-ins are the `SUBSTITUTIONS` below (the README points here): released model names become the
-tiny reference fixture, released configs the tiny config, step counts and batches a couple of steps,
-remote and absolute paths a scratch directory, the main job its smoke form (`--arg smoke`). A block
+tiny reference fixture, released configs the tiny config (on one device), step counts and batches a couple
+of steps, remote and absolute paths a scratch directory, the main job and PixMo-lite's recipe their smoke
+forms (`--arg smoke`, `lite-smoke`). A block
 preceded by `<!-- readme-test: file NAME -->` is written to NAME (e.g. the user module that registers a
 pooling) instead of run; one preceded by `<!-- readme-test: offline REASON -->` needs the network and is
 left out; one preceded by `<!-- readme-test: run by TEST_FILE -->` is run as written there (with checks of
