@@ -110,8 +110,9 @@ def model_stats(model_cfg) -> dict:
 
 
 def fingerprint(sweep, cfgs: dict) -> str:
-    """Identifies what a result depends on: the variant's stage configs and the evaluation settings."""
-    key = {"cfg": {stage: cfg.to_dict() for stage, cfg in cfgs.items()},
+    """Identifies what a result depends on: the configs of the stages the sweep trains and the evaluation
+    settings."""
+    key = {"cfg": {stage: cfgs[stage].to_dict() for stage in trained_stages(sweep)},
            "eval": [sweep.eval_examples, sweep.max_new_tokens, sweep.gain_examples]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -125,8 +125,8 @@ def test_pixmo_lite_is_an_arg_of_the_stage_recipes():
     assert (s1.optim.steps, s2.optim.steps, stage2.get_config("lite-long").optim.steps, smoke.optim.steps) == \
         (250, 1500, 6000, 2)
     assert s2.optim.warmup.llm == 75 and s2.checkpoint.every == 375 and smoke.checkpoint.every == 50
-    for c in (s1, s2):  # the LLM at twice the image path's peak rate
-        assert (c.optim.lr.llm, c.optim.lr.vit, c.optim.lr.connector) == (1e-3, 5e-4, 5e-4)
+    for c, image_lr in ((s1, 5e-4), (s2, 1e-4)):  # the image path slower in stage 2
+        assert (c.optim.lr.llm, c.optim.lr.vit, c.optim.lr.connector) == (1e-3, image_lr, image_lr)
     with pytest.raises(ValueError, match="recipe arg 'lite-huge'.*lite, lite-long, lite-smoke"):
         stage1.get_config("lite-huge")
     assert lite.is_lite("lite-long") and not lite.is_lite("tiny-olmo")
