@@ -95,16 +95,9 @@ def mesh_str(mesh: Mapping[str, int]) -> str:
     return ",".join(f"{a}={n}" for a, n in mesh.items() if n > 1) or "1 device"
 
 
-def shard_factors(spec: jax.sharding.PartitionSpec, mesh: Mapping[str, int], ndim: int) -> tuple[int, ...]:
-    """How many ways each of `ndim` dimensions is split by a mesh-axis PartitionSpec."""
-    entries = tuple(spec) + (None,) * (ndim - len(spec))
-    axes = lambda e: () if e is None else (e,) if isinstance(e, str) else tuple(e)
-    return tuple(math.prod(mesh[a] for a in axes(e)) for e in entries)
-
-
 def local_shape(shape: Sequence[int], spec, mesh: Mapping[str, int]) -> tuple[int, ...]:
     """The per-device shard shape (uneven splits rounded up, as XLA pads them)."""
-    return tuple(-(-s // f) for s, f in zip(shape, shard_factors(spec, mesh, len(shape))))
+    return tuple(-(-s // f) for s, f in zip(shape, sharding.shard_factors(spec, mesh, len(shape))))
 
 
 def per_device_batch(batch: int, mesh: Mapping[str, int]) -> int:
@@ -130,7 +123,7 @@ class Leaf:
         return math.prod(local_shape(self.shape, self.spec, mesh))
 
     def uneven(self, mesh: Mapping[str, int]) -> bool:
-        return any(s % f for s, f in zip(self.shape, shard_factors(self.spec, mesh, len(self.shape))))
+        return any(s % f for s, f in zip(self.shape, sharding.shard_factors(self.spec, mesh, len(self.shape))))
 
 
 _LEAVES: dict[str, tuple[Leaf, ...]] = {}

@@ -8,7 +8,8 @@ data/fsdp/tensor layout is `make_mesh((2, 2, 2))`. Code that traces the model ru
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+import math
+from typing import Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -79,13 +80,20 @@ def param_shardings(abstract_params, mesh: Mesh):
     return shardings
 
 
+def shard_factors(spec: PartitionSpec, mesh: Mapping[str, int], ndim: int) -> tuple[int, ...]:
+    """How many ways each of `ndim` dimensions is split by a mesh-axis PartitionSpec (`mesh`: axis sizes)."""
+    entries = tuple(spec) + (None,) * (ndim - len(spec))
+    axes = lambda e: () if e is None else (e,) if isinstance(e, str) else tuple(e)
+    return tuple(math.prod(mesh[a] for a in axes(e)) for e in entries)
+
+
 def _check_even(name: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh):
-    for size, entry in zip(shape, spec):
-        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-        shards = int(np.prod([mesh.shape[a] for a in axes]))
+    entries = tuple(spec) + (None,) * (len(shape) - len(spec))
+    for size, entry, shards in zip(shape, entries, shard_factors(spec, mesh.shape, len(shape))):
         if size % shards:
+            axes = "x".join((entry,) if isinstance(entry, str) else entry)
             raise ValueError(f"mesh {dict(mesh.shape)} does not split param {name} of shape {tuple(shape)} evenly "
-                             f"({size} over {'x'.join(axes)} = {shards} shards)")
+                             f"({size} over {axes} = {shards} shards)")
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
