@@ -3,7 +3,8 @@
     molmo-jax plan --config Molmo-7B-D-0924 --mesh fsdp=256 --batch 256 --seq 2304
 
 The mesh need not exist: shard shapes come from `sharding.LOGICAL_RULES` and the mesh sizes alone
-(a dimension split f ways takes ceil(size / f) rows per device, as XLA pads uneven shards).
+(a dimension split f ways takes size / f rows per device; a mesh that splits a param unevenly is reported:
+training refuses it, `sharding.param_shardings`).
 
 Per device, for the trainer's step (params f32 master weights, AdamW, jitted, state donated):
   params       the param leaves in their dtypes, sharded by the rules table
@@ -96,7 +97,7 @@ def mesh_str(mesh: Mapping[str, int]) -> str:
 
 
 def local_shape(shape: Sequence[int], spec, mesh: Mapping[str, int]) -> tuple[int, ...]:
-    """The per-device shard shape (uneven splits rounded up, as XLA pads them)."""
+    """The per-device shard shape (uneven splits rounded up)."""
     return tuple(-(-s // f) for s, f in zip(shape, sharding.shard_factors(spec, mesh, len(shape))))
 
 
@@ -348,7 +349,7 @@ def plan(cfg, mesh_spec: str | Mapping[str, int], batch: int, seq_len: int, crop
         "remat_policy": cfg.llm.remat_policy, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
         "param_count": params["count"], "bytes": sizes, "activations": acts, "headroom": headroom,
         "fits": fits(sizes["total"], headroom),
-        "warnings": [f"uneven split (padded): {p}" for p in params["uneven"]],
+        "warnings": [f"{p} does not split evenly over this mesh: training refuses it" for p in params["uneven"]],
     }
     if with_compiled:
         result["compiled"] = compiled_memory(cfg, mesh, batch, seq_len, crops, grad_accum)

@@ -51,7 +51,7 @@ def make_mesh(spec: Sequence[int] | None = None, devices: Sequence[jax.Device] |
         shape[shape.index(-1)] = len(available) // rest if rest > 0 and len(available) % rest == 0 else 0
     n = int(np.prod(shape))
     if len(shape) != len(MESH_AXES) or not 0 < n <= len(available) or (devices is not None and n != len(available)):
-        raise ValueError(f"mesh {spec} (axes {MESH_AXES}) does not fit {len(available)} devices")
+        raise ValueError(f"mesh {spec} (axes {', '.join(MESH_AXES)}) does not fit {len(available)} devices")
     return Mesh(np.asarray(available[:n]).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 
 import molmo_jax
 from fixture_cases import ROOT
-from molmo_jax import config, sharding
+from molmo_jax import config, plan, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, dummy_inputs, init_params
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
@@ -98,6 +98,9 @@ def test_a_mesh_that_splits_a_param_unevenly_is_one_error_line():
     with pytest.raises(ValueError, match=r"does not split param \['connector'\]\['pad_embed'\] of shape \(2, 128\) "
                                          r"evenly \(128 over fsdp = 3 shards\)"):
         sharding.param_shardings(abstract_params(config.tiny("qwen2")), sharding.make_mesh((1, 3, 1)))
+    # the planner warns of the same mesh (it plans meshes larger than this machine, so it does not raise)
+    warnings = plan.plan(config.tiny("qwen2"), "fsdp=3", batch=3, seq_len=16)["warnings"]
+    assert "connector/pad_embed does not split evenly over this mesh: training refuses it" in warnings
 
 
 @pytest.mark.parametrize("family", ["qwen2", "olmoe"])
