@@ -46,9 +46,12 @@ def question_type(prompt: str) -> tuple:
     return (prompt.split(":")[-1].strip(),)
 
 
+SWAP_SHIFT = 7  # example i is shown example i + SWAP_SHIFT's image
+
+
 @dataclasses.dataclass(frozen=True)
 class SwappedImages:
-    """A held-out source whose example i shows the image of example i + 7: same prompts and answers, the
+    """A held-out source whose example i shows the image of example i + SWAP_SHIFT: same prompts and answers, the
     wrong picture. Accuracy that survives the swap does not come from the image."""
     source: Any
 
@@ -57,17 +60,20 @@ class SwappedImages:
 
     def get(self, index: int, rng) -> dict:
         example = self.source.get(index, rng)
-        example["image"] = self.source.get((index + 7) % len(self.source), np.random.RandomState(0))["image"]
+        example["image"] = self.source.get((index + SWAP_SHIFT) % len(self.source), np.random.RandomState(0))["image"]
         return example
 
 
-def point_landing(source: synthetic.SyntheticSource, result: dict) -> dict[str, float]:
+def point_landing(source: synthetic.SyntheticSource, result: dict, scene_shift: int = 0) -> dict[str, float]:
     """Where a pointing result's predicted points land in its scenes, as fractions of all predicted points:
-    on a shape of the kind the prompt asks for, on a shape of another kind, on the background."""
+    on a shape of the kind the prompt asks for, on a shape of another kind, on the background.
+
+    `scene_shift=SWAP_SHIFT`: each example's points read in another example's scene (the `SwappedImages`
+    pairing): where points that know nothing of their scene land (chance, for the model's own spread)."""
     counts = collections.Counter()
     for p in result["predictions"]:
         asked = next(kind for kind in synthetic.SHAPES if kind in p["prompt"])
-        for kind in source.kinds_at(p["example"], p["points"]):
+        for kind in source.kinds_at((p["example"] + scene_shift) % len(source), p["points"]):
             counts["background" if kind is None else "asked_kind" if kind == asked else "other_kind"] += 1
     total = sum(counts.values())
     return {k: counts[k] / total if total else float("nan") for k in ("asked_kind", "other_kind", "background")}

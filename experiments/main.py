@@ -87,6 +87,7 @@ def evaluate(cfg, params, tokenizer, out_dir: epath.Path, eval_examples: int) ->
                          "question_prior": controls.majority_baseline(result, controls.question_type), "swapped_images": swapped}
         if task == "synthetic_points":
             results[task]["point_landing"] = controls.point_landing(source, result)
+            results[task]["point_landing_chance"] = controls.point_landing(source, result, controls.SWAP_SHIFT)
     return results
 
 
@@ -136,9 +137,12 @@ def results_table(summary: dict) -> str:
 
 
 def landing_line(summary: dict) -> str:
-    landing = summary["eval"]["synthetic_points"]["point_landing"]
-    return (f"Predicted points (pointing) land on a shape of the asked kind {landing['asked_kind']:.2f}, on another "
-            f"kind's shape {landing['other_kind']:.2f}, on the background {landing['background']:.2f}.")
+    """Where the pointing answers' points land, next to where the same points land in other scenes."""
+    points = summary["eval"]["synthetic_points"]
+    here, chance = points["point_landing"], points["point_landing_chance"]
+    cells = [f"{here[k]:.2f} ({chance[k]:.2f})" for k in ("asked_kind", "other_kind", "background")]
+    return ("Predicted points (pointing) land on a shape of the asked kind {}, on another kind's shape {}, on the "
+            "background {}; in brackets the same points read in another example's scene (chance).".format(*cells))
 
 
 def main(argv=None):

@@ -51,6 +51,10 @@ def test_point_landing_counts_points_on_the_asked_kind_another_kind_and_the_back
                                                                                  background, background]}
     landing = controls.point_landing(source, {"predictions": [prediction]})
     assert landing == {"asked_kind": 0.25, "other_kind": 0.25, "background": 0.5}
+    # chance: the same points read in the scene of example index + SWAP_SHIFT
+    elsewhere = dict(prediction, example=index + controls.SWAP_SHIFT)
+    assert (controls.point_landing(source, {"predictions": [prediction]}, controls.SWAP_SHIFT)
+            == controls.point_landing(source, {"predictions": [elsewhere]}) != landing)
 
 
 def source_scene(source, index):
