@@ -3,6 +3,8 @@
     bash experiments/run_main.sh                 # = python -m experiments.main --workdir runs/main
     python -m experiments.main --arg long        # 4x the steps
     python -m experiments.main --arg smoke       # 2 steps per stage: checks that it runs (tests/test_readme.py)
+    python -m experiments.main --set model.llm.n_layers=8 --set stage2.optim.lr.vit=0.0 --workdir runs/probe
+                                                 # a probe: recipe fields changed in both stages or in one
 
 1. trains a byte-level BPE on the synthetic text (Molmo's image tokens appended),
 2. stage 1: dense captioning (PixMo-lite captions + transcripts), stage 2: the multitask mixture
@@ -22,18 +24,21 @@ The trained model is exported (config, weights, tokenizer) to <workdir>/stage2/e
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import json
 import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
 
 from data_pipelines import factory, synthetic, vocab
 from experiments import controls, provenance
+from molmo_jax import config as config_lib
 from molmo_jax import io
 from molmo_jax.cli import entry_points
 from molmo_jax.api import MolmoBundle
@@ -149,10 +154,42 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/main")
     parser.add_argument("--arg", default="quick", choices=("quick", "long", "smoke"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a field of both stage configs (model.llm.n_layers=8) or of one "
+                             "(stage2.optim.lr.vit=0.0); VALUE is a Python literal, else a string; repeatable")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     with entry_points.one_line_errors("experiments.main", args.debug):
         run(args)
+
+
+def apply_overrides(cfgs: dict, items: list[str]) -> None:
+    """Applies `--set` items to the stage configs {"stage1": cfg, "stage2": cfg} in place: "KEY=VALUE" to
+    both, "stage1.KEY=VALUE" to one. A ValueError names an item that is not KEY=VALUE, a KEY no config has
+    or a model the change makes invalid."""
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. model.llm.n_layers=8")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        stage, _, rest = key.partition(".")
+        path = rest if stage in cfgs else key
+        for name in [stage] if stage in cfgs else list(cfgs):
+            parent, _, field = path.rpartition(".")
+            node = cfgs[name]
+            for part in filter(None, parent.split(".")):
+                node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+            if not isinstance(node, ml_collections.ConfigDict) or field not in node:
+                raise ValueError(f"--set {item!r}: the {name} config has no field {path!r}")
+            try:
+                node[field] = value
+            except TypeError as error:
+                raise ValueError(f"--set {item!r}: {error}") from None
+    for c in cfgs.values():
+        config_lib.validate(c.model)
 
 
 def run_stage(cfg, stage: str, tokenizer: MolmoTokenizer, workdir: epath.PathLike, init_from: str = ""):
@@ -175,6 +212,7 @@ def run(args):
     start = time.perf_counter()
     workdir = epath.Path(args.workdir)
     cfgs = {"stage1": stage1.get_config(recipe_arg(args.arg)), "stage2": stage2.get_config(recipe_arg(args.arg))}
+    apply_overrides(cfgs, args.set)
     tokenizer = vocab.pixmo_lite_tokenizer(list(cfgs.values()), workdir)
     init = init_params(cfgs["stage1"].model, jax.random.key(cfgs["stage1"].seed))
     loss_init = caption_loss(cfgs["stage1"], init, tokenizer)

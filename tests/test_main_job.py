@@ -73,3 +73,23 @@ def test_cell_oracle_scores_the_gold_points_one_and_coarser_cells_less():
     assert f1[None] == pytest.approx(1.0)
     assert 1.0 >= f1[8] > f1[4] > f1[1] >= empty > 0
     assert f1[1] < 0.6  # every point at the image's centre
+
+
+def test_set_changes_both_stages_or_one_and_names_a_bad_item():
+    from experiments import main
+    from molmo_jax import config as config_lib
+    from molmo_jax.recipes import stage1
+
+    fresh = lambda: {"stage1": stage1.get_config("lite"), "stage2": stage2.get_config("lite")}
+    cfgs = fresh()
+    main.apply_overrides(cfgs, ["model.llm.n_layers=8", "stage2.optim.lr.vit=0.0", "model.connector.pooling=attention"])
+    assert [c.model.llm.n_layers for c in cfgs.values()] == [8, 8]
+    assert [c.optim.lr.vit for c in cfgs.values()] == [fresh()["stage1"].optim.lr.vit, 0.0]
+    assert [c.model.connector.pooling for c in cfgs.values()] == ["attention", "attention"]
+    for item, message in [("model.llm.n_layer=8", "the stage1 config has no field 'model.llm.n_layer'"),
+                          ("stage2.optim.lr.llm", "expected KEY=VALUE"),
+                          ("model.llm.n_layers=eight", "cannot be casted")]:
+        with pytest.raises(ValueError, match=message):
+            main.apply_overrides(fresh(), [item])
+    with pytest.raises(config_lib.ConfigError, match="must divide llm.n_heads=3"):
+        main.apply_overrides(fresh(), ["model.llm.n_heads=3"])
