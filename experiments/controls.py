@@ -1,10 +1,12 @@
 """What a held-out PixMo-lite result is compared against: the same prompts with the images swapped between
 examples (`SwappedImages`), the answers a model that ignores the image can reach (`majority_baseline` over
 all prompts or per `question_type`), where predicted points land (`point_landing`) and what pointing
-answers that know only a shape's grid cell score (`cell_oracle_f1`). The main job (experiments/main.py),
-the connector ablation and the image gain (experiments/image_gain.py) use them.
+answers that know only a shape's grid cell score (`cell_oracle_f1`) and how well a linear readout of a
+model's image tokens locates a lone shape (`position_readout`). The main job (experiments/main.py), the
+connector ablation and the image gain (experiments/image_gain.py) use them.
 
     python -m experiments.controls     # cell oracles on the main job's held-out pointing prompts
+    python -m experiments.controls --readout runs/main/stage2/export/orbax   # + that model's position readout
 """
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ import json
 import re
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from data_pipelines import synthetic
+from molmo_jax import api
 from molmo_jax.eval import pointing, runner
+from molmo_jax.models.molmo import Molmo
 from molmo_jax.formatting import points_to_text
 from molmo_jax.recipes import stage2
 
@@ -97,10 +102,49 @@ def cell_oracle_f1(source: synthetic.SyntheticSource, formatter, n: int, cells: 
     return pointing.pointing_scores(texts, references)["f1"]
 
 
+def position_readout(bundle: api.MolmoBundle, style: synthetic.SceneStyle, n: int = 1200, fit: int = 1000,
+                     seed: int = 0) -> dict[str, float]:
+    """How well the mean of a model's image tokens says where a lone shape is: ridge regression (lambda 1)
+    from the mean over the pooled tokens float[d] of `fit` one-shape scenes (kind, colour, radius in
+    `style.radius` and place at random) to the shape's centre (x, y), scored on the other n - fit scenes.
+
+    The mean is what an LLM head attending to every image token alike reads; a model whose pointing answers
+    miss while this readout finds the shape has the position in its image tokens but does not use it.
+    Returns R^2 of (x, y), the median distance in pixels of the predicted centre, the fraction of scenes
+    predicted within the smallest radius of the style, and the same two for always answering the mean
+    centre of the fitted scenes (what knowing nothing gives)."""
+    size = bundle.cfg.vit.image_size[0]
+    rng = np.random.default_rng(seed)
+    encode = jax.jit(lambda p, images, masks: Molmo(bundle.cfg).apply({"params": p}, images, masks,
+                                                                      method=Molmo.encode_images))
+    features, centres = [], []
+    for _ in range(n):
+        r = rng.uniform(*(f * size for f in style.radius))
+        x, y = rng.uniform(r + 1, size - r - 1, size=2)
+        shape = synthetic.Shape(str(rng.choice(synthetic.SHAPES)), str(rng.choice(list(synthetic.COLORS))), x, y, r)
+        inputs = bundle.preprocessor(synthetic.draw_scene([shape], size), "Point")
+        tokens = encode(bundle.params, inputs["images"][None], inputs["image_masks"][None])  # [1, crops, N, d]
+        features.append(np.asarray(tokens, np.float64).reshape(-1, tokens.shape[-1]).mean(0))
+        centres.append([x, y])
+    a, centres = np.c_[np.array(features), np.ones(n)], np.array(centres)
+    weights = np.linalg.solve(a[:fit].T @ a[:fit] + np.eye(a.shape[1]), a[:fit].T @ centres[:fit])
+    truth = centres[fit:]
+    predicted, mean = a[fit:] @ weights, np.broadcast_to(centres[:fit].mean(0), truth.shape)
+    error = lambda guess: np.hypot(*(guess - truth).T)
+    radius = style.radius[0] * size
+    return {"r2": float(1 - ((predicted - truth) ** 2).sum() / ((truth - truth.mean(0)) ** 2).sum()),
+            "median_error_px": float(np.median(error(predicted))),
+            "within_radius": float(np.mean(error(predicted) < radius)),
+            "mean_centre_median_error_px": float(np.median(error(mean))),
+            "mean_centre_within_radius": float(np.mean(error(mean) < radius))}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Pointing F1 of cell oracles on the PixMo-lite recipe's held-out "
-                                                 "pointing set")
+                                                 "pointing set; with --readout, a model's position readout")
     parser.add_argument("--n", type=int, default=64, help="held-out examples (3 prompts each)")
+    parser.add_argument("--readout", metavar="CHECKPOINT", help="also the position readout of this PixMo-lite "
+                                                                "model's image tokens (`position_readout`)")
     args = parser.parse_args(argv)
     cfg = stage2.get_config("lite")
     source = synthetic.config_held_out_source("synthetic_points", cfg.data)
@@ -108,6 +152,12 @@ def main(argv=None):
     for cells in (None, 8, 4, 2):
         name = "gold points" if cells is None else f"{cells}x{cells} cell centres ({source.image_size / cells:g} px)"
         print(f"{name:32} F1 {cell_oracle_f1(source, formatter, args.n, cells):.3f}")
+    if args.readout:
+        r = position_readout(api.load(args.readout), synthetic.config_style(cfg.data))
+        print(f"position readout of {args.readout} (one shape per scene, mean image token -> centre): R^2 "
+              f"{r['r2']:.2f}, median error {r['median_error_px']:.1f} px, within the smallest radius "
+              f"{r['within_radius']:.2f}; the mean centre: {r['mean_centre_median_error_px']:.1f} px, "
+              f"{r['mean_centre_within_radius']:.2f}")
 
 
 if __name__ == "__main__":
