@@ -61,6 +61,7 @@ def vit_config(kind: str = "openai") -> ml_collections.ConfigDict:
     c.num_pos = 577  # positional-embedding rows (incl. the class position when there is one)
     c.dropout = 0.0  # training: attention outputs of the ViT and of an attention pooling (official residual_dropout)
     c.init = "normal"  # random init of its Dense kernels (INIT_SCHEMES); released weights replace it
+    c.pos_init_scale = 1.0  # std of the positional embedding's random init, times the init scheme's
     c.remat_policy = "full"
     c.scan_unroll = 1  # layers unrolled per scan iteration
     # Crops the ViT encodes per (micro-)batch: only the real crops, gathered into this many static slots
@@ -286,6 +287,7 @@ def validate(cfg) -> ml_collections.ConfigDict:
     _require(v.kind in VIT_TYPES, "vit.kind", v.kind, f"allowed: {VIT_TYPES}")
     _require(v.crop_budget >= 0, "vit.crop_budget", v.crop_budget, "must be >= 0 (0: every crop slot)")
     _require(v.activation in ACTIVATIONS, "vit.activation", v.activation, f"allowed: {ACTIVATIONS}")
+    _require(v.pos_init_scale > 0, "vit.pos_init_scale", v.pos_init_scale, "must be > 0")
     for field, scheme in (("vit.init", v.init), ("connector.init", cfg.connector.init)):
         _require(scheme in INIT_SCHEMES, field, scheme, f"allowed: {INIT_SCHEMES}")
     _check_heads("vit", ("n_heads", "n_kv_heads", "head_dim", "d_model"), v)

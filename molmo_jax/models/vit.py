@@ -68,12 +68,12 @@ class VisionTransformer(nn.Module):
                   v.init, name="patch_embedding")(patches)
         # fan_in: unit-variance positions, on the scale of the fan-in patch embedding (the official
         # d**-0.5 leaves them ~10x below it and the image tokens of a narrow ViT without their positions)
-        embed_init = normal(1.0 if v.init == "fan_in" else v.d_model ** -0.5)
-        pos = param_with_axes(self, "positional_embedding", embed_init, (v.num_pos, v.d_model), ("pos", "embed"),
-                              pdtype)
+        std = 1.0 if v.init == "fan_in" else v.d_model ** -0.5
+        pos = param_with_axes(self, "positional_embedding", normal(std * v.pos_init_scale), (v.num_pos, v.d_model),
+                              ("pos", "embed"), pdtype)
         pos = jnp.concatenate([pos[:prefix], resize_positions(pos[prefix:], patch_grid(self.cfg))])
         if prefix:
-            cls = param_with_axes(self, "class_embedding", embed_init, (v.d_model,), ("embed",), pdtype)
+            cls = param_with_axes(self, "class_embedding", normal(std), (v.d_model,), ("embed",), pdtype)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, v.d_model)), x], 1)
         x = x + pos.astype(x.dtype)
         if v.kind == "openai":
