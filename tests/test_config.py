@@ -67,6 +67,7 @@ def test_vit_count():
     ("dtype", "int8", "dtype='int8' is invalid: allowed"),
     ("vit.init", "xavier", "vit.init='xavier' is invalid: allowed"),
     ("connector.init", "zeros", "connector.init='zeros' is invalid: allowed"),
+    ("vit.pos_init_scale", 0.0, "vit.pos_init_scale=0.0 is invalid: must be > 0"),
 ])
 def test_validation_names_field_and_allowed_values(field, value, match):
     cfg = config.tiny("qwen2")
@@ -76,6 +77,16 @@ def test_validation_names_field_and_allowed_values(field, value, match):
         target[name] = value
     with pytest.raises(config.ConfigError, match=match):
         config.validate(cfg)
+
+
+def test_pos_init_scale_scales_the_positional_embedding_only():
+    from molmo_jax.models.molmo import init_params
+
+    base, scaled = config.tiny("qwen2"), config.tiny("qwen2")
+    scaled.vit.pos_init_scale = 4.0
+    a, b = (jax.tree.map(np.asarray, nn.meta.unbox(init_params(c, jax.random.key(0)))) for c in (base, scaled))
+    np.testing.assert_array_equal(b["vit"].pop("positional_embedding"), 4 * a["vit"].pop("positional_embedding"))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_tiny_configs_validate():
