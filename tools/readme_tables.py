@@ -10,8 +10,8 @@ A generated block in README.md reads
     <!-- end generated: NAME -->
 
 and NAME is a key of `TABLES`:
-- main_job: `experiments.main.results_table` of experiments/results/main_job.json (the main job's
-  runs/main/summary.json, copied after a run),
+- main_job, main_job_long: `experiments.main.results_table` of experiments/results/main_job.json and
+  main_job_long.json (the main job's runs/main/summary.json, copied after a run; `--arg long`),
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
 - speed_forward, speed_generate: experiments/results/bench_{forward,generate}_cpu.json,
 - speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
@@ -47,9 +47,9 @@ def _source(result: dict) -> str:
     return f"commit {result['commit']}, `{result['command']}`, {result['machine']}"
 
 
-def main_job_table() -> str:
+def main_job_table(name: str = "main_job") -> str:
     from experiments import main
-    summary = json.loads((RESULTS / "main_job.json").read_text())
+    summary = json.loads((RESULTS / f"{name}.json").read_text())
     c = summary["caption_loss"]
     return (main.results_table(summary) + "\n\n" + main.landing_line(summary) + " "
             f"Held-out caption loss {c['init']:.2f} at init, {c['after_stage1']:.2f} after stage 1; "
@@ -176,6 +176,7 @@ def _percent(x: float) -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "main_job": main_job_table,
+    "main_job_long": lambda: main_job_table("main_job_long"),
     "plan": plan_table,
     "speed_cpu": lambda: speed_table("bench_train_cpu"),
     "hf_export": hf_export_line,
