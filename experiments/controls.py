@@ -23,8 +23,8 @@ import numpy as np
 from data_pipelines import synthetic
 from molmo_jax import api
 from molmo_jax.eval import pointing, runner
-from molmo_jax.models.molmo import Molmo
 from molmo_jax.formatting import points_to_text
+from molmo_jax.models.molmo import Molmo
 from molmo_jax.recipes import stage2
 
 
@@ -56,8 +56,8 @@ SWAP_SHIFT = 7  # example i is shown example i + SWAP_SHIFT's image
 
 @dataclasses.dataclass(frozen=True)
 class SwappedImages:
-    """A held-out source whose example i shows the image of example i + SWAP_SHIFT: same prompts and answers, the
-    wrong picture. Accuracy that survives the swap does not come from the image."""
+    """A held-out source whose example i shows the image of example i + SWAP_SHIFT: same prompts and answers,
+    the wrong picture. Accuracy that survives the swap does not come from the image."""
     source: Any
 
     def __len__(self) -> int:
@@ -65,7 +65,8 @@ class SwappedImages:
 
     def get(self, index: int, rng) -> dict:
         example = self.source.get(index, rng)
-        example["image"] = self.source.get((index + SWAP_SHIFT) % len(self.source), np.random.RandomState(0))["image"]
+        other = (index + SWAP_SHIFT) % len(self.source)
+        example["image"] = self.source.get(other, np.random.RandomState(0))["image"]
         return example
 
 
