@@ -1,7 +1,7 @@
 """PixMo-lite: a tiny Molmo trained in two stages on the offline synthetic PixMo, on a CPU.
 
 The stage recipes take it as their arg: `stage1.get_config("lite")`, `stage2.get_config("lite")` (the main
-job, experiments/main.py: about 11 minutes on 2 idle CPU cores), "lite-long" (4x the steps: where pointing
+job, experiments/main.py: about 7 minutes on 2 idle CPU cores), "lite-long" (4x the steps: where pointing
 is learned, see the README) or "lite-smoke" (2 steps per stage: checks that the job runs, learns nothing).
 Each is the stage's tiny recipe with the model of `model_config` (a 112 px ViT, one crop per image, a
 128-wide LLM), the stage's official formatting and PixMo-lite data (`data.kind="pixmo_lite"`) packed
