@@ -80,20 +80,23 @@ def param_shardings(abstract_params, mesh: Mesh):
     return shardings
 
 
+def _split_axes(spec: PartitionSpec, ndim: int) -> list[tuple[str, ...]]:
+    """The mesh axes splitting each of `ndim` dimensions under a PartitionSpec (() where none does)."""
+    entries = tuple(spec) + (None,) * (ndim - len(spec))
+    return [() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in entries]
+
+
 def shard_factors(spec: PartitionSpec, mesh: Mapping[str, int], ndim: int) -> tuple[int, ...]:
     """How many ways each of `ndim` dimensions is split by a mesh-axis PartitionSpec (`mesh`: axis sizes)."""
-    entries = tuple(spec) + (None,) * (ndim - len(spec))
-    axes = lambda e: () if e is None else (e,) if isinstance(e, str) else tuple(e)
-    return tuple(math.prod(mesh[a] for a in axes(e)) for e in entries)
+    return tuple(math.prod(mesh[a] for a in axes) for axes in _split_axes(spec, ndim))
 
 
 def _check_even(name: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh):
-    entries = tuple(spec) + (None,) * (len(shape) - len(spec))
-    for size, entry, shards in zip(shape, entries, shard_factors(spec, mesh.shape, len(shape))):
+    for size, axes in zip(shape, _split_axes(spec, len(shape))):
+        shards = math.prod(mesh.shape[a] for a in axes)
         if size % shards:
-            axes = "x".join((entry,) if isinstance(entry, str) else entry)
             raise ValueError(f"mesh {dict(mesh.shape)} does not split param {name} of shape {tuple(shape)} evenly "
-                             f"({size} over {axes} = {shards} shards)")
+                             f"({size} over {'x'.join(axes)} = {shards} shards)")
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
