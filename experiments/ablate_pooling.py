@@ -2,6 +2,7 @@
 
     python -m experiments.ablate_pooling --arg quick     # smoke: 3 variants x 2 seeds, 20 steps
     python -m experiments.ablate_pooling --arg reduced   # 4 connectors x 3 seeds, 200 stage-1 steps
+    python -m experiments.ablate_pooling --arg tokens    # 64 / 16 / 4 image tokens per crop x 3 seeds, whole recipe
     python -m experiments.ablate_pooling --arg full      # 15 variants x 3 seeds, the recipe's own budget
     python -m experiments.ablate_pooling --arg full --only meanq_2x2 --seeds 0   # one run of it (its time)
 
@@ -406,7 +407,7 @@ def write_outputs(sweep, results: list[dict], out: epath.PathLike, command: str)
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arg", default="quick", choices=("quick", "reduced", "full"))
+    parser.add_argument("--arg", default="quick", choices=ablations.ARGS)
     parser.add_argument("--workdir", default=None, help="default runs/ablate_pooling_<arg>")
     parser.add_argument("--out", default=None, help="output prefix; default experiments/results/ablate_pooling_<arg>")
     parser.add_argument("--only", nargs="*", default=(), help="variant names to run (default all)")

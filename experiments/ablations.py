@@ -1,7 +1,8 @@
 """Connector ablation sweeps on PixMo-lite (experiments/ablate_pooling.py runs them).
 
     cfg = get_config("quick")     # a smoke run: 3 variants x 2 seeds, a few steps each (minutes on 2 CPU cores)
-    cfg = get_config("reduced")   # the 5 pooling types x 3 seeds, a cut budget (stored in experiments/results)
+    cfg = get_config("reduced")   # 4 connectors x 3 seeds, stage 1 only (stored in experiments/results)
+    cfg = get_config("tokens")    # 64 / 16 / 4 image tokens per crop x 3 seeds, the recipe's own budget (stored)
     cfg = get_config("full")      # all 15 variants x 3 seeds on the PixMo-lite recipe's own budget
 
 The sweep is one config, the stage recipes' PixMo-lite (`molmo_jax.recipes.stage{1,2}.get_config(recipe)`)
@@ -57,17 +58,22 @@ FULL_VARIANTS = [
     variant("meanq_2x2_mid", vit_layers=(-3, -6)),
     variant("meanq_2x2_siglip_layers", vit_layers=(-3, -9)),  # official for SigLIP / DINOv2 / MetaCLIP
 ]
-QUICK_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "none_1x1", "meanq_4x4")]
+# image tokens per crop 64 / 16 / 4: no pooling, 2x2 and 4x4 windows
+TOKEN_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "none_1x1", "meanq_4x4")]
+QUICK_VARIANTS = TOKEN_VARIANTS
 # image tokens per crop 64 / 16 / 4 (no pooling, 2x2 and 4x4 windows), and at 16 the first patch as the query
 REDUCED_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "attention_2x2", "none_1x1", "meanq_4x4")]
 
 
+ARGS = ("quick", "reduced", "tokens", "full")
+
+
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     """arg "quick" (smoke: 3 variants x 2 seeds, 20 stage-2 steps), "reduced" (4 variants x 3 seeds, stage 1
-    only, 200 steps, held-out caption loss and image gain: 16 minutes on this 2-core CPU at load 5-8) or "full"
-    (15 variants x 3 seeds, the recipe's stage 1 + stage 2 budget, 64 examples per task)."""
-    if arg not in ("quick", "reduced", "full"):
-        raise ValueError(f"ablations.get_config({arg!r}): arg must be 'quick', 'reduced' or 'full'")
+    only, 200 steps, held-out caption loss and image gain), "tokens" (TOKEN_VARIANTS x 3 seeds, the recipe's
+    stage 1 + stage 2 budget, 64 examples per task) or "full" (15 variants x 3 seeds, the same budget)."""
+    if arg not in ARGS:
+        raise ValueError(f"ablations.get_config({arg!r}): arg must be one of {', '.join(map(repr, ARGS))}")
     c = ml_collections.ConfigDict()
     c.name = f"ablate_pooling_{arg}"
     c.recipe = "lite"  # the stage recipes' arg: model, data, optimizer
@@ -77,16 +83,17 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     # caption image gain 0.0007 / 0.0055 / 0.07 / 0.14 nats per token after 50 / 100 / 150 / 250 steps) while
     # the stage-2 tasks' gains stay under 0.001 for 200 stage-2 steps and need the recipe's 1,500
     # (experiments/image_gain.py; the README's "Ablate the connector"): the reduced sweep trains stage 1 only
-    c.stage1_steps = {"quick": 0, "reduced": 200, "full": -1}[arg]
-    c.stage2_steps = {"quick": 20, "reduced": 0, "full": -1}[arg]
+    c.stage1_steps = {"quick": 0, "reduced": 200, "tokens": -1, "full": -1}[arg]
+    c.stage2_steps = {"quick": 20, "reduced": 0, "tokens": -1, "full": -1}[arg]
     c.overrides = ()  # (dotted config field, value) pairs for every variant
-    c.eval_examples = {"quick": 8, "reduced": 0, "full": 64}[arg]  # held-out examples per task (generation)
+    c.eval_examples = {"quick": 8, "reduced": 0, "tokens": 64, "full": 64}[arg]  # per task (generation)
     c.eval_batch = 16
     c.max_new_tokens = 0  # 0: each task's default budget (192 for pointing)
     # held-out examples per task for the teacher-forced answer losses and image gains (experiments/image_gain.py)
-    c.gain_examples = {"quick": 16, "reduced": 64, "full": 64}[arg]
+    c.gain_examples = {"quick": 16, "reduced": 64, "tokens": 64, "full": 64}[arg]
     c.imports = ()  # modules imported first (e.g. ones that call connector.register_pooling)
-    c.variants = list({"quick": QUICK_VARIANTS, "reduced": REDUCED_VARIANTS, "full": FULL_VARIANTS}[arg])
+    c.variants = list({"quick": QUICK_VARIANTS, "reduced": REDUCED_VARIANTS, "tokens": TOKEN_VARIANTS,
+                       "full": FULL_VARIANTS}[arg])
     return c
 
 

@@ -89,7 +89,8 @@ def evaluate(cfg, params, tokenizer, out_dir: epath.Path, eval_examples: int) ->
         result = runner.evaluate(bundle, source, task, out_dir=out_dir, **score)
         swapped = runner.evaluate(bundle, controls.SwappedImages(source), task, **score)["metrics"]
         results[task] = {"metrics": result["metrics"], "majority_baseline": controls.majority_baseline(result),
-                         "question_prior": controls.majority_baseline(result, controls.question_type), "swapped_images": swapped}
+                         "question_prior": controls.majority_baseline(result, controls.question_type),
+                         "swapped_images": swapped}
         if task == "synthetic_points":
             results[task]["point_landing"] = controls.point_landing(source, result)
             results[task]["point_landing_chance"] = controls.point_landing(source, result, controls.SWAP_SHIFT)
@@ -145,6 +146,8 @@ def landing_line(summary: dict) -> str:
     """Where the pointing answers' points land, next to where the same points land in other scenes."""
     points = summary["eval"]["synthetic_points"]
     here, chance = points["point_landing"], points["point_landing_chance"]
+    if np.isnan(here["asked_kind"]):
+        return "No pointing answer held a point, so none landed anywhere."
     cells = [f"{here[k]:.2f} ({chance[k]:.2f})" for k in ("asked_kind", "other_kind", "background")]
     return ("Predicted points (pointing) land on a shape of the asked kind {}, on another kind's shape {}, on the "
             "background {}; in brackets the same points read in another example's scene (chance).".format(*cells))

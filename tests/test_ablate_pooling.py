@@ -46,8 +46,12 @@ def test_quick_sweep_is_a_subset_and_covers_every_official_type():
     # both official layer choices (CLIP's and the other encoders', train_captioner.py) and three others
     assert {tuple(v["vit_layers"]) for v in full} == {(-2, -9), (-3, -9), (-1,), (-2,), (-3, -6)}
     assert ALL_VARIANTS[ablations.BASE_NAME] == dict(ablations.BASE, name=ablations.BASE_NAME)
-    for arg in ("reduced", "full"):
+    for arg in ("reduced", "tokens", "full"):
         assert len(ablations.get_config(arg).seeds) >= 3
+    tokens = ablations.get_config("tokens")
+    assert (tokens.stage1_steps, tokens.stage2_steps, tokens.eval_examples) == (-1, -1, 64)
+    assert sorted(ablate_pooling.model_stats(ablate_pooling.variant_config(tokens, v).model)["image_tokens"]
+                  for v in tokens.variants) == [4, 16, 64]
     with pytest.raises(ValueError, match="quick"):
         ablations.get_config("medium")
 

@@ -57,6 +57,15 @@ def test_point_landing_counts_points_on_the_asked_kind_another_kind_and_the_back
             == controls.point_landing(source, {"predictions": [elsewhere]}) != landing)
 
 
+def test_landing_line_says_so_when_no_answer_held_a_point():
+    from experiments import main
+    source = synthetic.held_out_source("synthetic_points")
+    nowhere = controls.point_landing(source, {"predictions": [{"example": 0, "prompt": "Point to circles",
+                                                                 "points": []}]})
+    summary = {"eval": {"synthetic_points": {"point_landing": nowhere, "point_landing_chance": nowhere}}}
+    assert main.landing_line(summary) == "No pointing answer held a point, so none landed anywhere."
+
+
 def source_scene(source, index):
     return synthetic.random_scene(synthetic.task_rng(source.seed, source.task, index), source.image_size, source.style)
 
