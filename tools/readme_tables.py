@@ -15,7 +15,8 @@ and NAME is a key of `TABLES`:
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
 - speed_forward, speed_generate: experiments/results/bench_{forward,generate}_cpu.json,
 - speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
-- ablate_pooling_reduced: experiments/results/ablate_pooling_reduced.json (`python -m experiments.ablate_pooling`),
+- ablate_pooling_reduced, ablate_pooling_tokens: experiments/results/ablate_pooling_{reduced,tokens}.json
+  (`python -m experiments.ablate_pooling --arg reduced|tokens`),
 - hf_export: experiments/results/check_hf_export.json (`python -m experiments.check_hf_export`),
 - soak: experiments/results/soak_*.json (`python -m experiments.soak`).
 Each stored result names its commit, command and machine, and the table says them.
@@ -184,6 +185,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "speed_generate": generate_table,
     "soak": lambda: "".join(soak_line(n) for n in ("soak_full", "soak_full_malloc_arena_max_2", "soak_quick")),
     "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
+    "ablate_pooling_tokens": lambda: ablation_table("ablate_pooling_tokens"),
 }
 
 
