@@ -58,10 +58,9 @@ FULL_VARIANTS = [
     variant("meanq_2x2_mid", vit_layers=(-3, -6)),
     variant("meanq_2x2_siglip_layers", vit_layers=(-3, -9)),  # official for SigLIP / DINOv2 / MetaCLIP
 ]
-# image tokens per crop 64 / 16 / 4: no pooling, 2x2 and 4x4 windows
+# image tokens per crop 64 / 16 / 4: no pooling, 2x2 and 4x4 windows (also the quick sweep's)
 TOKEN_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "none_1x1", "meanq_4x4")]
-QUICK_VARIANTS = TOKEN_VARIANTS
-# image tokens per crop 64 / 16 / 4 (no pooling, 2x2 and 4x4 windows), and at 16 the first patch as the query
+# the same token counts, and at 16 the first patch as the query
 REDUCED_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "attention_2x2", "none_1x1", "meanq_4x4")]
 
 
@@ -92,7 +91,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     # held-out examples per task for the teacher-forced answer losses and image gains (experiments/image_gain.py)
     c.gain_examples = {"quick": 16, "reduced": 64, "tokens": 64, "full": 64}[arg]
     c.imports = ()  # modules imported first (e.g. ones that call connector.register_pooling)
-    c.variants = list({"quick": QUICK_VARIANTS, "reduced": REDUCED_VARIANTS, "tokens": TOKEN_VARIANTS,
+    c.variants = list({"quick": TOKEN_VARIANTS, "reduced": REDUCED_VARIANTS, "tokens": TOKEN_VARIANTS,
                        "full": FULL_VARIANTS}[arg])
     return c
 
