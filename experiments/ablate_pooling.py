@@ -192,8 +192,9 @@ def evaluate_variant(sweep, cfgs: dict, params, tokenizer, vdir: epath.Path) -> 
     return out
 
 
-def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer) -> dict:
-    """Trains and evaluates one variant with one seed, or loads its finished result.json."""
+def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer, reuse: dict | None = None) -> dict:
+    """Trains and evaluates one variant with one seed, or loads its finished result.json, or takes the run
+    of `reuse` (fingerprint -> a finished run of another sweep, `load_reusable`) with its fingerprint."""
     cfgs = variant_configs(sweep, variant, seed)
     vdir = workdir / variant["name"] / f"seed{seed}"
     path = vdir / "result.json"
@@ -205,6 +206,9 @@ def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer)
             return {**done, "resumed": True}
         raise RuntimeError(f"{path} was made with another config (fingerprint {done.get('fingerprint')} != {fp}); "
                            "delete that variant directory or use another --workdir")
+    if fp in (reuse or {}):
+        print(f"[{variant['name']} seed {seed}] reused from {reuse[fp]['reused_from']} (commit {reuse[fp]['commit']})")
+        return {**reuse[fp], "resumed": True}
     stages = trained_stages(sweep)
     print(f"[{variant['name']} seed {seed}] training " + " + ".join(f"{cfgs[s].optim.steps} {s}" for s in stages)
           + " steps", flush=True)
@@ -212,6 +216,7 @@ def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer)
     state, timing = train_variant(sweep, cfgs, tokenizer, vdir)
     last = timing[stages[-1]]
     result = {"name": variant["name"], "seed": seed, "variant": dict(variant), "fingerprint": fp,
+              "commit": provenance.commit(),
               **model_stats(cfgs["stage2"].model), "timing": timing, "step_seconds": last["step_seconds"],
               "image_tokens_per_row": last["image_tokens_per_row"], "final_train_loss": final_loss(vdir / stages[-1])}
     result.update(evaluate_variant(sweep, cfgs, state["params"], tokenizer, vdir))
@@ -224,9 +229,28 @@ def run_variant(sweep, variant: dict, seed: int, workdir: epath.Path, tokenizer)
 
 # ------------------------------------------------------------------------------------------ the sweep
 
-def run_sweep(sweep, workdir: epath.PathLike, names: tuple[str, ...] = ()) -> list[dict]:
+def load_reusable(paths) -> dict:
+    """Fingerprint -> finished run, from stored sweep results (<out>.json): a run of this sweep with the same
+    fingerprint (the same stage configs and evaluation) is taken from there instead of retrained. The
+    fingerprint does not cover the code: reuse results of the code that is checked out (each run keeps its
+    commit, and the sweep's outputs say which runs were reused)."""
+    runs = {}
+    for path in map(epath.Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"--reuse {path}: no such file")
+        stored = json.loads(path.read_text())
+        if "runs" not in stored:
+            raise ValueError(f"--reuse {path}: not an ablate_pooling result (no 'runs')")
+        for run in stored["runs"]:
+            runs[run["fingerprint"]] = {**run, "commit": run.get("commit", stored["commit"]),
+                                        "reused_from": run.get("reused_from", path.name)}
+    return runs
+
+
+def run_sweep(sweep, workdir: epath.PathLike, names: tuple[str, ...] = (), reuse: dict | None = None) -> list[dict]:
     """Every (variant, seed) run of the sweep (or of the variants `names`), seed-major: all variants of the
-    first seed come first, so a sweep cut short still has paired runs."""
+    first seed come first, so a sweep cut short still has paired runs; runs in `reuse` (`load_reusable`)
+    are not retrained."""
     for module in sweep.imports:
         importlib.import_module(module)  # e.g. register_pooling calls
     workdir = epath.Path(workdir)
@@ -237,7 +261,7 @@ def run_sweep(sweep, workdir: epath.PathLike, names: tuple[str, ...] = ()) -> li
     for v in variants:
         variant_configs(sweep, v)  # fail fast on an invalid variant
     tokenizer = vocab.pixmo_lite_tokenizer(list(variant_configs(sweep, variants[0]).values()), workdir)
-    return [run_variant(sweep, v, seed, workdir, tokenizer) for seed in sweep.seeds for v in variants]
+    return [run_variant(sweep, v, seed, workdir, tokenizer, reuse) for seed in sweep.seeds for v in variants]
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -330,6 +354,12 @@ def differences_line(summary: list[dict]) -> str:
             + "; ".join(f"{name} {TITLES[c].split(' (')[0]} {_cell(d, signed=True)}" for name, c, d in clear) + ".")
 
 
+def reused_line(runs: list[dict]) -> str:
+    """Which runs were taken from other sweeps' results (`--reuse`), with their commits; "" for none."""
+    groups = collections.Counter((r["reused_from"], r["commit"]) for r in runs if r.get("reused_from"))
+    return "; ".join(f"{n} runs reused from {source} (commit {commit})" for (source, commit), n in groups.items())
+
+
 def evaluation(sweep) -> str:
     """What the sweep (a config or its stored dict) measures, in words."""
     parts = [f"per task (stage-1 captions, stage-2 tasks) the teacher-forced answer loss on "
@@ -341,7 +371,7 @@ def evaluation(sweep) -> str:
     return "; ".join(parts)
 
 
-def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
+def markdown(sweep, summary: list[dict], command: str, majority: dict, runs: list[dict] = ()) -> str:
     budget = (f"stage 1: {'the recipe' if sweep.stage1_steps < 0 else sweep.stage1_steps} steps, stage 2: "
               f"{'the recipe' if sweep.stage2_steps < 0 else sweep.stage2_steps} steps")
     return "\n".join([
@@ -351,7 +381,8 @@ def markdown(sweep, summary: list[dict], command: str, majority: dict) -> str:
         f"half-width of its 95% t interval; differences are paired by seed against {ablations.BASE_NAME} "
         "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per train "
         "step of the last trained stage after compilation on this machine; image tokens per row: mean over "
-        "its packed training rows.", "", tables(summary, majority), "", differences_line(summary)])
+        "its packed training rows." + (f" {reused_line(runs)}." if reused_line(runs) else ""), "",
+        tables(summary, majority), "", differences_line(summary)])
 
 
 def plot(summary: list[dict], path: epath.Path):
@@ -397,7 +428,7 @@ def write_outputs(sweep, results: list[dict], out: epath.PathLike, command: str)
     summary = summarize(results)
     first = results[0]["eval"]
     majority = {c: first[t]["majority_baseline"] for c, t, _, _ in METRICS if t in first}
-    out.with_suffix(".md").write_text(markdown(sweep, summary, command, majority) + "\n")
+    out.with_suffix(".md").write_text(markdown(sweep, summary, command, majority, results) + "\n")
     runs = [{k: v for k, v in r.items() if k != "resumed"} for r in results]
     document = {**source, "sweep": sweep.to_dict(), "majority_baseline": majority, "summary": summary, "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(document, indent=1, default=str))
@@ -413,6 +444,8 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=(), help="variant names to run (default all)")
     parser.add_argument("--seeds", nargs="*", type=int, default=(),
                         help="seeds to run instead of the sweep's (e.g. --only meanq_2x2 --seeds 0: one run, timed)")
+    parser.add_argument("--reuse", nargs="*", default=(),
+                        help="stored sweep results (<out>.json) whose runs with the same configs are not retrained")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     with entry_points.one_line_errors("experiments.ablate_pooling", args.debug):
@@ -431,7 +464,7 @@ def run(args, argv=None):
     jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     start = time.perf_counter()
-    results = run_sweep(sweep, workdir, tuple(args.only))
+    results = run_sweep(sweep, workdir, tuple(args.only), load_reusable(args.reuse))
     out = args.out or f"experiments/results/ablate_pooling_{args.arg}"
     summary = write_outputs(sweep, results, out, command.strip())
     print(markdown(sweep, summary, command.strip(), {}))

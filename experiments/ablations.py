@@ -3,6 +3,7 @@
     cfg = get_config("quick")     # a smoke run: 3 variants x 2 seeds, a few steps each (minutes on 2 CPU cores)
     cfg = get_config("reduced")   # 4 connectors x 3 seeds, stage 1 only (stored in experiments/results)
     cfg = get_config("tokens")    # 64 / 16 / 4 image tokens per crop x 3 seeds, the recipe's own budget (stored)
+    cfg = get_config("types")     # one axis of the full sweep (AXES: tokens, types, windows, projectors, layers)
     cfg = get_config("full")      # all 15 variants x 3 seeds on the PixMo-lite recipe's own budget
 
 The sweep is one config, the stage recipes' PixMo-lite (`molmo_jax.recipes.stage{1,2}.get_config(recipe)`)
@@ -19,7 +20,9 @@ paired differences.
 The axes: pooling type (all five official ones at their window), window size = image tokens per crop
 (attention_meanq 1x1 / 2x2 / 3x3 / 4x4: 64 / 16 / 9 / 4 tokens of the 112 px crop's 8x8 patch grid),
 projector (mlp / 2mlp / linear) and ViT layers (both official choices: (-2, -9) for CLIP, (-3, -9) for the
-other encoders (launch_scripts/train_captioner.py); the last, the second-last alone, and (-3, -6)).
+other encoders (launch_scripts/train_captioner.py); the last, the second-last alone, and (-3, -6)). Each
+axis of `AXES` is also a sweep of its own (the base and the axis' variants): together they are the full
+sweep, run a few hours at a time, and the base's runs of one are reused by the next (`--reuse`).
 
 Combinations left out, and why:
   * 'none' pooling only with a 1x1 window (config.validate) and '2mlp' only where the pooled width equals
@@ -58,19 +61,33 @@ FULL_VARIANTS = [
     variant("meanq_2x2_mid", vit_layers=(-3, -6)),
     variant("meanq_2x2_siglip_layers", vit_layers=(-3, -9)),  # official for SigLIP / DINOv2 / MetaCLIP
 ]
-# image tokens per crop 64 / 16 / 4: no pooling, 2x2 and 4x4 windows (also the quick sweep's)
-TOKEN_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "none_1x1", "meanq_4x4")]
+# The full sweep's axes, each a sweep of its own with the base (its runs are shared: `--reuse`):
+AXES = {
+    "tokens": ("none_1x1", "meanq_4x4"),  # image tokens per crop 64 / 16 / 4 (also the quick sweep's)
+    "types": ("attention_2x2", "2wide_2x2", "stack_2x2"),  # the official pooling types at 16 tokens per crop
+    "windows": ("meanq_1x1", "meanq_3x3", "stack_3x3"),  # 64 / 9 tokens per crop through the attention / stack
+    "projectors": ("meanq_2x2_linear", "2wide_2x2", "2wide_2x2_2mlp"),  # 2mlp needs the 2wide pooling's width
+    "layers": ("meanq_2x2_last", "meanq_2x2_second_last", "meanq_2x2_mid", "meanq_2x2_siglip_layers"),
+}
+
+
+def axis_variants(axis: str) -> list[dict]:
+    """The base, then the axis' variants in FULL_VARIANTS order."""
+    return [v for v in FULL_VARIANTS if v["name"] == BASE_NAME or v["name"] in AXES[axis]]
+
+
 # the same token counts, and at 16 the first patch as the query
 REDUCED_VARIANTS = [v for v in FULL_VARIANTS if v["name"] in (BASE_NAME, "attention_2x2", "none_1x1", "meanq_4x4")]
 
 
-ARGS = ("quick", "reduced", "tokens", "full")
+ARGS = ("quick", "reduced", *AXES, "full")
 
 
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     """arg "quick" (smoke: 3 variants x 2 seeds, 20 stage-2 steps), "reduced" (4 variants x 3 seeds, stage 1
-    only, 200 steps, held-out caption loss and image gain), "tokens" (TOKEN_VARIANTS x 3 seeds, the recipe's
-    stage 1 + stage 2 budget, 64 examples per task) or "full" (15 variants x 3 seeds, the same budget)."""
+    only, 200 steps, held-out caption loss and image gain), an axis of AXES (the base and the axis' variants
+    x 3 seeds, the recipe's stage 1 + stage 2 budget, 64 examples per task) or "full" (15 variants x 3
+    seeds, the same budget)."""
     if arg not in ARGS:
         raise ValueError(f"ablations.get_config({arg!r}): arg must be one of {', '.join(map(repr, ARGS))}")
     c = ml_collections.ConfigDict()
@@ -82,17 +99,17 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     # caption image gain 0.0007 / 0.0055 / 0.07 / 0.14 nats per token after 50 / 100 / 150 / 250 steps) while
     # the stage-2 tasks' gains stay under 0.001 for 200 stage-2 steps and need the recipe's 1,500
     # (experiments/image_gain.py; the README's "Ablate the connector"): the reduced sweep trains stage 1 only
-    c.stage1_steps = {"quick": 0, "reduced": 200, "tokens": -1, "full": -1}[arg]
-    c.stage2_steps = {"quick": 20, "reduced": 0, "tokens": -1, "full": -1}[arg]
+    c.stage1_steps = {"quick": 0, "reduced": 200}.get(arg, -1)
+    c.stage2_steps = {"quick": 20, "reduced": 0}.get(arg, -1)
     c.overrides = ()  # (dotted config field, value) pairs for every variant
-    c.eval_examples = {"quick": 8, "reduced": 0, "tokens": 64, "full": 64}[arg]  # per task (generation)
+    c.eval_examples = {"quick": 8, "reduced": 0}.get(arg, 64)  # per task (generation)
     c.eval_batch = 16
     c.max_new_tokens = 0  # 0: each task's default budget (192 for pointing)
     # held-out examples per task for the teacher-forced answer losses and image gains (experiments/image_gain.py)
-    c.gain_examples = {"quick": 16, "reduced": 64, "tokens": 64, "full": 64}[arg]
+    c.gain_examples = {"quick": 16}.get(arg, 64)
     c.imports = ()  # modules imported first (e.g. ones that call connector.register_pooling)
-    c.variants = list({"quick": TOKEN_VARIANTS, "reduced": REDUCED_VARIANTS, "tokens": TOKEN_VARIANTS,
-                       "full": FULL_VARIANTS}[arg])
+    c.variants = ({"quick": axis_variants("tokens"), "reduced": REDUCED_VARIANTS, "full": FULL_VARIANTS}.get(arg)
+                  or axis_variants(arg))
     return c
 
 

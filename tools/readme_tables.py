@@ -104,12 +104,13 @@ def ablation_table(name: str) -> str:
     steps = lambda stage: "the recipe's" if sweep[f"{stage}_steps"] < 0 else f"{sweep[f'{stage}_steps']:,}"
     overrides = "".join(f", {field}={value}" for field, value in sweep["overrides"])
     minutes = sum(r["seconds"] for r in result["runs"]) / 60
+    reused = ablate_pooling.reused_line(result["runs"])
     return (ablate_pooling.tables(summary, result["majority_baseline"]) + "\n\n"
             + ablate_pooling.differences_line(summary) + "\n\n"
             f"{len(summary)} variants x {len(sweep['seeds'])} seeds; recipe {sweep['recipe']!r}, stage 1: "
             f"{steps('stage1')} steps, stage 2: {steps('stage2')} steps{overrides}; "
-            f"{ablate_pooling.evaluation(sweep)}; {minutes:.0f} minutes (the runs' seconds, summed); "
-            f"{_source(result)}.\n")
+            f"{ablate_pooling.evaluation(sweep)}; {minutes:.0f} minutes (the runs' seconds, summed)"
+            f"{'; ' + reused if reused else ''}; {_source(result)}.\n")
 
 
 def forward_table() -> str:
