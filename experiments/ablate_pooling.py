@@ -3,6 +3,8 @@
     python -m experiments.ablate_pooling --arg quick     # smoke: 3 variants x 2 seeds, 20 steps
     python -m experiments.ablate_pooling --arg reduced   # 4 connectors x 3 seeds, 200 stage-1 steps
     python -m experiments.ablate_pooling --arg tokens    # 64 / 16 / 4 image tokens per crop x 3 seeds, whole recipe
+    python -m experiments.ablate_pooling --arg types --reuse experiments/results/ablate_pooling_tokens.json
+                                                         # another axis (ablations.AXES), the base's runs reused
     python -m experiments.ablate_pooling --arg full      # 15 variants x 3 seeds, the recipe's own budget
     python -m experiments.ablate_pooling --arg full --only meanq_2x2 --seeds 0   # one run of it (its time)
 
@@ -14,7 +16,8 @@ counting, clocks, charts, CapQA) the teacher-forced answer loss and its image ga
 swapped between examples minus it: how much the answers use the image, experiments/image_gain.py), and
 with `eval_examples` the generated answers' CapQA, counting, clock accuracy (hour and minute exact) and
 pointing F1 (KV-cache greedy generation, official scorers). <workdir>/<variant>/seed<k>/result.json marks a
-finished run: a rerun loads it instead of retraining.
+finished run: a rerun loads it instead of retraining; `--reuse <out>.json` takes the runs of stored results
+whose configs equal a run's (the base of every axis' sweep) instead of retraining them.
 
 Per variant and metric: the mean over seeds with its 95% Student-t interval, and the paired difference to
 the released connector (`ablations.BASE`, same seed = same init key, data and order) with its interval;

@@ -46,8 +46,17 @@ def test_quick_sweep_is_a_subset_and_covers_every_official_type():
     # both official layer choices (CLIP's and the other encoders', train_captioner.py) and three others
     assert {tuple(v["vit_layers"]) for v in full} == {(-2, -9), (-3, -9), (-1,), (-2,), (-3, -6)}
     assert ALL_VARIANTS[ablations.BASE_NAME] == dict(ablations.BASE, name=ablations.BASE_NAME)
-    for arg in ("reduced", "tokens", "full"):
+    for arg in ("reduced", *ablations.AXES, "full"):
         assert len(ablations.get_config(arg).seeds) >= 3
+    # the axes' sweeps together are the full sweep, each with the base first and the full sweep's budget
+    full_cfg = ablations.get_config("full")
+    axes = {arg: ablations.get_config(arg) for arg in ablations.AXES}
+    assert set().union(*({v["name"] for v in c.variants} for c in axes.values())) == set(ALL_VARIANTS)
+    for c in axes.values():
+        assert c.variants[0]["name"] == ablations.BASE_NAME
+        assert (c.stage1_steps, c.stage2_steps, c.eval_examples, c.gain_examples, c.seeds) == (
+            full_cfg.stage1_steps, full_cfg.stage2_steps, full_cfg.eval_examples, full_cfg.gain_examples,
+            full_cfg.seeds)
     tokens = ablations.get_config("tokens")
     assert (tokens.stage1_steps, tokens.stage2_steps, tokens.eval_examples) == (-1, -1, 64)
     assert sorted(ablate_pooling.model_stats(ablate_pooling.variant_config(tokens, v).model)["image_tokens"]
@@ -183,6 +192,25 @@ def test_variant_trains_evaluates_writes_outputs_and_resumes(first_run, tmp_path
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
+def test_reuse_takes_stored_runs_with_the_same_configs(first_run, tmp_path):
+    sweep, _, (result,) = first_run
+    out = tmp_path / "stored"
+    ablate_pooling.write_outputs(sweep, [result], out, "python -m experiments.ablate_pooling --arg quick")
+    reuse = ablate_pooling.load_reusable([out.with_suffix(".json")])
+    (taken,) = ablate_pooling.run_sweep(sweep, tmp_path / "other", ("meanq_2x2",), reuse)
+    assert taken["resumed"] and taken["reused_from"] == "stored.json" and taken["commit"] == result["commit"]
+    assert taken["count_acc"] == result["count_acc"]
+    assert not (tmp_path / "other" / "meanq_2x2").exists()  # nothing trained
+    assert "1 runs reused from stored.json" in ablate_pooling.reused_line([taken])
+    assert ablate_pooling.reused_line([result]) == ""
+    # another budget has another fingerprint: not taken (the first seed of it would train, so stop at the check)
+    other = tiny_sweep(stage2_steps=3)
+    assert ablate_pooling.fingerprint(other, ablate_pooling.variant_configs(other, other.variants[0])) not in reuse
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json: not an ablate_pooling result"):
+        ablate_pooling.load_reusable([tmp_path / "bad.json"])
+
+
 def test_sweep_is_deterministic(first_run, tmp_path):
     sweep, _, (result,) = first_run
     (again,) = ablate_pooling.run_sweep(sweep, tmp_path, ("meanq_2x2",))
@@ -215,22 +243,22 @@ def test_interval_and_paired_difference_match_hand_values():
     assert b["difference"]["point_f1"] == {"mean": 0.5, "ci95": 0.0, "n": 2}
 
 
-def test_stored_sweep_has_the_columns_the_readme_quotes():
-    """The README's "Ablate the connector" block is tools/readme_tables.py's rendering of the stored JSON
-    (tests/test_readme.py checks it is current): every cell it quotes must be in the JSON, made by the
-    documented command from the current sweep config."""
-    root = Path(__file__).parents[1]
-    stored = json.loads((root / "experiments/results/ablate_pooling_reduced.json").read_text())
+RESULTS = Path(__file__).parents[1] / "experiments" / "results"
+STORED = sorted(p.stem.removeprefix("ablate_pooling_") for p in RESULTS.glob("ablate_pooling_*.json"))
+
+
+@pytest.mark.parametrize("arg", STORED)
+def test_stored_sweep_has_the_columns_the_readme_quotes(arg):
+    """The README's "Ablate the connector" blocks are tools/readme_tables.py's renderings of the stored JSONs
+    (tests/test_readme.py checks they are current): every cell they quote must be in the JSON, made by the
+    documented command from the current sweep config, every (variant, seed) finished."""
+    stored = json.loads((RESULTS / f"ablate_pooling_{arg}.json").read_text())
     assert stored["commit"] != "unknown" and "+dirty" not in stored["commit"]
-    assert stored["command"].startswith("python -m experiments.ablate_pooling --arg reduced")
-    current = json.loads(json.dumps(ablations.get_config("reduced").to_dict()))
-    assert stored["sweep"] == current, "stale: rerun the README's --arg reduced command"
+    assert stored["command"].startswith(f"python -m experiments.ablate_pooling --arg {arg}")
+    current = json.loads(json.dumps(ablations.get_config(arg).to_dict()))
+    assert stored["sweep"] == current, f"stale: rerun the README's --arg {arg} command"
     names = [v["name"] for v in current["variants"]]
     assert [r["name"] for r in stored["summary"]] == names
-    # the README reads it as image tokens per crop 64 / 16 / 4 and, at 16, the first patch vs the mean as query
-    assert sorted(r["image_tokens"] for r in stored["summary"]) == [4, 16, 16, 64]
-    assert {r["variant"]["pooling"] for r in stored["summary"] if r["image_tokens"] == 16} == {"attention_meanq",
-                                                                                               "attention"}
     assert sorted((r["name"], r["seed"]) for r in stored["runs"]) == sorted(
         (name, seed) for name in names for seed in current["seeds"])
     assert all(r["seconds"] > 0 for r in stored["runs"])
@@ -238,7 +266,7 @@ def test_stored_sweep_has_the_columns_the_readme_quotes():
                  else set())
     assert set(stored["majority_baseline"]) == generated
     columns = ablate_pooling.columns_of(stored["summary"])
-    stages = ablate_pooling.trained_stages(ablations.get_config("reduced"))
+    stages = ablate_pooling.trained_stages(ablations.get_config(arg))
     assert set(columns) == generated | {f"{task}_{kind}" for task, _, stage in image_gain.TASKS if stage in stages
                                         for kind in ("loss", "gain")}
     for row in stored["summary"]:
@@ -250,24 +278,47 @@ def test_stored_sweep_has_the_columns_the_readme_quotes():
             if row["name"] != ablations.BASE_NAME:
                 assert row["difference"][column]["n"] == 3 and row["difference"][column]["ci95"] is not None
 
-    sys.path.insert(0, str(root / "tools"))
-    import readme_tables
-    block = readme_tables.ablation_table("ablate_pooling_reduced")
-    assert "<!-- generated: ablate_pooling_reduced (tools/readme_tables.py) -->" in (root / "README.md").read_text()
+    readme_tables = _readme_tables()
+    block = readme_tables.ablation_table(f"ablate_pooling_{arg}")
     table_rows = [line for line in block.splitlines() if line.startswith("| ")]
     for name in names:  # a row in all three tables but the base's, which has no difference row
         assert sum(line.startswith(f"| {name} |") for line in table_rows) == (2 if name == ablations.BASE_NAME else 3)
     assert all(ablate_pooling.TITLES[c] in block for c in columns)
     assert stored["commit"] in block and stored["command"] in block
+    if arg in ablations.AXES:  # in the axes' table, each variant but the base once
+        axes = readme_tables.ablation_axes_table()
+        assert all(ablate_pooling.TITLES[c].split(" (")[0] in axes for c in readme_tables.AXES_COLUMNS)
+        for name in names[1:]:
+            assert sum(line.startswith(f"| {name} |") for line in axes.splitlines()) == 1, name
+        assert stored["commit"] in axes
 
 
-def test_stored_runs_were_made_with_the_current_configs():
+def _readme_tables():
+    sys.path.insert(0, str(RESULTS.parents[1] / "tools"))
+    import readme_tables
+    return readme_tables
+
+
+def test_stored_reduced_sweep_reads_as_the_readme_says():
+    """The README reads the reduced sweep as image tokens per crop 64 / 16 / 4 and, at 16, the first patch vs
+    the mean as the pooling query; its generated block is in the README."""
+    stored = json.loads((RESULTS / "ablate_pooling_reduced.json").read_text())
+    assert sorted(r["image_tokens"] for r in stored["summary"]) == [4, 16, 16, 64]
+    assert {r["variant"]["pooling"] for r in stored["summary"] if r["image_tokens"] == 16} == {"attention_meanq",
+                                                                                               "attention"}
+    readme = (RESULTS.parents[1] / "README.md").read_text()
+    for name in ("ablate_pooling_reduced", "ablate_pooling_tokens", "ablate_pooling_axes"):
+        assert f"<!-- generated: {name} (tools/readme_tables.py) -->" in readme
+
+
+@pytest.mark.parametrize("arg", STORED)
+def test_stored_runs_were_made_with_the_current_configs(arg):
     """Every stored run's fingerprint (its stage configs and evaluation settings) is what the current code
     builds: a change to the PixMo-lite recipe or the model defaults makes the stored results stale."""
-    stored = json.loads((Path(__file__).parents[1] / "experiments/results/ablate_pooling_reduced.json").read_text())
-    sweep = ablations.get_config("reduced")
+    stored = json.loads((RESULTS / f"ablate_pooling_{arg}.json").read_text())
+    sweep = ablations.get_config(arg)
     variants = {v["name"]: v for v in sweep.variants}
     for run in stored["runs"]:
         cfgs = ablate_pooling.variant_configs(sweep, variants[run["name"]], run["seed"])
         assert run["fingerprint"] == ablate_pooling.fingerprint(sweep, cfgs), (
-            f"{run['name']} seed {run['seed']}: stale, rerun the README's --arg reduced command")
+            f"{run['name']} seed {run['seed']}: stale, rerun the README's --arg {arg} command")

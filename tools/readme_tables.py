@@ -16,7 +16,8 @@ and NAME is a key of `TABLES`:
 - speed_forward, speed_generate: experiments/results/bench_{forward,generate}_cpu.json,
 - speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
 - ablate_pooling_reduced, ablate_pooling_tokens: experiments/results/ablate_pooling_{reduced,tokens}.json
-  (`python -m experiments.ablate_pooling --arg reduced|tokens`),
+  (`python -m experiments.ablate_pooling --arg reduced|tokens`); ablate_pooling_axes: every stored
+  ablate_pooling_<axis>.json of `experiments.ablations.AXES` in one table of paired differences,
 - hf_export: experiments/results/check_hf_export.json (`python -m experiments.check_hf_export`),
 - soak: experiments/results/soak_*.json (`python -m experiments.soak`).
 Each stored result names its commit, command and machine, and the table says them.
@@ -97,20 +98,61 @@ def speed_table(name: str) -> str:
 
 def ablation_table(name: str) -> str:
     """The connector ablation's tables (`experiments.ablate_pooling.tables`), the differences it can see, and
-    the sweep's budget and wall time (its runs' seconds, summed)."""
+    the sweep's budget, its trained and reused runs and its source."""
     from experiments import ablate_pooling
     result = json.loads((RESULTS / f"{name}.json").read_text())
     sweep, summary = result["sweep"], result["summary"]
     steps = lambda stage: "the recipe's" if sweep[f"{stage}_steps"] < 0 else f"{sweep[f'{stage}_steps']:,}"
     overrides = "".join(f", {field}={value}" for field, value in sweep["overrides"])
-    minutes = sum(r["seconds"] for r in result["runs"]) / 60
-    reused = ablate_pooling.reused_line(result["runs"])
     return (ablate_pooling.tables(summary, result["majority_baseline"]) + "\n\n"
             + ablate_pooling.differences_line(summary) + "\n\n"
             f"{len(summary)} variants x {len(sweep['seeds'])} seeds; recipe {sweep['recipe']!r}, stage 1: "
             f"{steps('stage1')} steps, stage 2: {steps('stage2')} steps{overrides}; "
-            f"{ablate_pooling.evaluation(sweep)}; {minutes:.0f} minutes (the runs' seconds, summed)"
-            f"{'; ' + reused if reused else ''}; {_source(result)}.\n")
+            f"{ablate_pooling.evaluation(sweep)}; {_ablation_runs(result)}; {_source(result)}.\n")
+
+
+# the columns of the axes' summary table: the generated answers, then the stage-2 image gains
+AXES_COLUMNS = ("point_f1", "count_acc", "clock_acc", "capqa_acc", "points_gain", "count_gain", "clocks_gain")
+
+
+def ablation_axes_table() -> str:
+    """The full sweep's axes (`experiments.ablations.AXES`) stored so far in one table: the base's means, then
+    per variant of each stored axis sweep (listed once) its image tokens, step time and paired differences to
+    the base; then the axes not yet run, and each sweep's runs and source."""
+    from experiments import ablate_pooling, ablations
+    stored = {axis: json.loads(path.read_text()) for axis in ablations.AXES
+              if (path := RESULTS / f"ablate_pooling_{axis}.json").exists()}
+    title = lambda c: ablate_pooling.TITLES[c].split(" (")[0]
+    header = ["variant", "axis", "image tokens / crop", "step s", *map(title, AXES_COLUMNS)]
+    rows, base, seen = [], None, set()
+    for axis, result in stored.items():
+        for r in result["summary"]:
+            if r["name"] in seen:  # a variant of two axes (2wide_2x2: types, projectors), reused: listed once
+                continue
+            seen.add(r["name"])
+            step = ablate_pooling._fmt(r["metrics"]["step_seconds"]["mean"])
+            if r["name"] == ablations.BASE_NAME:
+                base = base or [f"{r['name']} (base: mean)", "-", str(r["image_tokens"]), step,
+                                *(ablate_pooling._cell(r["metrics"][c]) for c in AXES_COLUMNS)]
+            else:
+                rows.append([r["name"], axis, str(r["image_tokens"]), step,
+                             *(ablate_pooling._cell(r["difference"][c], signed=True) for c in AXES_COLUMNS)])
+    missing = [axis for axis in ablations.AXES if axis not in stored]
+    return (_markdown(header, [base, *rows]) + "\n\n"
+            "Base row: means over seeds ± 95% intervals; variant rows: paired differences to the base ± 95% "
+            f"intervals (seeds {', '.join(map(str, next(iter(stored.values()))['sweep']['seeds']))}); step s: "
+            "seconds per stage-2 step on the machine that trained the variant (the base's: of its first stored "
+            "sweep). " + (f"Not yet run: {', '.join(f'`--arg {a}`' for a in missing)}. " if missing else "")
+            + "; ".join(f"{axis}: {_ablation_runs(r)}, {_source(r)}" for axis, r in stored.items()) + ".\n")
+
+
+def _ablation_runs(result: dict) -> str:
+    """How many runs a stored sweep trained, in how many minutes (their seconds, summed), and which it reused."""
+    from experiments import ablate_pooling
+    trained = [r for r in result["runs"] if not r.get("reused_from")]
+    reused = ablate_pooling.reused_line(result["runs"])
+    return (f"{len(trained)} runs trained in {sum(r['seconds'] for r in trained) / 60:.0f} minutes (their seconds, "
+            "summed)" + (f", {reused}" if reused else ""))
 
 
 def forward_table() -> str:
@@ -187,6 +229,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "soak": lambda: "".join(soak_line(n) for n in ("soak_full", "soak_full_malloc_arena_max_2", "soak_quick")),
     "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
     "ablate_pooling_tokens": lambda: ablation_table("ablate_pooling_tokens"),
+    "ablate_pooling_axes": ablation_axes_table,
 }
 
 
