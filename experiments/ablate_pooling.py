@@ -72,6 +72,11 @@ TITLES = {**{f"{task}_loss": f"{task} loss" for task, *_ in image_gain.TASKS},
           **{column: title for column, *_, title in METRICS}}
 
 
+def short_title(column: str) -> str:
+    """A column's title without its parenthesis ("CapQA accuracy (counts, colours)" -> "CapQA accuracy")."""
+    return TITLES[column].split(" (")[0]
+
+
 # ------------------------------------------------------------------------------------------ configs
 
 STAGES = {"stage1": stage1, "stage2": stage2}
@@ -354,7 +359,7 @@ def differences_line(summary: list[dict]) -> str:
     if not clear:
         return f"No paired difference to {ablations.BASE_NAME} has a 95% interval that excludes 0."
     return (f"Paired differences to {ablations.BASE_NAME} whose 95% interval excludes 0: "
-            + "; ".join(f"{name} {TITLES[c].split(' (')[0]} {_cell(d, signed=True)}" for name, c, d in clear) + ".")
+            + "; ".join(f"{name} {short_title(c)} {_cell(d, signed=True)}" for name, c, d in clear) + ".")
 
 
 def reused_line(runs: list[dict]) -> str:
@@ -384,7 +389,7 @@ def markdown(sweep, summary: list[dict], command: str, majority: dict, runs: lis
         f"half-width of its 95% t interval; differences are paired by seed against {ablations.BASE_NAME} "
         "(an interval that excludes 0 is a difference this sweep can see). Step time: seconds per train "
         "step of the last trained stage after compilation on this machine; image tokens per row: mean over "
-        "its packed training rows." + (f" {reused_line(runs)}." if reused_line(runs) else ""), "",
+        "its packed training rows." + (f" {reused}." if (reused := reused_line(runs)) else ""), "",
         tables(summary, majority), "", differences_line(summary)])
 
 
@@ -410,7 +415,7 @@ def plot(summary: list[dict], path: epath.Path):
             ax.errorbar(mean, y, xerr=err, fmt="o", capsize=3)
             ax.axvline(0 if key == "difference" else mean[names.index(ablations.BASE_NAME)]
                        if ablations.BASE_NAME in names else np.nan, color="grey", linestyle="--", linewidth=1)
-            title = TITLES[column] if key == "metrics" else f"{TITLES[column].split(' (')[0]} - {ablations.BASE_NAME}"
+            title = TITLES[column] if key == "metrics" else f"{short_title(column)} - {ablations.BASE_NAME}"
             ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
     axes[0, 0].set_yticks(y, labels)  # shared by every panel

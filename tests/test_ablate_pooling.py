@@ -287,7 +287,7 @@ def test_stored_sweep_has_the_columns_the_readme_quotes(arg):
     assert stored["commit"] in block and stored["command"] in block
     if arg in ablations.AXES:  # in the axes' table, each variant but the base once
         axes = readme_tables.ablation_axes_table()
-        assert all(ablate_pooling.TITLES[c].split(" (")[0] in axes for c in readme_tables.AXES_COLUMNS)
+        assert all(ablate_pooling.short_title(c) in axes for c in readme_tables.AXES_COLUMNS)
         for name in names[1:]:
             assert sum(line.startswith(f"| {name} |") for line in axes.splitlines()) == 1, name
         assert stored["commit"] in axes

@@ -122,8 +122,7 @@ def ablation_axes_table() -> str:
     from experiments import ablate_pooling, ablations
     stored = {axis: json.loads(path.read_text()) for axis in ablations.AXES
               if (path := RESULTS / f"ablate_pooling_{axis}.json").exists()}
-    title = lambda c: ablate_pooling.TITLES[c].split(" (")[0]
-    header = ["variant", "axis", "image tokens / crop", "step s", *map(title, AXES_COLUMNS)]
+    header = ["variant", "axis", "image tokens / crop", "step s", *map(ablate_pooling.short_title, AXES_COLUMNS)]
     rows, base, seen = [], None, set()
     for axis, result in stored.items():
         for r in result["summary"]:
@@ -132,8 +131,8 @@ def ablation_axes_table() -> str:
             seen.add(r["name"])
             step = ablate_pooling._fmt(r["metrics"]["step_seconds"]["mean"])
             if r["name"] == ablations.BASE_NAME:
-                base = base or [f"{r['name']} (base: mean)", "-", str(r["image_tokens"]), step,
-                                *(ablate_pooling._cell(r["metrics"][c]) for c in AXES_COLUMNS)]
+                base = [f"{r['name']} (base: mean)", "-", str(r["image_tokens"]), step,
+                        *(ablate_pooling._cell(r["metrics"][c]) for c in AXES_COLUMNS)]
             else:
                 rows.append([r["name"], axis, str(r["image_tokens"]), step,
                              *(ablate_pooling._cell(r["difference"][c], signed=True) for c in AXES_COLUMNS)])
