@@ -111,24 +111,30 @@ def torch_device() -> str:
     return "cuda"
 
 
-def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int,
-                        min_seconds: float = 0.0) -> dict[str, tuple[float, Any]]:
-    """{name: (median seconds, last output)} of each call, after one warm-up call each.
+def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int, min_seconds: float = 0.0,
+                        per_turn: int = 3) -> dict[str, tuple[float, Any]]:
+    """{name: (median seconds, last output)} of each call.
 
-    The calls take turns (A B A B ...), so a shared machine's changing load hits all of them alike;
-    `repeats` rounds at least, more until the rounds took `min_seconds` (millisecond calls then get
-    hundreds of samples, whose median a few preempted ones cannot move).
+    The calls take turns, so a shared machine's changing load hits all of them alike. A turn is one untimed
+    call, then `per_turn` timed ones (at most `repeats`) back to back: the untimed call absorbs the switch from
+    the previous call's framework. After each parallel region PyTorch's OpenMP workers spin on the cores for
+    milliseconds, so whatever runs right after a torch call runs on fewer cores (tiny text prefill on this
+    project's 2-core CPU: ours 12.7 ms right after a torch call, 8.4 ms after one of ours; with
+    OMP_WAIT_POLICY=PASSIVE 8.1 ms after a torch call). With one call the untimed call is its first only (the
+    warm-up). Rounds go on until every call has `repeats` timed samples and the rounds took `min_seconds`
+    (millisecond calls then get hundreds of samples, whose median a few preempted ones cannot move).
     """
-    outputs = {name: call() for name, call in calls.items()}
-    times = {name: [] for name in calls}
+    outputs, times = {}, {name: [] for name in calls}
+    per_turn = max(1, min(per_turn, repeats))
     start = time.perf_counter()
-    rounds = 0
-    while rounds < repeats or time.perf_counter() - start < min_seconds:
-        rounds += 1
+    while min(map(len, times.values())) < repeats or time.perf_counter() - start < min_seconds:
         for name, call in calls.items():
-            t0 = time.perf_counter()
-            outputs[name] = call()
-            times[name].append(time.perf_counter() - t0)
+            if len(calls) > 1 or name not in outputs:
+                outputs[name] = call()
+            for _ in range(per_turn):
+                t0 = time.perf_counter()
+                outputs[name] = call()
+                times[name].append(time.perf_counter() - t0)
     return {name: (statistics.median(times[name]), outputs[name]) for name in calls}
 
 
