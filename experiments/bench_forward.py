@@ -7,8 +7,9 @@ ViT geometry with a 256-wide 6-layer ViT, LLM 512 wide x 8 layers, Qwen2 family)
   image  image + text prefill (1 image of 5 crops = 720 image tokens, SEQ tokens in all): ours vs the
          official allenai/molmo `olmo.model.Molmo` loaded with `checkpoints.params_to_native` of our params;
          only with --official-src
-Each timing is the median of several runs after a warm-up (ours: after compilation); ours and the
-reference take turns, so a shared machine's changing load affects both alike. torch uses as many
+Each timing is the median of several runs after compilation; ours and the reference take turns
+(`bench_common.interleaved_medians`: a turn's first call is not timed, it runs while the other
+framework's threads still spin), so a shared machine's changing load affects both alike. torch uses as many
 threads as the machine has cores, as XLA's CPU backend does (`--threads 1`: one each, the comparison that
 survives other jobs' load: PyTorch's threads collapse under it). Each row also records the max |logit
 difference| to its reference, so a throughput is only compared between models that compute the same thing.

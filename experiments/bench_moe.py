@@ -9,8 +9,8 @@ Rows, per size and mode (forward; forward + backward w.r.t. the params and the i
   torch   transformers' OlmoeSparseMoeBlock (norm_topk_prob=False, as MolmoE) with our MoE's weights
 "ours" is the path `moe_impl="auto"` picks on this backend (`moe.moe_kernel`: dense on CPU, ragged on
 GPU / TPU); each row records whether that pick was the faster of the two here.
-Tokens/s is the median over repeats after a warm-up (ours: after compilation); all take turns, so a
-shared machine's changing load affects all alike. torch uses as many threads as there are cores (on a
+Tokens/s is the median over repeats after compilation; all take turns (a turn's first call untimed:
+`bench_common.interleaved_medians`), so a shared machine's changing load affects all alike. torch uses as many threads as there are cores (on a
 GPU it runs on "cuda", synchronised after each call). XLA's CPU backend lowers `ragged_dot` to one dense
 matmul of every routed copy with every expert (the routed rows expanded to [n * top_k, E * d] with zeros
 outside their group): top_k times the dense path's FLOPs, hence the dense path on CPU and the small

@@ -13,8 +13,8 @@ and bfloat16 compute (float32 master params):
   * torch: Qwen2ForCausalLM of the same LLM config (sdpa attention), loss.backward, clip_grad_norm_ 1.0,
     torch.optim.AdamW(betas (0.9, 0.95), eps 1e-6); bf16 rows use torch.autocast (fp32 master params).
 On a GPU both run there (torch on "cuda", synchronised after each step; float32 matmuls may use TF32 on
-both sides, as JAX's default precision does). Steps are timed interleaved (ours, torch, ours, ...) and the
-median is reported. JSON top level
+both sides, as JAX's default precision does). Steps are timed in turns (ours, torch, ours, ...; a turn's first
+step untimed, `bench_common.interleaved_medians`) and the median is reported. JSON top level
 "speedup" = the worst row's ours/torch tokens/s ratio.
 
 "crop_budget" (issue 20): examples/s of the train step on image rows whose crop slots are about half

@@ -28,11 +28,15 @@ def commit(root: Path = Path(__file__).resolve().parents[1]) -> str:
 
 
 def machine() -> str:
-    """e.g. "AMD EPYC 9R14, 2 CPU cores; jax cpu x1" or "...; jax NVIDIA H200 x1"."""
+    """e.g. "AMD EPYC 9R14 (AVX-512), 2 CPU cores; jax cpu x1" or "...; jax NVIDIA H200 x1". The widest x86
+    vector ISA is named: boxes sharing the model name "AMD EPYC" ran this project's recipe 1.8x apart."""
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+        flags = set(next(line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")))
+        isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+        cpu += f" ({isa})" if isa else ""
     except (OSError, StopIteration):
         pass
     devices = jax.devices()

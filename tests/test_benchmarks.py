@@ -76,6 +76,17 @@ def test_interleaved_medians_leave_the_switch_untimed():
     assert len(log) == 1 + 2 * 3  # one call: the warm-up is its only untimed call
 
 
+def test_machine_names_the_vector_isa():
+    flags = next((line.split(":", 1)[1].split() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    described = provenance.machine()
+    assert f", {os.cpu_count()} CPU cores; jax cpu x" in described
+    if "avx512f" in flags:
+        assert "(AVX-512)," in described
+    elif "avx2" in flags:
+        assert "(AVX2)," in described
+
+
 def test_set_threads_pins_both_frameworks():
     """--threads N pins the process to N of its cores (what holds XLA:CPU's thread pool to them) and sets
     torch's threads; every core a process may use leaves it unpinned."""
