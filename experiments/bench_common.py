@@ -138,6 +138,18 @@ def interleaved_medians(calls: dict[str, Callable[[], Any]], repeats: int, min_s
     return {name: (statistics.median(times[name]), outputs[name]) for name in calls}
 
 
+def after_switch_median(call: Callable[[], Any], other: Callable[[], Any], repeats: int) -> float:
+    """Median seconds of `call` timed right after an untimed `other`: the cost of switching frameworks
+    that `interleaved_medians` keeps out of its times by not timing a turn's first call."""
+    times = []
+    for _ in range(repeats):
+        other()
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def finish(result: dict, args: argparse.Namespace, speedup_label: str) -> dict:
     """Adds provenance and the mode, prints the speedup line and writes `--out`; returns the result."""
     result = {**provenance.describe(args.command), "mode": args.mode, **result}

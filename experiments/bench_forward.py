@@ -159,13 +159,16 @@ def torch_call(model, inputs: dict[str, np.ndarray], **fixed) -> Callable[[], np
 
 def row(name: str, workload: str, inputs, ours: Callable, ref: Callable, reference: str, repeats: int,
         min_seconds: float = 0.0) -> dict:
-    """Times ours against the reference on `inputs`; throughputs, ratio and max |logit difference|."""
+    """Times ours against the reference on `inputs`; throughputs, ratio and max |logit difference|, and
+    ours timed right after a reference call (`bench_common.after_switch_median`)."""
     timed = bench_common.interleaved_medians({"ours": ours, "reference": ref}, repeats, min_seconds)
     (t_ours, logits_ours), (t_ref, logits_ref) = timed["ours"], timed["reference"]
     tokens = inputs["input_ids"].size
     images = inputs["input_ids"].shape[0] if workload == "image" else 0
+    t_switch = bench_common.after_switch_median(ours, ref, repeats)
     return dict(config=name, workload=workload, reference=reference, tokens=tokens,
                 ours_tokens_per_s=tokens / t_ours, reference_tokens_per_s=tokens / t_ref,
+                ours_after_reference_tokens_per_s=tokens / t_switch,
                 ours_images_per_s=images / t_ours, reference_images_per_s=images / t_ref,
                 ours_seconds=t_ours, reference_seconds=t_ref, speedup=t_ref / t_ours,
                 max_abs_logit_diff=float(np.abs(logits_ours - logits_ref).max()))

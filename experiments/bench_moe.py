@@ -10,11 +10,11 @@ Rows, per size and mode (forward; forward + backward w.r.t. the params and the i
 "ours" is the path `moe_impl="auto"` picks on this backend (`moe.moe_kernel`: dense on CPU, ragged on
 GPU / TPU); each row records whether that pick was the faster of the two here.
 Tokens/s is the median over repeats after compilation; all take turns (a turn's first call untimed:
-`bench_common.interleaved_medians`), so a shared machine's changing load affects all alike. torch uses as many threads as there are cores (on a
-GPU it runs on "cuda", synchronised after each call). XLA's CPU backend lowers `ragged_dot` to one dense
-matmul of every routed copy with every expert (the routed rows expanded to [n * top_k, E * d] with zeros
-outside their group): top_k times the dense path's FLOPs, hence the dense path on CPU and the small
-MolmoE-size token count. GPU / TPU backends have grouped kernels.
+`bench_common.interleaved_medians`), so a shared machine's changing load affects all alike. torch uses
+as many threads as there are cores (on a GPU it runs on "cuda", synchronised after each call). XLA's CPU
+backend lowers `ragged_dot` to one dense matmul of every routed copy with every expert (the routed rows
+expanded to [n * top_k, E * d] with zeros outside their group): top_k times the dense path's FLOPs, hence
+the dense path on CPU and the small MolmoE-size token count. GPU / TPU backends have grouped kernels.
 The outputs and input gradients of both paths and torch are compared (max |diff| printed and stored).
 JSON (--out): the rows and top-level "speedup" = min over sizes and modes of ours / torch tokens/s.
 

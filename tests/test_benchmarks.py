@@ -47,6 +47,8 @@ def test_benchmark_smoke(name, tmp_path):
         assert molmo["tokens_per_s"] > 0 and molmo["model_flops"] == sum(molmo["model_flops_by_component"].values())
         assert all(molmo["model_flops_by_component"][c] > 0 for c in ("vit", "connector", "llm"))
         assert result["crop_budget"]["real_crops"] < result["crop_budget"]["crop_slots"]
+    if name == "bench_forward":
+        assert all(r["ours_after_reference_tokens_per_s"] > 0 for r in result["rows"])
     if name == "bench_moe":  # both MoE paths timed, the backend's pick recorded
         assert all(r["ragged_tokens_per_s"] > 0 and r["dense_tokens_per_s"] > 0 and r["auto_path"] == "dense"
                    for r in result["rows"])
@@ -70,6 +72,8 @@ def test_interleaved_medians_leave_the_switch_untimed():
     assert all(seconds < 0.01 for seconds, _ in timed.values())
     assert log[:8] == ["a"] * 4 + ["b"] * 4  # a turn: one untimed call, then 3 timed
     assert log.count("a") == log.count("b") == 8  # 2 turns reach 5 timed calls
+
+    assert bench_common.after_switch_median(call("a"), call("b"), repeats=3) >= 0.02  # the switch, timed
 
     log.clear()
     timed = bench_common.interleaved_medians({"a": call("a")}, repeats=4)

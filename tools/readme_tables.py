@@ -13,7 +13,7 @@ and NAME is a key of `TABLES`:
 - main_job, main_job_long: `experiments.main.results_table` of experiments/results/main_job.json and
   main_job_long.json (the main job's runs/main/summary.json, copied after a run; `--arg long`),
 - plan: `molmo-jax plan` of every released model on three meshes (computed, no compilation),
-- speed_forward, speed_generate: experiments/results/bench_{forward,generate}_cpu.json,
+- speed_forward, speed_generate, speed_moe: experiments/results/bench_{forward,generate,moe}_cpu.json,
 - speed_cpu: experiments/results/bench_train_cpu.json (`python -m experiments.bench_train --out`),
 - ablate_pooling_reduced, ablate_pooling_tokens: experiments/results/ablate_pooling_{reduced,tokens}.json
   (`python -m experiments.ablate_pooling --arg reduced|tokens`); ablate_pooling_axes: every stored
@@ -158,9 +158,21 @@ def forward_table() -> str:
     """Prefill (experiments/bench_forward.py) ours vs the reference, from its stored CPU run."""
     result = json.loads((RESULTS / "bench_forward_cpu.json").read_text())
     rows = [[r["config"], r["workload"], str(r["tokens"]), _si(r["ours_tokens_per_s"]),
-             _si(r["reference_tokens_per_s"]), f"{r['speedup']:.2f}", r["reference"]] for r in result["rows"]]
-    header = ["config", "workload", "tokens", "ours tok/s", "reference tok/s", "ours / reference", "reference"]
+             _si(r["reference_tokens_per_s"]), f"{r['speedup']:.2f}", _si(r["ours_after_reference_tokens_per_s"]),
+             r["reference"]] for r in result["rows"]]
+    header = ["config", "workload", "tokens", "ours tok/s", "reference tok/s", "ours / reference",
+              "ours tok/s right after a reference call", "reference"]
     return _markdown(header, rows) + f"\n\n{result['threads']} threads; {_source(result)}.\n"
+
+
+def moe_table() -> str:
+    """MoE feed-forward (experiments/bench_moe.py): both paths, the dense MLP ceiling and PyTorch, stored CPU run."""
+    from experiments import bench_moe
+    result = json.loads((RESULTS / "bench_moe_cpu.json").read_text())
+    sizes = {r["size"]: f"{r['size']}: {r['d_model']} wide, {r['experts']} experts of {r['expert_hidden']}, top "
+             f"{r['top_k']}, {r['tokens']:,} tokens" for r in result["rows"]}
+    return (bench_moe.table(result["rows"]) + f"\n\nTokens/s; {'; '.join(sizes.values())}; torch "
+            f"{result['torch_threads']} threads; {_source(result)}.\n")
 
 
 def generate_table() -> str:
@@ -225,6 +237,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "hf_export": hf_export_line,
     "speed_forward": forward_table,
     "speed_generate": generate_table,
+    "speed_moe": moe_table,
     "soak": lambda: "".join(soak_line(n) for n in ("soak_full", "soak_full_malloc_arena_max_2", "soak_quick")),
     "ablate_pooling_reduced": lambda: ablation_table("ablate_pooling_reduced"),
     "ablate_pooling_tokens": lambda: ablation_table("ablate_pooling_tokens"),

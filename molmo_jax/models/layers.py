@@ -250,8 +250,8 @@ class Attention(nn.Module):
 
         With `cache` = {"k", "v": float[B, S_max, K, D], "index": int} (self-attention only) the new keys
         and values are written at columns index..index+T-1 and attention runs over all S_max columns
-        (`mask` is then bool[B, T, S_max]); returns (float[B, T, out_dim], updated cache). Without a cache
-        returns float[B, T, out_dim].
+        (`mask` is then bool[B, T, S_max]), or, in a causal prefill (index the Python int 0), over the T new
+        ones only; returns (float[B, T, out_dim], updated cache). Without a cache returns float[B, T, out_dim].
         """
         x_kv = x_q if x_kv is None else x_kv
         q = self._proj(self.num_heads, "heads", "query", self.qkv_bias)(x_q)
@@ -265,11 +265,14 @@ class Attention(nn.Module):
         kernel = attention_kernel(self.impl, q.dtype, self.head_dim)
         if cache is not None:
             index = cache["index"]
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
-            cache = {"k": k, "v": v, "index": index}
-            # causal blocks need query t's keys to end at column t; fused kernels align T != S differently
-            is_causal = is_causal and kernel == "ours" and isinstance(index, int) and index == 0
+            k, v = k.astype(cache["k"].dtype), v.astype(cache["v"].dtype)
+            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k, (0, index, 0, 0)),
+                     "v": jax.lax.dynamic_update_slice(cache["v"], v, (0, index, 0, 0)), "index": index}
+            if is_causal and isinstance(index, int) and index == 0:
+                # a prefill: query t sees columns <= t < T, so it attends to the new keys, not the whole cache
+                mask = None if mask is None else mask[..., :k.shape[1]]
+            else:
+                k, v, is_causal = cache["k"], cache["v"], False
         if self.probs_dropout and not self.deterministic:  # only our XLA path drops probabilities
             drop_probs = lambda p: nn.Dropout(self.probs_dropout, name="probs_dropout")(p, deterministic=False)
             out = dot_product_attention(q, k, v, mask, drop_probs)
