@@ -100,10 +100,11 @@ def test_per_layer_path_refuses_a_model_that_draws_dropout():
                                                 rngs={"dropout": jax.random.key(0)})
 
 
-def test_prefill_on_a_fresh_cache_runs_causal_blocks_with_the_same_logits(monkeypatch):
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_prefill_on_a_fresh_cache_runs_causal_blocks_with_the_same_logits(monkeypatch, per_layer):
     """A prefill (cache index the Python int 0) longer than CAUSAL_BLOCK runs ours in causal query blocks
-    on its own keys, not the whole cache (generation's per-layer path), with the logits of the forward
-    without a cache."""
+    on its own keys, not the whole cache, with the logits of the forward without a cache: on per-layer
+    weights (generation on CPU) and under the layer scan (elsewhere)."""
     cfg, params = tiny_model("qwen2")
     inputs = prompts(cfg, lengths=(40, 29))
     monkeypatch.setattr(layers, "CAUSAL_BLOCK", 16)
@@ -111,9 +112,9 @@ def test_prefill_on_a_fresh_cache_runs_causal_blocks_with_the_same_logits(monkey
     monkeypatch.setattr(layers, "dot_product_attention", lambda q, k, *a, **kw: calls.append(q.shape[1]) or
                         keys.append(k.shape[1]) or dot_product_attention(q, k, *a, **kw))
     model, s = Molmo(cfg), inputs["input_ids"].shape[1]
-    layer_params = unstack_layers(params["llm"]["blocks"])  # generation on CPU: the layers unrolled
+    layer_params = unstack_layers(params["llm"]["blocks"]) if per_layer else None
     prefill = jax.jit(lambda kw: model.apply({"params": params}, **kw, layer_params=layer_params,
-                                             cache=init_cache(cfg, 2, s + 4, per_layer=True))[0])
+                                             cache=init_cache(cfg, 2, s + 4, per_layer=per_layer))[0])
     cached = np.asarray(prefill(inputs))
     assert {16, 8} <= set(calls)  # the LLM's 40 queries as blocks of 16, 16 and 8
     assert {16, 32, 40} <= set(keys) and s + 4 not in keys  # each block's keys end at the prompt, not the cache

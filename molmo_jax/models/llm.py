@@ -44,7 +44,8 @@ class ResidualDropout(nn.Module):
 
 class DecoderBlock(nn.Module):
     """One transformer layer. Carry: x float[B, T, d]. Broadcast: mask bool[B, T, S], positions int[B, T],
-    response_mask float[B, T] or None, cache index. Scanned: this layer's KV cache {"k", "v"} or None."""
+    response_mask float[B, T] or None, cache index (None: a prefill's 0). Scanned: this layer's KV cache
+    {"k", "v"} or None."""
     cfg: object
     deterministic: bool = True
 
@@ -68,7 +69,8 @@ class DecoderBlock(nn.Module):
         def attn(y):
             if cache is None:
                 return attention(y, mask=mask, positions=positions, is_causal=True)
-            out, updated = attention(y, mask=mask, positions=positions, cache={**cache, "index": cache_index},
+            index = 0 if cache_index is None else cache_index  # None: a prefill's 0 (see `Decoder`)
+            out, updated = attention(y, mask=mask, positions=positions, cache={**cache, "index": index},
                                      is_causal=True)
             new_cache.append({"k": updated["k"], "v": updated["v"]})
             return out
@@ -142,7 +144,9 @@ class Decoder(nn.Module):
                              "dropout")
         if layer_params is None:
             layer_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-            x, new_cache = self.blocks(x, mask, positions, response_mask, index, layer_cache)
+            # nn.scan / nn.remat would trace a prefill's index, the Python int 0: None stands for it
+            block_index = None if isinstance(index, int) and index == 0 else index
+            x, new_cache = self.blocks(x, mask, positions, response_mask, block_index, layer_cache)
         else:
             block = DecoderBlock(self.cfg, self.deterministic, parent=None)
             updated = []
