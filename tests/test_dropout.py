@@ -17,10 +17,10 @@ from molmo_jax.models.molmo import Molmo, dummy_inputs, init_params
 RATE = 0.5
 
 
-def _dropped(train: np.ndarray, full: np.ndarray, rate: float = RATE) -> np.ndarray:
+def _dropped(train: np.ndarray, full: np.ndarray, rate: float = RATE, rtol: float = 1e-5) -> np.ndarray:
     """Asserts `train` is inverted dropout of `full` (each entry 0 or full / keep, both seen) -> kept mask."""
     kept = train != 0
-    np.testing.assert_allclose(train[kept], full[kept] / (1 - rate), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(train[kept], full[kept] / (1 - rate), rtol=rtol, atol=1e-6)
     assert 0.3 < kept.mean() < 0.7, kept.mean()
     return kept
 
@@ -51,7 +51,8 @@ def test_attention_dropout_drops_the_probabilities():
     dropped = np.stack([np.linalg.lstsq(v[b, :, h].T, context[b, :, h].T, rcond=None)[0].T
                         for b in range(3) for h in range(2)]).reshape(3, 2, 6, 6)
     dropped = np.where(np.abs(dropped) < 1e-4, 0.0, dropped)
-    _dropped(dropped, probs)
+    # recovered from float32 outputs through two solves: 3e-5 relative error seen on an AVX2 CPU
+    _dropped(dropped, probs, rtol=1e-4)
 
 
 def test_attention_output_dropout_and_deterministic_mode():
