@@ -142,16 +142,17 @@ class Decoder(nn.Module):
         if layer_params is not None and not self.deterministic:
             raise ValueError("layer_params (per-layer generation) needs a deterministic model: its blocks draw no "
                              "dropout")
+        # nn.scan / nn.remat would trace a prefill's index, the Python int 0: the blocks get None for it
+        block_index = None if isinstance(index, int) and index == 0 else index
         if layer_params is None:
             layer_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-            # nn.scan / nn.remat would trace a prefill's index, the Python int 0: None stands for it
-            block_index = None if isinstance(index, int) and index == 0 else index
             x, new_cache = self.blocks(x, mask, positions, response_mask, block_index, layer_cache)
         else:
             block = DecoderBlock(self.cfg, self.deterministic, parent=None)
             updated = []
             for p, k, v in zip(layer_params, cache["k"], cache["v"], strict=True):
-                x, kv = block.apply({"params": p}, x, mask, positions, response_mask, index, {"k": k, "v": v})
+                x, kv = block.apply({"params": p}, x, mask, positions, response_mask, block_index,
+                                    {"k": k, "v": v})
                 updated.append(kv)
             new_cache = {"k": tuple(kv["k"] for kv in updated), "v": tuple(kv["v"] for kv in updated)}
         x = self.final_norm(x)
