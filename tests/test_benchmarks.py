@@ -145,7 +145,7 @@ def test_official_train_step_on_the_smoke_molmo_row():
 
 def test_profile_top_ops(tmp_path):
     from experiments import bench_train
-    traced = bench_train.profile_molmo(str(tmp_path / "trace"), 1, 1, smoke=True)
+    traced = bench_train.profile_molmo(str(tmp_path / "trace"), 1, 2, smoke=True)  # the smoke run's Molmo row
     ops = traced["top_ops_ms_calls"]
     assert traced["timeline"] == "host" and 0 < len(ops) <= 15  # CPU: XLA's ops on the host timeline
     assert not any(name.startswith("$") for name in ops)  # Python frames left out

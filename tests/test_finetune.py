@@ -324,7 +324,7 @@ def test_readme_example_runs_as_written(tmp_path):
     (tmp_path / "Molmo-7B-D-0924").symlink_to(CHECKPOINT)
     script = README_EXAMPLE.replace("--steps 1000", "--steps 2").replace("--batch-size 16", "--batch-size 2")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"}
+           "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=1"}  # conftest's
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

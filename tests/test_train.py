@@ -293,8 +293,7 @@ def run_training(workdir: Path, cache: Path, steps: int, stop_after: int | None 
            f"--workdir={workdir}", f"--config.optim.steps={steps}", f"--config.checkpoint.every={every}",
            "--config.data.crops=0", "--config.data.seq_len=32", "--config.log_every=1", "--export=orbax",
            f"--config.data.tokenizer={TOKENIZER}"]
-    xla_flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"  # fast compiles
-    env = {**os.environ, "XLA_FLAGS": xla_flags,
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2",
            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = workdir / "metrics.jsonl"
