@@ -4,7 +4,7 @@
 
 For the tiny and a small Qwen2-family config (and a "medium" one for accelerators: --sizes), in float32
 and bfloat16 compute (float32 master params):
-  * ours: `trainer.train_step` (per-component clip + AdamW, z-loss, dropout as configured) on text-only
+  * ours: `trainer.train_step` (per-component clip + AdamW, z-loss, no dropout as in torch's) on text-only
     batches of B x T real tokens, 1 device, no remat, the layer scan fully unrolled (`llm.scan_unroll`);
     tokens/s, model FLOP/s (6 * matmul params * tokens + 12 * L * T^2 * d attention, no recomputation
     counted) as a fraction of this CPU's f32 matmul peak (a jitted 2048^3 matmul measured in the same
@@ -70,6 +70,7 @@ def model_config(size: str, dtype: str):
         cfg.model.llm.update(d_model=2048, n_layers=8, n_heads=16, n_kv_heads=4, head_dim=128, mlp_hidden=5632,
                              vocab_size=32768, embedding_size=32768)
     cfg.model.vit.remat_policy = cfg.model.llm.remat_policy = "none"
+    cfg.model.llm.response_residual_dropout = 0.0  # transformers' Qwen2 has no residual dropout: same function
     cfg.model.dtype = dtype
     return cfg
 
