@@ -53,7 +53,8 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"--batch-size \d+", "--batch-size 8"),  # the tests see 8 CPU devices: one row each
     (r"(molmo-jax eval .*--data-dir evaldata)", r"\1 --n 1 --batch-size 1 --max-new-tokens 4 --max-crops 4"),
     (r"bash experiments/run_main\.sh", "bash experiments/run_main.sh --arg smoke --workdir {work}/runs/main"),
-    (r"bash experiments/run_tests\.sh", "TESTS=tests/test_plan.py TEST_WORKERS=0 bash experiments/run_tests.sh -k parse_mesh"),
+    (r"bash experiments/run_tests\.sh",
+     "TESTS=tests/test_plan.py TEST_WORKERS=0 bash experiments/run_tests.sh -k parse_mesh"),
 )
 
 FENCE = re.compile(r"(?:<!-- readme-test: (?:file (?P<file>\S+)|offline (?P<offline>.+?)|run by (?P<runner>\S+))"
