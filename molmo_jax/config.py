@@ -31,7 +31,7 @@ CROP_MODES = ("resize", "overlap-and-resize-c2")
 RESIZE_MODES = ("default", "metaclip", "siglip", "dino")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "fused")  # see models/layers.py `attention_kernel`
-MOE_IMPLS = ("auto", "ragged", "dense")  # see models/moe.py `moe_kernel`
+MOE_IMPLS = ("auto", "ragged", "blocked", "dense")  # see models/moe.py `moe_kernel`
 DTYPES = ("float32", "bfloat16", "float16")
 INIT_SCHEMES = ("normal", "fan_in")  # random init of Dense kernels, see `layers.kernel_init`
 COMPONENTS = ("connector", "vit", "llm")  # trained parts: optimizer groups (`train.optim`), what can be frozen
@@ -108,7 +108,7 @@ def _base(llm: Mapping[str, Any], connector_hidden: int) -> ml_collections.Confi
     c.moe_top_k = 0
     c.moe_loss_weight = 0.0  # load-balancing loss (0 in the released MolmoE recipe)
     c.moe_zloss_weight = 0.0  # router z-loss (0 in the released MolmoE recipe)
-    c.moe_impl = "auto"  # "ragged" (grouped matmul) or "dense" (every expert on every token); models/moe.py
+    c.moe_impl = "auto"  # "ragged" (grouped matmul), "blocked" or "dense" (every expert on every token); models/moe.py
     c.residual_dropout = 0.0
     c.response_residual_dropout = 0.0
     c.attention_dropout = 0.0

@@ -9,7 +9,7 @@ import pytest
 
 from molmo_jax import config, sharding
 from molmo_jax.models.molmo import Molmo, abstract_params, aux_loss, init_params
-from molmo_jax.models.moe import MoeMlp, moe_kernel
+from molmo_jax.models.moe import MoeMlp, blocked_experts, dense_experts, moe_kernel
 from test_sharding import batch, small
 
 
@@ -34,7 +34,7 @@ def dense_reference(params, x, top_k):
     return out, logits, probs
 
 
-@pytest.mark.parametrize("impl", ["ragged", "dense"])
+@pytest.mark.parametrize("impl", ["ragged", "blocked", "dense"])
 def test_routing_matches_direct_computation(impl):
     cfg = moe_cfg(moe_impl=impl)
     x = np.random.default_rng(0).normal(size=(2, 5, cfg.llm.d_model)).astype(np.float32)
@@ -44,19 +44,42 @@ def test_routing_matches_direct_computation(impl):
     np.testing.assert_allclose(MoeMlp(cfg).apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_ragged_and_dense_paths_agree_with_gradients():
-    """The grouped-matmul path and the dense-dispatch path: same outputs, same gradients (params, input)."""
+def test_paths_agree_with_gradients():
+    """The grouped-matmul, blocked and dense-dispatch paths: same outputs, same gradients (params, input)."""
     x = np.random.default_rng(2).normal(size=(2, 7, moe_cfg().llm.d_model)).astype(np.float32)
     ct = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
     params = nn.meta.unbox(MoeMlp(moe_cfg()).init(jax.random.key(1), x)["params"])
     results = {}
-    for impl in ("ragged", "dense"):
+    for impl in ("ragged", "blocked", "dense"):
         module = MoeMlp(moe_cfg(moe_impl=impl))
         results[impl] = jax.value_and_grad(lambda p, v: jnp.sum(module.apply({"params": p}, v) * ct),
                                            argnums=(0, 1))(params, x)
-    for a, b in zip(jax.tree.leaves(results["ragged"]), jax.tree.leaves(results["dense"])):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
-    assert moe_kernel("auto", "cpu") == "dense" and moe_kernel("auto", "gpu") == moe_kernel("auto", "tpu") == "ragged"
+    for impl in ("blocked", "dense"):
+        for a, b in zip(jax.tree.leaves(results["ragged"]), jax.tree.leaves(results[impl])):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=impl)
+    assert moe_kernel("auto", "cpu") == moe_kernel("auto", "cpu", expert_shards=1) == "blocked"
+    assert moe_kernel("auto", "cpu", expert_shards=2) == "dense"
+    assert moe_kernel("auto", "gpu", expert_shards=2) == moe_kernel("auto", "tpu") == "ragged"
+    with sharding.use_mesh((1, 2, 1, 4)):
+        assert moe_kernel("auto", "cpu") == "dense"
+
+
+def test_blocked_path_with_groups_over_several_blocks_and_empty_experts():
+    """Blocks of 3 rows: experts 0 and 1 take 7 and 8 of the 16 token copies (3 blocks each, the last part
+    padding), expert 3 one, expert 2 none (one zero block left over); outputs and gradients (tokens, expert
+    weights) equal the dense path's."""
+    rng = np.random.default_rng(4)
+    n, d, f, e = 8, 6, 5, 4
+    experts = np.array([[1, 0]] * 3 + [[3, 1]] + [[0, 1]] * 4, np.int32)
+    assert np.bincount(experts.ravel(), minlength=e).tolist() == [7, 8, 0, 1]
+    tokens, weights = rng.normal(size=(n, d)).astype(np.float32), rng.uniform(size=(n, 2)).astype(np.float32)
+    gate, up = rng.normal(size=(2, e, d, f)).astype(np.float32)
+    down = rng.normal(size=(e, f, d)).astype(np.float32)
+    ct = rng.normal(size=(n, d)).astype(np.float32)
+    results = [jax.value_and_grad(lambda t, *w: jnp.sum(fn(t, weights, experts, *w) * ct), argnums=(0, 1, 2, 3))(
+        tokens, gate, up, down) for fn in (lambda *a: blocked_experts(*a, block=3), dense_experts)]
+    for a, b in zip(*map(jax.tree.leaves, results)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 def test_auxiliary_losses():

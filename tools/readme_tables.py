@@ -166,7 +166,7 @@ def forward_table() -> str:
 
 
 def moe_table() -> str:
-    """MoE feed-forward (experiments/bench_moe.py): both paths, the dense MLP ceiling and PyTorch, stored CPU run."""
+    """MoE feed-forward (experiments/bench_moe.py): our paths, the dense MLP ceiling and PyTorch, stored CPU run."""
     from experiments import bench_moe
     result = json.loads((RESULTS / "bench_moe_cpu.json").read_text())
     sizes = {r["size"]: f"{r['size']}: {r['d_model']} wide, {r['experts']} experts of {r['expert_hidden']}, top "

@@ -1,13 +1,17 @@
 """OLMoE feed-forward: a softmax router picking top-k of E SwiGLU experts, dropless.
 
-Two equal computations, chosen by `cfg.llm.moe_impl` ("auto": by backend, see `moe_kernel`):
+Three equal computations, chosen by `cfg.llm.moe_impl` ("auto": by backend, see `moe_kernel`):
 "ragged" sorts the token copies by expert and multiplies with `jax.lax.ragged_dot` (grouped matmul), so
-no token is dropped and no capacity is padded; "dense" runs every expert on every token and combines with
-the routing weights (zero outside the top-k). XLA's CPU backend has no grouped kernel and lowers
-`ragged_dot` to a dense matmul of every routed copy with every expert (top_k times the dense path's
-FLOPs, plus the sort), so "dense" is the faster one there; GPU and TPU have grouped kernels. Router weights are NOT renormalised over the top-k (megablocks and
-HF OLMoE `norm_topk_prob=False`), as in the released MolmoE-1B. Expert weights carry the "expert"
-logical axis (sharded over the `expert` mesh axis by the rules table).
+no token is dropped and no capacity is padded; "blocked" sorts them the same way, pads each expert's group
+to whole blocks of BLOCK rows and runs a `lax.scan` over the blocks, each multiplied by its expert's
+weights (the routed FLOPs plus the padding); "dense" runs every expert on every token and combines with the
+routing weights (zero outside the top-k). XLA's CPU backend has no grouped kernel and lowers `ragged_dot`
+to a dense matmul of every routed copy with every expert (top_k times the dense path's FLOPs, plus the
+sort), so "blocked" is the fast one there; GPU and TPU have grouped kernels. "dense" keeps each expert's
+work on its expert-parallel shard (a sharding constraint; "blocked" indexes the experts' weights by block).
+Router weights are NOT renormalised over the top-k (megablocks and HF OLMoE `norm_topk_prob=False`), as in
+the released MolmoE-1B. Expert weights carry the "expert" logical axis (sharded over the `expert` mesh axis
+by the rules table).
 
 Auxiliary losses, sown into the "losses" collection when their weights are non-zero (both are 0 in the
 released recipe): the Switch/megablocks load-balancing loss `w * E * sum_e f_e * P_e` (f_e: fraction of
@@ -15,6 +19,8 @@ the top-k assignments routed to e, P_e: mean router probability of e) and the ro
 `w * mean(logsumexp(router_logits)^2)`. `aux_loss(state)` in molmo.py averages them over layers.
 """
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
@@ -24,26 +30,78 @@ from molmo_jax import config as config_lib
 from molmo_jax.models.layers import Dense, dtype_of, einsum, normal, param_with_axes
 
 
-def moe_kernel(impl: str, backend: str | None = None) -> str:
-    """"ragged" or "dense" for `impl`; "auto" is "dense" on CPU (no grouped kernel), "ragged" elsewhere."""
+BLOCK = 64  # most rows per block of "blocked" (XLA:CPU, 2 cores: 64 beat 16 / 32 / 128 / 256 at MolmoE-1B's width)
+
+
+def moe_kernel(impl: str, backend: str | None = None, expert_shards: int | None = None) -> str:
+    """"ragged", "blocked" or "dense" for `impl`. "auto" is "ragged" on GPU / TPU; on CPU (no grouped
+    kernel) "blocked", or "dense" where the experts are split over `expert_shards` > 1 mesh shards (default:
+    the current mesh's `expert` axis), each of which runs its own experts."""
     if impl == "auto":
-        return "dense" if (backend or jax.default_backend()) == "cpu" else "ragged"
+        if (backend or jax.default_backend()) != "cpu":
+            return "ragged"
+        if expert_shards is None:
+            expert_shards = dict(jax.sharding.get_abstract_mesh().shape).get("expert", 1)
+        return "dense" if expert_shards > 1 else "blocked"
     if impl not in config_lib.MOE_IMPLS:
         raise ValueError(f"moe impl {impl!r}: allowed {config_lib.MOE_IMPLS}")
     return impl
 
 
+def _sort_by_expert(experts, e: int):
+    """experts: int[n, k] -> (order: the n * k token copies sorted by expert, stable; their experts;
+    group sizes int32[E])."""
+    flat = experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    return order, flat[order], jnp.bincount(flat, length=e).astype(jnp.int32)
+
+
+def _combine(out, order, weights, n: int):
+    """out: float[n * k, d] of the sorted copies -> float[n, d], each token's copies weighted and summed."""
+    k = weights.shape[1]
+    out = out * weights.reshape(-1)[order][:, None]
+    return jnp.zeros_like(out).at[order].set(out, unique_indices=True).reshape(n, k, -1).sum(axis=1)
+
+
 def ragged_experts(tokens, weights, experts, gate, up, down) -> jax.Array:
     """Dropless grouped matmul. tokens: [n, d]; weights, experts: [n, k]; gate, up: [E, d, F];
     down: [E, F, d] -> [n, d]."""
-    e, k = gate.shape[0], experts.shape[1]
-    flat_experts = experts.reshape(-1)
-    order = jnp.argsort(flat_experts, stable=True)
-    routed = tokens[order // k]
-    group_sizes = jnp.bincount(flat_experts, length=e).astype(jnp.int32)
+    order, _, group_sizes = _sort_by_expert(experts, gate.shape[0])
+    routed = tokens[order // experts.shape[1]]
     h = jax.nn.silu(jax.lax.ragged_dot(routed, gate, group_sizes)) * jax.lax.ragged_dot(routed, up, group_sizes)
-    out = jax.lax.ragged_dot(h, down, group_sizes) * weights.reshape(-1)[order][:, None]
-    return jnp.zeros_like(out).at[order].set(out).reshape(-1, k, tokens.shape[1]).sum(axis=1)
+    return _combine(jax.lax.ragged_dot(h, down, group_sizes), order, weights, tokens.shape[0])
+
+
+def block_rows(copies: int, experts: int) -> int:
+    """Rows per block of "blocked": the power of two at or above twice the mean group (copies / experts), at
+    most BLOCK. Every block reads its expert's weights, so a decode step's few copies get blocks of 1 row
+    (each copy reads one expert's weights, where "dense" reads all of them)."""
+    return min(BLOCK, 1 << max(0, math.ceil(math.log2(2 * copies / experts))))
+
+
+def blocked_experts(tokens, weights, experts, gate, up, down, block: int | None = None) -> jax.Array:
+    """Dropless, in blocks of one expert: the sorted token copies, each expert's group padded to whole
+    blocks of `block` rows (default `block_rows`; static capacity n * k + E * (block - 1) rows; the blocks
+    past the last group are zeros), a `lax.scan` over the blocks multiplying each by its expert's weights.
+    Shapes as `ragged_experts`."""
+    (n, d), e, k = tokens.shape, gate.shape[0], experts.shape[1]
+    block = block or block_rows(n * k, e)
+    order, sorted_experts, group_sizes = _sort_by_expert(experts, e)
+    padded = (group_sizes + block - 1) // block * block
+    padded_ends = jnp.cumsum(padded)
+    rank = jnp.arange(n * k) - (jnp.cumsum(group_sizes) - group_sizes)[sorted_experts]
+    slot = padded_ends[sorted_experts] - padded[sorted_experts] + rank  # each sorted copy's padded row
+    n_blocks = -(-(n * k + e * (block - 1)) // block)
+    rows = jnp.zeros((n_blocks * block, d), tokens.dtype).at[slot].set(tokens[order // k], unique_indices=True)
+    block_experts = jnp.minimum(jnp.searchsorted(padded_ends, jnp.arange(n_blocks) * block, side="right"), e - 1)
+
+    def one_block(_, rows_and_expert):
+        x, i = rows_and_expert  # [block, d], the block's expert
+        h = jax.nn.silu(einsum("bd,df->bf", x, gate[i])) * einsum("bd,df->bf", x, up[i])
+        return None, einsum("bf,fd->bd", h, down[i])
+
+    _, out = jax.lax.scan(one_block, None, (rows.reshape(n_blocks, block, d), block_experts))
+    return _combine(out.reshape(-1, d)[slot], order, weights, n)
 
 
 def dense_experts(tokens, weights, experts, gate, up, down) -> jax.Array:
@@ -76,10 +134,8 @@ class MoeMlp(nn.Module):
 
         tokens = x.reshape(-1, d).astype(dtype)
         weights, experts = weights.reshape(-1, k).astype(dtype), experts.reshape(-1, k)
-        if moe_kernel(llm.moe_impl) == "dense":
-            combined = dense_experts(tokens, weights, experts, gate, up, down)
-        else:
-            combined = ragged_experts(tokens, weights, experts, gate, up, down)
+        kernel = {"ragged": ragged_experts, "blocked": blocked_experts, "dense": dense_experts}
+        combined = kernel[moe_kernel(llm.moe_impl)](tokens, weights, experts, gate, up, down)
         return combined.reshape(x.shape).astype(x.dtype)
 
     def _sow_aux_losses(self, logits: jax.Array, probs: jax.Array, experts: jax.Array):
