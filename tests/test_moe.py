@@ -73,8 +73,8 @@ def test_blocked_path_with_groups_over_several_blocks_and_empty_experts():
     experts = np.array([[1, 0]] * 3 + [[3, 1]] + [[0, 1]] * 4, np.int32)
     assert np.bincount(experts.ravel(), minlength=e).tolist() == [7, 8, 0, 1]
     tokens, weights = rng.normal(size=(n, d)).astype(np.float32), rng.uniform(size=(n, 2)).astype(np.float32)
-    gate, up = rng.normal(size=(2, e, d, f)).astype(np.float32)
-    down = rng.normal(size=(e, f, d)).astype(np.float32)
+    gate, up = jnp.asarray(rng.normal(size=(2, e, d, f)), jnp.float32)
+    down = jnp.asarray(rng.normal(size=(e, f, d)), jnp.float32)
     ct = rng.normal(size=(n, d)).astype(np.float32)
     results = [jax.value_and_grad(lambda t, *w: jnp.sum(fn(t, weights, experts, *w) * ct), argnums=(0, 1, 2, 3))(
         tokens, gate, up, down) for fn in (lambda *a: blocked_experts(*a, block=3), dense_experts)]

@@ -94,14 +94,50 @@ def blocked_experts(tokens, weights, experts, gate, up, down, block: int | None 
     n_blocks = -(-(n * k + e * (block - 1)) // block)
     rows = jnp.zeros((n_blocks * block, d), tokens.dtype).at[slot].set(tokens[order // k], unique_indices=True)
     block_experts = jnp.minimum(jnp.searchsorted(padded_ends, jnp.arange(n_blocks) * block, side="right"), e - 1)
+    out = _expert_blocks(rows.reshape(n_blocks, block, d), block_experts, gate, up, down)
+    return _combine(out.reshape(-1, d)[slot], order, weights, n)
 
+
+@jax.custom_vjp
+def _expert_blocks(rows, block_experts, gate, up, down):
+    """rows: float[N, block, d], each block one expert's token copies; block_experts: int[N] ->
+    float[N, block, d], each block through its expert's SwiGLU (a scan over the blocks). The backward pass
+    is a scan of its own adding each block's weight gradients into its expert's slice of float32
+    accumulators: JAX's transpose of the forward scan took 1.4x its time (XLA:CPU, bench_moe's small size)."""
+    return _expert_blocks_fwd(rows, block_experts, gate, up, down)[0]
+
+
+def _expert_blocks_fwd(rows, block_experts, gate, up, down):
     def one_block(_, rows_and_expert):
         x, i = rows_and_expert  # [block, d], the block's expert
-        h = jax.nn.silu(einsum("bd,df->bf", x, gate[i])) * einsum("bd,df->bf", x, up[i])
-        return None, einsum("bf,fd->bd", h, down[i])
+        g, u = einsum("bd,df->bf", x, gate[i]), einsum("bd,df->bf", x, up[i])
+        return None, (einsum("bf,fd->bd", jax.nn.silu(g) * u, down[i]), g, u)
 
-    _, out = jax.lax.scan(one_block, None, (rows.reshape(n_blocks, block, d), block_experts))
-    return _combine(out.reshape(-1, d)[slot], order, weights, n)
+    _, (out, g, u) = jax.lax.scan(one_block, None, (rows, block_experts))
+    return out, (rows, block_experts, gate, up, down, g, u)
+
+
+def _expert_blocks_bwd(residuals, d_out):
+    rows, block_experts, gate, up, down, g, u = residuals
+
+    def one_block(grads, xs):
+        x, i, g, u, d_out = xs
+        sig = jax.nn.sigmoid(g)
+        silu = g * sig
+        d_h = einsum("bd,fd->bf", d_out, down[i])
+        d_g, d_u = d_h * u * sig * (1 + g * (1 - sig)), d_h * silu  # silu'(g) = sig (1 + g (1 - sig))
+        d_x = einsum("bf,df->bd", d_g, gate[i]) + einsum("bf,df->bd", d_u, up[i])
+        d_gate, d_up, d_down = grads
+        grads = (d_gate.at[i].add(einsum("bd,bf->df", x, d_g)), d_up.at[i].add(einsum("bd,bf->df", x, d_u)),
+                 d_down.at[i].add(einsum("bf,bd->fd", silu * u, d_out)))
+        return grads, d_x
+
+    zeros = tuple(jnp.zeros(w.shape, jnp.float32) for w in (gate, up, down))
+    grads, d_rows = jax.lax.scan(one_block, zeros, (rows, block_experts, g, u, d_out))
+    return (d_rows, None, *(dw.astype(w.dtype) for dw, w in zip(grads, (gate, up, down))))
+
+
+_expert_blocks.defvjp(_expert_blocks_fwd, _expert_blocks_bwd)
 
 
 def dense_experts(tokens, weights, experts, gate, up, down) -> jax.Array:
